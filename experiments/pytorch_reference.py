@@ -1,0 +1,594 @@
+#!/usr/bin/env python3
+"""PyTorch reference side of linattn (Ahn et al., ICLR 2024, "Linear attention is (maybe) all
+you need"). It mirrors the authors' torch.nn code and follows docs/conventions.md op for op,
+so that on CPU the Rust side (same libtorch kernels, same generator) is bit-identical.
+
+  train   --config FILE [--set K=V]... --out DIR [--device D]   (default when argv[1] is --...)
+  analyze DIR [--every K]
+  noise   --config FILE [--set K=V]... --samples S [--full-batch N] [--out DIR] [--device D]
+  bench   --config FILE [--set K=V]... --steps N [--warmup W] [--ensemble K] [--device D]
+
+Exit codes: 0 done, 2 bad input (one line on stderr), 3 training diverged, 1 anything else.
+"""
+import argparse
+import copy
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import yaml
+from safetensors.torch import load_file, save_file
+
+# opt_einsum would pick another contraction order for the 3-operand einsums, changing the bits.
+torch.backends.opt_einsum.enabled = False
+
+SIDE = "pytorch"
+
+
+class InputError(Exception):
+    """Bad input: reported as one line, exit code 2."""
+
+
+# ----------------------------------------------------------------------------- config
+DEFAULTS = {
+    "model": {"layers": 3, "heads": 1, "dim": 5, "init_std": 0.05,
+              "parametrization": "restricted", "attention": "linear", "mlp_hidden": 0},
+    "data": {"setting": "normal", "context": 20, "batch": 1000, "gamma_shape": 0.1,
+             "teacher_hidden": 10, "teacher_seed": 7, "eval_seed": 99},
+    "train": {"optimizer": "sgd", "lr": 0.02, "momentum": 0.9, "betas": [0.9, 0.9],
+              "eps": 1.0e-8, "clip": 1.0, "clip_mode": "threshold", "mode": "faithful",
+              "iters": 10000, "seed": 0, "device": "cpu", "save_every": 1,
+              "optimizer_impl": "reference"},
+}
+SEED_MAX = 2**32 - 1  # np.random.seed accepts [0, 2^32)
+# kind, then bounds: ("int", lo, hi) | ("float", lo, lo_open, hi, hi_open) | ("enum", choices)
+RULES = {
+    "model.layers": ("int", 1, None), "model.heads": ("int", 1, None), "model.dim": ("int", 1, None),
+    "model.init_std": ("float", 0, False, None, False),
+    "model.parametrization": ("enum", ("restricted", "full")),
+    "model.attention": ("enum", ("linear", "softmax")), "model.mlp_hidden": ("int", 0, None),
+    "data.setting": ("enum", ("normal", "sphere", "gamma", "mlp_teacher")),
+    "data.context": ("int", 1, None), "data.batch": ("int", 1, None),
+    "data.gamma_shape": ("float", 0, True, None, False), "data.teacher_hidden": ("int", 1, None),
+    "data.teacher_seed": ("int", 0, SEED_MAX), "data.eval_seed": ("int", 0, SEED_MAX),
+    "train.optimizer": ("enum", ("sgd", "adam")), "train.lr": ("float", 0, True, None, False),
+    "train.momentum": ("float", 0, False, 1, True), "train.betas": ("betas",),
+    "train.eps": ("float", 0, True, None, False), "train.clip": ("float", 0, False, None, False),
+    "train.clip_mode": ("enum", ("threshold", "clip_grad_norm")),
+    "train.mode": ("enum", ("faithful", "fast")), "train.iters": ("int", 1, None),
+    "train.seed": ("int", 0, SEED_MAX), "train.device": ("device",),
+    "train.save_every": ("int", 1, None), "train.optimizer_impl": ("enum", ("reference", "libtorch")),
+}
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads `1e-3` as a float (YAML 1.2, as serde_yaml does on the Rust side)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def _show(v):
+    return repr(v) if isinstance(v, str) else str(v)
+
+
+def _check(where, v):
+    rule = RULES[where]
+    bad = lambda what: InputError(f"config key {where}: {what}, got {_show(v)}")
+    kind = rule[0]
+    if kind == "int":
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise bad("must be an integer")
+        if v < rule[1] or (rule[2] is not None and v > rule[2]):
+            raise bad(f"must be >= {rule[1]}" + (f" and <= {rule[2]}" if rule[2] is not None else ""))
+        return v
+    if kind == "float":
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise bad("must be a number")
+        v = float(v)
+        _, lo, lo_open, hi, hi_open = rule
+        if not math.isfinite(v):
+            raise bad("must be finite")
+        if (v <= lo if lo_open else v < lo) or (hi is not None and (v >= hi if hi_open else v > hi)):
+            what = f"must be {'>' if lo_open else '>='} {lo}"
+            raise bad(what + (f" and {'<' if hi_open else '<='} {hi}" if hi is not None else ""))
+        return v
+    if kind == "enum":
+        if v not in rule[1] or not isinstance(v, str):
+            raise bad("must be one of " + ", ".join(rule[1]))
+        return v
+    if kind == "betas":
+        if not isinstance(v, list) or len(v) != 2 or any(
+                isinstance(b, bool) or not isinstance(b, (int, float)) for b in v):
+            raise bad("must be a list of two numbers")
+        if any(not (0 <= b < 1) for b in v):
+            raise bad("each beta must be >= 0 and < 1")
+        return [float(b) for b in v]
+    if kind == "device":
+        if not isinstance(v, str) or not re.fullmatch(r"cpu|cuda(:[0-9]+)?", v):
+            raise bad("must be cpu, cuda or cuda:N")
+        return v
+    raise AssertionError(kind)
+
+
+def load_config(path, sets=()):
+    cfg = copy.deepcopy(DEFAULTS)
+    raw = {}
+    if path is not None:
+        try:
+            with open(path) as f:
+                raw = yaml.load(f, Loader=_Loader)
+        except OSError as e:
+            raise InputError(f"config file {path}: {e.strerror}")
+        except yaml.YAMLError as e:
+            raise InputError(f"config file {path}: invalid YAML: {' '.join(str(e).split())}")
+        raw = {} if raw is None else raw
+        if not isinstance(raw, dict):
+            raise InputError(f"config file {path}: must be a mapping with sections model, data, train")
+    for sec, body in raw.items():
+        if sec not in cfg:
+            raise InputError(f"config: unknown section {_show(sec)} (expected model, data, train)")
+        if body is None:
+            continue
+        if not isinstance(body, dict):
+            raise InputError(f"config section {sec}: must be a mapping")
+        for key, v in body.items():
+            if key not in cfg[sec]:
+                raise InputError(f"config key {sec}.{key}: unknown key")
+            cfg[sec][key] = v
+    for s in sets:
+        key, eq, text = s.partition("=")
+        sec, dot, name = key.partition(".")
+        if not eq or not dot:
+            raise InputError(f"--set {s}: expected section.key=value")
+        if sec not in cfg or name not in cfg[sec]:
+            raise InputError(f"--set {s}: unknown config key {key}")
+        try:
+            cfg[sec][name] = yaml.load(text, Loader=_Loader)
+        except yaml.YAMLError:
+            raise InputError(f"--set {s}: value is not valid YAML")
+    for sec, body in cfg.items():
+        for key in body:
+            body[key] = _check(f"{sec}.{key}", body[key])
+    if cfg["model"]["mlp_hidden"] > 0 and cfg["model"]["parametrization"] != "full":
+        raise InputError("config key model.parametrization: must be full when model.mlp_hidden > 0, "
+                         f"got {_show(cfg['model']['parametrization'])}")
+    return cfg
+
+
+def resolve_device(name):
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {name}: CUDA requested but no CUDA device is available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InputError(f"device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
+    return dev
+
+
+# ----------------------------------------------------------------------------- model and data
+def seed_all(s):
+    np.random.seed(s)
+    torch.manual_seed(s)
+
+
+class LinearTransformer(nn.Module):
+    """The authors' model: one `allparam` [L,H,2,p,p] (p = d, or d+1 for full), optional MLP."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        m = cfg["model"]
+        L, H, d = m["layers"], m["heads"], m["dim"]
+        p = d + 1 if m["parametrization"] == "full" else d
+        self.restricted = m["parametrization"] == "restricted"
+        self.softmax = m["attention"] == "softmax"
+        # Init order is part of the protocol: allparam first, then Linear(d,h), Linear(h,d).
+        self.allparam = nn.Parameter(torch.zeros([L, H, 2, p, p]).normal_(0, m["init_std"]))
+        if m["mlp_hidden"] > 0:
+            h = m["mlp_hidden"]
+            self.mlp = nn.Sequential(nn.Linear(d, h), nn.ReLU(), nn.Linear(h, d))
+        else:
+            self.mlp = None
+
+    def forward(self, Z, yq):
+        """The single forward: returns the mean squared loss of the read-out on the query row."""
+        B, n1, d1 = Z.shape
+        n, d = n1 - 1, d1 - 1
+        if self.mlp is not None:
+            Z = torch.cat([self.mlp(Z[:, :, :d]), Z[:, :, d:]], -1)
+        mask = torch.ones(n + 1, dtype=Z.dtype, device=Z.device)
+        mask[n] = 0
+        M = torch.diag(mask)
+        corner = torch.zeros(d + 1, d + 1, dtype=Z.dtype, device=Z.device)
+        corner[d, d] = 1
+        L, H = self.allparam.shape[0], self.allparam.shape[1]
+        for l in range(L):
+            acc = None
+            for h in range(H):
+                P, Q = self.allparam[l, h, 0], self.allparam[l, h, 1]
+                if self.restricted:  # P~ = [[P,0],[0,1]], Q~ = [[Q,0],[0,0]], differentiably
+                    Pt, Qt = F.pad(P, (0, 1, 0, 1)) + corner, F.pad(Q, (0, 1, 0, 1))
+                else:
+                    Pt, Qt = P, Q
+                S = torch.einsum('BNi,ij,BMj->BNM', Z, Qt, Z)
+                if self.softmax:
+                    S = S.softmax(-1)
+                K = torch.einsum('ij,BNj->BNi', Pt, Z)
+                A = torch.einsum('BNM,ML,BLi->BNi', S, M, K)
+                acc = A / n if acc is None else acc + A / n
+            Z = Z + acc
+        return ((Z[:, n, d] + yq) ** 2).mean()
+
+
+def build_teacher(cfg):
+    """Fixed random ReLU MLP d -> teacher_hidden -> d, built right after seeding with teacher_seed."""
+    d, th = cfg["model"]["dim"], cfg["data"]["teacher_hidden"]
+    seed_all(cfg["data"]["teacher_seed"])
+    return nn.Sequential(nn.Linear(d, th), nn.ReLU(), nn.Linear(th, d)).requires_grad_(False)
+
+
+def draw_batch(cfg, B, teacher=None):
+    """One batch of B prompts on the CPU generator (float32), in the protocol's order."""
+    d, n, setting = cfg["model"]["dim"], cfg["data"]["context"], cfg["data"]["setting"]
+    normal = lambda *shape: torch.empty(shape).normal_(0, 1)
+    if setting == "mlp_teacher":
+        X, Xq, W = normal(B, n, d), normal(B, 1, d), normal(B, d)
+    else:
+        W = normal(B, d)
+        X = normal(B, n, d)
+        Xq = normal(B, 1, d)
+    if setting in ("sphere", "gamma"):
+        X = X / torch.linalg.vector_norm(X, dim=-1, keepdim=True)
+        Xq = Xq / torch.linalg.vector_norm(Xq, dim=-1, keepdim=True)
+    if setting == "gamma":  # numpy draws come after the three torch draws
+        k = cfg["data"]["gamma_shape"]
+        g = np.random.gamma(k, math.sqrt(10 / k), size=(B, n))
+        gq = np.random.gamma(k, math.sqrt(10 / k), size=(B, 1))
+        X = X * torch.from_numpy(g).float().sqrt().unsqueeze(-1)
+        Xq = Xq * torch.from_numpy(gq).float().sqrt().unsqueeze(-1)
+    with torch.no_grad():
+        FX, FXq = (teacher(X), teacher(Xq)) if teacher is not None else (X, Xq)
+    y = torch.einsum('bni,bi->bn', FX, W)
+    yq = torch.einsum('bni,bi->bn', FXq, W)[:, 0]
+    Z = torch.cat([torch.cat([X, y.unsqueeze(-1)], -1),
+                   torch.cat([Xq, torch.zeros(B, 1, 1)], -1)], 1)
+    return Z, yq
+
+
+def global_norm(tensors):
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in tensors]))
+
+
+class Run:
+    """Everything one training run needs: teacher, seeded init, optimizer (mode is always faithful:
+    data is drawn on the CPU generator and then moved to the device)."""
+
+    def __init__(self, cfg, device):
+        self.cfg, self.device, t = cfg, device, cfg["train"]
+        # Teacher first (it seeds with teacher_seed), then seed(s), init, and the loop's draws.
+        self.teacher = build_teacher(cfg) if cfg["data"]["setting"] == "mlp_teacher" else None
+        seed_all(t["seed"])
+        self.model = LinearTransformer(cfg).to(device)
+        self.params = list(self.model.parameters())  # state_dict order
+        if t["optimizer"] == "sgd":
+            self.opt = torch.optim.SGD(self.params, lr=t["lr"], momentum=t["momentum"])
+        else:
+            self.opt = torch.optim.AdamW(self.params, lr=t["lr"], betas=tuple(t["betas"]),
+                                         eps=t["eps"], weight_decay=0)
+
+    def step(self):
+        """One iteration; returns (loss, grad_norm) as Python floats of the float32 values.
+        When either is not finite nothing is updated (the caller stops there)."""
+        Z, yq = draw_batch(self.cfg, self.cfg["data"]["batch"], self.teacher)
+        loss = self.model(Z.to(self.device), yq.to(self.device))
+        loss.backward()
+        grads = [p.grad for p in self.params]
+        gn = global_norm(grads)
+        loss_f, gn_f = float(loss.detach()), float(gn)
+        if math.isfinite(loss_f) and math.isfinite(gn_f):
+            c, mode = self.cfg["train"]["clip"], self.cfg["train"]["clip_mode"]
+            if c > 0 and mode == "threshold":
+                if gn_f > c:
+                    for g in grads:
+                        g.mul_(c / gn_f)  # scalar computed in float64, as the convention pins
+            elif c > 0:
+                torch.nn.utils.clip_grad_norm_(self.params, c)
+            self.opt.step()
+        self.opt.zero_grad()
+        return loss_f, gn_f
+
+    def snapshot(self):
+        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+
+
+# ----------------------------------------------------------------------------- output helpers
+def fmt(v, dtype=torch.float32):
+    """Shortest round-trip positional decimal (Rust `{}`), NaN/inf/-inf for non-finite."""
+    v = float(v)
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    x = np.float32(v) if dtype == torch.float32 else np.float64(v)
+    return np.format_float_positional(x, unique=True, trim='-')
+
+
+def atomic_write(path, write):
+    """write(tmp_path) into a temp file in the same directory, then os.replace onto path."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
+                               prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path, text):
+    def w(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+    atomic_write(path, w)
+
+
+def write_csv(path, header, rows):
+    write_text(path, "\n".join([header] + [",".join(r) for r in rows]) + "\n")
+
+
+def make_out_dir(path):
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"--out {path}: cannot create directory: {e.strerror}")
+
+
+# ----------------------------------------------------------------------------- subcommands
+def cmd_train(args):
+    cfg = load_config(args.config, args.set)
+    if args.device is not None:
+        cfg["train"]["device"] = _check("train.device", args.device)
+    device = resolve_device(cfg["train"]["device"])
+    make_out_dir(args.out)
+    write_text(os.path.join(args.out, "config.yaml"), yaml.safe_dump(cfg, sort_keys=False))
+    t_cfg = cfg["train"]
+    t0 = time.perf_counter()
+    run = Run(cfg, device)
+    rows, saved, steps, diverged_at = [], [], [], None
+    for t in range(t_cfg["iters"]):
+        if t % t_cfg["save_every"] == 0:  # step t = parameters before update t
+            saved.append(run.snapshot())
+            steps.append(t)
+        loss_f, gn_f = run.step()
+        rows.append([str(t), fmt(loss_f), fmt(gn_f)])
+        if not (math.isfinite(loss_f) and math.isfinite(gn_f)):
+            diverged_at = t
+            break
+    # Last entry: the final parameters (step `iters`), or, on divergence at t, the parameters
+    # before update t (never updated with the non-finite gradient).
+    last = t_cfg["iters"] if diverged_at is None else diverged_at
+    if not steps or steps[-1] != last:
+        saved.append(run.snapshot())
+        steps.append(last)
+    wall = time.perf_counter() - t0
+    out = lambda name: os.path.join(args.out, name)
+    write_csv(out("metrics.csv"), "iter,train_loss,grad_norm", rows)
+    traj = {k: torch.stack([s[k] for s in saved]).contiguous() for k in saved[0]}
+    traj["step"] = torch.tensor(steps, dtype=torch.int64)
+    atomic_write(out("trajectory.safetensors"), lambda p: save_file(traj, p))
+    atomic_write(out("final.safetensors"), lambda p: save_file(saved[-1], p))
+    summary = {"status": "completed" if diverged_at is None else "diverged",
+               "diverged_at": diverged_at, "iters_done": last, "wall_time_s": wall,
+               "device": str(device), "side": SIDE}
+    write_text(out("summary.json"), json.dumps(summary) + "\n")
+    if diverged_at is not None:
+        print(f"diverged at iteration {diverged_at} (loss or gradient not finite)", file=sys.stderr)
+        return 3
+    return 0
+
+
+def eval_batch(cfg):
+    """The eval batch: teacher (own seed) first, then re-seed with eval_seed and draw one batch."""
+    teacher = build_teacher(cfg) if cfg["data"]["setting"] == "mlp_teacher" else None
+    seed_all(cfg["data"]["eval_seed"])
+    return draw_batch(cfg, cfg["data"]["batch"], teacher)
+
+
+def cmd_analyze(args):
+    if args.every < 1:
+        raise InputError(f"--every: must be >= 1, got {args.every}")
+    cfg_path, traj_path = (os.path.join(args.dir, f) for f in ("config.yaml", "trajectory.safetensors"))
+    for p in (cfg_path, traj_path):
+        if not os.path.isfile(p):
+            raise InputError(f"analyze {args.dir}: missing {os.path.basename(p)}")
+    cfg = load_config(cfg_path)
+    dtype = torch.float64 if args.dtype == "float64" else torch.float32
+    model = LinearTransformer(cfg).to(dtype)  # its init is overwritten, so it may use the RNG
+    Z, yq = (x.to(dtype) for x in eval_batch(cfg))
+    try:
+        traj = load_file(traj_path)
+    except Exception as e:
+        raise InputError(f"analyze {args.dir}: cannot read trajectory.safetensors: {e}")
+    names = list(model.state_dict().keys())
+    shapes = [model.state_dict()[k].shape for k in names]
+    for k in names + ["step"]:
+        if k not in traj:
+            raise InputError(f"analyze {args.dir}: trajectory.safetensors lacks {k!r} for this config")
+    steps = traj["step"].tolist()
+    index = {t: i for i, t in enumerate(steps)}
+    theta = lambda i: torch.cat([traj[k][i].to(dtype).reshape(-1) for k in names])
+
+    def unflatten(flat):
+        out, o = {}, 0
+        for k, s in zip(names, shapes):
+            out[k] = flat[o:o + s.numel()].view(s)
+            o += s.numel()
+        return out
+
+    def loss_of_flat(flat):  # the Hessian's function: all parameters, state_dict order
+        return torch.func.functional_call(model, unflatten(flat), (Z, yq))
+
+    rows = []
+    for i, t in enumerate(steps):
+        if t % args.every:
+            continue
+        flat = theta(i)
+        model.load_state_dict(unflatten(flat))
+        loss = model(Z, yq)
+        gn = global_norm(torch.autograd.grad(loss, list(model.parameters())))
+        H = torch.autograd.functional.hessian(loss_of_flat, flat)
+        diag = H.diagonal().abs()
+        # torch.median: the LOWER of the two middle values for an even count (used as is).
+        cond = diag.max() / torch.median(diag)
+        ds = ""
+        if t + 1 in index:
+            delta = theta(index[t + 1]) - flat
+            u = delta / torch.linalg.vector_norm(delta)
+            ds = fmt(torch.dot(u, torch.mv(H, u)), dtype)
+        try:
+            lam = torch.linalg.eigvalsh(H)  # ascending
+            lam_abs = lam.abs()
+            cond_eig, sharp = fmt(lam_abs.max() / torch.median(lam_abs), dtype), fmt(lam[-1], dtype)
+        except RuntimeError:  # non-finite Hessian (diverged run)
+            cond_eig, sharp = "NaN", "NaN"
+        rows.append([str(t), fmt(loss, dtype), fmt(gn, dtype), fmt(cond, dtype), ds, cond_eig, sharp])
+    write_csv(os.path.join(args.dir, "analysis.csv"),
+              "iter,test_loss,grad_norm,condition_number,dir_smoothness,condition_number_eig,sharpness",
+              rows)
+    return 0
+
+
+def cmd_noise(args):
+    cfg = load_config(args.config, args.set)
+    if args.device is not None:
+        cfg["train"]["device"] = _check("train.device", args.device)
+    if args.samples < 1 or args.full_batch < 1:
+        raise InputError(f"--samples and --full-batch: must be >= 1, got {args.samples} and {args.full_batch}")
+    device = resolve_device(cfg["train"]["device"])
+    make_out_dir(args.out)
+    run = Run(cfg, device)  # teacher, seed(train.seed), init, exactly as training starts
+    model, params, B, N = run.model, run.params, cfg["data"]["batch"], args.full_batch
+    Zf, yqf = draw_batch(cfg, N, run.teacher)  # one call per tensor with the full N
+    # Full gradient of the mean loss over N, in chunks of B prompts (rows [cB, cB+B)): each chunk's
+    # mean loss is weighted by |chunk|/N before backward and the gradients accumulate in .grad.
+    for c in range(0, N, B):
+        Zc, yqc = Zf[c:c + B].to(device), yqf[c:c + B].to(device)
+        (model(Zc, yqc) * (Zc.shape[0] / N)).backward()
+    g_full = [p.grad.detach().clone() for p in params]
+    run.opt.zero_grad()
+    del Zf, yqf
+    rows = []
+    for _ in range(args.samples):
+        Z, yq = draw_batch(cfg, B, run.teacher)
+        gb = torch.autograd.grad(model(Z.to(device), yq.to(device)), params)
+        rows.append([fmt(global_norm([a - b for a, b in zip(gb, g_full)]))])
+    write_csv(os.path.join(args.out, "noise.csv"), "noise", rows)
+    return 0
+
+
+def cmd_bench(args):
+    cfg = load_config(args.config, args.set)
+    if args.device is not None:
+        cfg["train"]["device"] = _check("train.device", args.device)
+    if args.steps < 1 or args.warmup < 0 or (args.ensemble is not None and args.ensemble < 1):
+        raise InputError("--steps must be >= 1, --warmup >= 0 and --ensemble >= 1")
+    device = resolve_device(cfg["train"]["device"])
+    if args.ensemble is None:
+        cfgs = [cfg]
+    else:  # seeds 0..K/2 x {sgd, adam}: run i has seed i//2 and optimizer sgd (even) / adam (odd)
+        cfgs = []
+        for i in range(args.ensemble):
+            c = copy.deepcopy(cfg)
+            c["train"]["seed"], c["train"]["optimizer"] = i // 2, ("sgd", "adam")[i % 2]
+            cfgs.append(c)
+    total = 0.0
+    for c in cfgs:  # one after another; only the N timed steps of each run count
+        run = Run(c, device)
+        for _ in range(args.warmup):
+            run.step()
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            run.step()  # reads loss and grad_norm as floats, which also syncs a GPU
+        total += time.perf_counter() - t0
+    print(json.dumps({"ms_per_step": total * 1000 / args.steps, "side": SIDE,
+                      "device": str(device), "threads": torch.get_num_threads()}))
+    return 0
+
+
+# ----------------------------------------------------------------------------- CLI
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse would print usage and a second line)
+        raise InputError(f"{self.prog}: {message}")
+
+
+def build_parser():
+    ap = Parser(prog="pytorch_reference.py", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    def config_args(p):
+        p.add_argument("--config", default=None, help="YAML config (defaults when omitted)")
+        p.add_argument("--set", action="append", default=[], metavar="K=V",
+                       help="override section.key=value (value parsed as YAML)")
+        p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (overrides train.device)")
+
+    p = sub.add_parser("train", help="train one run and write its outputs into --out")
+    config_args(p)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("analyze", help="Hessian statistics of a train run directory")
+    p.add_argument("dir")
+    p.add_argument("--every", type=int, default=1)
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_analyze)
+    p = sub.add_parser("noise", help="stochastic-gradient noise ||g_B - g|| at initialisation")
+    config_args(p)
+    p.add_argument("--samples", type=int, required=True)
+    p.add_argument("--full-batch", type=int, default=100000)
+    p.add_argument("--out", default=".")
+    p.set_defaults(func=cmd_noise)
+    p = sub.add_parser("bench", help="time training steps; prints one JSON line")
+    config_args(p)
+    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--warmup", type=int, default=0)
+    p.add_argument("--ensemble", type=int, default=None)
+    p.set_defaults(func=cmd_bench)
+    return ap
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].startswith("--") and argv[0] not in ("--help", "-h"):
+        argv.insert(0, "train")
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # never a traceback: one line naming the exception
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"error: {type(e).__name__}: {msg}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

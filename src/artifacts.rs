@@ -1,0 +1,196 @@
+//! The files of a run folder, and how they are written: every output goes to a temporary
+//! file in the same folder and is then renamed, so a reader (or a crash) never sees half a file.
+use crate::BadInput;
+use anyhow::{anyhow, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use tch::Tensor;
+
+pub const CONFIG: &str = "config.yaml";
+pub const METRICS: &str = "metrics.csv";
+pub const TRAJECTORY: &str = "trajectory.safetensors";
+pub const FINAL: &str = "final.safetensors";
+pub const SUMMARY: &str = "summary.json";
+
+/// A temporary name beside `path`, unique to this process, that keeps the extension (some
+/// writers pick the format from it).
+pub fn temp_path(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{}.tmp-{}-{}", std::process::id(), unique(), name))
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    COUNTER.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Runs `write` on a temporary path, then renames it onto `path`.
+pub fn write_via_temp(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = temp_path(path);
+    let result = write(&tmp).and_then(|()| {
+        std::fs::rename(&tmp, path).with_context(|| format!("renaming onto {}", path.display()))
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("writing {}", path.display()))
+}
+
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_via_temp(path, |tmp| {
+        let mut f = std::fs::File::create(tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        Ok(())
+    })
+}
+
+/// Floats in CSV files: the shortest decimal that reads back to the same float32 value, in
+/// positional notation (Rust's `{}`), so that runs can be diffed exactly.
+pub fn fmt_f32(v: f32) -> String {
+    format!("{v}")
+}
+
+pub fn write_safetensors(path: &Path, named: &[(String, Tensor)]) -> Result<()> {
+    let refs: Vec<(&str, Tensor)> =
+        named.iter().map(|(n, t)| (n.as_str(), t.to_device(tch::Device::Cpu).contiguous())).collect();
+    write_via_temp(path, |tmp| Ok(Tensor::write_safetensors(&refs, tmp)?))
+}
+
+/// Reads a safetensors file; a missing or damaged file is bad input naming the file.
+pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    if !path.exists() {
+        return Err(anyhow!(BadInput(format!("{}: no such file", path.display()))));
+    }
+    Tensor::read_safetensors(path).map_err(|e| {
+        anyhow!(BadInput(format!("{}: not a readable safetensors file ({e})", path.display())))
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Running,
+    Completed,
+    Diverged,
+}
+
+/// `summary.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Summary {
+    pub status: Status,
+    /// The iteration whose loss or gradient was not finite.
+    pub diverged_at: Option<i64>,
+    pub iters_done: i64,
+    pub wall_time_s: f64,
+    pub device: String,
+    pub side: String,
+}
+
+impl Summary {
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self)? + "\n";
+        write_atomic(&dir.join(SUMMARY), text.as_bytes())
+    }
+
+    pub fn read(dir: &Path) -> Result<Summary> {
+        let path = dir.join(SUMMARY);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| anyhow!(BadInput(format!("{}: {e}", path.display()))))?;
+        serde_json::from_str(&text)
+            .map_err(|e| anyhow!(BadInput(format!("{}: not a linattn summary ({e})", path.display()))))
+    }
+}
+
+/// One row of `metrics.csv`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MetricsRow {
+    pub iter: i64,
+    pub train_loss: f32,
+    pub grad_norm: f32,
+}
+
+pub const METRICS_HEADER: &str = "iter,train_loss,grad_norm";
+
+pub fn metrics_csv(rows: &[MetricsRow]) -> String {
+    let mut s = String::with_capacity(32 * (rows.len() + 1));
+    s.push_str(METRICS_HEADER);
+    s.push('\n');
+    for r in rows {
+        s.push_str(&format!("{},{},{}\n", r.iter, fmt_f32(r.train_loss), fmt_f32(r.grad_norm)));
+    }
+    s
+}
+
+pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRow>> {
+    let mut reader = csv::Reader::from_path(path)
+        .map_err(|e| anyhow!(BadInput(format!("{}: {e}", path.display()))))?;
+    let mut rows = Vec::new();
+    for (i, rec) in reader.records().enumerate() {
+        let rec = rec.with_context(|| format!("{} line {}", path.display(), i + 2))?;
+        let field = |k: usize| -> Result<&str> {
+            rec.get(k).ok_or_else(|| anyhow!(BadInput(format!("{} line {}: missing field {k}", path.display(), i + 2))))
+        };
+        let parse_err = |e: &dyn std::fmt::Display| anyhow!(BadInput(format!("{} line {}: {e}", path.display(), i + 2)));
+        rows.push(MetricsRow {
+            iter: field(0)?.parse().map_err(|e| parse_err(&e))?,
+            train_loss: field(1)?.parse().map_err(|e| parse_err(&e))?,
+            grad_norm: field(2)?.parse().map_err(|e| parse_err(&e))?,
+        });
+    }
+    Ok(rows)
+}
+
+/// Stacks per-step snapshots into the trajectory file: per parameter `[S, *shape]`, plus the
+/// int64 `step` tensor naming the saved steps.
+pub fn write_trajectory(path: &Path, names: &[String], steps: &[i64], snapshots: &[Vec<Tensor>]) -> Result<()> {
+    let mut named = Vec::with_capacity(names.len() + 1);
+    for (i, name) in names.iter().enumerate() {
+        let per_step: Vec<&Tensor> = snapshots.iter().map(|s| &s[i]).collect();
+        named.push((name.clone(), Tensor::stack(&per_step, 0)));
+    }
+    named.push(("step".to_string(), Tensor::from_slice(steps)));
+    write_safetensors(path, &named)
+}
+
+/// A trajectory as read back: the saved steps and, per step, the parameters in
+/// `state_dict` order.
+pub struct Trajectory {
+    pub steps: Vec<i64>,
+    pub params: Vec<(String, Tensor)>,
+}
+
+impl Trajectory {
+    pub fn read(path: &Path, names: &[String]) -> Result<Trajectory> {
+        let named = read_safetensors(path)?;
+        let get = |name: &str| {
+            named.iter().find(|(n, _)| n == name).map(|(_, t)| t.shallow_clone()).ok_or_else(|| {
+                anyhow!(BadInput(format!("{}: has no tensor {name:?}", path.display())))
+            })
+        };
+        let step = get("step")?;
+        let steps: Vec<i64> = Vec::<i64>::try_from(&step.to_kind(tch::Kind::Int64))?;
+        let mut params = Vec::new();
+        for n in names {
+            let t = get(n)?;
+            if t.size().first() != Some(&(steps.len() as i64)) {
+                return Err(anyhow!(BadInput(format!(
+                    "{}: tensor {n:?} has {:?} saved steps but `step` names {}",
+                    path.display(),
+                    t.size().first(),
+                    steps.len()
+                ))));
+            }
+            params.push((n.clone(), t));
+        }
+        Ok(Trajectory { steps, params })
+    }
+
+    /// The parameters saved at `step`, if it was saved.
+    pub fn at(&self, step: i64) -> Option<Vec<Tensor>> {
+        let i = self.steps.iter().position(|&s| s == step)? as i64;
+        Some(self.params.iter().map(|(_, t)| t.get(i)).collect())
+    }
+}

@@ -1,0 +1,368 @@
+//! The run configuration: one YAML file with `model`, `data` and `train` sections.
+//!
+//! The paper's symbols, once: `model.layers` is L, `model.heads` is H, `model.dim` is d,
+//! `data.context` is n (the number of in-context examples), `data.batch` is B.
+//! P and Q are the learned attention matrices; M masks the query token as a key/value.
+//!
+//! Unknown keys are an error (a typo must never silently fall back to a default), and
+//! every value is range-checked in [`Config::validate`] so that bad input is reported as one
+//! line naming the key, with exit code 2 (see [`crate::BadInput`]).
+use crate::BadInput;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Parametrization {
+    /// P~ = [[P,0],[0,1]], Q~ = [[Q,0],[0,0]] with P, Q in R^{d×d}: what the paper's figures use.
+    Restricted,
+    /// P and Q in R^{(d+1)×(d+1)} used as they are.
+    Full,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Attention {
+    Linear,
+    Softmax,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Setting {
+    Normal,
+    Sphere,
+    Gamma,
+    MlpTeacher,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerKind {
+    Sgd,
+    Adam,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClipMode {
+    /// The linear experiments' rule: if ‖g‖ > c then g ← g·c/‖g‖.
+    Threshold,
+    /// `torch.nn.utils.clip_grad_norm_`: g ← g·min(1, c/(‖g‖+1e-6)); the MLP experiments' rule.
+    ClipGradNorm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Follows the reference protocol op for op: bit-identical to PyTorch on CPU.
+    Faithful,
+    /// The same model with fewer operations (not available yet).
+    Fast,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerImpl {
+    /// Tensor-op SGD and Adam that follow torch.optim's single-tensor formulas: bit-identical.
+    Reference,
+    /// tch's built-in libtorch C++ optimizers (`nn::Sgd`, `nn::Adam`). SGD is bit-identical;
+    /// the C++ Adam updates its first moment with mul+add instead of lerp and drifts (~1e-4).
+    Libtorch,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    pub layers: i64,
+    pub heads: i64,
+    pub dim: i64,
+    pub init_std: f64,
+    pub parametrization: Parametrization,
+    pub attention: Attention,
+    /// Width of the learned ReLU MLP applied to the covariates; 0 disables it.
+    pub mlp_hidden: i64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            layers: 3,
+            heads: 1,
+            dim: 5,
+            init_std: 0.05,
+            parametrization: Parametrization::Restricted,
+            attention: Attention::Linear,
+            mlp_hidden: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    pub setting: Setting,
+    pub context: i64,
+    pub batch: i64,
+    pub gamma_shape: f64,
+    pub teacher_hidden: i64,
+    pub teacher_seed: u32,
+    pub eval_seed: u32,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            setting: Setting::Normal,
+            context: 20,
+            batch: 1000,
+            gamma_shape: 0.1,
+            teacher_hidden: 10,
+            teacher_seed: 7,
+            eval_seed: 99,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub optimizer: OptimizerKind,
+    pub lr: f64,
+    pub momentum: f64,
+    pub betas: [f64; 2],
+    pub eps: f64,
+    pub clip: f64,
+    pub clip_mode: ClipMode,
+    pub mode: Mode,
+    pub iters: i64,
+    pub seed: u32,
+    pub device: String,
+    pub save_every: i64,
+    pub optimizer_impl: OptimizerImpl,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            optimizer: OptimizerKind::Sgd,
+            lr: 0.02,
+            momentum: 0.9,
+            betas: [0.9, 0.9],
+            eps: 1e-8,
+            clip: 1.0,
+            clip_mode: ClipMode::Threshold,
+            mode: Mode::Faithful,
+            iters: 10000,
+            seed: 0,
+            device: "cpu".into(),
+            save_every: 1,
+            optimizer_impl: OptimizerImpl::Reference,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub model: ModelConfig,
+    pub data: DataConfig,
+    pub train: TrainConfig,
+}
+
+fn bad(msg: String) -> anyhow::Error {
+    anyhow::Error::new(BadInput(msg))
+}
+
+/// Applies one `--set section.key=value` override to the YAML tree. The value is parsed as
+/// YAML, so `--set train.betas=[0.9,0.99]` and `--set model.attention=softmax` both work.
+pub fn apply_override(tree: &mut serde_yaml::Value, assignment: &str) -> Result<()> {
+    let (key, raw) = assignment.split_once('=').ok_or_else(|| {
+        bad(format!("--set {assignment:?}: expected section.key=value, e.g. train.lr=0.01"))
+    })?;
+    let parts: Vec<&str> = key.trim().split('.').collect();
+    if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
+        return Err(bad(format!(
+            "--set {assignment:?}: the key must be section.key (e.g. train.lr), got {key:?}"
+        )));
+    }
+    let value: serde_yaml::Value = serde_yaml::from_str(raw)
+        .map_err(|e| bad(format!("--set {assignment:?}: the value is not valid YAML: {e}")))?;
+    if tree.is_null() {
+        *tree = serde_yaml::Value::Mapping(Default::default());
+    }
+    let root = tree
+        .as_mapping_mut()
+        .ok_or_else(|| bad("config: the top level must be a mapping".into()))?;
+    let section = root
+        .entry(parts[0].into())
+        .or_insert_with(|| serde_yaml::Value::Mapping(Default::default()));
+    let section = section.as_mapping_mut().ok_or_else(|| {
+        bad(format!("--set {assignment:?}: config key {} is not a section", parts[0]))
+    })?;
+    section.insert(parts[1].into(), value);
+    Ok(())
+}
+
+impl Config {
+    /// Reads a YAML config, applies `--set` overrides in order, and validates the result.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| bad(format!("config file {}: {e}", path.display())))?;
+        Self::from_yaml_str(&text, overrides)
+            .map_err(|e| match e.downcast::<BadInput>() {
+                Ok(BadInput(m)) => bad(format!("{}: {m}", path.display())),
+                Err(e) => e,
+            })
+    }
+
+    pub fn from_yaml_str(text: &str, overrides: &[String]) -> Result<Config> {
+        let mut tree: serde_yaml::Value =
+            serde_yaml::from_str(text).map_err(|e| bad(format!("not valid YAML: {e}")))?;
+        for o in overrides {
+            apply_override(&mut tree, o)?;
+        }
+        if tree.is_null() {
+            tree = serde_yaml::Value::Mapping(Default::default());
+        }
+        let cfg: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
+            let path = e.path().to_string();
+            bad(format!("config key {path}: {}", e.into_inner()))
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Range checks, each naming the key it is about.
+    pub fn validate(&self) -> Result<()> {
+        let (m, d, t) = (&self.model, &self.data, &self.train);
+        let mut checks: Vec<(bool, &str, String)> = vec![
+            (m.layers >= 1, "model.layers", format!("must be >= 1, got {}", m.layers)),
+            (m.heads >= 1, "model.heads", format!("must be >= 1, got {}", m.heads)),
+            (m.dim >= 1, "model.dim", format!("must be >= 1, got {}", m.dim)),
+            (m.init_std >= 0.0 && m.init_std.is_finite(), "model.init_std", format!("must be >= 0, got {}", m.init_std)),
+            (m.mlp_hidden >= 0, "model.mlp_hidden", format!("must be >= 0, got {}", m.mlp_hidden)),
+            (d.context >= 1, "data.context", format!("must be >= 1, got {}", d.context)),
+            (d.batch >= 1, "data.batch", format!("must be >= 1, got {}", d.batch)),
+            (d.gamma_shape > 0.0 && d.gamma_shape.is_finite(), "data.gamma_shape", format!("must be > 0, got {}", d.gamma_shape)),
+            (d.teacher_hidden >= 1, "data.teacher_hidden", format!("must be >= 1, got {}", d.teacher_hidden)),
+            (t.lr > 0.0 && t.lr.is_finite(), "train.lr", format!("must be > 0, got {}", t.lr)),
+            ((0.0..1.0).contains(&t.momentum), "train.momentum", format!("must be in [0, 1), got {}", t.momentum)),
+            ((0.0..1.0).contains(&t.betas[0]), "train.betas", format!("each beta must be in [0, 1), got {}", t.betas[0])),
+            ((0.0..1.0).contains(&t.betas[1]), "train.betas", format!("each beta must be in [0, 1), got {}", t.betas[1])),
+            (t.eps > 0.0 && t.eps.is_finite(), "train.eps", format!("must be > 0, got {}", t.eps)),
+            (t.clip >= 0.0 && t.clip.is_finite(), "train.clip", format!("must be >= 0 (0 disables clipping), got {}", t.clip)),
+            (t.iters >= 1, "train.iters", format!("must be >= 1, got {}", t.iters)),
+            (t.save_every >= 1, "train.save_every", format!("must be >= 1, got {}", t.save_every)),
+        ];
+        checks.push((
+            m.mlp_hidden == 0 || m.parametrization == Parametrization::Full,
+            "model.parametrization",
+            "the MLP variant (model.mlp_hidden > 0) uses the full parametrization; set model.parametrization: full".into(),
+        ));
+        for (ok, key, msg) in checks {
+            if !ok {
+                return Err(bad(format!("config key {key}: {msg}")));
+            }
+        }
+        crate::device::parse(&t.device)
+            .map_err(|e| bad(format!("config key train.device: {e}")))?;
+        Ok(())
+    }
+
+    /// Number of attention-matrix rows/cols per head: d for restricted, d+1 for full.
+    pub fn param_dim(&self) -> i64 {
+        match self.model.parametrization {
+            Parametrization::Restricted => self.model.dim,
+            Parametrization::Full => self.model.dim + 1,
+        }
+    }
+
+    pub fn to_yaml(&self) -> String {
+        serde_yaml::to_string(self).expect("a Config always serializes")
+    }
+
+    /// Reads the resolved `config.yaml` of a finished or running run folder.
+    pub fn load_run(dir: &Path) -> Result<Config> {
+        let path = dir.join("config.yaml");
+        if !path.exists() {
+            return Err(bad(format!(
+                "{}: not a linattn run folder (no config.yaml)",
+                dir.display()
+            )));
+        }
+        Self::load(&path, &[]).with_context(|| format!("reading {}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(r: Result<Config>) -> String {
+        let e = r.unwrap_err();
+        assert!(e.downcast_ref::<BadInput>().is_some(), "not a BadInput: {e:#}");
+        e.to_string()
+    }
+
+    #[test]
+    fn empty_yaml_gives_the_spec_defaults() {
+        let c = Config::from_yaml_str("", &[]).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.model.layers, 3);
+        assert_eq!(c.data.context, 20);
+        assert_eq!(c.train.betas, [0.9, 0.9]);
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_path() {
+        let m = msg(Config::from_yaml_str("model: {layerz: 3}", &[]));
+        assert!(m.contains("model") && m.contains("layerz"), "{m}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let m = msg(Config::from_yaml_str("model: {layers: three}", &[]));
+        assert!(m.contains("model.layers"), "{m}");
+    }
+
+    #[test]
+    fn set_overrides_parse_yaml_values() {
+        let c = Config::from_yaml_str(
+            "train: {lr: 0.1}",
+            &["train.lr=0.5".into(), "train.betas=[0.8, 0.99]".into(), "data.setting=gamma".into()],
+        )
+        .unwrap();
+        assert_eq!(c.train.lr, 0.5);
+        assert_eq!(c.train.betas, [0.8, 0.99]);
+        assert_eq!(c.data.setting, Setting::Gamma);
+    }
+
+    #[test]
+    fn malformed_set_is_bad_input() {
+        assert!(msg(Config::from_yaml_str("", &["train.lr".into()])).contains("section.key=value"));
+        assert!(msg(Config::from_yaml_str("", &["lr=3".into()])).contains("section.key"));
+    }
+
+    #[test]
+    fn out_of_range_values_name_their_key() {
+        for (set, key) in [
+            ("train.lr=-1", "train.lr"),
+            ("data.context=0", "data.context"),
+            ("train.betas=[1.0, 0.9]", "train.betas"),
+            ("data.gamma_shape=0", "data.gamma_shape"),
+            ("train.save_every=0", "train.save_every"),
+            ("model.mlp_hidden=30", "model.parametrization"),
+        ] {
+            let m = msg(Config::from_yaml_str("", &[set.into()]));
+            assert!(m.contains(key), "{set}: {m}");
+        }
+    }
+
+    #[test]
+    fn resolved_config_round_trips_through_yaml() {
+        let c = Config::from_yaml_str("", &["model.attention=softmax".into()]).unwrap();
+        assert_eq!(Config::from_yaml_str(&c.to_yaml(), &[]).unwrap(), c);
+    }
+}

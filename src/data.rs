@@ -1,0 +1,123 @@
+//! The in-context regression data of paper Table 1: `normal`, `sphere`, `gamma` (heavy-tailed)
+//! and `mlp_teacher` (App. B), drawn in the authors' order.
+//!
+//! The order in which random numbers are drawn is part of the replication: it is what makes a
+//! Rust run bit-identical to the PyTorch one on CPU (SPEC, "The reference protocol", step 3,
+//! and docs/conventions.md). Every draw of the project goes through this module.
+use crate::config::{Config, DataConfig, Setting};
+use crate::model::Mlp;
+use crate::numpy_rng::LegacyRandomState;
+use tch::{Device, Kind, Tensor};
+
+/// One batch of B prompts: `z` is `[B, n+1, d+1]` (rows `[x_i, y_i]`, last row `[x_query, 0]`),
+/// `y_query` is `[B]`.
+pub struct Batch {
+    pub z: Tensor,
+    pub y_query: Tensor,
+}
+
+impl Batch {
+    pub fn to_device(&self, device: Device) -> Batch {
+        Batch { z: self.z.to_device(device), y_query: self.y_query.to_device(device) }
+    }
+}
+
+/// Seeds numpy's legacy generator and torch's CPU generator with the same seed, as the
+/// authors' `np.random.seed(s); torch.manual_seed(s)` does. Returns the numpy-compatible
+/// generator, which the caller passes on explicitly.
+pub fn seed_both(seed: u32) -> LegacyRandomState {
+    tch::manual_seed(seed as i64);
+    LegacyRandomState::new(seed)
+}
+
+/// The fixed random ReLU teacher φ* of App. B (`Linear(d, teacher_hidden), ReLU, Linear(·, d)`),
+/// built with PyTorch's default init after seeding both generators with `teacher_seed`.
+pub fn build_teacher(data: &DataConfig, dim: i64) -> Mlp {
+    let _ = seed_both(data.teacher_seed);
+    Mlp::init_pytorch_default(dim, data.teacher_hidden, dim)
+}
+
+/// An endless stream of fresh batches, one per iteration.
+pub struct DataStream {
+    cfg: DataConfig,
+    dim: i64,
+    numpy: LegacyRandomState,
+    teacher: Option<Mlp>,
+    device: Device,
+}
+
+impl DataStream {
+    /// `numpy` is the generator returned by [`seed_both`] for this run; the torch CPU
+    /// generator is the one that was seeded with it.
+    pub fn new(cfg: &Config, teacher: Option<Mlp>, numpy: LegacyRandomState, device: Device) -> Self {
+        DataStream { cfg: cfg.data.clone(), dim: cfg.model.dim, numpy, teacher, device }
+    }
+
+    /// Draws the next batch of `batch` prompts on the CPU generators and moves it to the
+    /// device (the faithful protocol).
+    pub fn next_batch(&mut self) -> Batch {
+        self.draw(self.cfg.batch).to_device(self.device)
+    }
+
+    /// Draws `b` prompts in the reference order. Everything here runs on the CPU so that the
+    /// numbers do not depend on the training device.
+    pub fn draw(&mut self, b: i64) -> Batch {
+        let (n, d) = (self.cfg.context, self.dim);
+        let normal = |shape: &[i64]| Tensor::empty(shape, (Kind::Float, Device::Cpu)).normal_(0.0, 1.0);
+        // Linear settings draw W, X, X_query; the MLP experiments draw X, X_query, W.
+        let (w, mut x, mut xq) = if self.cfg.setting == Setting::MlpTeacher {
+            let x = normal(&[b, n, d]);
+            let xq = normal(&[b, 1, d]);
+            (normal(&[b, d]), x, xq)
+        } else {
+            let w = normal(&[b, d]);
+            let x = normal(&[b, n, d]);
+            (w, x, normal(&[b, 1, d]))
+        };
+        match self.cfg.setting {
+            Setting::Normal | Setting::MlpTeacher => {}
+            Setting::Sphere => {
+                x = unit_rows(&x);
+                xq = unit_rows(&xq);
+            }
+            Setting::Gamma => {
+                // Radii² ~ Gamma(k, √(10/k)) from numpy's legacy sampler, after the torch draws.
+                let k = self.cfg.gamma_shape;
+                let scale = (10.0 / k).sqrt();
+                let g = self.gamma_tensor(k, scale, &[b, n]);
+                let gq = self.gamma_tensor(k, scale, &[b, 1]);
+                x = unit_rows(&x) * g.sqrt().unsqueeze(-1);
+                xq = unit_rows(&xq) * gq.sqrt().unsqueeze(-1);
+            }
+        }
+        let (features, features_q) = match &self.teacher {
+            Some(t) => (t.forward(&x), t.forward(&xq)),
+            None => (x.shallow_clone(), xq.shallow_clone()),
+        };
+        let y = Tensor::einsum("bni,bi->bn", &[&features, &w], None::<i64>);
+        let y_query = Tensor::einsum("bni,bi->bn", &[&features_q, &w], None::<i64>).select(1, 0);
+        let tokens = Tensor::cat(&[x, y.unsqueeze(-1)], -1);
+        let query = Tensor::cat(&[xq, Tensor::zeros([b, 1, 1], (Kind::Float, Device::Cpu))], -1);
+        Batch { z: Tensor::cat(&[tokens, query], 1), y_query }
+    }
+
+    fn gamma_tensor(&mut self, shape: f64, scale: f64, size: &[i64]) -> Tensor {
+        let count = size.iter().product::<i64>() as usize;
+        // numpy draws float64; the authors cast to float32 (round to nearest), as `as f32` does.
+        let values: Vec<f32> =
+            self.numpy.gamma_fill(shape, scale, count).into_iter().map(|v| v as f32).collect();
+        Tensor::from_slice(&values).reshape(size)
+    }
+}
+
+fn unit_rows(x: &Tensor) -> Tensor {
+    x / x.norm_scalaropt_dim(2, [-1i64].as_slice(), true)
+}
+
+/// The evaluation batch: B prompts drawn once after re-seeding both generators with
+/// `eval_seed` (the teacher, if any, is built first with its own seed).
+pub fn eval_batch(cfg: &Config, device: Device) -> Batch {
+    let teacher = (cfg.data.setting == Setting::MlpTeacher).then(|| build_teacher(&cfg.data, cfg.model.dim));
+    let numpy = seed_both(cfg.data.eval_seed);
+    DataStream::new(cfg, teacher, numpy, device).next_batch()
+}

@@ -1,0 +1,103 @@
+//! The `linattn` command line (SPEC, "The command-line contract").
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use linattn::artifacts::Status;
+use linattn::config::Config;
+use linattn::{exit, BadInput};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "linattn", version, about = "Linear Transformers on in-context regression (Ahn et al., ICLR 2024)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// A config file plus `--set section.key=value` overrides.
+#[derive(clap::Args)]
+struct ConfigArgs {
+    /// YAML config (unknown keys are an error).
+    #[arg(long)]
+    config: PathBuf,
+    /// Override one config key, e.g. `--set train.lr=0.01` (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    sets: Vec<String>,
+}
+
+impl ConfigArgs {
+    fn load(&self) -> Result<Config> {
+        Config::load(&self.config, &self.sets)
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train one run and write its folder (config, metrics, trajectory, final parameters, summary).
+    Train {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    let progress = std::io::stderr().is_terminal();
+    match cli.command {
+        Command::Train { config, out } => {
+            let cfg = config.load()?;
+            let outcome = linattn::train::train(&cfg, &out, progress)?;
+            let last = outcome.metrics.last();
+            match outcome.summary.status {
+                Status::Diverged => {
+                    eprintln!(
+                        "linattn: run diverged at iteration {} (loss or gradient not finite); {} kept",
+                        outcome.summary.diverged_at.unwrap_or_default(),
+                        out.display()
+                    );
+                    Ok(exit::DIVERGED)
+                }
+                _ => {
+                    if let Some(r) = last {
+                        println!(
+                            "done: {} iterations in {:.1} s, last train_loss {} grad_norm {}; wrote {}",
+                            outcome.summary.iters_done,
+                            outcome.summary.wall_time_s,
+                            r.train_loss,
+                            r.grad_norm,
+                            out.display()
+                        );
+                    }
+                    Ok(exit::OK)
+                }
+            }
+        }
+    }
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version are not errors.
+            let code = if e.use_stderr() { exit::BAD_INPUT } else { exit::OK };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    let code = match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let bad = e.chain().any(|c| c.downcast_ref::<BadInput>().is_some());
+            let msg = match e.chain().find_map(|c| c.downcast_ref::<BadInput>()) {
+                Some(b) => b.to_string(),
+                None => format!("{e:#}"),
+            };
+            eprintln!("linattn: error: {}", msg.replace('\n', " "));
+            if bad { exit::BAD_INPUT } else { exit::FAILURE }
+        }
+    };
+    std::process::exit(code);
+}
