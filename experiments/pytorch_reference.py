@@ -84,8 +84,8 @@ def _show(v):
 
 
 def _check(where, v):
-    rule = RULES[where]
-    bad = lambda what: InputError(f"config key {where}: {what}, got {_show(v)}")
+    rule, orig = RULES[where], v
+    bad = lambda what: InputError(f"config key {where}: {what}, got {_show(orig)}")
     kind = rule[0]
     if kind == "int":
         if isinstance(v, bool) or not isinstance(v, int):
@@ -315,7 +315,7 @@ class Run:
 # ----------------------------------------------------------------------------- output helpers
 def fmt(v, dtype=torch.float32):
     """Shortest round-trip positional decimal (Rust `{}`), NaN/inf/-inf for non-finite."""
-    v = float(v)
+    v = float(v.detach()) if torch.is_tensor(v) else float(v)
     if math.isnan(v):
         return "NaN"
     if math.isinf(v):

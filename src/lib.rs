@@ -3,13 +3,16 @@
 //!
 //! One module per concept of the paper; see `../shared/SPEC.md` and `docs/conventions.md`.
 pub mod artifacts;
+pub mod compare;
 pub mod config;
 pub mod data;
 pub mod device;
 pub mod model;
 pub mod numpy_rng;
 pub mod optim;
+pub mod plots;
 pub mod progress;
+pub mod reference;
 pub mod train;
 
 /// Input that the user must fix: reported as one line, with exit code 2.

@@ -41,6 +41,20 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Run one config through the Rust model and the PyTorch side; compare them step by step.
+    Compare {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Output folder (gets rust/, torch/, compare.csv and compare.png).
+        #[arg(long)]
+        out: PathBuf,
+        /// Largest relative difference accepted (train_loss, grad_norm and final parameters).
+        #[arg(long, default_value_t = 1e-6)]
+        tolerance: f64,
+        /// Device for both sides (overrides train.device).
+        #[arg(long)]
+        device: Option<String>,
+    },
 }
 
 fn run(cli: Cli) -> Result<i32> {
@@ -73,6 +87,27 @@ fn run(cli: Cli) -> Result<i32> {
                     Ok(exit::OK)
                 }
             }
+        }
+        Command::Compare { mut config, out, tolerance, device } => {
+            if let Some(d) = device {
+                config.sets.push(format!("train.device={d}"));
+            }
+            let cfg = config.load()?;
+            let c = linattn::compare::compare(&cfg, &config.config, &config.sets, &out, progress)?;
+            println!(
+                "compared {} iterations: largest relative difference {:e} (train_loss/grad_norm {:e}, final parameters {:e}); bit-identical: {}",
+                c.iters,
+                c.max_rel(),
+                c.max_rel_metrics,
+                c.max_rel_params,
+                if c.bit_identical { "yes" } else { "no" }
+            );
+            println!("wrote {}", out.join("compare.csv").display());
+            if c.max_rel() > tolerance {
+                eprintln!("linattn: the two sides differ beyond the tolerance {tolerance:e}");
+                return Ok(exit::FAILURE);
+            }
+            Ok(exit::OK)
         }
     }
 }

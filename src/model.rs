@@ -182,7 +182,7 @@ fn embed(arch: &Arch, pq: &Tensor) -> (Tensor, Tensor) {
             // P~ = [[P,0],[0,1]], Q~ = [[Q,0],[0,0]]; padding adds exact zeros, so the values
             // are the same however the embedding is written.
             let d = arch.dim;
-            let one = Tensor::zeros([d + 1, d + 1], (Kind::Float, pq.device()));
+            let one = Tensor::zeros([d + 1, d + 1], (pq.kind(), pq.device()));
             let _ = one.get(d).get(d).fill_(1.0);
             let pt = p.constant_pad_nd([0, 1, 0, 1]) + one;
             let qt = q.constant_pad_nd([0, 1, 0, 1]);
@@ -192,10 +192,10 @@ fn embed(arch: &Arch, pq: &Tensor) -> (Tensor, Tensor) {
 }
 
 /// M = diag(1, …, 1, 0): the query token is never a key or a value.
-fn query_mask(n: i64, device: Device) -> Tensor {
+fn query_mask(n: i64, like: &Tensor) -> Tensor {
     let mut diag = vec![1f32; n as usize + 1];
     diag[n as usize] = 0.0;
-    Tensor::from_slice(&diag).diag_embed(0, -2, -1).to_device(device)
+    Tensor::from_slice(&diag).diag_embed(0, -2, -1).to_kind(like.kind()).to_device(like.device())
 }
 
 /// Z_L: the tokens after the optional MLP and all attention layers.
@@ -210,7 +210,7 @@ pub fn forward(arch: &Arch, params: &[Tensor], z: &Tensor) -> Tensor {
         let covariates = mlp_forward(&z.narrow(2, 0, arch.dim), &p);
         z = Tensor::cat(&[covariates, z.narrow(2, arch.dim, 1)], 2);
     }
-    let mask = query_mask(n, z.device());
+    let mask = query_mask(n, &z);
     let allparam = &params[0];
     for l in 0..arch.layers {
         let mut acc: Option<Tensor> = None;

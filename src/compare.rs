@@ -1,0 +1,81 @@
+//! `linattn compare`: the same config through the Rust model and the PyTorch side, side by side.
+use crate::artifacts::{self, fmt_f32};
+use crate::config::Config;
+use crate::{plots, reference};
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+
+pub struct Comparison {
+    pub iters: usize,
+    /// Largest relative difference over every train_loss and grad_norm.
+    pub max_rel_metrics: f64,
+    /// Largest elementwise relative difference of the final parameters.
+    pub max_rel_params: f64,
+    pub bit_identical: bool,
+}
+
+impl Comparison {
+    pub fn max_rel(&self) -> f64 {
+        self.max_rel_metrics.max(self.max_rel_params)
+    }
+}
+
+fn rel(a: f64, b: f64) -> f64 {
+    if a.to_bits() == b.to_bits() || a == b {
+        0.0
+    } else {
+        (a - b).abs() / b.abs().max(f64::MIN_POSITIVE)
+    }
+}
+
+/// Runs both sides into `out/rust` and `out/torch` and writes `compare.csv` and `compare.png`.
+pub fn compare(cfg: &Config, config_path: &Path, sets: &[String], out: &Path, progress: bool) -> Result<Comparison> {
+    let (rust_dir, torch_dir) = (out.join("rust"), out.join("torch"));
+    crate::train::train(cfg, &rust_dir, progress)?;
+    let mut args: Vec<std::ffi::OsString> = vec!["train".into(), "--config".into(), config_path.into()];
+    for s in sets {
+        args.push("--set".into());
+        args.push(s.into());
+    }
+    args.push("--out".into());
+    args.push(PathBuf::from(&torch_dir).into());
+    reference::run(reference::command(args)?, "the config")?;
+
+    let rust = artifacts::read_metrics(&rust_dir.join(artifacts::METRICS))?;
+    let torch = artifacts::read_metrics(&torch_dir.join(artifacts::METRICS))?;
+    let mut csv = String::from("iter,rust_loss,torch_loss,abs_diff,rel_diff\n");
+    let mut max_rel_metrics = 0f64;
+    let mut bit_identical = rust.len() == torch.len();
+    for (r, t) in rust.iter().zip(&torch) {
+        let (a, b) = (r.train_loss as f64, t.train_loss as f64);
+        let d = rel(a, b);
+        csv.push_str(&format!("{},{},{},{},{}\n", r.iter, fmt_f32(r.train_loss), fmt_f32(t.train_loss), (a - b).abs(), d));
+        max_rel_metrics = max_rel_metrics.max(d).max(rel(r.grad_norm as f64, t.grad_norm as f64));
+        bit_identical &= r.train_loss.to_bits() == t.train_loss.to_bits() && r.grad_norm.to_bits() == t.grad_norm.to_bits();
+    }
+    artifacts::write_atomic(&out.join("compare.csv"), csv.as_bytes())?;
+
+    let rust_final = artifacts::read_safetensors(&rust_dir.join(artifacts::FINAL))?;
+    let torch_final = artifacts::read_safetensors(&torch_dir.join(artifacts::FINAL))?;
+    let mut max_rel_params = 0f64;
+    for (name, a) in &rust_final {
+        let b = &torch_final
+            .iter()
+            .find(|(n, _)| n == name)
+            .with_context(|| format!("the PyTorch side's final.safetensors has no {name}"))?
+            .1;
+        bit_identical &= a.equal(b);
+        let diff = (a - b).abs() / b.abs().clamp_min(f64::MIN_POSITIVE);
+        max_rel_params = max_rel_params.max(diff.max().double_value(&[]));
+    }
+    let iters: Vec<f64> = rust.iter().map(|r| r.iter as f64).collect();
+    let losses = |m: &[artifacts::MetricsRow]| m.iter().map(|r| r.train_loss as f64).collect::<Vec<_>>();
+    plots::compare_overlay(
+        &out.join("compare.png"),
+        &iters,
+        &losses(&rust),
+        &losses(&torch),
+        &format!("Rust vs PyTorch: {:?}, {:?}, {}", cfg.data.setting, cfg.train.optimizer, cfg.train.device),
+    )?;
+    Ok(Comparison { iters: rust.len(), max_rel_metrics, max_rel_params, bit_identical })
+}

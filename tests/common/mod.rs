@@ -1,0 +1,89 @@
+//! Shared helpers for the integration tests: the `linattn` binary, the PyTorch side in the
+//! project's venv, and run folders.
+#![allow(dead_code)]
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The venv's python: the PyTorch side of every side-by-side test. A missing venv fails the
+/// test with a message saying how to make it; it never passes silently.
+pub fn python() -> PathBuf {
+    let venv = std::env::var("LINATTN_VENV").map(PathBuf::from).unwrap_or_else(|_| {
+        PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/linattn/venv-torch-2.11.0")
+    });
+    let py = venv.join("bin/python3");
+    assert!(py.exists(), "no python at {} — run `bash scripts/test.sh`, which sets up the venv", py.display());
+    py
+}
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn linattn() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_linattn"));
+    c.env("LINATTN_VENV", python().parent().unwrap().parent().unwrap());
+    c
+}
+
+pub fn reference() -> Command {
+    let mut c = Command::new(python());
+    c.arg(root().join("experiments/pytorch_reference.py"));
+    c
+}
+
+pub fn experiment(name: &str) -> PathBuf {
+    root().join("experiments").join(name)
+}
+
+/// Runs a command and returns its output, panicking with stderr if it could not start.
+pub fn output(mut c: Command) -> Output {
+    c.output().unwrap_or_else(|e| panic!("could not run {c:?}: {e}"))
+}
+
+pub fn ok(c: Command) -> Output {
+    let desc = format!("{c:?}");
+    let o = output(c);
+    assert!(
+        o.status.success(),
+        "{desc} failed ({:?}):\n{}\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+/// Adds `--config`, the `--set`s and `--out` to a train-like command.
+pub fn with_config(mut c: Command, config: &Path, sets: &[String], out: &Path) -> Command {
+    c.arg("--config").arg(config);
+    for s in sets {
+        c.arg("--set").arg(s);
+    }
+    c.arg("--out").arg(out);
+    c
+}
+
+/// `(iter, train_loss, grad_norm)` rows of a metrics.csv, parsed as float32.
+pub fn metrics(dir: &Path) -> Vec<(i64, f32, f32)> {
+    let text = std::fs::read_to_string(dir.join("metrics.csv")).expect("metrics.csv");
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("iter,train_loss,grad_norm"));
+    lines
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[0].parse().unwrap(), f[1].parse().unwrap(), f[2].parse().unwrap())
+        })
+        .collect()
+}
+
+pub fn rel_diff(a: f64, b: f64) -> f64 {
+    if a == b {
+        0.0
+    } else {
+        (a - b).abs() / b.abs().max(1e-30)
+    }
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
