@@ -75,6 +75,8 @@ pub enum Status {
     Running,
     Completed,
     Diverged,
+    /// Stopped by Ctrl-C or SIGTERM after writing a checkpoint; `train --resume` continues it.
+    Interrupted,
 }
 
 /// `summary.json`.

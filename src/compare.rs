@@ -29,9 +29,10 @@ fn rel(a: f64, b: f64) -> f64 {
 }
 
 /// Runs both sides into `out/rust` and `out/torch` and writes `compare.csv` and `compare.png`.
-pub fn compare(cfg: &Config, config_path: &Path, sets: &[String], out: &Path, progress: bool) -> Result<Comparison> {
+pub fn compare(cfg: &Config, config_path: &Path, sets: &[String], out: &Path, opts: &crate::train::Options) -> Result<Comparison> {
     let (rust_dir, torch_dir) = (out.join("rust"), out.join("torch"));
-    crate::train::train(cfg, &rust_dir, progress)?;
+    let opts = crate::train::Options { force: true, ..opts.clone() };
+    crate::train::train(cfg, &rust_dir, &opts)?;
     let mut args: Vec<std::ffi::OsString> = vec!["train".into(), "--config".into(), config_path.into()];
     for s in sets {
         args.push("--set".into());
@@ -39,6 +40,7 @@ pub fn compare(cfg: &Config, config_path: &Path, sets: &[String], out: &Path, pr
     }
     args.push("--out".into());
     args.push(PathBuf::from(&torch_dir).into());
+    let _ = std::fs::remove_dir_all(&torch_dir);
     reference::run(reference::command(args)?, "the config")?;
 
     let rust = artifacts::read_metrics(&rust_dir.join(artifacts::METRICS))?;

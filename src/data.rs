@@ -59,6 +59,14 @@ impl DataStream {
         self.draw(self.cfg.batch).to_device(self.device)
     }
 
+    /// Advances the stream past `iters` batches by drawing and discarding them: the
+    /// generators then stand exactly where an uninterrupted run would have them.
+    pub fn skip(&mut self, iters: i64) {
+        for _ in 0..iters {
+            let _ = self.draw(self.cfg.batch);
+        }
+    }
+
     /// Draws `b` prompts in the reference order. Everything here runs on the CPU so that the
     /// numbers do not depend on the training device.
     pub fn draw(&mut self, b: i64) -> Batch {

@@ -33,4 +33,6 @@ pub mod exit {
     pub const FAILURE: i32 = 1;
     pub const BAD_INPUT: i32 = 2;
     pub const DIVERGED: i32 = 3;
+    /// Ctrl-C or SIGTERM: a checkpoint was written; `train --resume` continues.
+    pub const INTERRUPTED: i32 = 130;
 }

@@ -6,6 +6,8 @@ use linattn::config::Config;
 use linattn::{exit, BadInput};
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(name = "linattn", version, about = "Linear Transformers on in-context regression (Ahn et al., ICLR 2024)")]
@@ -35,11 +37,24 @@ impl ConfigArgs {
 enum Command {
     /// Train one run and write its folder (config, metrics, trajectory, final parameters, summary).
     Train {
-        #[command(flatten)]
-        config: ConfigArgs,
+        /// YAML config (unknown keys are an error).
+        #[arg(long, required_unless_present = "resume")]
+        config: Option<PathBuf>,
+        /// Override one config key, e.g. `--set train.lr=0.01` (repeatable).
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+        sets: Vec<String>,
         /// Output folder.
+        #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
+        out: Option<PathBuf>,
+        /// Continue the interrupted run in DIR from its last checkpoint.
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["config", "sets", "force"])]
+        resume: Option<PathBuf>,
+        /// Replace a run that already exists in --out.
         #[arg(long)]
-        out: PathBuf,
+        force: bool,
+        /// Checkpoint every this many iterations (0: only on Ctrl-C/SIGTERM).
+        #[arg(long, default_value_t = 250)]
+        checkpoint_every: i64,
     },
     /// Run one config through the Rust model and the PyTorch side; compare them step by step.
     Compare {
@@ -57,14 +72,39 @@ enum Command {
     },
 }
 
+/// Ctrl-C and SIGTERM ask a running command to stop at the next safe point.
+fn stop_flag() -> Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&flag))?;
+    }
+    Ok(flag)
+}
+
 fn run(cli: Cli) -> Result<i32> {
     let progress = std::io::stderr().is_terminal();
+    let options = linattn::train::Options { progress, stop: stop_flag()?, ..Default::default() };
     match cli.command {
-        Command::Train { config, out } => {
-            let cfg = config.load()?;
-            let outcome = linattn::train::train(&cfg, &out, progress)?;
+        Command::Train { config, sets, out, resume, force, checkpoint_every } => {
+            let opts = linattn::train::Options { force, checkpoint_every, ..options };
+            let (outcome, out) = match resume {
+                Some(dir) => (linattn::train::resume(&dir, &opts)?, dir),
+                None => {
+                    let (config, out) = (config.expect("clap requires --config"), out.expect("clap requires --out"));
+                    let cfg = Config::load(&config, &sets)?;
+                    (linattn::train::train(&cfg, &out, &opts)?, out)
+                }
+            };
             let last = outcome.metrics.last();
             match outcome.summary.status {
+                Status::Interrupted => {
+                    eprintln!(
+                        "linattn: interrupted after {} iterations; continue with: linattn train --resume {}",
+                        outcome.summary.iters_done,
+                        out.display()
+                    );
+                    Ok(exit::INTERRUPTED)
+                }
                 Status::Diverged => {
                     eprintln!(
                         "linattn: run diverged at iteration {} (loss or gradient not finite); {} kept",
@@ -93,7 +133,7 @@ fn run(cli: Cli) -> Result<i32> {
                 config.sets.push(format!("train.device={d}"));
             }
             let cfg = config.load()?;
-            let c = linattn::compare::compare(&cfg, &config.config, &config.sets, &out, progress)?;
+            let c = linattn::compare::compare(&cfg, &config.config, &config.sets, &out, &options)?;
             println!(
                 "compared {} iterations: largest relative difference {:e} (train_loss/grad_norm {:e}, final parameters {:e}); bit-identical: {}",
                 c.iters,

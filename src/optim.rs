@@ -158,7 +158,7 @@ impl Optimizer {
         match &mut self.rule {
             Rule::Sgd { buffers, .. } => {
                 for (i, b) in buffers.iter_mut().enumerate() {
-                    *b = find(format!("momentum_buffer.{i}")).map(|t| t.to_device(t.device()).copy());
+                    *b = find(format!("momentum_buffer.{i}")).map(|t| t.copy());
                 }
                 true
             }

@@ -1,20 +1,49 @@
 //! The training loop (SPEC protocol steps 1–5) and the run folder it writes.
+//!
+//! A run folder is never left half-written: while training, everything needed to continue
+//! (parameters, optimizer state, metrics and trajectory so far) lives in one checkpoint file
+//! that is replaced atomically; the final files appear only when the run ends. `--resume`
+//! continues from the checkpoint by replaying the data draws, so that a resumed faithful run
+//! is bit-identical to an uninterrupted one.
 use crate::artifacts::{self, MetricsRow, Status, Summary};
 use crate::config::{Config, Mode, Setting};
 use crate::data::{self, DataStream};
-use crate::model::{Arch, Model};
+use crate::model::{self, Arch, Model};
 use crate::optim::{self, Optimizer};
 use crate::BadInput;
 use anyhow::{anyhow, Context, Result};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
+
+pub const CHECKPOINT: &str = "checkpoint.safetensors";
+const LOCK: &str = ".linattn.lock";
 
 /// What a finished `train` reports.
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub summary: Summary,
     pub metrics: Vec<MetricsRow>,
+}
+
+/// How `train` treats the output folder and the process around it.
+#[derive(Clone)]
+pub struct Options {
+    pub progress: bool,
+    /// Replace a run that is already in the folder.
+    pub force: bool,
+    /// Write a checkpoint every this many iterations (0: only when interrupted).
+    pub checkpoint_every: i64,
+    /// Set by a signal handler: stop after the current iteration, checkpoint, and return.
+    pub stop: Arc<AtomicBool>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { progress: false, force: false, checkpoint_every: 250, stop: Arc::new(AtomicBool::new(false)) }
+    }
 }
 
 /// A run in memory: the model, its optimizer and its data stream, positioned at `iter`.
@@ -82,25 +111,187 @@ pub fn is_saved_step(t: i64, save_every: i64, iters: i64) -> bool {
     t % save_every == 0 || t == iters
 }
 
+/// Everything recorded so far, besides the live model and optimizer.
+struct Progress {
+    metrics: Vec<MetricsRow>,
+    steps: Vec<i64>,
+    snapshots: Vec<Vec<Tensor>>,
+}
+
+/// An exclusive lock on a run folder, released when dropped (or when the process dies).
+pub struct FolderLock(#[allow(dead_code)] std::fs::File);
+
+pub fn lock_folder(dir: &Path) -> Result<FolderLock> {
+    use fs2::FileExt;
+    let path = dir.join(LOCK);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| anyhow!(BadInput(format!("output folder {}: cannot write to it ({e})", dir.display()))))?;
+    file.try_lock_exclusive().map_err(|_| {
+        anyhow!(BadInput(format!("output folder {}: another linattn process is writing into it", dir.display())))
+    })?;
+    Ok(FolderLock(file))
+}
+
+/// Files a run writes; `--force` removes them before starting again.
+const RUN_FILES: &[&str] = &[
+    artifacts::CONFIG,
+    artifacts::METRICS,
+    artifacts::TRAJECTORY,
+    artifacts::FINAL,
+    artifacts::SUMMARY,
+    CHECKPOINT,
+    "analysis.csv",
+];
+
 /// `linattn train`: runs the config and writes the run folder `out`.
-pub fn train(cfg: &Config, out: &Path, progress: bool) -> Result<Outcome> {
+pub fn train(cfg: &Config, out: &Path, opts: &Options) -> Result<Outcome> {
     std::fs::create_dir_all(out)
         .map_err(|e| anyhow!(BadInput(format!("output folder {}: cannot create it ({e})", out.display()))))?;
+    let _lock = lock_folder(out)?;
+    if out.join(artifacts::CONFIG).exists() {
+        if !opts.force {
+            return Err(anyhow!(BadInput(format!(
+                "output folder {} already holds a run; pass --force to replace it or --resume to continue it",
+                out.display()
+            ))));
+        }
+        for f in RUN_FILES {
+            let _ = std::fs::remove_file(out.join(f));
+        }
+    }
+    let run = Run::start(cfg)?;
     artifacts::write_atomic(&out.join(artifacts::CONFIG), cfg.to_yaml().as_bytes())
         .map_err(|e| anyhow!(BadInput(format!("output folder {}: cannot write to it ({e:#})", out.display()))))?;
+    let progress = Progress { metrics: Vec::new(), steps: vec![0], snapshots: vec![run.model.snapshot()] };
+    drive(run, progress, out, opts)
+}
+
+/// `linattn train --resume DIR`: continues a run from its last checkpoint.
+pub fn resume(out: &Path, opts: &Options) -> Result<Outcome> {
+    let cfg = Config::load_run(out)?;
+    let _lock = lock_folder(out)?;
+    if let Ok(summary) = Summary::read(out) {
+        if summary.status != Status::Running && summary.status != Status::Interrupted {
+            return Err(anyhow!(BadInput(format!(
+                "{}: the run already ended ({:?}); nothing to resume",
+                out.display(),
+                summary.status
+            ))));
+        }
+    }
+    let mut run = Run::start(&cfg)?;
+    let ckpt = out.join(CHECKPOINT);
+    if !ckpt.exists() {
+        // Interrupted before its first checkpoint: start over.
+        let progress = Progress { metrics: Vec::new(), steps: vec![0], snapshots: vec![run.model.snapshot()] };
+        return drive(run, progress, out, opts);
+    }
+    let saved = artifacts::read_safetensors(&ckpt)?;
+    let progress = restore(&mut run, &saved).map_err(|e| anyhow!(BadInput(format!("{}: {e:#}", ckpt.display()))))?;
+    drive(run, progress, out, opts)
+}
+
+/// Writes the checkpoint: live parameters, optimizer state, metrics and trajectory so far.
+fn write_checkpoint(run: &Run, progress: &Progress, out: &Path) -> Result<()> {
+    let mut named: Vec<(String, Tensor)> = vec![("iter".into(), Tensor::from_slice(&[run.iter]))];
+    for ((name, _), value) in run.model.params.iter().zip(run.model.snapshot()) {
+        named.push((format!("param.{name}"), value));
+    }
+    for (name, t) in run.optimizer.state() {
+        named.push((format!("optim.{name}"), t.detach().to_device(Device::Cpu).copy()));
+    }
+    let losses: Vec<f32> = progress.metrics.iter().map(|r| r.train_loss).collect();
+    let norms: Vec<f32> = progress.metrics.iter().map(|r| r.grad_norm).collect();
+    named.push(("metrics.train_loss".into(), Tensor::from_slice(&losses)));
+    named.push(("metrics.grad_norm".into(), Tensor::from_slice(&norms)));
+    named.push(("trajectory.step".into(), Tensor::from_slice(&progress.steps)));
+    for (i, (name, _)) in run.model.params.iter().enumerate() {
+        let per_step: Vec<&Tensor> = progress.snapshots.iter().map(|s| &s[i]).collect();
+        named.push((format!("trajectory.{name}"), Tensor::stack(&per_step, 0)));
+    }
+    artifacts::write_safetensors(&out.join(CHECKPOINT), &named)
+}
+
+/// Puts a freshly started run into the state a checkpoint recorded. The data stream is
+/// advanced by replaying the draws of the iterations already done.
+fn restore(run: &mut Run, saved: &[(String, Tensor)]) -> Result<Progress> {
+    let get = |name: &str| {
+        saved.iter().find(|(n, _)| n == name).map(|(_, t)| t.shallow_clone()).ok_or_else(|| anyhow!("has no tensor {name:?}"))
+    };
+    let iter = get("iter")?.int64_value(&[0]);
+    let params: Vec<(String, Tensor)> = run
+        .model
+        .params
+        .iter()
+        .map(|(n, _)| Ok((n.clone(), get(&format!("param.{n}"))?)))
+        .collect::<Result<_>>()?;
+    model::check_shapes(&run.model.arch, &params).context("does not match config.yaml")?;
+    let losses = Vec::<f32>::try_from(&get("metrics.train_loss")?.to_kind(Kind::Float))?;
+    let norms = Vec::<f32>::try_from(&get("metrics.grad_norm")?.to_kind(Kind::Float))?;
+    let steps = Vec::<i64>::try_from(&get("trajectory.step")?.to_kind(Kind::Int64))?;
+    if losses.len() as i64 != iter || norms.len() as i64 != iter || iter > run.cfg.train.iters {
+        return Err(anyhow!("is inconsistent: iteration {iter} with {} metric rows", losses.len()));
+    }
+    let mut snapshots: Vec<Vec<Tensor>> = (0..steps.len()).map(|_| Vec::new()).collect();
+    for (name, _) in &run.model.params {
+        let t = get(&format!("trajectory.{name}"))?;
+        if t.size().first() != Some(&(steps.len() as i64)) {
+            return Err(anyhow!("trajectory.{name} does not have one entry per saved step"));
+        }
+        for (s, snap) in snapshots.iter_mut().enumerate() {
+            snap.push(t.get(s as i64));
+        }
+    }
+    let optim_state: Vec<(String, Tensor)> = saved
+        .iter()
+        .filter_map(|(n, t)| n.strip_prefix("optim.").map(|k| (k.to_string(), t.to_device(run.device))))
+        .collect();
+    if !run.optimizer.load_state(&optim_state) {
+        return Err(anyhow!("its optimizer state cannot be restored (optimizer_impl: libtorch keeps it inside libtorch)"));
+    }
+    tch::no_grad(|| {
+        for ((_, var), (_, value)) in run.model.params.iter_mut().zip(&params) {
+            var.copy_(value);
+        }
+    });
+    run.data.skip(iter);
+    run.iter = iter;
+    let metrics = (0..iter as usize)
+        .map(|i| MetricsRow { iter: i as i64, train_loss: losses[i], grad_norm: norms[i] })
+        .collect();
+    Ok(Progress { metrics, steps, snapshots })
+}
+
+/// The loop shared by fresh and resumed runs, and the files written at its end.
+fn drive(mut run: Run, mut progress: Progress, out: &Path, opts: &Options) -> Result<Outcome> {
     let started = Instant::now();
-    let mut run = Run::start(cfg)?;
-    let names: Vec<String> = run.model.params.iter().map(|(n, _)| n.clone()).collect();
+    let cfg = run.cfg.clone();
     let iters = cfg.train.iters;
-    let bar = crate::progress::bar(iters as u64, "train", progress);
-    let mut metrics = Vec::with_capacity(iters as usize);
-    let mut steps = vec![0];
-    let mut snapshots = vec![run.model.snapshot()];
+    let device = crate::device::describe(run.device);
+    let summary_now = |status, diverged_at, iters_done| Summary {
+        status,
+        diverged_at,
+        iters_done,
+        wall_time_s: started.elapsed().as_secs_f64(),
+        device: device.clone(),
+        side: "rust".into(),
+    };
+    summary_now(Status::Running, None, run.iter).write(out)?;
+    let bar = crate::progress::bar(iters as u64, "train", opts.progress);
+    bar.set_position(run.iter as u64);
     let mut status = Status::Completed;
     let mut diverged_at = None;
     while run.iter < iters {
+        if opts.stop.load(Ordering::Relaxed) {
+            status = Status::Interrupted;
+            break;
+        }
         let row = run.step();
-        metrics.push(row);
+        progress.metrics.push(row);
         bar.inc(1);
         if !(row.train_loss.is_finite() && row.grad_norm.is_finite()) {
             status = Status::Diverged;
@@ -108,24 +299,27 @@ pub fn train(cfg: &Config, out: &Path, progress: bool) -> Result<Outcome> {
             break;
         }
         if is_saved_step(run.iter, cfg.train.save_every, iters) {
-            steps.push(run.iter);
-            snapshots.push(run.model.snapshot());
+            progress.steps.push(run.iter);
+            progress.snapshots.push(run.model.snapshot());
+        }
+        if opts.checkpoint_every > 0 && run.iter % opts.checkpoint_every == 0 && run.iter < iters {
+            write_checkpoint(&run, &progress, out)?;
         }
     }
     bar.finish_and_clear();
-    artifacts::write_atomic(&out.join(artifacts::METRICS), artifacts::metrics_csv(&metrics).as_bytes())?;
-    artifacts::write_trajectory(&out.join(artifacts::TRAJECTORY), &names, &steps, &snapshots)?;
-    let final_params: Vec<(String, Tensor)> =
-        names.iter().cloned().zip(run.model.snapshot()).collect();
+    if status == Status::Interrupted {
+        write_checkpoint(&run, &progress, out)?;
+        let summary = summary_now(status, None, run.iter);
+        summary.write(out)?;
+        return Ok(Outcome { summary, metrics: progress.metrics });
+    }
+    let names: Vec<String> = run.model.params.iter().map(|(n, _)| n.clone()).collect();
+    artifacts::write_atomic(&out.join(artifacts::METRICS), artifacts::metrics_csv(&progress.metrics).as_bytes())?;
+    artifacts::write_trajectory(&out.join(artifacts::TRAJECTORY), &names, &progress.steps, &progress.snapshots)?;
+    let final_params: Vec<(String, Tensor)> = names.iter().cloned().zip(run.model.snapshot()).collect();
     artifacts::write_safetensors(&out.join(artifacts::FINAL), &final_params)?;
-    let summary = Summary {
-        status,
-        diverged_at,
-        iters_done: metrics.len() as i64,
-        wall_time_s: started.elapsed().as_secs_f64(),
-        device: crate::device::describe(run.device),
-        side: "rust".into(),
-    };
+    let summary = summary_now(status, diverged_at, progress.metrics.len() as i64);
     summary.write(out).context("writing summary.json")?;
-    Ok(Outcome { summary, metrics })
+    let _ = std::fs::remove_file(out.join(CHECKPOINT));
+    Ok(Outcome { summary, metrics: progress.metrics })
 }

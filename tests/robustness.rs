@@ -1,0 +1,191 @@
+//! Divergence, interruption, resume and concurrent writers never lose or corrupt a run.
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SMALL: &[&str] = &["data.batch=100"];
+
+fn train_cmd(out: &Path, sets: &[&str]) -> Command {
+    let mut c = linattn();
+    c.arg("train");
+    let sets: Vec<String> = SMALL.iter().chain(sets).map(|s| s.to_string()).collect();
+    with_config(c, &experiment("settings/setting1_normal_n20.yaml"), &sets, out)
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn wait_for_checkpoint(dir: &Path, deadline: Duration) {
+    let start = Instant::now();
+    while !dir.join("checkpoint.safetensors").exists() {
+        assert!(start.elapsed() < deadline, "no checkpoint appeared in {}", dir.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_diverging_run_stops_keeps_every_row_and_exits_3() {
+    let tmp = tempdir();
+    let out = tmp.path().join("run");
+    let o = output(train_cmd(&out, &["train.lr=1e6", "train.clip=0", "train.iters=500"]));
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("diverged at iteration"));
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["status"], "diverged");
+    let at = summary["diverged_at"].as_i64().unwrap();
+    let rows = metrics(&out);
+    assert_eq!(rows.len() as i64, at + 1, "metrics.csv keeps every row up to the diverged one");
+    assert!(!rows.last().unwrap().1.is_finite() || !rows.last().unwrap().2.is_finite());
+    assert!(rows[..rows.len() - 1].iter().all(|r| r.1.is_finite() && r.2.is_finite()));
+}
+
+#[test]
+fn reusing_a_run_folder_is_refused_without_force_or_resume() {
+    let tmp = tempdir();
+    let out = tmp.path().join("run");
+    ok(train_cmd(&out, &["train.iters=3"]));
+    let before = std::fs::read(out.join("metrics.csv")).unwrap();
+    let o = output(train_cmd(&out, &["train.iters=5"]));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--force"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(out.join("metrics.csv")).unwrap(), before, "the old run is untouched");
+    let mut forced = train_cmd(&out, &["train.iters=5"]);
+    forced.arg("--force");
+    ok(forced);
+    assert_eq!(metrics(&out).len(), 5);
+}
+
+#[test]
+fn a_second_process_writing_into_the_same_folder_is_refused() {
+    let tmp = tempdir();
+    let out = tmp.path().join("run");
+    let mut first = train_cmd(&out, &["train.iters=100000"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    wait_for_checkpoint_or_config(&out);
+    let mut second = train_cmd(&out, &["train.iters=10"]);
+    second.arg("--force");
+    let o = output(second);
+    first.kill().unwrap();
+    let _ = first.wait();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("another linattn process"), "{}", stderr(&o));
+}
+
+fn wait_for_checkpoint_or_config(dir: &Path) {
+    let start = Instant::now();
+    while !dir.join("config.yaml").exists() {
+        assert!(start.elapsed() < Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sigkill_then_resume_gives_a_byte_identical_metrics_csv() {
+    let tmp = tempdir();
+    let (whole, killed) = (tmp.path().join("whole"), tmp.path().join("killed"));
+    ok(train_cmd(&whole, &["train.iters=3000"]));
+
+    let mut child = train_cmd(&killed, &["train.iters=3000"]);
+    child.args(["--checkpoint-every", "100"]).stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = child.spawn().unwrap();
+    wait_for_checkpoint(&killed, Duration::from_secs(120));
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap(); // SIGKILL
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the run finished before it could be killed");
+    assert!(!killed.join("metrics.csv").exists(), "no partial metrics.csv is left behind");
+
+    let mut resume = linattn();
+    resume.arg("train").arg("--resume").arg(&killed);
+    ok(resume);
+    assert_eq!(
+        std::fs::read(killed.join("metrics.csv")).unwrap(),
+        std::fs::read(whole.join("metrics.csv")).unwrap(),
+        "resumed metrics.csv differs from the uninterrupted one"
+    );
+    let a = tch::Tensor::read_safetensors(killed.join("final.safetensors")).unwrap();
+    let b = tch::Tensor::read_safetensors(whole.join("final.safetensors")).unwrap();
+    assert!(a[0].1.equal(&b[0].1));
+    assert!(!killed.join("checkpoint.safetensors").exists());
+}
+
+#[test]
+fn sigterm_checkpoints_exits_130_and_resume_completes_the_run() {
+    let tmp = tempdir();
+    let (whole, stopped) = (tmp.path().join("whole"), tmp.path().join("stopped"));
+    ok(train_cmd(&whole, &["train.iters=1500", "train.optimizer=adam"]));
+    let mut child = train_cmd(&stopped, &["train.iters=1500", "train.optimizer=adam"]);
+    child.args(["--checkpoint-every", "0"]).stdout(Stdio::null()).stderr(Stdio::piped());
+    let child = child.spawn().unwrap();
+    wait_for_checkpoint_or_config(&stopped);
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let o = child.wait_with_output().unwrap();
+    if o.status.code() == Some(0) {
+        panic!("the run finished before SIGTERM arrived");
+    }
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--resume"));
+    let summary = std::fs::read_to_string(stopped.join("summary.json")).unwrap();
+    assert!(summary.contains("interrupted"), "{summary}");
+    let mut resume = linattn();
+    resume.arg("train").arg("--resume").arg(&stopped);
+    ok(resume);
+    assert_eq!(std::fs::read(stopped.join("metrics.csv")).unwrap(), std::fs::read(whole.join("metrics.csv")).unwrap());
+}
+
+#[test]
+fn a_truncated_or_mismatched_checkpoint_is_bad_input() {
+    let tmp = tempdir();
+    let out = tmp.path().join("run");
+    let mut c = train_cmd(&out, &["train.iters=100000"]);
+    c.args(["--checkpoint-every", "50"]).stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = c.spawn().unwrap();
+    wait_for_checkpoint(&out, Duration::from_secs(120));
+    child.kill().unwrap();
+    let _ = child.wait();
+    let ckpt = out.join("checkpoint.safetensors");
+    let bytes = std::fs::read(&ckpt).unwrap();
+
+    // Shapes that disagree with config.yaml.
+    let cfg = std::fs::read_to_string(out.join("config.yaml")).unwrap();
+    std::fs::write(out.join("config.yaml"), cfg.replace("dim: 5", "dim: 4")).unwrap();
+    let mut resume = linattn();
+    resume.arg("train").arg("--resume").arg(&out);
+    let o = output(resume);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("shape"), "{}", stderr(&o));
+    std::fs::write(out.join("config.yaml"), cfg).unwrap();
+
+    // A truncated file.
+    std::fs::write(&ckpt, &bytes[..bytes.len() / 2]).unwrap();
+    let mut resume = linattn();
+    resume.arg("train").arg("--resume").arg(&out);
+    let o = output(resume);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("checkpoint.safetensors"), "{}", stderr(&o));
+    assert_eq!(stderr(&o).trim_end().lines().count(), 1);
+}
+
+#[test]
+fn an_output_folder_that_cannot_be_written_is_bad_input() {
+    let tmp = tempdir();
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let o = output(train_cmd(&file.join("run"), &["train.iters=2"]));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("a-file"), "{}", stderr(&o));
+}
+
+#[test]
+fn resume_of_a_folder_that_is_not_a_run_is_bad_input() {
+    let tmp = tempdir();
+    let mut resume = linattn();
+    resume.arg("train").arg("--resume").arg(tmp.path());
+    let o = output(resume);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("not a linattn run folder"), "{}", stderr(&o));
+}
