@@ -212,6 +212,8 @@ impl Config {
             .map_err(|e| bad(format!("config file {}: {e}", path.display())))?;
         Self::from_yaml_str(&text, overrides)
             .map_err(|e| match e.downcast::<BadInput>() {
+                // --set problems are about the command line, not the file.
+                Ok(BadInput(m)) if m.starts_with("--set") => bad(m),
                 Ok(BadInput(m)) => bad(format!("{}: {m}", path.display())),
                 Err(e) => e,
             })
@@ -256,6 +258,19 @@ impl Config {
             (t.iters >= 1, "train.iters", format!("must be >= 1, got {}", t.iters)),
             (t.save_every >= 1, "train.save_every", format!("must be >= 1, got {}", t.save_every)),
         ];
+        // One layer holds B×(n+1)×(n+1) attention scores; refuse what cannot fit in memory
+        // before libtorch fails to allocate it.
+        let scores = (d.batch as f64) * (d.context as f64 + 1.0) * (d.context.max(m.dim) as f64 + 1.0);
+        checks.push((
+            scores <= 4e9,
+            "data.batch",
+            format!("batch {} × context {} is too large for one step ({:.0} GB per layer)", d.batch, d.context, scores * 4.0 / 1e9),
+        ));
+        checks.push((
+            (m.layers as f64) * (m.heads as f64) * (m.dim as f64 + 1.0).powi(2) <= 1e9,
+            "model.layers",
+            "layers × heads × (dim+1)² is too large".into(),
+        ));
         checks.push((
             m.mlp_hidden == 0 || m.parametrization == Parametrization::Full,
             "model.parametrization",

@@ -152,17 +152,38 @@ fn run(cli: Cli) -> Result<i32> {
     }
 }
 
+/// The message of a panic (from tch's unwrapping wrappers, say) as one line.
+fn panic_line(payload: &(dyn std::any::Any + Send)) -> String {
+    let text = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    text.lines().find(|l| !l.trim().is_empty()).unwrap_or("unknown panic").trim().to_string()
+}
+
 fn main() {
+    // A panic is a bug, but the user still gets one line and an exit code, not a backtrace.
+    std::panic::set_hook(Box::new(|_| {}));
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
             // --help and --version are not errors.
-            let code = if e.use_stderr() { exit::BAD_INPUT } else { exit::OK };
-            let _ = e.print();
-            std::process::exit(code);
+            if !e.use_stderr() {
+                let _ = e.print();
+                std::process::exit(exit::OK);
+            }
+            // One line, like every other bad input; the usage is one `--help` away.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+            eprintln!("linattn: error: {first} (see linattn --help)");
+            std::process::exit(exit::BAD_INPUT);
         }
     };
-    let code = match run(cli) {
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli))).unwrap_or_else(|payload| {
+        Err(anyhow::anyhow!("internal error: {}", panic_line(payload.as_ref())))
+    });
+    let code = match result {
         Ok(code) => code,
         Err(e) => {
             let bad = e.chain().any(|c| c.downcast_ref::<BadInput>().is_some());
