@@ -175,8 +175,14 @@ fn main() {
             }
             // One line, like every other bad input; the usage is one `--help` away.
             let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
-            eprintln!("linattn: error: {first} (see linattn --help)");
+            let what: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("tip:"))
+                .filter(|l| !l.is_empty())
+                .collect();
+            let what = what.join(" ");
+            eprintln!("linattn: error: {} (see linattn --help)", what.trim_start_matches("error: "));
             std::process::exit(exit::BAD_INPUT);
         }
     };
