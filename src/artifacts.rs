@@ -4,7 +4,7 @@ use crate::BadInput;
 use anyhow::{anyhow, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tch::Tensor;
 
 pub const CONFIG: &str = "config.yaml";
@@ -13,28 +13,29 @@ pub const TRAJECTORY: &str = "trajectory.safetensors";
 pub const FINAL: &str = "final.safetensors";
 pub const SUMMARY: &str = "summary.json";
 
-/// A temporary name beside `path`, unique to this process, that keeps the extension (some
-/// writers pick the format from it).
-pub fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{}.tmp-{}-{}", std::process::id(), unique(), name))
-}
-
-fn unique() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    COUNTER.fetch_add(1, Ordering::Relaxed)
-}
-
-/// Runs `write` on a temporary path, then renames it onto `path`.
+/// Runs `write` on a temporary file beside `path` (same folder, same extension, since some
+/// writers pick the format from it), then renames it onto `path`. The temporary file is
+/// removed if anything fails.
 pub fn write_via_temp(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let tmp = temp_path(path);
-    let result = write(&tmp).and_then(|()| {
-        std::fs::rename(&tmp, path).with_context(|| format!("renaming onto {}", path.display()))
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let ext = path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
+    let result = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(&format!(".tmp{ext}"))
+        .tempfile_in(dir)
+        .map_err(anyhow::Error::from)
+        .and_then(|tmp| {
+            // tempfile creates 0600 files; results are meant to be shared like any output.
+            use std::os::unix::fs::PermissionsExt;
+            tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644))?;
+            write(tmp.path())?;
+            tmp.persist(path).map_err(|e| anyhow!("renaming onto {}: {}", path.display(), e.error))?;
+            Ok(())
+        });
     result.with_context(|| format!("writing {}", path.display()))
 }
 
