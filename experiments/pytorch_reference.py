@@ -4,7 +4,7 @@ you need"). It mirrors the authors' torch.nn code and follows docs/conventions.m
 so that on CPU the Rust side (same libtorch kernels, same generator) is bit-identical.
 
   train   --config FILE [--set K=V]... --out DIR [--device D]   (default when argv[1] is --...)
-  analyze DIR [--every K]
+  analyze DIR [--every K] [--vectorize]
   noise   --config FILE [--set K=V]... --samples S [--full-batch N] [--out DIR] [--device D]
   bench   --config FILE [--set K=V]... --steps N [--warmup W] [--ensemble K] [--device D]
 
@@ -452,7 +452,10 @@ def cmd_analyze(args):
         model.load_state_dict(unflatten(flat))
         loss = model(Z, yq)
         gn = global_norm(torch.autograd.grad(loss, list(model.parameters())))
-        H = torch.autograd.functional.hessian(loss_of_flat, flat)
+        # Default: one reverse-over-reverse row at a time (what a row-by-row Rust loop mirrors).
+        # --vectorize batches the rows with vmap: several times faster for the MLP variant, equal
+        # to the loop only to ~1e-7 relative.
+        H = torch.autograd.functional.hessian(loss_of_flat, flat, vectorize=args.vectorize)
         diag = H.diagonal().abs()
         # torch.median: the LOWER of the two middle values for an even count (used as is).
         cond = diag.max() / torch.median(diag)
@@ -554,6 +557,8 @@ def build_parser():
     p = sub.add_parser("analyze", help="Hessian statistics of a train run directory")
     p.add_argument("dir")
     p.add_argument("--every", type=int, default=1)
+    p.add_argument("--vectorize", action="store_true",
+                   help="vmap the Hessian's rows (faster; not bit-identical to the default loop)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_analyze)
     p = sub.add_parser("noise", help="stochastic-gradient noise ||g_B - g|| at initialisation")
