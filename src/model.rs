@@ -102,6 +102,21 @@ fn pytorch_linear_init(fan_in: i64, fan_out: i64) -> (Tensor, Tensor) {
     (w, b)
 }
 
+/// Initial parameter values (state_dict order, on the CPU), drawn on the CPU generator in the
+/// reference order (SPEC: allparam by one `normal_(0, init_std)`, then the MLP layers).
+/// Call right after seeding.
+pub fn init_values(arch: &Arch, init_std: f64) -> Vec<Tensor> {
+    let specs = arch.param_specs();
+    let allparam =
+        Tensor::zeros(specs[0].1.as_slice(), (Kind::Float, Device::Cpu)).normal_(0.0, init_std);
+    let mut values = vec![allparam];
+    if arch.mlp_hidden > 0 {
+        let mlp = Mlp::init_pytorch_default(arch.dim, arch.mlp_hidden, arch.dim);
+        values.extend([mlp.w0, mlp.b0, mlp.w2, mlp.b2]);
+    }
+    values
+}
+
 /// The trainable parameters, held in a tch `VarStore` under PyTorch's `state_dict` names.
 pub struct Model {
     pub arch: Arch,
@@ -115,15 +130,7 @@ impl Model {
     /// reference order (SPEC: allparam by one `normal_(0, init_std)`, then the MLP layers),
     /// then copies them to `device`. Call right after seeding.
     pub fn init(arch: Arch, init_std: f64, device: Device) -> Model {
-        let specs = arch.param_specs();
-        let allparam = Tensor::zeros(specs[0].1.as_slice(), (Kind::Float, Device::Cpu))
-            .normal_(0.0, init_std);
-        let mut values = vec![allparam];
-        if arch.mlp_hidden > 0 {
-            let mlp = Mlp::init_pytorch_default(arch.dim, arch.mlp_hidden, arch.dim);
-            values.extend([mlp.w0, mlp.b0, mlp.w2, mlp.b2]);
-        }
-        Self::from_values(arch, &values, device)
+        Self::from_values(arch, &init_values(&arch, init_std), device)
     }
 
     /// Builds a model holding the given values (state_dict order), e.g. from a checkpoint.
@@ -238,4 +245,169 @@ pub fn loss(arch: &Arch, params: &[Tensor], batch: &Batch) -> Tensor {
     (z.select(1, arch.context).select(1, arch.dim) + &batch.y_query)
         .square()
         .mean(None::<Kind>)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fast forward.
+
+/// The same model as [`loss`], computed with far fewer operations, for K members at once
+/// (`train.mode: fast` and [`crate::ensemble`]).
+///
+/// Why it exists: the faithful forward materialises, per layer and head, the (n+1)×(n+1)
+/// attention scores `S = Z Q̃ Zᵀ` of every prompt, because that is what the authors' einsums
+/// do. For linear attention, associativity gives `Attn = Z Q̃ (Zᵀ M Z) P̃ᵀ`, so a layer is
+/// `Z ← Z R` with `R = I + Σ_h Q̃_h G P̃_hᵀ / n` and `G = Zᵀ M Z = Σ_{i<n} z_i z_iᵀ`, a
+/// (d+1)×(d+1) matrix. Then `G ← Rᵀ G R` and the query row `q ← q R`: after one pass over
+/// the tokens to form G, every layer works on (d+1)×(d+1) matrices only, and the last layer
+/// only on the one entry that is read out. Another contraction order rounds differently, so
+/// this agrees with [`loss`] to about 1e-6 relative (tests/fast_mode.rs), not bit for bit;
+/// the faithful forward stays the reference.
+///
+/// Softmax attention needs the scores themselves; its layers are computed as the faithful
+/// ones (batched over members), except that the last layer computes only the query's row.
+///
+/// Shapes: every parameter has a leading member axis K (`allparam [K, L, H, 2, k, k]`, MLP
+/// weights `[K, …]`). `batch` holds U ≥ 1 data streams (`z [U, B, n+1, d+1]`,
+/// `y_query [U, B]`); member i reads stream `member_rows[i]` (`None`: member i reads stream
+/// i). Members that share a stream (same seed, other optimizer) thus share the work on the
+/// tokens. Returns the K losses `[K]`.
+pub fn fast_losses(arch: &Arch, params: &[Tensor], batch: &Batch, member_rows: Option<&Tensor>) -> Tensor {
+    let pick = |t: &Tensor| match member_rows {
+        Some(rows) => t.index_select(0, rows),
+        None => t.shallow_clone(),
+    };
+    let emb = embedded_all(arch, &params[0]);
+    let prediction = if arch.mlp_hidden > 0 {
+        let z = mlp_tokens_batched(arch, &params[1..5], &pick(&batch.z));
+        read_out(arch, &emb, &z, |t| t.shallow_clone())
+    } else {
+        read_out(arch, &emb, &batch.z, pick)
+    };
+    (prediction + pick(&batch.y_query)).square().mean_dim(-1, false, None::<Kind>)
+}
+
+/// [`fast_losses`] for one member, with the shapes of [`loss`]: the parameters in
+/// `state_dict` shapes and one batch `z [B, n+1, d+1]`. Returns the scalar loss.
+pub fn fast_loss(arch: &Arch, params: &[Tensor], batch: &Batch) -> Tensor {
+    let params: Vec<Tensor> = params.iter().map(|p| p.unsqueeze(0)).collect();
+    let batch = Batch { z: batch.z.unsqueeze(0), y_query: batch.y_query.unsqueeze(0) };
+    fast_losses(arch, &params, &batch, None).squeeze_dim(0)
+}
+
+/// The prediction before its sign flip, `Z_L[b, n, d]`, `[K, B]`. `pick` maps a per-stream
+/// tensor to a per-member one; it is applied as late as possible (to G, not to the tokens).
+fn read_out(arch: &Arch, emb: &Tensor, z: &Tensor, pick: impl Fn(&Tensor) -> Tensor) -> Tensor {
+    match arch.attention {
+        Attention::Linear => {
+            let n = arch.context;
+            let context = z.narrow(2, 0, n);
+            let gram = pick(&context.transpose(-1, -2).matmul(&context));
+            linear_read_out(arch, emb, gram, pick(&z.select(2, n)))
+        }
+        Attention::Softmax => softmax_read_out(arch, emb, &pick(z)),
+    }
+}
+
+/// P̃ and Q̃ of every layer, head and member at once, `[L, K, H, 2, d+1, d+1]`, with the 1/n of
+/// each layer folded into P̃ (for softmax the scale must stay outside the scores, and for
+/// linear attention either factor will do).
+fn embedded_all(arch: &Arch, allparam: &Tensor) -> Tensor {
+    let (d, n) = (arch.dim, arch.context);
+    let (kind, device) = (allparam.kind(), allparam.device());
+    let scale = Tensor::ones([2, 1, 1], (kind, device));
+    let _ = scale.get(0).fill_(1.0 / n as f64);
+    let emb = match arch.parametrization {
+        Parametrization::Full => allparam * &scale,
+        Parametrization::Restricted => {
+            // P~ = [[P,0],[0,1]], Q~ = [[Q,0],[0,0]] for all layers and heads in two ops.
+            let corner = Tensor::zeros([2, d + 1, d + 1], (kind, device));
+            let _ = corner.get(0).get(d).get(d).fill_(1.0);
+            (allparam.constant_pad_nd([0, 1, 0, 1]) + corner) * &scale
+        }
+    };
+    emb.transpose(0, 1)
+}
+
+/// Linear attention on (G, q): `gram [K, B, d+1, d+1]`, `query [K, B, d+1]`.
+fn linear_read_out(arch: &Arch, emb: &Tensor, mut gram: Tensor, mut query: Tensor) -> Tensor {
+    let (d1, heads) = (arch.dim + 1, arch.heads);
+    let (k, b) = (gram.size()[0], gram.size()[1]);
+    let eye = Tensor::eye(d1, (gram.kind(), gram.device()));
+    // Per layer: P̃ᵀ of all heads side by side `[K, d+1 (m), H·(d+1) (h,l)]` holding P̃_h[l, m],
+    // and Q̃ likewise `[K, d+1 (i), H·(d+1) (h,j)]` holding Q̃_h[i, j]. For H = 1 both are views.
+    let layer = |l: i64| {
+        let e = emb.get(l);
+        let p = e.select(2, 0);
+        let q = e.select(2, 1);
+        let p_cat_t = p.permute([0, 3, 1, 2]).reshape([k, d1, heads * d1]);
+        let q_cat = q.permute([0, 2, 1, 3]).reshape([k, d1, heads * d1]);
+        (p, p_cat_t, q_cat)
+    };
+    for l in 0..arch.layers - 1 {
+        let (_, p_cat_t, q_cat) = layer(l);
+        // U_h = G P̃_hᵀ as one matmul over all prompts (G's rows stacked), then
+        // T = Σ_h Q̃_h U_h as one matmul contracting (h, j).
+        let u = gram.reshape([k, b * d1, d1]).bmm(&p_cat_t);
+        let u = u.view([k, b, d1, heads, d1]).permute([0, 1, 3, 2, 4]).reshape([k, b, heads * d1, d1]);
+        let r = q_cat.unsqueeze(1).matmul(&u) + &eye;
+        gram = r.transpose(-1, -2).matmul(&gram.matmul(&r));
+        query = query.unsqueeze(-2).matmul(&r).squeeze_dim(-2);
+    }
+    // Last layer, read-out entry only: q_d + Σ_h (q Q̃_h) · (G p_h), p_h = row d of P̃_h.
+    let (p, _, q_cat) = layer(arch.layers - 1);
+    let p_d = p.select(2, arch.dim).transpose(1, 2); // [K, d+1 (m), H]
+    let v = gram.reshape([k, b * d1, d1]).bmm(&p_d).view([k, b, d1, heads]);
+    let r = query.bmm(&q_cat).view([k, b, heads, d1]);
+    query.select(-1, arch.dim) + (r * v.transpose(-1, -2)).sum_dim_intlist([-1i64, -2].as_slice(), false, None::<Kind>)
+}
+
+/// Softmax attention on the tokens `z [K, B, n+1, d+1]`, the query's row only in the last layer.
+fn softmax_read_out(arch: &Arch, emb: &Tensor, z: &Tensor) -> Tensor {
+    let (n, d) = (arch.context, arch.dim);
+    let (k, b, n1, d1) = (z.size()[0], z.size()[1], n + 1, d + 1);
+    // Column n of the scores is dropped after the softmax: M.
+    let keep = Tensor::ones([n1], (z.kind(), z.device()));
+    let _ = keep.get(n).fill_(0.0);
+    let mut z = z.shallow_clone();
+    for l in 0..arch.layers - 1 {
+        let e = emb.get(l);
+        let rows = z.reshape([k, b * n1, d1]);
+        let mut acc: Option<Tensor> = None;
+        for h in 0..arch.heads {
+            let (p, q) = (e.select(1, h).select(1, 0), e.select(1, h).select(1, 1));
+            let s = rows.bmm(&q).view([k, b, n1, d1]).matmul(&z.transpose(-1, -2));
+            let s = s.softmax(-1, None::<Kind>) * &keep;
+            let values = rows.bmm(&p.transpose(1, 2)).view([k, b, n1, d1]);
+            let a = s.matmul(&values);
+            acc = Some(match acc {
+                None => a,
+                Some(acc) => acc + a,
+            });
+        }
+        z = z + acc.expect("heads >= 1");
+    }
+    let e = emb.get(arch.layers - 1);
+    let query = z.select(2, n); // [K, B, d+1]
+    let rows = z.reshape([k, b * n1, d1]);
+    let mut out = query.select(-1, d);
+    for h in 0..arch.heads {
+        let (p, q) = (e.select(1, h).select(1, 0), e.select(1, h).select(1, 1));
+        // scores of the query: (q Q̃) Zᵀ; values: only their entry d, Z P̃[d, :]ᵀ.
+        let s = z.matmul(&query.bmm(&q).unsqueeze(-1)).squeeze_dim(-1); // [K, B, n+1]
+        let s = s.softmax(-1, None::<Kind>) * &keep;
+        let value_d = rows.bmm(&p.select(1, d).unsqueeze(-1)).view([k, b, n1]);
+        out = out + (s * value_d).sum_dim_intlist([-1i64].as_slice(), false, None::<Kind>);
+    }
+    out
+}
+
+/// The MLP variant's covariate map φ for K members: `Z[…, :d] ← φ_k(Z[…, :d])`, with
+/// `params = [w0 [K,h,d], b0 [K,h], w2 [K,d,h], b2 [K,d]]`.
+fn mlp_tokens_batched(arch: &Arch, params: &[Tensor], z: &Tensor) -> Tensor {
+    let size = z.size();
+    let (k, b, n1, d) = (size[0], size[1], size[2], arch.dim);
+    let x = z.narrow(-1, 0, d).reshape([k, b * n1, d]);
+    let hidden = params[1].unsqueeze(1).baddbmm(&x, &params[0].transpose(1, 2), 1.0, 1.0).relu();
+    let phi = params[3].unsqueeze(1).baddbmm(&hidden, &params[2].transpose(1, 2), 1.0, 1.0);
+    Tensor::cat(&[phi.view([k, b, n1, d]), z.narrow(-1, d, 1)], -1)
 }
