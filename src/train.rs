@@ -1,7 +1,7 @@
 //! The training loop (SPEC protocol steps 1–5) and the run folder it writes.
 use crate::artifacts::{self, MetricsRow, Status, Summary};
 use crate::config::{Config, Mode, Setting};
-use crate::data::{self, DataStream};
+use crate::data::{self, Batch, DataStream};
 use crate::model::{Arch, Model};
 use crate::optim::{self, Optimizer};
 use crate::BadInput;
@@ -33,7 +33,9 @@ impl Run {
     pub fn start(cfg: &Config) -> Result<Run> {
         if cfg.train.mode == Mode::Fast {
             return Err(anyhow!(BadInput(
-                "config key train.mode: `fast` is not implemented yet; use `faithful`".into()
+                "config key train.mode: a step-by-step Run is the faithful protocol; `fast` runs \
+                 train through linattn::ensemble (linattn train accepts both)"
+                    .into()
             )));
         }
         let device = crate::device::parse(&cfg.train.device)
@@ -51,6 +53,11 @@ impl Run {
     /// row for `metrics.csv`; when the loss or the norm is not finite no update is made.
     pub fn step(&mut self) -> MetricsRow {
         let batch = self.data.next_batch();
+        self.step_on(&batch)
+    }
+
+    /// [`Run::step`] on a given batch instead of the next one of the run's stream.
+    pub fn step_on(&mut self, batch: &Batch) -> MetricsRow {
         let params = self.model.tensors();
         for p in &params {
             let mut g = p.grad();
@@ -58,7 +65,7 @@ impl Run {
                 let _ = g.zero_();
             }
         }
-        let loss = self.model.loss(&batch);
+        let loss = self.model.loss(batch);
         loss.backward();
         let grads: Vec<Tensor> = params.iter().map(|p| p.grad()).collect();
         let norm = optim::global_grad_norm(&grads);
@@ -82,12 +89,15 @@ pub fn is_saved_step(t: i64, save_every: i64, iters: i64) -> bool {
     t % save_every == 0 || t == iters
 }
 
-/// `linattn train`: runs the config and writes the run folder `out`.
+/// `linattn train`: runs the config and writes the run folder `out`. Fast mode trains as an
+/// ensemble of one ([`crate::ensemble`]), which is where the fast step lives.
 pub fn train(cfg: &Config, out: &Path, progress: bool) -> Result<Outcome> {
-    std::fs::create_dir_all(out)
-        .map_err(|e| anyhow!(BadInput(format!("output folder {}: cannot create it ({e})", out.display()))))?;
-    artifacts::write_atomic(&out.join(artifacts::CONFIG), cfg.to_yaml().as_bytes())
-        .map_err(|e| anyhow!(BadInput(format!("output folder {}: cannot write to it ({e:#})", out.display()))))?;
+    if cfg.train.mode == Mode::Fast {
+        let member = crate::ensemble::Member::from_config(cfg);
+        let mut outcomes = crate::ensemble::train_ensemble(cfg, &[member], &[out.to_path_buf()], progress)?;
+        return Ok(outcomes.remove(0));
+    }
+    create_run_folder(cfg, out)?;
     let started = Instant::now();
     let mut run = Run::start(cfg)?;
     let names: Vec<String> = run.model.params.iter().map(|(n, _)| n.clone()).collect();
@@ -113,19 +123,63 @@ pub fn train(cfg: &Config, out: &Path, progress: bool) -> Result<Outcome> {
         }
     }
     bar.finish_and_clear();
-    artifacts::write_atomic(&out.join(artifacts::METRICS), artifacts::metrics_csv(&metrics).as_bytes())?;
-    artifacts::write_trajectory(&out.join(artifacts::TRAJECTORY), &names, &steps, &snapshots)?;
-    let final_params: Vec<(String, Tensor)> =
-        names.iter().cloned().zip(run.model.snapshot()).collect();
+    let trajectory = (0..names.len())
+        .map(|i| Tensor::stack(&snapshots.iter().map(|s| &s[i]).collect::<Vec<_>>(), 0))
+        .collect();
+    write_run_folder(
+        out,
+        RunRecord {
+            names,
+            metrics,
+            steps,
+            trajectory,
+            final_params: run.model.snapshot(),
+            status,
+            diverged_at,
+            wall_time_s: started.elapsed().as_secs_f64(),
+            device: run.device,
+        },
+    )
+}
+
+/// What a finished run leaves in its folder besides `config.yaml`.
+pub struct RunRecord {
+    /// Parameter names in `state_dict` order.
+    pub names: Vec<String>,
+    pub metrics: Vec<MetricsRow>,
+    /// The saved steps; `trajectory[i]` is `[steps.len(), *shape]` for parameter `names[i]`.
+    pub steps: Vec<i64>,
+    pub trajectory: Vec<Tensor>,
+    pub final_params: Vec<Tensor>,
+    pub status: Status,
+    pub diverged_at: Option<i64>,
+    pub wall_time_s: f64,
+    pub device: Device,
+}
+
+/// Creates the run folder and writes the resolved `config.yaml` into it, before training, so
+/// that a folder that cannot be written is reported before any work is done.
+pub fn create_run_folder(cfg: &Config, out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out)
+        .map_err(|e| anyhow!(BadInput(format!("output folder {}: cannot create it ({e})", out.display()))))?;
+    artifacts::write_atomic(&out.join(artifacts::CONFIG), cfg.to_yaml().as_bytes())
+        .map_err(|e| anyhow!(BadInput(format!("output folder {}: cannot write to it ({e:#})", out.display()))))
+}
+
+/// Writes `metrics.csv`, `trajectory.safetensors`, `final.safetensors` and `summary.json`.
+pub fn write_run_folder(out: &Path, record: RunRecord) -> Result<Outcome> {
+    artifacts::write_atomic(&out.join(artifacts::METRICS), artifacts::metrics_csv(&record.metrics).as_bytes())?;
+    artifacts::write_trajectory_stacked(&out.join(artifacts::TRAJECTORY), &record.names, &record.steps, &record.trajectory)?;
+    let final_params: Vec<(String, Tensor)> = record.names.iter().cloned().zip(record.final_params).collect();
     artifacts::write_safetensors(&out.join(artifacts::FINAL), &final_params)?;
     let summary = Summary {
-        status,
-        diverged_at,
-        iters_done: metrics.len() as i64,
-        wall_time_s: started.elapsed().as_secs_f64(),
-        device: crate::device::describe(run.device),
+        status: record.status,
+        diverged_at: record.diverged_at,
+        iters_done: record.metrics.len() as i64,
+        wall_time_s: record.wall_time_s,
+        device: crate::device::describe(record.device),
         side: "rust".into(),
     };
     summary.write(out).context("writing summary.json")?;
-    Ok(Outcome { summary, metrics })
+    Ok(Outcome { summary, metrics: record.metrics })
 }
