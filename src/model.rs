@@ -272,18 +272,74 @@ pub fn loss(arch: &Arch, params: &[Tensor], batch: &Batch) -> Tensor {
 /// i). Members that share a stream (same seed, other optimizer) thus share the work on the
 /// tokens. Returns the K losses `[K]`.
 pub fn fast_losses(arch: &Arch, params: &[Tensor], batch: &Batch, member_rows: Option<&Tensor>) -> Tensor {
-    let pick = |t: &Tensor| match member_rows {
-        Some(rows) => t.index_select(0, rows),
-        None => t.shallow_clone(),
+    let (n, d1) = (arch.context, arch.dim + 1);
+    let (members, device) = (params[0].size()[0], params[0].device());
+    let prompts = batch.z.size()[1];
+    // Member i's rows of a per-stream tensor, for the members [start, start + len).
+    let pick = |t: &Tensor, start: i64, len: i64| match member_rows {
+        Some(rows) => t.index_select(0, &rows.narrow(0, start, len)),
+        None => t.narrow(0, start, len),
     };
     let emb = embedded_all(arch, &params[0]);
-    let prediction = if arch.mlp_hidden > 0 {
-        let z = mlp_tokens_batched(arch, &params[1..5], &pick(&batch.z));
-        read_out(arch, &emb, &z, |t| t.shallow_clone())
-    } else {
-        read_out(arch, &emb, &batch.z, pick)
+    // Linear attention without the MLP reads the context only through G: once per stream.
+    let moments = (arch.attention == Attention::Linear && arch.mlp_hidden == 0).then(|| {
+        let streams = batch.z.size()[0];
+        let gram = in_chunks(streams, n * d1 * d1 * prompts, device, |s, len| {
+            context_moments(arch, &batch.z.narrow(0, s, len)).0
+        });
+        (gram, batch.z.select(2, n).transpose(1, 2))
+    });
+    let prediction = in_chunks(members, d1 * d1 * d1 * prompts, device, |start, len| {
+        let emb = emb.narrow(1, start, len);
+        if let Some((gram, query)) = &moments {
+            return linear_read_out(arch, &emb, pick(gram, start, len), pick(query, start, len));
+        }
+        let mut z = pick(&batch.z, start, len);
+        if arch.mlp_hidden > 0 {
+            let mlp: Vec<Tensor> = params[1..5].iter().map(|p| p.narrow(0, start, len)).collect();
+            z = mlp_tokens_batched(arch, &mlp, &z);
+        }
+        match arch.attention {
+            Attention::Linear => {
+                let (gram, query) = context_moments(arch, &z);
+                linear_read_out(arch, &emb, gram, query)
+            }
+            Attention::Softmax => softmax_read_out(arch, &emb, &z),
+        }
+    });
+    let y_query = pick(&batch.y_query, 0, members);
+    (prediction + y_query).square().mean_dim(-1, false, None::<Kind>)
+}
+
+/// Floats that one chunk of the fast forward may stream through memory on a CPU: about the
+/// size of a core's L2 cache plus a share of L3. On the paper's sizes, 12 members in chunks of
+/// 3 took half the time of one chunk of 12 (libtorch's elementwise kernels are memory-bound
+/// there); one chunk of 1 was slower again (more, smaller operations).
+const CPU_CHUNK_FLOATS: i64 = 700_000;
+
+/// `f(start, len)` over chunks of `count` items (members or streams) concatenated along the
+/// first axis. On a CPU a chunk holds as many items as keep `per_item` floats each within
+/// [`CPU_CHUNK_FLOATS`]; a GPU takes all items at once (fewer, larger kernels).
+fn in_chunks(count: i64, per_item: i64, device: Device, mut f: impl FnMut(i64, i64) -> Tensor) -> Tensor {
+    let chunk = match device {
+        Device::Cpu => (CPU_CHUNK_FLOATS / per_item.max(1)).clamp(1, count.max(1)),
+        _ => count.max(1),
     };
-    (prediction + pick(&batch.y_query)).square().mean_dim(-1, false, None::<Kind>)
+    let parts: Vec<Tensor> = (0..count).step_by(chunk as usize).map(|s| f(s, chunk.min(count - s))).collect();
+    if parts.len() == 1 {
+        parts.into_iter().next().expect("one part")
+    } else {
+        Tensor::cat(&parts, 0)
+    }
+}
+
+/// G = Σ_{i<n} z_i z_iᵀ and the query row q = z_n of tokens `z [K, B, n+1, d+1]`, in the
+/// prompt-last layout of [`per_prompt_matmul`]: `[K, d+1, d+1, B]` and `[K, d+1, B]`.
+fn context_moments(arch: &Arch, z: &Tensor) -> (Tensor, Tensor) {
+    let n = arch.context;
+    let tokens = z.permute([0, 2, 3, 1]).contiguous(); // [K, n+1, d+1, B]
+    let context = tokens.narrow(1, 0, n);
+    (per_prompt_matmul(&context.transpose(1, 2), &context), tokens.select(1, n))
 }
 
 /// [`fast_losses`] for one member, with the shapes of [`loss`]: the parameters in
@@ -294,17 +350,25 @@ pub fn fast_loss(arch: &Arch, params: &[Tensor], batch: &Batch) -> Tensor {
     fast_losses(arch, &params, &batch, None).squeeze_dim(0)
 }
 
-/// The prediction before its sign flip, `Z_L[b, n, d]`, `[K, B]`. `pick` maps a per-stream
-/// tensor to a per-member one; it is applied as late as possible (to G, not to the tokens).
-fn read_out(arch: &Arch, emb: &Tensor, z: &Tensor, pick: impl Fn(&Tensor) -> Tensor) -> Tensor {
-    match arch.attention {
-        Attention::Linear => {
-            let n = arch.context;
-            let context = z.narrow(2, 0, n);
-            let gram = pick(&context.transpose(-1, -2).matmul(&context));
-            linear_read_out(arch, emb, gram, pick(&z.select(2, n)))
-        }
-        Attention::Softmax => softmax_read_out(arch, emb, &pick(z)),
+/// Largest r·s·c for which [`per_prompt_matmul`] multiplies elementwise. Measured with libtorch
+/// 2.11 on one CPU thread, B = 1000, square matrices of side s: elementwise is 5× faster than
+/// `bmm` at s = 6, 2× at s = 11, and 2× slower at s = 16.
+const ELEMENTWISE_MAX_WORK: i64 = 12 * 12 * 12;
+
+/// One small matrix product per prompt, in the prompt-last layout the fast linear forward
+/// keeps its state in: `a [K, r, s, B]`, `b [K, s, c, B]` → `[K, r, c, B]`.
+///
+/// Why prompt-last: libtorch's CPU `bmm` multiplies matrices this small (d+1 = 6 for the
+/// paper) with a scalar loop, one prompt at a time; most of a step went there. With the
+/// prompts on the last, contiguous axis the product is one broadcast multiply and one sum,
+/// vectorised across prompts, and a shared matrix (P̃, Q̃) multiplies all prompts' G in one
+/// large GEMM. For large matrices (L=8, d=20) `bmm`'s GEMMs win again, so they are used there.
+fn per_prompt_matmul(a: &Tensor, b: &Tensor) -> Tensor {
+    let (r, s, c) = (a.size()[1], a.size()[2], b.size()[2]);
+    if r * s * c <= ELEMENTWISE_MAX_WORK {
+        (a.unsqueeze(3) * b.unsqueeze(1)).sum_dim_intlist([2i64].as_slice(), false, None::<Kind>)
+    } else {
+        a.permute([0, 3, 1, 2]).matmul(&b.permute([0, 3, 1, 2])).permute([0, 2, 3, 1])
     }
 }
 
@@ -328,37 +392,30 @@ fn embedded_all(arch: &Arch, allparam: &Tensor) -> Tensor {
     emb.transpose(0, 1)
 }
 
-/// Linear attention on (G, q): `gram [K, B, d+1, d+1]`, `query [K, B, d+1]`.
+/// Linear attention on (G, q), prompt-last: `gram [K, d+1, d+1, B]`, `query [K, d+1, B]`.
 fn linear_read_out(arch: &Arch, emb: &Tensor, mut gram: Tensor, mut query: Tensor) -> Tensor {
     let (d1, heads) = (arch.dim + 1, arch.heads);
-    let (k, b) = (gram.size()[0], gram.size()[1]);
-    let eye = Tensor::eye(d1, (gram.kind(), gram.device()));
-    // Per layer: P̃ᵀ of all heads side by side `[K, d+1 (m), H·(d+1) (h,l)]` holding P̃_h[l, m],
-    // and Q̃ likewise `[K, d+1 (i), H·(d+1) (h,j)]` holding Q̃_h[i, j]. For H = 1 both are views.
-    let layer = |l: i64| {
-        let e = emb.get(l);
-        let p = e.select(2, 0);
-        let q = e.select(2, 1);
-        let p_cat_t = p.permute([0, 3, 1, 2]).reshape([k, d1, heads * d1]);
-        let q_cat = q.permute([0, 2, 1, 3]).reshape([k, d1, heads * d1]);
-        (p, p_cat_t, q_cat)
-    };
+    let (k, b) = (gram.size()[0], gram.size()[3]);
+    let eye = Tensor::eye(d1, (gram.kind(), gram.device())).unsqueeze(-1);
     for l in 0..arch.layers - 1 {
-        let (_, p_cat_t, q_cat) = layer(l);
-        // U_h = G P̃_hᵀ as one matmul over all prompts (G's rows stacked), then
-        // T = Σ_h Q̃_h U_h as one matmul contracting (h, j).
-        let u = gram.reshape([k, b * d1, d1]).bmm(&p_cat_t);
-        let u = u.view([k, b, d1, heads, d1]).permute([0, 1, 3, 2, 4]).reshape([k, b, heads * d1, d1]);
-        let r = q_cat.unsqueeze(1).matmul(&u) + &eye;
-        gram = r.transpose(-1, -2).matmul(&gram.matmul(&r));
-        query = query.unsqueeze(-2).matmul(&r).squeeze_dim(-2);
+        let e = emb.get(l);
+        let (p, q) = (e.select(2, 0), e.select(2, 1)); // [K, H, d+1, d+1]
+        // V_h = Q̃_h G for all heads and prompts in one GEMM per member (rows (h, i)) …
+        let v = q.reshape([k, heads * d1, d1]).bmm(&gram.reshape([k, d1, d1 * b]));
+        // … then Tᵀ = Σ_h P̃_h V_hᵀ in another, contracting (h, m): Tᵀ[l, i] = T[i, l].
+        let v_t = v.view([k, heads, d1, d1, b]).permute([0, 1, 3, 2, 4]).reshape([k, heads * d1, d1 * b]);
+        let p_cat = p.permute([0, 2, 1, 3]).reshape([k, d1, heads * d1]);
+        let r_t = p_cat.bmm(&v_t).view([k, d1, d1, b]) + &eye; // Rᵀ, R = I + T
+        gram = per_prompt_matmul(&r_t, &per_prompt_matmul(&gram, &r_t.transpose(1, 2)));
+        query = (&r_t * query.unsqueeze(1)).sum_dim_intlist([2i64].as_slice(), false, None::<Kind>);
     }
-    // Last layer, read-out entry only: q_d + Σ_h (q Q̃_h) · (G p_h), p_h = row d of P̃_h.
-    let (p, _, q_cat) = layer(arch.layers - 1);
-    let p_d = p.select(2, arch.dim).transpose(1, 2); // [K, d+1 (m), H]
-    let v = gram.reshape([k, b * d1, d1]).bmm(&p_d).view([k, b, d1, heads]);
-    let r = query.bmm(&q_cat).view([k, b, heads, d1]);
-    query.select(-1, arch.dim) + (r * v.transpose(-1, -2)).sum_dim_intlist([-1i64, -2].as_slice(), false, None::<Kind>)
+    // Last layer, read-out entry only: q_d + Σ_h (Q̃_hᵀ q) · (G p_h), p_h = row d of P̃_h.
+    let e = emb.get(arch.layers - 1);
+    let (p, q) = (e.select(2, 0), e.select(2, 1));
+    let r = q.transpose(2, 3).reshape([k, heads * d1, d1]).bmm(&query).view([k, heads, d1, b]);
+    let g_t = gram.transpose(1, 2).reshape([k, d1, d1 * b]);
+    let v = p.select(2, arch.dim).bmm(&g_t).view([k, heads, d1, b]);
+    query.select(1, arch.dim) + (r * v).sum_dim_intlist([1i64, 2].as_slice(), false, None::<Kind>)
 }
 
 /// Softmax attention on the tokens `z [K, B, n+1, d+1]`, the query's row only in the last layer.

@@ -109,7 +109,8 @@ fn member_follows_solo_run(sets: &[&str], iters: i64) {
 
 #[test]
 fn ensemble_member_fed_the_solo_runs_batches_follows_its_trajectory() {
-    member_follows_solo_run(&["data.batch=200"], 40);
+    // B = 1000: on a CPU the forward then works in chunks of members and of streams.
+    member_follows_solo_run(&["data.batch=1000"], 25);
 }
 
 #[test]
