@@ -16,6 +16,7 @@ import json
 import math
 import os
 import re
+import resource
 import sys
 import tempfile
 import time
@@ -529,8 +530,11 @@ def cmd_bench(args):
         for _ in range(args.steps):
             run.step()  # reads loss and grad_norm as floats, which also syncs a GPU
         total += time.perf_counter() - t0
+    # Peak resident memory of this process (ru_maxrss is in KiB on Linux), for `linattn bench`.
+    peak_rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"ms_per_step": total * 1000 / args.steps, "side": SIDE,
-                      "device": str(device), "threads": torch.get_num_threads()}))
+                      "device": str(device), "threads": torch.get_num_threads(),
+                      "peak_rss_kb": peak_rss_kb}))
     return 0
 
 

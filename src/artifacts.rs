@@ -146,14 +146,16 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRow>> {
     Ok(rows)
 }
 
-/// Stacks per-step snapshots into the trajectory file: per parameter `[S, *shape]`, plus the
-/// int64 `step` tensor naming the saved steps.
-pub fn write_trajectory(path: &Path, names: &[String], steps: &[i64], snapshots: &[Vec<Tensor>]) -> Result<()> {
-    let mut named = Vec::with_capacity(names.len() + 1);
-    for (i, name) in names.iter().enumerate() {
-        let per_step: Vec<&Tensor> = snapshots.iter().map(|s| &s[i]).collect();
-        named.push((name.clone(), Tensor::stack(&per_step, 0)));
-    }
+/// Per parameter, the per-step snapshots stacked into `[S, *shape]`.
+pub fn stack_snapshots(snapshots: &[Vec<Tensor>], num_params: usize) -> Vec<Tensor> {
+    (0..num_params).map(|i| Tensor::stack(&snapshots.iter().map(|s| &s[i]).collect::<Vec<_>>(), 0)).collect()
+}
+
+/// The trajectory file: per parameter `[S, *shape]` (already stacked), plus the int64 `step`
+/// tensor naming the saved steps.
+pub fn write_trajectory_stacked(path: &Path, names: &[String], steps: &[i64], stacked: &[Tensor]) -> Result<()> {
+    let mut named: Vec<(String, Tensor)> =
+        names.iter().cloned().zip(stacked.iter().map(|t| t.shallow_clone())).collect();
     named.push(("step".to_string(), Tensor::from_slice(steps)));
     write_safetensors(path, &named)
 }

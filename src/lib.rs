@@ -3,10 +3,12 @@
 //!
 //! One module per concept of the paper; see `../shared/SPEC.md` and `docs/conventions.md`.
 pub mod artifacts;
+pub mod bench;
 pub mod compare;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod ensemble;
 pub mod model;
 pub mod numpy_rng;
 pub mod optim;

@@ -2,6 +2,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use linattn::artifacts::Status;
+use linattn::bench::BenchMode;
 use linattn::config::Config;
 use linattn::{exit, BadInput};
 use std::io::IsTerminal;
@@ -70,6 +71,41 @@ enum Command {
         #[arg(long)]
         device: Option<String>,
     },
+    /// Time the PyTorch side and the Rust side on the same config; print ms/step and the ratio.
+    Bench {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Timed steps per measurement.
+        #[arg(long, default_value_t = 200)]
+        steps: i64,
+        /// Untimed steps before the timed ones.
+        #[arg(long, default_value_t = 20)]
+        warmup: i64,
+        /// Modes to measure, comma-separated.
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "faithful,fast,ensemble")]
+        modes: Vec<BenchMode>,
+        /// Device for both sides (overrides train.device).
+        #[arg(long)]
+        device: Option<String>,
+        /// Measurements per side and mode, interleaved; the fastest of each is reported.
+        #[arg(long, default_value_t = 1)]
+        repeats: usize,
+        /// CPU threads per side (OMP_NUM_THREADS of both processes); default: libtorch's choice.
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// One side of `bench`: times the Rust side of one mode in this process, prints one JSON line.
+    #[command(hide = true)]
+    BenchWorker {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[arg(long, value_enum)]
+        mode: BenchMode,
+        #[arg(long)]
+        steps: i64,
+        #[arg(long, default_value_t = 0)]
+        warmup: i64,
+    },
 }
 
 /// Ctrl-C and SIGTERM ask a running command to stop at the next safe point.
@@ -127,6 +163,35 @@ fn run(cli: Cli) -> Result<i32> {
                     Ok(exit::OK)
                 }
             }
+        }
+        Command::Bench { mut config, steps, warmup, modes, device, repeats, threads } => {
+            if let Some(d) = &device {
+                config.sets.push(format!("train.device={d}"));
+            }
+            let cfg = config.load()?;
+            let exe = std::env::current_exe().map_err(|e| anyhow::anyhow!("cannot find the linattn binary: {e}"))?;
+            let req = linattn::bench::BenchRequest {
+                config: &config.config,
+                sets: &config.sets,
+                steps,
+                warmup,
+                modes: &modes,
+                device: device.as_deref(),
+                repeats,
+                threads,
+                exe: &exe,
+            };
+            linattn::bench::run(&cfg, &req)?;
+            Ok(exit::OK)
+        }
+        Command::BenchWorker { config, mode, steps, warmup } => {
+            let cfg = config.load()?;
+            if steps < 1 || warmup < 0 {
+                return Err(BadInput("bench-worker: --steps must be >= 1 and --warmup >= 0".into()).into());
+            }
+            let m = linattn::bench::worker(&cfg, mode, steps, warmup)?;
+            println!("{}", serde_json::to_string(&m)?);
+            Ok(exit::OK)
         }
         Command::Compare { mut config, out, tolerance, device } => {
             if let Some(d) = device {

@@ -102,6 +102,21 @@ fn pytorch_linear_init(fan_in: i64, fan_out: i64) -> (Tensor, Tensor) {
     (w, b)
 }
 
+/// Initial parameter values (state_dict order, on the CPU), drawn on the CPU generator in the
+/// reference order (SPEC: allparam by one `normal_(0, init_std)`, then the MLP layers).
+/// Call right after seeding.
+pub fn init_values(arch: &Arch, init_std: f64) -> Vec<Tensor> {
+    let specs = arch.param_specs();
+    let allparam =
+        Tensor::zeros(specs[0].1.as_slice(), (Kind::Float, Device::Cpu)).normal_(0.0, init_std);
+    let mut values = vec![allparam];
+    if arch.mlp_hidden > 0 {
+        let mlp = Mlp::init_pytorch_default(arch.dim, arch.mlp_hidden, arch.dim);
+        values.extend([mlp.w0, mlp.b0, mlp.w2, mlp.b2]);
+    }
+    values
+}
+
 /// The trainable parameters, held in a tch `VarStore` under PyTorch's `state_dict` names.
 pub struct Model {
     pub arch: Arch,
@@ -115,15 +130,7 @@ impl Model {
     /// reference order (SPEC: allparam by one `normal_(0, init_std)`, then the MLP layers),
     /// then copies them to `device`. Call right after seeding.
     pub fn init(arch: Arch, init_std: f64, device: Device) -> Model {
-        let specs = arch.param_specs();
-        let allparam = Tensor::zeros(specs[0].1.as_slice(), (Kind::Float, Device::Cpu))
-            .normal_(0.0, init_std);
-        let mut values = vec![allparam];
-        if arch.mlp_hidden > 0 {
-            let mlp = Mlp::init_pytorch_default(arch.dim, arch.mlp_hidden, arch.dim);
-            values.extend([mlp.w0, mlp.b0, mlp.w2, mlp.b2]);
-        }
-        Self::from_values(arch, &values, device)
+        Self::from_values(arch, &init_values(&arch, init_std), device)
     }
 
     /// Builds a model holding the given values (state_dict order), e.g. from a checkpoint.
@@ -238,4 +245,226 @@ pub fn loss(arch: &Arch, params: &[Tensor], batch: &Batch) -> Tensor {
     (z.select(1, arch.context).select(1, arch.dim) + &batch.y_query)
         .square()
         .mean(None::<Kind>)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fast forward.
+
+/// The same model as [`loss`], computed with far fewer operations, for K members at once
+/// (`train.mode: fast` and [`crate::ensemble`]).
+///
+/// Why it exists: the faithful forward materialises, per layer and head, the (n+1)×(n+1)
+/// attention scores `S = Z Q̃ Zᵀ` of every prompt, because that is what the authors' einsums
+/// do. For linear attention, associativity gives `Attn = Z Q̃ (Zᵀ M Z) P̃ᵀ`, so a layer is
+/// `Z ← Z R` with `R = I + Σ_h Q̃_h G P̃_hᵀ / n` and `G = Zᵀ M Z = Σ_{i<n} z_i z_iᵀ`, a
+/// (d+1)×(d+1) matrix. Then `G ← Rᵀ G R` and the query row `q ← q R`: after one pass over
+/// the tokens to form G, every layer works on (d+1)×(d+1) matrices only, and the last layer
+/// only on the one entry that is read out. Another contraction order rounds differently, so
+/// this agrees with [`loss`] to about 1e-6 relative (tests/fast_mode.rs), not bit for bit;
+/// the faithful forward stays the reference.
+///
+/// Softmax attention needs the scores themselves; its layers are computed as the faithful
+/// ones (batched over members), except that the last layer computes only the query's row.
+///
+/// Shapes: every parameter has a leading member axis K (`allparam [K, L, H, 2, k, k]`, MLP
+/// weights `[K, …]`). `batch` holds U ≥ 1 data streams (`z [U, B, n+1, d+1]`,
+/// `y_query [U, B]`); member i reads stream `member_rows[i]` (`None`: member i reads stream
+/// i). Members that share a stream (same seed, other optimizer) thus share the work on the
+/// tokens. Returns the K losses `[K]`.
+pub fn fast_losses(arch: &Arch, params: &[Tensor], batch: &Batch, member_rows: Option<&Tensor>) -> Tensor {
+    let (n, d1) = (arch.context, arch.dim + 1);
+    let (members, device) = (params[0].size()[0], params[0].device());
+    let prompts = batch.z.size()[1];
+    // Member i's rows of a per-stream tensor, for the members [start, start + len).
+    let pick = |t: &Tensor, start: i64, len: i64| match member_rows {
+        Some(rows) => t.index_select(0, &rows.narrow(0, start, len)),
+        None => t.narrow(0, start, len),
+    };
+    let emb = embedded_all(arch, &params[0]);
+    // Linear attention without the MLP reads the context only through G: once per stream.
+    let moments = (arch.attention == Attention::Linear && arch.mlp_hidden == 0).then(|| {
+        let streams = batch.z.size()[0];
+        let gram = in_chunks(streams, n * d1 * d1 * prompts, device, |s, len| {
+            context_moments(arch, &batch.z.narrow(0, s, len)).0
+        });
+        (gram, batch.z.select(2, n).transpose(1, 2))
+    });
+    let prediction = in_chunks(members, d1 * d1 * d1 * prompts, device, |start, len| {
+        let emb = emb.narrow(1, start, len);
+        if let Some((gram, query)) = &moments {
+            return linear_read_out(arch, &emb, pick(gram, start, len), pick(query, start, len));
+        }
+        let mut z = pick(&batch.z, start, len);
+        if arch.mlp_hidden > 0 {
+            let mlp: Vec<Tensor> = params[1..5].iter().map(|p| p.narrow(0, start, len)).collect();
+            z = mlp_tokens_batched(arch, &mlp, &z);
+        }
+        match arch.attention {
+            Attention::Linear => {
+                let (gram, query) = context_moments(arch, &z);
+                linear_read_out(arch, &emb, gram, query)
+            }
+            Attention::Softmax => softmax_read_out(arch, &emb, &z),
+        }
+    });
+    let y_query = pick(&batch.y_query, 0, members);
+    (prediction + y_query).square().mean_dim(-1, false, None::<Kind>)
+}
+
+/// Floats that one chunk of the fast forward may stream through memory on a CPU: about the
+/// size of a core's L2 cache plus a share of L3. On the paper's sizes, 12 members in chunks of
+/// 3 took half the time of one chunk of 12 (libtorch's elementwise kernels are memory-bound
+/// there); one chunk of 1 was slower again (more, smaller operations).
+const CPU_CHUNK_FLOATS: i64 = 700_000;
+
+/// `f(start, len)` over chunks of `count` items (members or streams) concatenated along the
+/// first axis. On a CPU a chunk holds as many items as keep `per_item` floats each within
+/// [`CPU_CHUNK_FLOATS`]; a GPU takes all items at once (fewer, larger kernels).
+fn in_chunks(count: i64, per_item: i64, device: Device, mut f: impl FnMut(i64, i64) -> Tensor) -> Tensor {
+    let chunk = match device {
+        Device::Cpu => (CPU_CHUNK_FLOATS / per_item.max(1)).clamp(1, count.max(1)),
+        _ => count.max(1),
+    };
+    let parts: Vec<Tensor> = (0..count).step_by(chunk as usize).map(|s| f(s, chunk.min(count - s))).collect();
+    if parts.len() == 1 {
+        parts.into_iter().next().expect("one part")
+    } else {
+        Tensor::cat(&parts, 0)
+    }
+}
+
+/// G = Σ_{i<n} z_i z_iᵀ and the query row q = z_n of tokens `z [K, B, n+1, d+1]`, in the
+/// prompt-last layout of [`per_prompt_matmul`]: `[K, d+1, d+1, B]` and `[K, d+1, B]`.
+fn context_moments(arch: &Arch, z: &Tensor) -> (Tensor, Tensor) {
+    let n = arch.context;
+    let tokens = z.permute([0, 2, 3, 1]).contiguous(); // [K, n+1, d+1, B]
+    let context = tokens.narrow(1, 0, n);
+    (per_prompt_matmul(&context.transpose(1, 2), &context), tokens.select(1, n))
+}
+
+/// [`fast_losses`] for one member, with the shapes of [`loss`]: the parameters in
+/// `state_dict` shapes and one batch `z [B, n+1, d+1]`. Returns the scalar loss.
+pub fn fast_loss(arch: &Arch, params: &[Tensor], batch: &Batch) -> Tensor {
+    let params: Vec<Tensor> = params.iter().map(|p| p.unsqueeze(0)).collect();
+    let batch = Batch { z: batch.z.unsqueeze(0), y_query: batch.y_query.unsqueeze(0) };
+    fast_losses(arch, &params, &batch, None).squeeze_dim(0)
+}
+
+/// Largest r·s·c for which [`per_prompt_matmul`] multiplies elementwise. Measured with libtorch
+/// 2.11 on one CPU thread, B = 1000, square matrices of side s: elementwise is 5× faster than
+/// `bmm` at s = 6, 2× at s = 11, and 2× slower at s = 16.
+const ELEMENTWISE_MAX_WORK: i64 = 12 * 12 * 12;
+
+/// One small matrix product per prompt, in the prompt-last layout the fast linear forward
+/// keeps its state in: `a [K, r, s, B]`, `b [K, s, c, B]` → `[K, r, c, B]`.
+///
+/// Why prompt-last: libtorch's CPU `bmm` multiplies matrices this small (d+1 = 6 for the
+/// paper) with a scalar loop, one prompt at a time; most of a step went there. With the
+/// prompts on the last, contiguous axis the product is one broadcast multiply and one sum,
+/// vectorised across prompts, and a shared matrix (P̃, Q̃) multiplies all prompts' G in one
+/// large GEMM. For large matrices (L=8, d=20) `bmm`'s GEMMs win again, so they are used there.
+fn per_prompt_matmul(a: &Tensor, b: &Tensor) -> Tensor {
+    let (r, s, c) = (a.size()[1], a.size()[2], b.size()[2]);
+    if r * s * c <= ELEMENTWISE_MAX_WORK {
+        (a.unsqueeze(3) * b.unsqueeze(1)).sum_dim_intlist([2i64].as_slice(), false, None::<Kind>)
+    } else {
+        a.permute([0, 3, 1, 2]).matmul(&b.permute([0, 3, 1, 2])).permute([0, 2, 3, 1])
+    }
+}
+
+/// P̃ and Q̃ of every layer, head and member at once, `[L, K, H, 2, d+1, d+1]`, with the 1/n of
+/// each layer folded into P̃ (for softmax the scale must stay outside the scores, and for
+/// linear attention either factor will do).
+fn embedded_all(arch: &Arch, allparam: &Tensor) -> Tensor {
+    let (d, n) = (arch.dim, arch.context);
+    let (kind, device) = (allparam.kind(), allparam.device());
+    let scale = Tensor::ones([2, 1, 1], (kind, device));
+    let _ = scale.get(0).fill_(1.0 / n as f64);
+    let emb = match arch.parametrization {
+        Parametrization::Full => allparam * &scale,
+        Parametrization::Restricted => {
+            // P~ = [[P,0],[0,1]], Q~ = [[Q,0],[0,0]] for all layers and heads in two ops.
+            let corner = Tensor::zeros([2, d + 1, d + 1], (kind, device));
+            let _ = corner.get(0).get(d).get(d).fill_(1.0);
+            (allparam.constant_pad_nd([0, 1, 0, 1]) + corner) * &scale
+        }
+    };
+    emb.transpose(0, 1)
+}
+
+/// Linear attention on (G, q), prompt-last: `gram [K, d+1, d+1, B]`, `query [K, d+1, B]`.
+fn linear_read_out(arch: &Arch, emb: &Tensor, mut gram: Tensor, mut query: Tensor) -> Tensor {
+    let (d1, heads) = (arch.dim + 1, arch.heads);
+    let (k, b) = (gram.size()[0], gram.size()[3]);
+    let eye = Tensor::eye(d1, (gram.kind(), gram.device())).unsqueeze(-1);
+    for l in 0..arch.layers - 1 {
+        let e = emb.get(l);
+        let (p, q) = (e.select(2, 0), e.select(2, 1)); // [K, H, d+1, d+1]
+        // V_h = Q̃_h G for all heads and prompts in one GEMM per member (rows (h, i)) …
+        let v = q.reshape([k, heads * d1, d1]).bmm(&gram.reshape([k, d1, d1 * b]));
+        // … then Tᵀ = Σ_h P̃_h V_hᵀ in another, contracting (h, m): Tᵀ[l, i] = T[i, l].
+        let v_t = v.view([k, heads, d1, d1, b]).permute([0, 1, 3, 2, 4]).reshape([k, heads * d1, d1 * b]);
+        let p_cat = p.permute([0, 2, 1, 3]).reshape([k, d1, heads * d1]);
+        let r_t = p_cat.bmm(&v_t).view([k, d1, d1, b]) + &eye; // Rᵀ, R = I + T
+        gram = per_prompt_matmul(&r_t, &per_prompt_matmul(&gram, &r_t.transpose(1, 2)));
+        query = (&r_t * query.unsqueeze(1)).sum_dim_intlist([2i64].as_slice(), false, None::<Kind>);
+    }
+    // Last layer, read-out entry only: q_d + Σ_h (Q̃_hᵀ q) · (G p_h), p_h = row d of P̃_h.
+    let e = emb.get(arch.layers - 1);
+    let (p, q) = (e.select(2, 0), e.select(2, 1));
+    let r = q.transpose(2, 3).reshape([k, heads * d1, d1]).bmm(&query).view([k, heads, d1, b]);
+    let g_t = gram.transpose(1, 2).reshape([k, d1, d1 * b]);
+    let v = p.select(2, arch.dim).bmm(&g_t).view([k, heads, d1, b]);
+    query.select(1, arch.dim) + (r * v).sum_dim_intlist([1i64, 2].as_slice(), false, None::<Kind>)
+}
+
+/// Softmax attention on the tokens `z [K, B, n+1, d+1]`, the query's row only in the last layer.
+fn softmax_read_out(arch: &Arch, emb: &Tensor, z: &Tensor) -> Tensor {
+    let (n, d) = (arch.context, arch.dim);
+    let (k, b, n1, d1) = (z.size()[0], z.size()[1], n + 1, d + 1);
+    // Column n of the scores is dropped after the softmax: M.
+    let keep = Tensor::ones([n1], (z.kind(), z.device()));
+    let _ = keep.get(n).fill_(0.0);
+    let mut z = z.shallow_clone();
+    for l in 0..arch.layers - 1 {
+        let e = emb.get(l);
+        let rows = z.reshape([k, b * n1, d1]);
+        let mut acc: Option<Tensor> = None;
+        for h in 0..arch.heads {
+            let (p, q) = (e.select(1, h).select(1, 0), e.select(1, h).select(1, 1));
+            let s = rows.bmm(&q).view([k, b, n1, d1]).matmul(&z.transpose(-1, -2));
+            let s = s.softmax(-1, None::<Kind>) * &keep;
+            let values = rows.bmm(&p.transpose(1, 2)).view([k, b, n1, d1]);
+            let a = s.matmul(&values);
+            acc = Some(match acc {
+                None => a,
+                Some(acc) => acc + a,
+            });
+        }
+        z = z + acc.expect("heads >= 1");
+    }
+    let e = emb.get(arch.layers - 1);
+    let query = z.select(2, n); // [K, B, d+1]
+    let rows = z.reshape([k, b * n1, d1]);
+    let mut out = query.select(-1, d);
+    for h in 0..arch.heads {
+        let (p, q) = (e.select(1, h).select(1, 0), e.select(1, h).select(1, 1));
+        // scores of the query: (q Q̃) Zᵀ; values: only their entry d, Z P̃[d, :]ᵀ.
+        let s = z.matmul(&query.bmm(&q).unsqueeze(-1)).squeeze_dim(-1); // [K, B, n+1]
+        let s = s.softmax(-1, None::<Kind>) * &keep;
+        let value_d = rows.bmm(&p.select(1, d).unsqueeze(-1)).view([k, b, n1]);
+        out = out + (s * value_d).sum_dim_intlist([-1i64].as_slice(), false, None::<Kind>);
+    }
+    out
+}
+
+/// The MLP variant's covariate map φ for K members: `Z[…, :d] ← φ_k(Z[…, :d])`, with
+/// `params = [w0 [K,h,d], b0 [K,h], w2 [K,d,h], b2 [K,d]]`.
+fn mlp_tokens_batched(arch: &Arch, params: &[Tensor], z: &Tensor) -> Tensor {
+    let size = z.size();
+    let (k, b, n1, d) = (size[0], size[1], size[2], arch.dim);
+    let x = z.narrow(-1, 0, d).reshape([k, b * n1, d]);
+    let hidden = params[1].unsqueeze(1).baddbmm(&x, &params[0].transpose(1, 2), 1.0, 1.0).relu();
+    let phi = params[3].unsqueeze(1).baddbmm(&hidden, &params[2].transpose(1, 2), 1.0, 1.0);
+    Tensor::cat(&[phi.view([k, b, n1, d]), z.narrow(-1, d, 1)], -1)
 }

@@ -7,7 +7,7 @@
 //! is bit-identical to an uninterrupted one.
 use crate::artifacts::{self, MetricsRow, Status, Summary};
 use crate::config::{Config, Mode, Setting};
-use crate::data::{self, DataStream};
+use crate::data::{self, Batch, DataStream};
 use crate::model::{self, Arch, Model};
 use crate::optim::{self, Optimizer};
 use crate::BadInput;
@@ -62,7 +62,9 @@ impl Run {
     pub fn start(cfg: &Config) -> Result<Run> {
         if cfg.train.mode == Mode::Fast {
             return Err(anyhow!(BadInput(
-                "config key train.mode: `fast` is not implemented yet; use `faithful`".into()
+                "config key train.mode: a step-by-step Run is the faithful protocol; `fast` runs \
+                 train through linattn::ensemble (linattn train accepts both)"
+                    .into()
             )));
         }
         let device = crate::device::parse(&cfg.train.device)
@@ -80,6 +82,11 @@ impl Run {
     /// row for `metrics.csv`; when the loss or the norm is not finite no update is made.
     pub fn step(&mut self) -> MetricsRow {
         let batch = self.data.next_batch();
+        self.step_on(&batch)
+    }
+
+    /// [`Run::step`] on a given batch instead of the next one of the run's stream.
+    pub fn step_on(&mut self, batch: &Batch) -> MetricsRow {
         let params = self.model.tensors();
         for p in &params {
             let mut g = p.grad();
@@ -87,7 +94,7 @@ impl Run {
                 let _ = g.zero_();
             }
         }
-        let loss = self.model.loss(&batch);
+        let loss = self.model.loss(batch);
         loss.backward();
         let grads: Vec<Tensor> = params.iter().map(|p| p.grad()).collect();
         let norm = optim::global_grad_norm(&grads);
@@ -163,9 +170,14 @@ pub fn train(cfg: &Config, out: &Path, opts: &Options) -> Result<Outcome> {
             let _ = std::fs::remove_file(out.join(f));
         }
     }
+    if cfg.train.mode == Mode::Fast {
+        // Fast mode trains as an ensemble of one (crate::ensemble), where the fast step lives.
+        let member = crate::ensemble::Member::from_config(cfg);
+        let mut outcomes = crate::ensemble::train_ensemble(cfg, &[member], &[out.to_path_buf()], opts.progress)?;
+        return Ok(outcomes.remove(0));
+    }
     let run = Run::start(cfg)?;
-    artifacts::write_atomic(&out.join(artifacts::CONFIG), cfg.to_yaml().as_bytes())
-        .map_err(|e| anyhow!(BadInput(format!("output folder {}: cannot write to it ({e:#})", out.display()))))?;
+    create_run_folder(cfg, out)?;
     let progress = Progress { metrics: Vec::new(), steps: vec![0], snapshots: vec![run.model.snapshot()] };
     drive(run, progress, out, opts)
 }
@@ -174,6 +186,12 @@ pub fn train(cfg: &Config, out: &Path, opts: &Options) -> Result<Outcome> {
 pub fn resume(out: &Path, opts: &Options) -> Result<Outcome> {
     let cfg = Config::load_run(out)?;
     let _lock = lock_folder(out)?;
+    if cfg.train.mode == Mode::Fast {
+        return Err(anyhow!(BadInput(format!(
+            "{}: --resume continues faithful runs only; start this fast run again with --force",
+            out.display()
+        ))));
+    }
     if let Ok(summary) = Summary::read(out) {
         if summary.status != Status::Running && summary.status != Status::Interrupted {
             return Err(anyhow!(BadInput(format!(
@@ -209,9 +227,9 @@ fn write_checkpoint(run: &Run, progress: &Progress, out: &Path) -> Result<()> {
     named.push(("metrics.train_loss".into(), Tensor::from_slice(&losses)));
     named.push(("metrics.grad_norm".into(), Tensor::from_slice(&norms)));
     named.push(("trajectory.step".into(), Tensor::from_slice(&progress.steps)));
-    for (i, (name, _)) in run.model.params.iter().enumerate() {
-        let per_step: Vec<&Tensor> = progress.snapshots.iter().map(|s| &s[i]).collect();
-        named.push((format!("trajectory.{name}"), Tensor::stack(&per_step, 0)));
+    let stacked = artifacts::stack_snapshots(&progress.snapshots, run.model.params.len());
+    for ((name, _), t) in run.model.params.iter().zip(stacked) {
+        named.push((format!("trajectory.{name}"), t));
     }
     artifacts::write_safetensors(&out.join(CHECKPOINT), &named)
 }
@@ -314,12 +332,63 @@ fn drive(mut run: Run, mut progress: Progress, out: &Path, opts: &Options) -> Re
         return Ok(Outcome { summary, metrics: progress.metrics });
     }
     let names: Vec<String> = run.model.params.iter().map(|(n, _)| n.clone()).collect();
-    artifacts::write_atomic(&out.join(artifacts::METRICS), artifacts::metrics_csv(&progress.metrics).as_bytes())?;
-    artifacts::write_trajectory(&out.join(artifacts::TRAJECTORY), &names, &progress.steps, &progress.snapshots)?;
-    let final_params: Vec<(String, Tensor)> = names.iter().cloned().zip(run.model.snapshot()).collect();
-    artifacts::write_safetensors(&out.join(artifacts::FINAL), &final_params)?;
-    let summary = summary_now(status, diverged_at, progress.metrics.len() as i64);
-    summary.write(out).context("writing summary.json")?;
+    let trajectory = artifacts::stack_snapshots(&progress.snapshots, names.len());
+    let outcome = write_run_folder(
+        out,
+        RunRecord {
+            names,
+            metrics: progress.metrics,
+            steps: progress.steps,
+            trajectory,
+            final_params: run.model.snapshot(),
+            status,
+            diverged_at,
+            wall_time_s: started.elapsed().as_secs_f64(),
+            device: run.device,
+        },
+    )?;
     let _ = std::fs::remove_file(out.join(CHECKPOINT));
-    Ok(Outcome { summary, metrics: progress.metrics })
+    Ok(outcome)
+}
+
+/// What a finished run leaves in its folder besides `config.yaml`.
+pub struct RunRecord {
+    /// Parameter names in `state_dict` order.
+    pub names: Vec<String>,
+    pub metrics: Vec<MetricsRow>,
+    /// The saved steps; `trajectory[i]` is `[steps.len(), *shape]` for parameter `names[i]`.
+    pub steps: Vec<i64>,
+    pub trajectory: Vec<Tensor>,
+    pub final_params: Vec<Tensor>,
+    pub status: Status,
+    pub diverged_at: Option<i64>,
+    pub wall_time_s: f64,
+    pub device: Device,
+}
+
+/// Creates the run folder and writes the resolved `config.yaml` into it, before training, so
+/// that a folder that cannot be written is reported before any work is done.
+pub fn create_run_folder(cfg: &Config, out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out)
+        .map_err(|e| anyhow!(BadInput(format!("output folder {}: cannot create it ({e})", out.display()))))?;
+    artifacts::write_atomic(&out.join(artifacts::CONFIG), cfg.to_yaml().as_bytes())
+        .map_err(|e| anyhow!(BadInput(format!("output folder {}: cannot write to it ({e:#})", out.display()))))
+}
+
+/// Writes `metrics.csv`, `trajectory.safetensors`, `final.safetensors` and `summary.json`.
+pub fn write_run_folder(out: &Path, record: RunRecord) -> Result<Outcome> {
+    artifacts::write_atomic(&out.join(artifacts::METRICS), artifacts::metrics_csv(&record.metrics).as_bytes())?;
+    artifacts::write_trajectory_stacked(&out.join(artifacts::TRAJECTORY), &record.names, &record.steps, &record.trajectory)?;
+    let final_params: Vec<(String, Tensor)> = record.names.iter().cloned().zip(record.final_params).collect();
+    artifacts::write_safetensors(&out.join(artifacts::FINAL), &final_params)?;
+    let summary = Summary {
+        status: record.status,
+        diverged_at: record.diverged_at,
+        iters_done: record.metrics.len() as i64,
+        wall_time_s: record.wall_time_s,
+        device: crate::device::describe(record.device),
+        side: "rust".into(),
+    };
+    summary.write(out).context("writing summary.json")?;
+    Ok(Outcome { summary, metrics: record.metrics })
 }

@@ -1,0 +1,203 @@
+//! Ensemble training: a member fed the same batches as a solo run follows the same trajectory
+//! (within 1e-5 relative), members never influence each other, and a diverging member stops
+//! while the others go on.
+mod common;
+use common::*;
+use linattn::config::{Config, OptimizerKind};
+use linattn::data::Batch;
+use linattn::ensemble::{self, Ensemble, Member};
+use linattn::train::Run;
+use std::path::PathBuf;
+use tch::{Device, Tensor};
+
+fn config(sets: &[&str]) -> Config {
+    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    Config::from_yaml_str("", &sets).expect("a valid config")
+}
+
+fn rel(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).norm().double_value(&[]) / b.norm().double_value(&[]).max(1e-30)
+}
+
+fn rel_f(a: f64, b: f64) -> f64 {
+    (a - b).abs() / b.abs().max(1e-30)
+}
+
+fn members() -> Vec<Member> {
+    vec![
+        Member { seed: 0, optimizer: OptimizerKind::Sgd, lr: 0.02 },
+        Member { seed: 0, optimizer: OptimizerKind::Adam, lr: 0.02 },
+        Member { seed: 1, optimizer: OptimizerKind::Sgd, lr: 0.01 },
+        Member { seed: 2, optimizer: OptimizerKind::Adam, lr: 0.005 },
+    ]
+}
+
+/// A member's solo run: faithful (the reference `Run`) or fast (`train.mode: fast`, an
+/// ensemble of one).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Solo {
+    Faithful,
+    Fast,
+}
+
+/// Runs every member solo on its faithful CPU stream, keeping the batches, then feeds each
+/// member of one ensemble its solo run's batches. Returns the largest relative differences
+/// (loss, gradient norm, parameters) over all members and steps.
+fn ensemble_vs_solo(sets: &[&str], iters: i64, solo: Solo) -> (f64, f64, f64) {
+    let cfg = config(sets);
+    let members = members();
+    let mut batches: Vec<Vec<Batch>> = Vec::new();
+    let mut solo_losses: Vec<Vec<(f32, f32)>> = Vec::new();
+    let mut solo_params: Vec<Vec<Tensor>> = Vec::new();
+    for m in &members {
+        let mut c = m.config(&cfg);
+        c.train.mode = linattn::config::Mode::Faithful;
+        let mut run = Run::start(&c).unwrap();
+        let bs: Vec<Batch> = (0..iters).map(|_| run.data.next_batch()).collect();
+        let (mut rows, mut params) = (vec![], vec![]);
+        match solo {
+            Solo::Faithful => {
+                for b in &bs {
+                    let r = run.step_on(b);
+                    rows.push((r.train_loss, r.grad_norm));
+                    params.push(Tensor::cat(&run.model.snapshot().iter().map(|t| t.reshape([-1])).collect::<Vec<_>>(), 0));
+                }
+            }
+            Solo::Fast => {
+                let mut one = Ensemble::start(&cfg, &[*m]).unwrap();
+                for b in &bs {
+                    let out = one.step_on(&Batch { z: b.z.unsqueeze(0), y_query: b.y_query.unsqueeze(0) }, None);
+                    rows.push((out.losses.double_value(&[0]) as f32, out.grad_norms.double_value(&[0]) as f32));
+                    params.push(one.flat_params().detach().get(0).copy());
+                }
+            }
+        }
+        batches.push(bs);
+        solo_losses.push(rows);
+        solo_params.push(params);
+    }
+
+    let mut ens = Ensemble::start(&cfg, &members).unwrap();
+    let (mut worst_loss, mut worst_norm, mut worst_param) = (0f64, 0f64, 0f64);
+    for t in 0..iters as usize {
+        let z: Vec<&Tensor> = batches.iter().map(|b| &b[t].z).collect();
+        let y: Vec<&Tensor> = batches.iter().map(|b| &b[t].y_query).collect();
+        let out = ens.step_on(&Batch { z: Tensor::stack(&z, 0), y_query: Tensor::stack(&y, 0) }, None);
+        let losses = Vec::<f32>::try_from(&out.losses).unwrap();
+        let norms = Vec::<f32>::try_from(&out.grad_norms).unwrap();
+        for i in 0..members.len() {
+            let (loss, norm) = solo_losses[i][t];
+            worst_loss = worst_loss.max(rel_f(losses[i] as f64, loss as f64));
+            worst_norm = worst_norm.max(rel_f(norms[i] as f64, norm as f64));
+            worst_param = worst_param.max(rel(&ens.flat_params().detach().get(i as i64).to_device(Device::Cpu), &solo_params[i][t]));
+        }
+    }
+    println!(
+        "{sets:?}, {iters} steps against the {solo:?} solo runs: largest relative difference: loss {worst_loss:.2e}, grad norm {worst_norm:.2e}, parameters {worst_param:.2e}"
+    );
+    (worst_loss, worst_norm, worst_param)
+}
+
+/// The claim of the ensemble: batching changes nothing but rounding. Against the solo fast
+/// runs (the same arithmetic, one member at a time) on the same batches.
+fn member_follows_solo_run(sets: &[&str], iters: i64) {
+    let (loss, norm, param) = ensemble_vs_solo(sets, iters, Solo::Fast);
+    assert!(loss < 1e-5, "loss differs by {loss:e}");
+    assert!(norm < 1e-5, "gradient norm differs by {norm:e}");
+    assert!(param < 1e-5, "parameters differ by {param:e}");
+}
+
+#[test]
+fn ensemble_member_fed_the_solo_runs_batches_follows_its_trajectory() {
+    // B = 1000: on a CPU the forward then works in chunks of members and of streams.
+    member_follows_solo_run(&["data.batch=1000"], 25);
+}
+
+#[test]
+fn ensemble_member_follows_its_solo_run_with_clipping_active() {
+    // clip 0.05 < ‖g‖ from the first step on: every step clips.
+    member_follows_solo_run(&["data.batch=200", "train.clip=0.05"], 30);
+}
+
+#[test]
+fn ensemble_member_follows_its_solo_run_mlp_variant() {
+    member_follows_solo_run(
+        &[
+            "data.batch=200",
+            "data.setting=mlp_teacher",
+            "model.parametrization=full",
+            "model.mlp_hidden=30",
+            "model.init_std=0.1",
+            "train.clip_mode=clip_grad_norm",
+        ],
+        30,
+    );
+}
+
+/// Against the faithful runs (the reference arithmetic, torch.optim's update order), the
+/// member's parameters stay within 1e-5: the two differ only by the rounding of another
+/// contraction order, step after step.
+#[test]
+fn ensemble_member_stays_close_to_the_faithful_run() {
+    for sets in [&["data.batch=200"][..], &["data.batch=200", "train.clip=0.05"]] {
+        let (loss, _, param) = ensemble_vs_solo(sets, 40, Solo::Faithful);
+        assert!(param < 1e-5, "{sets:?}: parameters differ by {param:e}");
+        assert!(loss < 1e-5, "{sets:?}: loss differs by {loss:e}");
+    }
+}
+
+#[test]
+fn ensemble_members_start_from_the_faithful_runs_initial_parameters() {
+    let cfg = config(&["data.batch=50"]);
+    let ens = Ensemble::start(&cfg, &members()).unwrap();
+    for (i, m) in members().iter().enumerate() {
+        let mut c = m.config(&cfg);
+        c.train.mode = linattn::config::Mode::Faithful;
+        let run = Run::start(&c).unwrap();
+        for (a, b) in ens.member_params(i).iter().zip(run.model.snapshot()) {
+            assert!(a.equal(&b), "member {i}: initial parameters differ");
+        }
+    }
+}
+
+#[test]
+fn a_diverging_member_stops_and_the_others_go_on_as_their_solo_fast_runs() {
+    let tmp = tempdir();
+    let cfg = config(&["data.batch=200", "train.iters=40", "train.save_every=10"]);
+    let mut members = members();
+    members.push(Member { seed: 3, optimizer: OptimizerKind::Sgd, lr: 1e4 });
+    let outs: Vec<PathBuf> = (0..members.len()).map(|i| tmp.path().join(format!("m{i}"))).collect();
+    let outcomes = ensemble::train_ensemble(&cfg, &members, &outs, false).unwrap();
+
+    let bad = &outcomes[4];
+    let t = bad.summary.diverged_at.expect("lr 1e4 diverges, clipped or not");
+    assert_eq!(bad.summary.status, linattn::artifacts::Status::Diverged);
+    assert_eq!(bad.metrics.len() as i64, t + 1, "rows up to and including the diverged iteration");
+    let last = bad.metrics.last().unwrap();
+    assert!(!(last.train_loss.is_finite() && last.grad_norm.is_finite()));
+    let traj = Tensor::read_safetensors(outs[4].join("trajectory.safetensors")).unwrap();
+    let steps = Vec::<i64>::try_from(&traj.iter().find(|(n, _)| n == "step").unwrap().1).unwrap();
+    assert!(steps.iter().all(|&s| s <= t), "no snapshot after the divergence: {steps:?}");
+    let final_params = Tensor::read_safetensors(outs[4].join("final.safetensors")).unwrap();
+    assert!(bool::try_from(final_params[0].1.isfinite().all()).unwrap(), "a diverged member keeps its last finite parameters");
+
+    // Every other member completed, and its folder is what `linattn train` writes for its
+    // config in fast mode: the solo run reads the same device stream.
+    for i in 0..4 {
+        assert_eq!(outcomes[i].summary.status, linattn::artifacts::Status::Completed);
+        let member_cfg = Config::load_run(&outs[i]).unwrap();
+        assert_eq!(member_cfg, members[i].config(&cfg));
+        let solo_dir = tmp.path().join(format!("solo{i}"));
+        let mut c = linattn();
+        c.arg("train");
+        ok(with_config(c, &outs[i].join("config.yaml"), &[], &solo_dir));
+        let (a, b) = (metrics(&outs[i]), metrics(&solo_dir));
+        assert_eq!(a.len(), 40);
+        for (x, y) in a.iter().zip(&b) {
+            assert!(rel_f(x.1 as f64, y.1 as f64) < 1e-5 && rel_f(x.2 as f64, y.2 as f64) < 1e-5, "member {i}, iteration {}: {x:?} vs {y:?}", x.0);
+        }
+        let fa = Tensor::read_safetensors(outs[i].join("final.safetensors")).unwrap();
+        let fb = Tensor::read_safetensors(solo_dir.join("final.safetensors")).unwrap();
+        assert!(rel(&fa[0].1, &fb[0].1) < 1e-5, "member {i}: final parameters differ");
+    }
+}
