@@ -7,6 +7,7 @@ so that on CPU the Rust side (same libtorch kernels, same generator) is bit-iden
   analyze DIR [--every K] [--vectorize]
   noise   --config FILE [--set K=V]... --samples S [--full-batch N] [--out DIR] [--device D]
   bench   --config FILE [--set K=V]... --steps N [--warmup W] [--ensemble K] [--device D]
+  bench-hessian --config FILE [--set K=V]... [--repeats R] [--threads N] [--device D]
 
 Exit codes: 0 done, 2 bad input (one line on stderr), 3 training diverged, 1 anything else.
 """
@@ -411,6 +412,25 @@ def eval_batch(cfg):
     return draw_batch(cfg, cfg["data"]["batch"], teacher)
 
 
+def flat_loss(model, Z, yq):
+    """The function the Hessian is taken of: the loss on (Z, yq) of ONE flat vector holding all
+    parameters in state_dict order. Returns (names, unflatten, loss_of_flat)."""
+    names = list(model.state_dict().keys())
+    shapes = [model.state_dict()[k].shape for k in names]
+
+    def unflatten(flat):
+        out, o = {}, 0
+        for k, s in zip(names, shapes):
+            out[k] = flat[o:o + s.numel()].view(s)
+            o += s.numel()
+        return out
+
+    def loss_of_flat(flat):
+        return torch.func.functional_call(model, unflatten(flat), (Z, yq))
+
+    return names, unflatten, loss_of_flat
+
+
 def cmd_analyze(args):
     if args.every < 1:
         raise InputError(f"--every: must be >= 1, got {args.every}")
@@ -426,24 +446,13 @@ def cmd_analyze(args):
         traj = load_file(traj_path)
     except Exception as e:
         raise InputError(f"analyze {args.dir}: cannot read trajectory.safetensors: {e}")
-    names = list(model.state_dict().keys())
-    shapes = [model.state_dict()[k].shape for k in names]
+    names, unflatten, loss_of_flat = flat_loss(model, Z, yq)
     for k in names + ["step"]:
         if k not in traj:
             raise InputError(f"analyze {args.dir}: trajectory.safetensors lacks {k!r} for this config")
     steps = traj["step"].tolist()
     index = {t: i for i, t in enumerate(steps)}
     theta = lambda i: torch.cat([traj[k][i].to(dtype).reshape(-1) for k in names])
-
-    def unflatten(flat):
-        out, o = {}, 0
-        for k, s in zip(names, shapes):
-            out[k] = flat[o:o + s.numel()].view(s)
-            o += s.numel()
-        return out
-
-    def loss_of_flat(flat):  # the Hessian's function: all parameters, state_dict order
-        return torch.func.functional_call(model, unflatten(flat), (Z, yq))
 
     rows = []
     for i, t in enumerate(steps):
@@ -538,6 +547,43 @@ def cmd_bench(args):
     return 0
 
 
+def cmd_bench_hessian(args):
+    """Times R_med at the config's initialisation (seed, init, eval batch) with
+    torch.autograd.functional.hessian, as analyze computes it; prints one JSON line."""
+    cfg = load_config(args.config, args.set)
+    if args.device is not None:
+        cfg["train"]["device"] = _check("train.device", args.device)
+    if args.repeats < 1:
+        raise InputError(f"--repeats: must be >= 1, got {args.repeats}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InputError(f"--threads: must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    device = resolve_device(cfg["train"]["device"])
+    model = Run(cfg, device).model
+    Z, yq = (x.to(device) for x in eval_batch(cfg))
+    names, _, loss_of_flat = flat_loss(model, Z, yq)
+    flat = torch.cat([model.state_dict()[k].detach().reshape(-1) for k in names])
+
+    def condition_number():
+        H = torch.autograd.functional.hessian(loss_of_flat, flat)
+        diag = H.diagonal().abs()
+        return float(diag.max() / torch.median(diag))  # float() also waits for a GPU
+
+    cond = condition_number()  # warm-up, untimed
+    times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        condition_number()
+        times.append((time.perf_counter() - t0) * 1000)
+    times_sorted, m = sorted(times), len(times) // 2
+    median = times_sorted[m] if len(times) % 2 else (times_sorted[m - 1] + times_sorted[m]) / 2
+    print(json.dumps({"ms": median, "min_ms": times_sorted[0], "ms_each": times, "condition_number": cond,
+                      "num_params": flat.numel(), "side": SIDE, "device": str(device),
+                      "threads": torch.get_num_threads()}))
+    return 0
+
+
 # ----------------------------------------------------------------------------- CLI
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2 (argparse would print usage and a second line)
@@ -577,6 +623,11 @@ def build_parser():
     p.add_argument("--warmup", type=int, default=0)
     p.add_argument("--ensemble", type=int, default=None)
     p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("bench-hessian", help="time the condition number at init; prints one JSON line")
+    config_args(p)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
+    p.set_defaults(func=cmd_bench_hessian)
     return ap
 
 

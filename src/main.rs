@@ -106,6 +106,44 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         warmup: i64,
     },
+    /// Landscape measurements of a run folder on the evaluation batch: test loss, gradient
+    /// norm, condition numbers, directional smoothness, sharpness (writes DIR/analysis.csv).
+    Analyze {
+        /// A run folder written by `linattn train`.
+        dir: PathBuf,
+        /// Analyze the saved steps that are multiples of K.
+        #[arg(long, default_value_t = 1, value_name = "K")]
+        every: i64,
+        /// Device for the analysis (default: the run's train.device).
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// Stochastic-gradient noise ‖g_B − g‖ at initialisation (writes noise.csv, noise.json, noise.png).
+    Noise {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Number of sampled batches of data.batch prompts.
+        #[arg(long, value_name = "S")]
+        samples: i64,
+        /// Prompts in the batch that gives the full gradient g.
+        #[arg(long, default_value_t = 100_000, value_name = "N")]
+        full_batch: i64,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Time the condition number at the config's initialisation: Rust against the PyTorch
+    /// side's torch.autograd.functional.hessian (a benchmark; run it on a quiet machine).
+    BenchHessian {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Timed repetitions per side, after one warm-up (the median and the minimum are reported).
+        #[arg(long, default_value_t = 5, value_name = "R")]
+        repeats: usize,
+        /// Intra-op threads for both sides (default: libtorch's, one per core).
+        #[arg(long, value_name = "N")]
+        threads: Option<usize>,
+    },
 }
 
 /// Ctrl-C and SIGTERM ask a running command to stop at the next safe point.
@@ -212,6 +250,65 @@ fn run(cli: Cli) -> Result<i32> {
                 eprintln!("linattn: the two sides differ beyond the tolerance {tolerance:e}");
                 return Ok(exit::FAILURE);
             }
+            Ok(exit::OK)
+        }
+        Command::Analyze { dir, every, device } => {
+            let device = device
+                .map(|d| linattn::device::parse(&d).map_err(|e| anyhow::anyhow!(BadInput(format!("--device: {e}")))))
+                .transpose()?;
+            let rows = linattn::landscape::analyze_dir_on(&dir, every, device, progress)?;
+            match rows.last() {
+                Some(r) => println!(
+                    "analyzed {} steps; at iteration {}: test_loss {} condition_number {} sharpness {}; wrote {}",
+                    rows.len(),
+                    r.iter,
+                    r.test_loss as f32,
+                    r.condition_number as f32,
+                    r.sharpness as f32,
+                    dir.join(linattn::landscape::ANALYSIS).display()
+                ),
+                None => println!(
+                    "no saved step is a multiple of {every}; wrote an empty {}",
+                    dir.join(linattn::landscape::ANALYSIS).display()
+                ),
+            }
+            Ok(exit::OK)
+        }
+        Command::Noise { config, samples, full_batch, out } => {
+            let cfg = config.load()?;
+            let s = linattn::noise::run_noise(&cfg, samples, full_batch, &out, progress)?;
+            println!(
+                "noise over {} batches of {}: mean {:.6} std {:.6} kurtosis {:.3} Hill tail index {:.3} (k = {}); wrote {}",
+                s.count,
+                s.batch,
+                s.mean,
+                s.std,
+                s.kurtosis,
+                s.hill_tail_index,
+                s.hill_k,
+                out.join(linattn::noise::NOISE_CSV).display()
+            );
+            Ok(exit::OK)
+        }
+        Command::BenchHessian { config, repeats, threads } => {
+            let cfg = config.load()?;
+            let b = linattn::landscape::bench_hessian(&cfg, &config.config, &config.sets, repeats, threads)?;
+            println!(
+                "condition number at init ({} parameters, {}, {} repeats): rust median {:.1} ms (min {:.1}, {} threads), pytorch median {:.1} ms (min {:.1}, {} threads); ratio rust/pytorch {:.3} (of the minima {:.3}); values {} vs {}",
+                b.num_params,
+                b.device,
+                b.repeats,
+                b.rust_ms,
+                b.rust_min_ms,
+                b.rust_threads,
+                b.torch_ms,
+                b.torch_min_ms,
+                b.torch_threads,
+                b.ratio(),
+                b.rust_min_ms / b.torch_min_ms,
+                b.rust_condition_number as f32,
+                b.torch_condition_number as f32
+            );
             Ok(exit::OK)
         }
     }

@@ -1,0 +1,193 @@
+//! Stochastic-gradient noise at initialisation (paper Fig. 2 row 2, Fig. 5, 7, 8, App. B):
+//! the distribution of `‖g_B − g‖` over many batches of B prompts, where g is the gradient of
+//! the mean loss over a large "full" batch.
+//!
+//! Drawn as the reference does (SPEC, "What the paper measures"): seed both generators with
+//! train.seed, initialise the model, draw ONE batch of `full_batch` prompts, then the batches
+//! of B one after another. Only the computation of g is split into chunks; the draws are not.
+use crate::artifacts::{self, fmt_f32};
+use crate::config::Config;
+use crate::data::Batch;
+use crate::{model, optim, plots, BadInput};
+use anyhow::{anyhow, Result};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+use tch::Tensor;
+
+pub const NOISE_CSV: &str = "noise.csv";
+pub const NOISE_JSON: &str = "noise.json";
+pub const NOISE_PNG: &str = "noise.png";
+
+/// The quantile levels reported in `noise.json`.
+pub const QUANTILES: [f64; 9] = [0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0];
+
+/// `noise.json`: summary statistics of the `samples` noise norms.
+#[derive(Debug, Clone, Serialize)]
+pub struct NoiseSummary {
+    pub count: usize,
+    pub batch: i64,
+    pub full_batch: i64,
+    pub seed: u32,
+    pub mean: f64,
+    /// Population standard deviation (divides by count).
+    pub std: f64,
+    /// Level ("0", "0.01", …, "1") → value; linear interpolation between order statistics
+    /// (numpy's default).
+    pub quantiles: BTreeMap<String, f64>,
+    /// Pearson's kurtosis m4/m2², 3 for a normal distribution.
+    pub kurtosis: f64,
+    /// `kurtosis − 3`.
+    pub excess_kurtosis: f64,
+    /// Hill's estimate of the tail index α from the `hill_k` largest values (smaller α =
+    /// heavier tail; a normal tail gives a large α that grows with the sample).
+    pub hill_tail_index: f64,
+    /// k = ⌊count/10⌋, the top 10 % of the sample (at least 1; at most count−1).
+    pub hill_k: usize,
+    pub wall_time_s: f64,
+}
+
+/// Moments, quantiles and the Hill estimate of a sample of positive values.
+pub fn summarize(values: &[f64]) -> (f64, f64, BTreeMap<String, f64>, f64, f64, usize) {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let moment = |p: i32| values.iter().map(|v| (v - mean).powi(p)).sum::<f64>() / n;
+    let (m2, m4) = (moment(2), moment(4));
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let quantile = |q: f64| {
+        let pos = q * (sorted.len() - 1) as f64;
+        let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+        sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
+    };
+    let quantiles = QUANTILES.iter().map(|&q| (format!("{q}"), quantile(q))).collect();
+    let (hill, k) = hill_estimator(&sorted);
+    (mean, m2.sqrt(), quantiles, m4 / (m2 * m2), hill, k)
+}
+
+/// Hill's estimator on an ascending sample: `α̂ = 1 / ((1/k) Σ_{i<k} ln(X_(i) / X_(k)))` with
+/// X_(0) ≥ X_(1) ≥ … the values in descending order, k = ⌊n/10⌋ clamped to [1, n−1].
+/// NaN when there are fewer than two values.
+pub fn hill_estimator(ascending: &[f64]) -> (f64, usize) {
+    let n = ascending.len();
+    if n < 2 {
+        return (f64::NAN, 0);
+    }
+    let k = (n / 10).clamp(1, n - 1);
+    let desc = |i: usize| ascending[n - 1 - i];
+    let threshold = desc(k);
+    let mean_log = (0..k).map(|i| (desc(i) / threshold).ln()).sum::<f64>() / k as f64;
+    (1.0 / mean_log, k)
+}
+
+fn bad(msg: String) -> anyhow::Error {
+    anyhow!(BadInput(msg))
+}
+
+/// `linattn noise`: writes `noise.csv`, `noise.json` and `noise.png` into `out`.
+pub fn run_noise(cfg: &Config, samples: i64, full_batch: i64, out: &Path, progress: bool) -> Result<NoiseSummary> {
+    if samples < 1 {
+        return Err(bad(format!("--samples: must be >= 1, got {samples}")));
+    }
+    if full_batch < 1 {
+        return Err(bad(format!("--full-batch: must be >= 1, got {full_batch}")));
+    }
+    std::fs::create_dir_all(out)
+        .map_err(|e| bad(format!("output folder {}: cannot create it ({e})", out.display())))?;
+    let started = Instant::now();
+    // Teacher (own seed) → seed(train.seed) → init → batches: the order a training run starts in.
+    let mut run = crate::train::Run::start(cfg)?;
+    let arch = run.model.arch;
+    let params = run.model.tensors();
+    let b = cfg.data.batch;
+    let chunks = (full_batch + b - 1) / b;
+    let bar = crate::progress::bar((chunks + samples) as u64, "noise", progress);
+
+    // g over all `full_batch` prompts, drawn in one call per tensor as the reference does.
+    // The loss is a mean over all of them, so each chunk of (up to) B prompts is weighted by
+    // its share; the sum runs in the same order as PyTorch's accumulation into `.grad`.
+    let full = run.data.draw(full_batch);
+    let mut g: Option<Vec<Tensor>> = None;
+    for c in 0..chunks {
+        let (start, len) = (c * b, b.min(full_batch - c * b));
+        let chunk = Batch { z: full.z.narrow(0, start, len), y_query: full.y_query.narrow(0, start, len) }
+            .to_device(run.device);
+        let loss = model::loss(&arch, &params, &chunk) * (len as f64 / full_batch as f64);
+        let grads = Tensor::run_backward(&[loss], &params, false, false);
+        g = Some(match g {
+            None => grads,
+            Some(acc) => acc.iter().zip(&grads).map(|(a, x)| a + x).collect(),
+        });
+        bar.inc(1);
+    }
+    let g = g.expect("full_batch >= 1 gives at least one chunk");
+    drop(full);
+
+    let mut noise = Vec::with_capacity(samples as usize);
+    for _ in 0..samples {
+        let batch = run.data.next_batch();
+        let gb = Tensor::run_backward(&[model::loss(&arch, &params, &batch)], &params, false, false);
+        let diff: Vec<Tensor> = gb.iter().zip(&g).map(|(a, x)| a - x).collect();
+        noise.push(optim::scalar_f32(&optim::global_grad_norm(&diff)));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+
+    let mut csv = String::with_capacity(12 * (noise.len() + 1));
+    csv.push_str("noise\n");
+    for v in &noise {
+        csv.push_str(&fmt_f32(*v));
+        csv.push('\n');
+    }
+    artifacts::write_atomic(&out.join(NOISE_CSV), csv.as_bytes())?;
+    let values: Vec<f64> = noise.iter().map(|&v| v as f64).collect();
+    let (mean, std, quantiles, kurtosis, hill_tail_index, hill_k) = summarize(&values);
+    let summary = NoiseSummary {
+        count: values.len(),
+        batch: b,
+        full_batch,
+        seed: cfg.train.seed,
+        mean,
+        std,
+        quantiles,
+        kurtosis,
+        excess_kurtosis: kurtosis - 3.0,
+        hill_tail_index,
+        hill_k,
+        wall_time_s: started.elapsed().as_secs_f64(),
+    };
+    let json = serde_json::to_string_pretty(&summary)? + "\n";
+    artifacts::write_atomic(&out.join(NOISE_JSON), json.as_bytes())?;
+    // Short enough for one panel's width.
+    let title = format!("noise at init, L={} n={} seed {}", cfg.model.layers, cfg.data.context, cfg.train.seed);
+    plots::histogram(&out.join(NOISE_PNG), &title, "‖g_B − g‖", &values, 100, true)?;
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hill_estimator_recovers_the_index_of_a_pareto_sample() {
+        // Exact Pareto(α=2) quantiles: x = (1 − u)^(−1/α) on a fine grid.
+        let n = 100_000;
+        let xs: Vec<f64> = (0..n).map(|i| (1.0 - (i as f64 + 0.5) / n as f64).powf(-0.5)).collect();
+        let (alpha, k) = hill_estimator(&xs);
+        assert_eq!(k, n / 10);
+        assert!((alpha - 2.0).abs() < 0.02, "alpha {alpha}");
+    }
+
+    #[test]
+    fn summary_of_a_small_sample_matches_hand_computation() {
+        let (mean, std, q, kurt, _, _) = summarize(&[1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(mean, 2.5);
+        assert!((std - 1.25f64.sqrt()).abs() < 1e-15);
+        assert_eq!(q["0.5"], 2.5);
+        assert_eq!(q["0.25"], 1.75);
+        assert_eq!((q["0"], q["1"]), (1.0, 4.0));
+        // m4 = (2·1.5⁴ + 2·0.5⁴)/4 = 2.5625; m2² = 1.5625.
+        assert!((kurt - 2.5625 / 1.5625).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,269 @@
+//! The landscape measurements: exact Hessians against finite differences, and `analyze` /
+//! `noise` against the PyTorch side (torch.autograd.functional.hessian).
+mod common;
+use common::*;
+use linattn::config::{Attention, Parametrization};
+use linattn::data::Batch;
+use linattn::landscape::{self, Point};
+use linattn::model::Arch;
+use std::collections::HashMap;
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+
+// ----------------------------------------------------------------------------- exactness
+
+fn small_arch(parametrization: Parametrization, attention: Attention, mlp_hidden: i64) -> Arch {
+    Arch { layers: 2, heads: 2, dim: 3, context: 4, parametrization, attention, mlp_hidden }
+}
+
+/// The architectures every exactness test runs on: the paper's model, softmax attention and
+/// the MLP variant (whose Hessian also covers the MLP's parameters).
+fn arches() -> Vec<Arch> {
+    vec![
+        small_arch(Parametrization::Restricted, Attention::Linear, 0),
+        small_arch(Parametrization::Full, Attention::Softmax, 0),
+        small_arch(Parametrization::Full, Attention::Linear, 5),
+    ]
+}
+
+/// Random float64 parameters and batch for `arch`.
+fn problem(arch: &Arch) -> (Vec<Tensor>, Batch) {
+    // Tiny tensors gain nothing from threads, and on a shared 2-core runner OpenMP threads
+    // that spin-wait for a starved sibling make these hundreds of small passes many times slower.
+    tch::set_num_threads(1);
+    tch::manual_seed(11);
+    let opts = (Kind::Double, Device::Cpu);
+    let params = arch.param_specs().iter().map(|(_, s)| Tensor::randn(s.as_slice(), opts) * 0.3).collect();
+    let z = Tensor::randn([6, arch.context + 1, arch.dim + 1], opts);
+    let _ = z.narrow(1, arch.context, 1).narrow(2, arch.dim, 1).fill_(0.0);
+    (params, Batch { z, y_query: Tensor::randn([6], opts) })
+}
+
+/// The Hessian by central differences of the autograd gradient, column by column.
+fn finite_difference_hessian(arch: &Arch, params: &[Tensor], batch: &Batch) -> Tensor {
+    let flat = landscape::flatten(params);
+    let p = flat.size()[0];
+    let h = 1e-5;
+    let gradient_at = |delta: &Tensor| {
+        let moved = landscape::unflatten(arch, &(&flat + delta));
+        Point::new(arch, &moved, batch).grad.detach()
+    };
+    let columns: Vec<Tensor> = (0..p)
+        .map(|j| {
+            let e = Tensor::zeros([p], (Kind::Double, Device::Cpu));
+            let _ = e.get(j).fill_(h);
+            (gradient_at(&e) - gradient_at(&-&e)) / (2.0 * h)
+        })
+        .collect();
+    Tensor::stack(&columns, 1)
+}
+
+/// Largest `|a − b| / max(|b|, floor)` over the entries; the floor keeps entries that are
+/// zero by structure from dividing by ~0.
+fn max_rel(a: &Tensor, b: &Tensor, floor: f64) -> f64 {
+    ((a - b).abs() / b.abs().clamp_min(floor)).max().double_value(&[])
+}
+
+#[test]
+fn hessian_diagonal_matches_finite_differences() {
+    for arch in arches() {
+        let (params, batch) = problem(&arch);
+        let fd = finite_difference_hessian(&arch, &params, &batch).diagonal(0, 0, 1);
+        let exact = landscape::hessian_diag(&arch, &params, &batch);
+        assert_eq!(exact.size(), [arch.num_params()]);
+        let rel = max_rel(&exact, &fd, 1e-3);
+        println!("{arch:?}: diagonal, max rel diff {rel:.2e}");
+        assert!(rel < 1e-5, "{arch:?}: Hessian diagonal differs from finite differences by {rel:e} relative");
+    }
+}
+
+#[test]
+fn full_hessian_matches_finite_differences() {
+    for arch in arches() {
+        let (params, batch) = problem(&arch);
+        let fd = finite_difference_hessian(&arch, &params, &batch);
+        let exact = landscape::hessian(&arch, &params, &batch);
+        let p = arch.num_params();
+        assert_eq!(exact.size(), [p, p]);
+        let rel = max_rel(&exact, &fd, 1e-3);
+        println!("{arch:?}: full Hessian ({p}x{p}), max rel diff {rel:.2e}");
+        assert!(rel < 1e-5, "{arch:?}: Hessian differs from finite differences by {rel:e} relative");
+        let asym = max_rel(&exact, &exact.transpose(0, 1), 1e-3);
+        assert!(asym < 1e-10, "{arch:?}: Hessian is not symmetric ({asym:e})");
+    }
+}
+
+#[test]
+fn hessian_vector_product_equals_hessian_times_u() {
+    for arch in arches() {
+        let (params, batch) = problem(&arch);
+        let h = landscape::hessian(&arch, &params, &batch);
+        let u = Tensor::randn([arch.num_params()], (Kind::Double, Device::Cpu));
+        let hu = landscape::hvp(&arch, &params, &batch, &u);
+        let rel = max_rel(&hu, &h.mv(&u), 1e-6);
+        assert!(rel < 1e-10, "{arch:?}: HVP differs from H·u by {rel:e} relative");
+
+        // The directional smoothness is uᵀHu with u the normalised step between two points.
+        let next: Vec<Tensor> = params.iter().map(|p| p + p.randn_like() * 0.01).collect();
+        let step = landscape::flatten(&next) - landscape::flatten(&params);
+        let unit = &step / step.norm();
+        let expected = unit.dot(&h.mv(&unit)).double_value(&[]);
+        let got = landscape::directional_smoothness(&arch, &params, &next, &batch).expect("a non-zero step");
+        assert!(rel_diff(got, expected) < 1e-10, "{arch:?}: smoothness {got} vs uᵀHu {expected}");
+        assert_eq!(landscape::directional_smoothness(&arch, &params, &params, &batch), None);
+    }
+}
+
+#[test]
+fn condition_number_uses_the_lower_median_like_torch() {
+    // |x| = 1, 2, 4, 8: the lower middle value is 2, so R = 8 / 2.
+    let x = Tensor::from_slice(&[-8.0f32, 1.0, 4.0, -2.0]);
+    assert_eq!(landscape::condition_number(&x), 4.0);
+}
+
+// ----------------------------------------------------------------------------- against PyTorch
+
+/// Both sides with one intra-op thread: on a shared 2-core runner, OpenMP threads that
+/// spin-wait for a starved sibling make the hundreds of Hessian rows and noise batches 5–10
+/// times slower (measured). The values do not depend on it beyond the tolerances.
+fn single_threaded(mut c: std::process::Command) -> std::process::Command {
+    c.env("OMP_NUM_THREADS", "1");
+    c
+}
+
+/// analysis.csv as iter → column name → value (None for an empty field).
+fn read_analysis(dir: &Path) -> HashMap<i64, HashMap<String, Option<f64>>> {
+    let text = std::fs::read_to_string(dir.join("analysis.csv")).expect("analysis.csv");
+    let mut lines = text.lines();
+    let header: Vec<String> = lines.next().expect("a header").split(',').map(String::from).collect();
+    assert_eq!(header.join(","), landscape::ANALYSIS_HEADER, "{}", dir.display());
+    lines
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            let row: HashMap<String, Option<f64>> =
+                header.iter().zip(&f).map(|(k, v)| (k.clone(), (!v.is_empty()).then(|| v.parse().unwrap()))).collect();
+            (f[0].parse().unwrap(), row)
+        })
+        .collect()
+}
+
+#[test]
+fn analyze_matches_the_pytorch_side_for_sgd_and_adam() {
+    let config = experiment("settings/setting1_normal_n20.yaml");
+    let mut report = Vec::new();
+    for optimizer in ["sgd", "adam"] {
+        let tmp = tempdir();
+        let sets = vec![
+            format!("train.optimizer={optimizer}"),
+            "train.lr=0.02".to_string(),
+            "train.seed=0".to_string(),
+            "train.iters=300".to_string(),
+        ];
+        let (rs, py) = (tmp.path().join("rust"), tmp.path().join("torch"));
+        let mut c = single_threaded(linattn());
+        c.arg("train");
+        ok(with_config(c, &config, &sets, &rs));
+        let mut c = single_threaded(reference());
+        c.arg("train");
+        ok(with_config(c, &config, &sets, &py));
+        // Every 50 keeps CI time sane; trajectories hold every step, so t+1 is always there.
+        let mut c = single_threaded(linattn());
+        c.arg("analyze").arg(&rs).args(["--every", "50"]);
+        ok(c);
+        let mut c = single_threaded(reference());
+        c.arg("analyze").arg(&py).args(["--every", "50"]);
+        ok(c);
+
+        let (a, b) = (read_analysis(&rs), read_analysis(&py));
+        let mut keys: Vec<&i64> = a.keys().collect();
+        keys.sort();
+        assert_eq!(keys, [&0, &50, &100, &150, &200, &250, &300], "{optimizer}: rows");
+        let checks: [(&str, &[i64]); 4] = [
+            ("test_loss", &[0, 50, 100, 150, 200, 250, 300]),
+            ("condition_number", &[0, 100, 200, 300]),
+            ("dir_smoothness", &[0, 50, 100, 200]),
+            ("grad_norm", &[0, 50, 100, 200]),
+        ];
+        for (column, iters) in checks {
+            let mut worst = 0f64;
+            for t in iters {
+                let x = a[t][column].unwrap_or_else(|| panic!("{optimizer}: rust {column} empty at {t}"));
+                let y = b[t][column].unwrap_or_else(|| panic!("{optimizer}: pytorch {column} empty at {t}"));
+                let r = rel_diff(x, y);
+                assert!(r <= 1e-4, "{optimizer}: {column} at iteration {t}: rust {x} vs pytorch {y} ({r:e} relative)");
+                worst = worst.max(r);
+            }
+            report.push(format!("{optimizer:<4} {column:<16} max rel diff {worst:.2e}"));
+        }
+        // Beyond the acceptance: the eigenvalue quantities, reported, not asserted.
+        for column in ["condition_number_eig", "sharpness"] {
+            let worst = keys.iter().map(|t| rel_diff(a[t][column].unwrap(), b[t][column].unwrap())).fold(0f64, f64::max);
+            report.push(format!("{optimizer:<4} {column:<16} max rel diff {worst:.2e} (not asserted)"));
+        }
+        // The last step has no t+1: an empty field on both sides.
+        assert_eq!(a[&300]["dir_smoothness"], None);
+        assert_eq!(b[&300]["dir_smoothness"], None);
+    }
+    println!("{}", report.join("\n"));
+}
+
+fn read_noise(dir: &Path) -> Vec<f64> {
+    let text = std::fs::read_to_string(dir.join("noise.csv")).expect("noise.csv");
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("noise"));
+    lines.map(|l| l.parse().unwrap()).collect()
+}
+
+#[test]
+fn noise_matches_the_pytorch_side_on_the_first_300_samples() {
+    let tmp = tempdir();
+    let config = experiment("settings/setting1_normal_n20.yaml");
+    let sets = vec!["train.seed=1".to_string()];
+    let (rs, py) = (tmp.path().join("rust"), tmp.path().join("torch"));
+    for (mut c, out) in [(single_threaded(linattn()), &rs), (single_threaded(reference()), &py)] {
+        c.arg("noise").args(["--samples", "300", "--full-batch", "100000"]);
+        ok(with_config(c, &config, &sets, out));
+    }
+    let (a, b) = (read_noise(&rs), read_noise(&py));
+    assert_eq!((a.len(), b.len()), (300, 300));
+    let mut worst = 0f64;
+    let mut identical = 0;
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        let r = rel_diff(*x, *y);
+        assert!(r <= 1e-5, "sample {i}: rust {x} vs pytorch {y} ({r:e} relative)");
+        worst = worst.max(r);
+        identical += (x == y) as usize;
+    }
+    println!("noise: {identical}/300 samples identical, max rel diff {worst:.2e}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(rs.join("noise.json")).unwrap()).unwrap();
+    for key in ["count", "mean", "std", "quantiles", "kurtosis", "hill_tail_index", "hill_k"] {
+        assert!(!json[key].is_null(), "noise.json lacks {key}: {json}");
+    }
+    assert_eq!(json["count"], 300);
+    assert!(std::fs::metadata(rs.join("noise.png")).unwrap().len() > 0);
+}
+
+#[test]
+fn analyze_rejects_a_folder_that_is_not_a_run() {
+    let tmp = tempdir();
+    let with_config_only = tmp.path().join("config_only");
+    std::fs::create_dir(&with_config_only).unwrap();
+    std::fs::write(with_config_only.join("config.yaml"), "train: {iters: 3}\n").unwrap();
+    let cases = [
+        (tmp.path().to_path_buf(), "config.yaml"),
+        (tmp.path().join("missing"), "missing"),
+        (with_config_only.clone(), "trajectory.safetensors"),
+    ];
+    for (dir, must_name) in cases {
+        let mut c = linattn();
+        c.arg("analyze").arg(&dir);
+        let o = output(c);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{}: expected exit 2, stderr: {stderr}", dir.display());
+        assert_eq!(stderr.trim_end().lines().count(), 1, "not one line: {stderr}");
+        assert!(stderr.contains(must_name), "the message does not name {must_name:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(!dir.join("analysis.csv").exists());
+    }
+}
