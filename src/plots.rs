@@ -431,13 +431,47 @@ fn legend_entry(ch: &mut Chart, label: &str, style: ShapeStyle) -> Result<()> {
 }
 
 fn draw_legend<'a, 'b: 'a>(ch: &mut Chart<'a, 'b>) -> Result<()> {
+    draw_legend_at(ch, SeriesLabelPosition::UpperRight)
+}
+
+fn draw_legend_at<'a, 'b: 'a>(ch: &mut Chart<'a, 'b>, pos: SeriesLabelPosition) -> Result<()> {
     ch.configure_series_labels()
         .label_font((FONT, 16))
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK.mix(0.3))
-        .position(SeriesLabelPosition::UpperRight)
+        .position(pos)
         .draw()?;
     Ok(())
+}
+
+/// The corner of the plotting area that hides the fewest drawn points under a legend box of
+/// about `w` × `h` (fractions of the area), in the order upper right, upper left, lower right,
+/// lower left when several are equally empty.
+fn emptiest_corner(points: &[(f64, f64)], xa: &Axis, ya: &Axis, w: f64, h: f64) -> SeriesLabelPosition {
+    let frac = |v: f64, a: &Axis| if a.hi > a.lo { (v - a.lo) / (a.hi - a.lo) } else { 0.5 };
+    let corners = [
+        (SeriesLabelPosition::UpperRight, true, true),
+        (SeriesLabelPosition::UpperLeft, false, true),
+        (SeriesLabelPosition::LowerRight, true, false),
+        (SeriesLabelPosition::LowerLeft, false, false),
+    ];
+    let count = |right: bool, upper: bool| {
+        points
+            .iter()
+            .filter(|(x, y)| {
+                let (fx, fy) = (frac(*x, xa), frac(*y, ya));
+                (if right { fx >= 1.0 - w } else { fx <= w }) && (if upper { fy >= 1.0 - h } else { fy <= h })
+            })
+            .count()
+    };
+    let mut best = (SeriesLabelPosition::UpperRight, usize::MAX);
+    for (pos, right, upper) in corners {
+        let c = count(right, upper);
+        if c < best.1 {
+            best = (pos, c);
+        }
+    }
+    best.0
 }
 
 // ---------------------------------------------------------------- line panels
@@ -516,9 +550,11 @@ fn draw_line_panel(area: &Area, p: &Panel) -> Result<()> {
             }
         }
     }
+    let mut drawn = vec![];
     for c in &p.curves {
         let segs = segments(&c.x, &c.mean, &xa, &ya);
         any |= !segs.is_empty();
+        drawn.extend(segs.iter().flatten().copied());
         let style = c.color.stroke_width(2);
         draw_lines(&mut ch, &segs, style, false)?;
         legend_entry(&mut ch, &c.label, style)?;
@@ -527,7 +563,12 @@ fn draw_line_panel(area: &Area, p: &Panel) -> Result<()> {
         no_data(&ch, &xa, &ya)?;
     }
     if !p.curves.is_empty() {
-        draw_legend(&mut ch)?;
+        // Legend box: about 12 px per character of the longest label, 24 px per entry.
+        let (px, py) = ch.plotting_area().get_pixel_range();
+        let longest = p.curves.iter().map(|c| c.label.chars().count()).max().unwrap_or(0);
+        let w = ((longest as f64 * 9.0 + 50.0) / (px.end - px.start).max(1) as f64).min(1.0);
+        let h = ((p.curves.len() as f64 * 24.0 + 12.0) / (py.end - py.start).max(1) as f64).min(1.0);
+        draw_legend_at(&mut ch, emptiest_corner(&drawn, &xa, &ya, w, h))?;
     }
     Ok(())
 }
@@ -895,6 +936,73 @@ fn draw_scatter(area: &Area, p: &ScatterPanel) -> Result<()> {
     Ok(())
 }
 
+// ---------------------------------------------------------------- mixed figure grids
+
+/// One cell of a [`figure_grid`]: any of the panel kinds above.
+#[derive(Clone, Debug)]
+pub enum AnyPanel {
+    Lines(Panel),
+    /// A density histogram (100 bins when `bins` is 0), optionally with a normal Q-Q inset.
+    Histogram {
+        title: String,
+        x_label: String,
+        values: Vec<f64>,
+        bins: usize,
+        qq_inset: bool,
+    },
+    Scatter(ScatterPanel),
+    /// An empty cell (e.g. a series without that measurement).
+    Blank,
+}
+
+/// Height of the title strip (title and subtitle) above a figure grid.
+const FIGURE_TITLE_H: u32 = 60;
+
+/// A figure as the paper lays it out: `rows` of panels of mixed kinds under one title (e.g.
+/// loss, noise histogram and condition number, one column per setting). All cells have the
+/// same size, widened for the colour bar when any cell is a scatter plot.
+pub fn figure_grid(path: &Path, title: &str, subtitle: &str, rows: &[Vec<AnyPanel>]) -> Result<()> {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0).max(1);
+    let n_rows = rows.len().max(1);
+    let scatter = rows
+        .iter()
+        .flatten()
+        .any(|p| matches!(p, AnyPanel::Scatter(_)));
+    let cell_w = PANEL.0 + if scatter { COLORBAR_W } else { 0 };
+    let size = (
+        cell_w * cols as u32,
+        PANEL.1 * n_rows as u32 + FIGURE_TITLE_H,
+    );
+    render(path, size, |root| {
+        let (top, body) = root.split_vertically(FIGURE_TITLE_H);
+        let centre = Pos::new(HPos::Center, VPos::Center);
+        let style = TextStyle::from((FONT, 22).into_font()).pos(centre);
+        top.draw_text(title, &style, (size.0 as i32 / 2, 18))?;
+        let grey = BLACK.mix(0.7);
+        let style = TextStyle::from((FONT, 17).into_font()).color(&grey).pos(centre);
+        top.draw_text(subtitle, &style, (size.0 as i32 / 2, 44))?;
+        let areas = body.split_evenly((n_rows, cols));
+        for (r, row) in rows.iter().enumerate() {
+            for (c, panel) in row.iter().enumerate() {
+                let area = &areas[r * cols + c];
+                match panel {
+                    AnyPanel::Lines(p) => draw_line_panel(area, p)?,
+                    AnyPanel::Histogram {
+                        title,
+                        x_label,
+                        values,
+                        bins,
+                        qq_inset,
+                    } => draw_histogram(area, title, x_label, values, *bins, *qq_inset)?,
+                    AnyPanel::Scatter(p) => draw_scatter(area, p)?,
+                    AnyPanel::Blank => {}
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
 // ---------------------------------------------------------------- Rust vs PyTorch
 
 /// Per-step |r−t|/|t|. Exact matches are put at the returned floor, 1e-12 or a decade below the
@@ -1088,6 +1196,43 @@ mod tests {
         let (lo, hi) = log_range([1.0, 1.01]);
         assert!((hi / lo).log10() >= 0.3 - 1e-12);
         assert!(!Axis::log(log_range([0.3, 0.31])).major.is_empty());
+    }
+
+    #[test]
+    fn figure_grid_draws_mixed_rows_with_a_title() {
+        let d = scratch("grid");
+        let p = d.join("fig.png");
+        let loss = Panel {
+            title: "loss".into(),
+            x_label: "iteration".into(),
+            y_label: "test loss".into(),
+            log_y: true,
+            curves: vec![curve("SGD", SGD_COLOR, |t| 1.0 / (1.0 + t))],
+        };
+        let hist = AnyPanel::Histogram {
+            title: "noise".into(),
+            x_label: "‖g_B − g‖".into(),
+            values: (0..500).map(|i| (i % 37) as f64).collect(),
+            bins: 0,
+            qq_inset: true,
+        };
+        let sc = ScatterPanel {
+            title: "s".into(),
+            x_label: "x".into(),
+            y_label: "y".into(),
+            x: vec![1.0, 2.0],
+            y: vec![2.0, 1.0],
+            color_value: vec![0.0, 1.0],
+            color_label: "iteration".into(),
+        };
+        let rows = vec![
+            vec![AnyPanel::Lines(loss.clone()), AnyPanel::Lines(loss)],
+            vec![hist, AnyPanel::Blank],
+            vec![AnyPanel::Scatter(sc)],
+        ];
+        figure_grid(&p, "Fig. X", "quick scale: seeds 0, 1", &rows).unwrap();
+        assert!(is_png(&p));
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
