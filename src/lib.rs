@@ -9,6 +9,7 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod ensemble;
+pub mod figures;
 pub mod landscape;
 pub mod model;
 pub mod noise;
@@ -17,6 +18,7 @@ pub mod optim;
 pub mod plots;
 pub mod progress;
 pub mod reference;
+pub mod reproduce;
 pub mod train;
 
 /// Input that the user must fix: reported as one line, with exit code 2.

@@ -144,6 +144,37 @@ enum Command {
         #[arg(long, value_name = "N")]
         threads: Option<usize>,
     },
+    /// Reproduce the paper's figures from experiments/figures/*.yaml into PNGs and a summary;
+    /// trains only the runs that are missing (finished runs are reused, interrupted ones resumed).
+    Reproduce {
+        /// Figure ids (fig2_setting1, ..., appB, lr-grid) or figure YAML files; none: all figures.
+        figures: Vec<String>,
+        /// The figures' quick scale (fewer iterations, seeds and noise samples).
+        #[arg(long)]
+        quick: bool,
+        /// Device for training and measurements.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Folder for the run folders (reused across invocations).
+        #[arg(long, default_value = "runs")]
+        runs: PathBuf,
+        /// Folder for the PNGs, summary.md and summary.json.
+        #[arg(long, default_value = "plots")]
+        plots: PathBuf,
+        /// Folder holding figures/ and settings/ (default: ./experiments).
+        #[arg(long)]
+        experiments: Option<PathBuf>,
+        /// Override every figure's number of iterations.
+        #[arg(long)]
+        iters: Option<i64>,
+        /// Override every figure's seeds (comma-separated, e.g. 0,1,2).
+        #[arg(long, value_delimiter = ',')]
+        seeds: Option<Vec<u32>>,
+        /// libtorch intra-op threads on CPU (default 1: on a small or shared machine, spinning
+        /// OpenMP threads cost more than they give for these small models).
+        #[arg(long, default_value_t = 1)]
+        threads: i32,
+    },
 }
 
 /// Ctrl-C and SIGTERM ask a running command to stop at the next safe point.
@@ -229,6 +260,50 @@ fn run(cli: Cli) -> Result<i32> {
             }
             let m = linattn::bench::worker(&cfg, mode, steps, warmup)?;
             println!("{}", serde_json::to_string(&m)?);
+            Ok(exit::OK)
+        }
+        Command::Reproduce { figures, quick, device, runs, plots, experiments, iters, seeds, threads } => {
+            if threads < 1 {
+                return Err(anyhow::anyhow!(BadInput(format!("--threads: must be >= 1, got {threads}"))));
+            }
+            if iters.is_some_and(|i| i < 1) {
+                return Err(anyhow::anyhow!(BadInput("--iters: must be >= 1".into())));
+            }
+            if seeds.as_ref().is_some_and(|s| s.is_empty()) {
+                return Err(anyhow::anyhow!(BadInput("--seeds: give at least one seed".into())));
+            }
+            linattn::device::parse(&device).map_err(|e| anyhow::anyhow!(BadInput(format!("--device: {e}"))))?;
+            tch::set_num_threads(threads);
+            let req = linattn::reproduce::Request {
+                figures,
+                scale: linattn::figures::Scale { quick, iters, seeds },
+                device,
+                runs,
+                plots,
+                experiments,
+                options: linattn::train::Options { checkpoint_every: 250, ..options },
+            };
+            let started = std::time::Instant::now();
+            let report = linattn::reproduce::reproduce(&req)?;
+            let t = report.tally;
+            println!(
+                "reproduce: runs trained {}, reused {}, resumed {}, restarted {}; runs measured {}; noise computed {}; {:.0} s",
+                t.trained,
+                t.reused,
+                t.resumed,
+                t.restarted,
+                report.measured,
+                report.noise_computed,
+                started.elapsed().as_secs_f64()
+            );
+            for p in &report.pngs {
+                println!("wrote {}", p.display());
+            }
+            if report.interrupted {
+                eprintln!("linattn: interrupted; run the same command again to continue where it stopped");
+                return Ok(exit::INTERRUPTED);
+            }
+            println!("wrote {}", req.plots.join("summary.md").display());
             Ok(exit::OK)
         }
         Command::Compare { mut config, out, tolerance, device } => {

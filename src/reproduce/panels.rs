@@ -1,0 +1,162 @@
+//! One plot function per panel kind: each turns a figure's measured runs into one panel for
+//! one series, in the paper's visual language (log-scale curves, mean over seeds ± std/4,
+//! SGD with momentum black, Adam red; density histograms; scatter coloured by iteration).
+//! Adding a panel kind means one function here and one arm in [`panel`].
+use super::measure::Row;
+use super::stats;
+use super::{FigureData, RunResult};
+use crate::config::OptimizerKind;
+use crate::figures::PanelKind;
+use crate::plots::{AnyPanel, Curve, Panel, ScatterPanel, ADAM_COLOR, SGD_COLOR};
+
+/// The panel of kind `kind` for series `s`.
+pub fn panel(fig: &FigureData, kind: PanelKind, s: usize) -> AnyPanel {
+    match kind {
+        PanelKind::Loss => loss(fig, s),
+        PanelKind::Noise => noise(fig, s, false),
+        PanelKind::NoiseQq => noise(fig, s, true),
+        PanelKind::Condition => condition(fig, s),
+        PanelKind::Smoothness => smoothness(fig, s),
+        PanelKind::GradVsSmoothness => grad_vs_smoothness(fig, s),
+        PanelKind::LrSweep => lr_sweep(fig, s),
+    }
+}
+
+pub fn optimizer_label(o: OptimizerKind) -> &'static str {
+    match o {
+        OptimizerKind::Sgd => "SGD with momentum",
+        OptimizerKind::Adam => "Adam",
+    }
+}
+
+fn color(o: OptimizerKind) -> plotters::style::RGBColor {
+    match o {
+        OptimizerKind::Sgd => SGD_COLOR,
+        OptimizerKind::Adam => ADAM_COLOR,
+    }
+}
+
+/// Mean over seeds ± std/4 of one measured quantity, one curve per optimizer.
+fn curves(fig: &FigureData, s: usize, field: fn(&Row) -> Option<f64>) -> Vec<Curve> {
+    fig.spec
+        .runs
+        .optimizers
+        .iter()
+        .map(|&o| {
+            let runs: Vec<&RunResult> = fig.runs_of(s, o).collect();
+            let (x, mean, band) = stats::seed_curve(&runs, field);
+            let lr = runs.first().map(|r| r.spec.lr).unwrap_or(f64::NAN);
+            Curve { label: format!("{} (lr {lr})", optimizer_label(o)), color: color(o), x, mean, band: Some(band) }
+        })
+        .collect()
+}
+
+fn lines(fig: &FigureData, s: usize, y_label: &str, field: fn(&Row) -> Option<f64>) -> AnyPanel {
+    AnyPanel::Lines(Panel {
+        title: fig.spec.series[s].label.clone(),
+        x_label: "iteration".into(),
+        y_label: y_label.into(),
+        log_y: true,
+        curves: curves(fig, s, field),
+    })
+}
+
+/// Test loss on the evaluation batch against iteration.
+fn loss(fig: &FigureData, s: usize) -> AnyPanel {
+    lines(fig, s, "test loss", |r| r.test_loss)
+}
+
+/// Robust condition number max|diag H| / median|diag H| against iteration.
+fn condition(fig: &FigureData, s: usize) -> AnyPanel {
+    lines(fig, s, "robust condition number", |r| r.condition_number)
+}
+
+/// Directional smoothness uᵀH(θ_t)u along the step taken, against iteration.
+fn smoothness(fig: &FigureData, s: usize) -> AnyPanel {
+    lines(fig, s, "directional smoothness", |r| r.dir_smoothness)
+}
+
+/// Density histogram of ‖g_B − g‖ at initialisation.
+fn noise(fig: &FigureData, s: usize, qq_inset: bool) -> AnyPanel {
+    let label = &fig.spec.series[s].label;
+    match &fig.noise[s] {
+        Some(n) => {
+            let alpha = n.stat("hill_tail_index").map(|a| format!(" (Hill α̂ = {a:.2})")).unwrap_or_default();
+            AnyPanel::Histogram {
+                title: format!("{label}: noise at init{alpha}"),
+                x_label: "‖g_B − g‖".into(),
+                values: n.values.clone(),
+                bins: 100,
+                qq_inset,
+            }
+        }
+        None => AnyPanel::Blank,
+    }
+}
+
+/// ln gradient norm against ln directional smoothness, coloured by iteration (the first run of
+/// the series: Adam, seed 1 in Fig. 6). Non-positive smoothness has no logarithm and is left out.
+fn grad_vs_smoothness(fig: &FigureData, s: usize) -> AnyPanel {
+    let label = &fig.spec.series[s].label;
+    let Some(run) = fig.runs.iter().find(|r| r.spec.series == s) else {
+        return AnyPanel::Blank;
+    };
+    let pts = stats::log_pairs(run);
+    let r = stats::pearson(&pts.iter().map(|p| (p.1, p.2)).collect::<Vec<_>>());
+    AnyPanel::Scatter(ScatterPanel {
+        title: format!("{label}: {} seed {} (r = {r:.2})", optimizer_label(run.spec.optimizer), run.spec.seed),
+        x_label: "ln gradient norm".into(),
+        y_label: "ln directional smoothness".into(),
+        x: pts.iter().map(|p| p.1).collect(),
+        y: pts.iter().map(|p| p.2).collect(),
+        color_value: pts.iter().map(|p| p.0 as f64).collect(),
+        color_label: "iteration".into(),
+    })
+}
+
+/// Final test loss against log₁₀ learning rate, per optimizer, mean over seeds; a grid point
+/// where any seed diverged has no loss to draw (it is the worst result): the legend counts
+/// those points and the summary lists them.
+fn lr_sweep(fig: &FigureData, s: usize) -> AnyPanel {
+    let curves = fig
+        .spec
+        .runs
+        .optimizers
+        .iter()
+        .map(|&o| {
+            let grid = stats::lr_grid(fig, s, o);
+            let best = stats::best_lr(&grid).map(|b| format!(": best {b}")).unwrap_or_else(|| ": all diverged".into());
+            let diverged = grid.iter().filter(|p| p.diverged > 0).count();
+            let diverged = if diverged > 0 { format!(", {diverged} diverged") } else { String::new() };
+            let (mut x, mut mean, mut band) = (vec![], vec![], vec![]);
+            for p in &grid {
+                x.push(p.lr.log10());
+                mean.push(p.mean.unwrap_or(f64::NAN));
+                band.push(p.std.map_or(f64::NAN, |s| s / 4.0));
+            }
+            Curve { label: format!("{}{best}{diverged}", optimizer_label(o)), color: color(o), x, mean, band: Some(band) }
+        })
+        .collect();
+    AnyPanel::Lines(Panel {
+        title: format!("{}: final test loss", fig.spec.series[s].label),
+        x_label: "log₁₀ learning rate".into(),
+        y_label: "final test loss".into(),
+        log_y: true,
+        curves,
+    })
+}
+
+/// Every panel of the figure, laid out as the paper does: one row per panel kind and one
+/// column per series; a single series is one row of its panels, and a single panel kind
+/// wraps its series into rows of at most three.
+pub fn rows(fig: &FigureData) -> Vec<Vec<AnyPanel>> {
+    let (kinds, series) = (&fig.spec.panels, fig.spec.series.len());
+    if series == 1 {
+        return vec![kinds.iter().map(|&k| panel(fig, k, 0)).collect()];
+    }
+    if kinds.len() == 1 {
+        let all: Vec<AnyPanel> = (0..series).map(|s| panel(fig, kinds[0], s)).collect();
+        return all.chunks(3).map(|c| c.to_vec()).collect();
+    }
+    kinds.iter().map(|&k| (0..series).map(|s| panel(fig, k, s)).collect()).collect()
+}

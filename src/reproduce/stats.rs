@@ -1,0 +1,170 @@
+//! The numbers drawn and reported: means over seeds, condition-number ratios, correlations
+//! and the learning-rate choice. Shared by the panels and the summary so that a number in
+//! `summary.md` is the number in the PNG.
+use super::measure::Row;
+use super::{FigureData, RunResult};
+use crate::artifacts::Status;
+use crate::config::OptimizerKind;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+/// Mean, sample standard deviation (n − 1; 0 for one value) and count of the finite values.
+pub fn mean_std(values: &[f64]) -> (f64, f64, usize) {
+    let v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    let n = v.len();
+    if n == 0 {
+        return (f64::NAN, f64::NAN, 0);
+    }
+    let mean = v.iter().sum::<f64>() / n as f64;
+    let std = if n > 1 { (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt() } else { 0.0 };
+    (mean, std, n)
+}
+
+/// (iterations, mean over runs, std/4) of one quantity, at every iteration where at least one
+/// run has a finite value.
+pub fn seed_curve(runs: &[&RunResult], field: fn(&Row) -> Option<f64>) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let iters: BTreeSet<i64> = runs.iter().flat_map(|r| r.rows.iter().filter(|(_, row)| field(row).is_some()).map(|(t, _)| *t)).collect();
+    let (mut x, mut mean, mut band) = (vec![], vec![], vec![]);
+    for t in iters {
+        let vals: Vec<f64> = runs.iter().filter_map(|r| r.rows.get(&t).and_then(field)).collect();
+        let (m, s, n) = mean_std(&vals);
+        if n > 0 {
+            x.push(t as f64);
+            mean.push(m);
+            band.push(s / 4.0);
+        }
+    }
+    (x, mean, band)
+}
+
+/// (iteration, ln gradient norm, ln directional smoothness) where both are positive and finite.
+pub fn log_pairs(run: &RunResult) -> Vec<(i64, f64, f64)> {
+    run.rows
+        .iter()
+        .filter_map(|(t, r)| match (r.grad_norm, r.dir_smoothness) {
+            (Some(g), Some(s)) if g > 0.0 && s > 0.0 && g.is_finite() && s.is_finite() => Some((*t, g.ln(), s.ln())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Pearson's correlation coefficient; NaN for fewer than 3 points or no spread.
+pub fn pearson(pts: &[(f64, f64)]) -> f64 {
+    let n = pts.len() as f64;
+    if pts.len() < 3 {
+        return f64::NAN;
+    }
+    let (mx, my) = (pts.iter().map(|p| p.0).sum::<f64>() / n, pts.iter().map(|p| p.1).sum::<f64>() / n);
+    let sxy: f64 = pts.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    let sxx: f64 = pts.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    let syy: f64 = pts.iter().map(|p| (p.1 - my).powi(2)).sum();
+    sxy / (sxx * syy).sqrt()
+}
+
+/// The final test loss of a run; a diverged run (or a non-finite loss) is +∞, the worst result.
+pub fn final_loss(run: &RunResult) -> f64 {
+    if run.summary.status == Status::Diverged {
+        return f64::INFINITY;
+    }
+    match run.rows.get(&run.spec.cfg.train.iters).and_then(|r| r.test_loss) {
+        Some(v) if v.is_finite() => v,
+        _ => f64::INFINITY,
+    }
+}
+
+/// R_SGD / R_Adam at iteration `t`, computed per seed (the runs of the two optimizers with the
+/// same seed), then summarised over seeds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ratio {
+    pub iter: i64,
+    pub mean: f64,
+    pub std: f64,
+    pub n: usize,
+    /// (seed, R_SGD, R_Adam, ratio).
+    pub per_seed: Vec<(u32, f64, f64, f64)>,
+}
+
+pub fn condition_ratio(fig: &FigureData, s: usize, t: i64) -> Option<Ratio> {
+    let cond = |o: OptimizerKind, seed: u32| {
+        fig.runs_of(s, o).find(|r| r.spec.seed == seed).and_then(|r| r.rows.get(&t)).and_then(|r| r.condition_number)
+    };
+    let per_seed: Vec<(u32, f64, f64, f64)> = fig
+        .res
+        .seeds
+        .iter()
+        .filter_map(|&seed| {
+            let (a, b) = (cond(OptimizerKind::Sgd, seed)?, cond(OptimizerKind::Adam, seed)?);
+            (a.is_finite() && b.is_finite() && b != 0.0).then_some((seed, a, b, a / b))
+        })
+        .collect();
+    if per_seed.is_empty() {
+        return None;
+    }
+    let (mean, std, n) = mean_std(&per_seed.iter().map(|p| p.3).collect::<Vec<_>>());
+    Some(Ratio { iter: t, mean, std, n, per_seed })
+}
+
+/// One learning rate of the grid: final test loss over seeds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GridPoint {
+    pub lr: f64,
+    /// Mean final loss over seeds; None (the worst result) when any seed diverged.
+    pub mean: Option<f64>,
+    pub std: Option<f64>,
+    pub seeds: usize,
+    pub diverged: usize,
+}
+
+pub fn lr_grid(fig: &FigureData, s: usize, o: OptimizerKind) -> Vec<GridPoint> {
+    let lrs: BTreeSet<u64> = fig.runs_of(s, o).map(|r| r.spec.lr.to_bits()).collect();
+    let mut pts: Vec<GridPoint> = lrs
+        .into_iter()
+        .map(f64::from_bits)
+        .map(|lr| {
+            let losses: Vec<f64> = fig.runs_of(s, o).filter(|r| r.spec.lr == lr).map(final_loss).collect();
+            let diverged = losses.iter().filter(|v| !v.is_finite()).count();
+            let (mean, std, n) = mean_std(&losses);
+            let ok = diverged == 0 && n > 0;
+            GridPoint { lr, mean: ok.then_some(mean), std: ok.then_some(std), seeds: losses.len(), diverged }
+        })
+        .collect();
+    pts.sort_by(|a, b| a.lr.total_cmp(&b.lr));
+    pts
+}
+
+/// The learning rate with the lowest mean final loss; a diverged point never wins.
+pub fn best_lr(grid: &[GridPoint]) -> Option<f64> {
+    grid.iter()
+        .filter_map(|p| p.mean.map(|m| (p.lr, m)))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(lr, _)| lr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_std_uses_n_minus_1_and_skips_non_finite() {
+        let (m, s, n) = mean_std(&[1.0, 3.0, f64::NAN, f64::INFINITY]);
+        assert_eq!((m, n), (2.0, 2));
+        assert!((s - 2f64.sqrt()).abs() < 1e-15);
+        assert_eq!(mean_std(&[5.0]).1, 0.0);
+        assert!(mean_std(&[]).0.is_nan());
+    }
+
+    #[test]
+    fn pearson_of_a_line_is_one() {
+        let pts: Vec<(f64, f64)> = (0..10).map(|i| (i as f64, 2.0 * i as f64 + 1.0)).collect();
+        assert!((pearson(&pts) - 1.0).abs() < 1e-12);
+        assert!(pearson(&pts[..2]).is_nan());
+    }
+
+    #[test]
+    fn a_diverged_grid_point_is_never_the_best() {
+        let p = |lr: f64, mean: Option<f64>, diverged| GridPoint { lr, mean, std: Some(0.0), seeds: 1, diverged };
+        let grid = vec![p(0.01, Some(0.5), 0), p(0.1, None, 1), p(0.05, Some(0.2), 0)];
+        assert_eq!(best_lr(&grid), Some(0.05));
+        assert_eq!(best_lr(&grid[1..2]), None);
+    }
+}

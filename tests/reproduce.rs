@@ -1,0 +1,197 @@
+//! `linattn reproduce`: the figure files, a tiny end-to-end reproduction, reuse of finished
+//! runs, restart of a broken one, and the learning-rate grid's treatment of divergence.
+mod common;
+use common::*;
+use linattn::figures::{self, FigureSpec, Scale};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A figure with every panel kind, tiny enough to train in seconds.
+const TINY: &str = r#"
+title: "tiny test figure"
+paper: "none: a test"
+series:
+  - {id: s1, label: "Setting 1, B = 64", settings: setting1_normal_n20.yaml, set: [data.batch=64], lr: {sgd: 0.02, adam: 0.02}}
+runs: {optimizers: [sgd, adam], seeds: [0, 1], iters: 6, save_every: 1}
+measure:
+  loss_every: 2
+  smoothness_every: 2
+  condition_every: 3
+  noise: {seed: 1, samples: 8, full_batch: 256}
+panels: [loss, noise_qq, condition, smoothness, grad_vs_smoothness]
+paper_numbers:
+  ratio: {3: [1.0, 0.5], 1250: [1.58, 0.41]}
+quick: {iters: 4}
+"#;
+
+/// A learning-rate grid in which SGD without clipping at 10^6 × 0.02 overflows.
+const GRID: &str = r#"
+title: "tiny grid"
+paper: "none: a test"
+series:
+  - {id: s1, label: "Setting 1, B = 32", settings: setting1_normal_n20.yaml, set: [data.batch=32, train.clip=0], lr: {sgd: 0.02, adam: 0.02}}
+runs: {optimizers: [sgd, adam], seeds: [0], iters: 8, save_every: 4}
+lr_grid: {factors: [0.5, 1, 1000000]}
+measure: {loss_every: 4}
+panels: [lr_sweep]
+quick: {}
+"#;
+
+fn write_figure(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(format!("{name}.yaml"));
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn reproduce(figure: &Path, work: &Path) -> Command {
+    let mut c = linattn();
+    c.arg("reproduce")
+        .arg(figure)
+        .arg("--experiments")
+        .arg(root().join("experiments"))
+        .arg("--runs")
+        .arg(work.join("runs"))
+        .arg("--plots")
+        .arg(work.join("plots"));
+    c
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Every run folder under `runs` (the ones holding a config.yaml).
+fn run_folders(runs: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for group in std::fs::read_dir(runs).unwrap().flatten() {
+        if group.path().is_dir() {
+            for run in std::fs::read_dir(group.path()).unwrap().flatten() {
+                if run.path().join("config.yaml").exists() {
+                    out.push(run.path());
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn every_figure_yaml_parses_and_names_existing_settings() {
+    let experiments = root().join("experiments");
+    let ids = figures::figure_ids(&experiments).unwrap();
+    for want in ["fig2_setting1", "fig2_setting2", "fig2_setting3", "fig4", "fig5", "fig6", "fig7", "fig8", "appB", "lr_grid"] {
+        assert!(ids.iter().any(|i| i == want), "experiments/figures/{want}.yaml is missing");
+    }
+    for id in ids {
+        let path = experiments.join("figures").join(format!("{id}.yaml"));
+        let spec = FigureSpec::load(&path).unwrap_or_else(|e| panic!("{id}: {e:#}"));
+        for s in &spec.series {
+            let settings = experiments.join("settings").join(&s.settings);
+            assert!(settings.is_file(), "{id}: series {} names {} which does not exist", s.id, settings.display());
+        }
+        for quick in [false, true] {
+            let res = spec.resolve(&Scale { quick, ..Default::default() });
+            let runs = spec.plan(&experiments.join("settings"), &res, "cpu").unwrap_or_else(|e| panic!("{id}: {e:#}"));
+            assert!(!runs.is_empty(), "{id}: no runs");
+            if spec.lr_grid.is_some() && !quick {
+                let per = runs.iter().filter(|r| r.series == 0 && r.optimizer == linattn::config::OptimizerKind::Sgd && r.seed == res.seeds[0]).count();
+                assert_eq!(per, 10, "{id}: the paper-scale grid has 10 learning rates per optimizer and setting");
+            }
+        }
+    }
+}
+
+#[test]
+fn tiny_reproduce_draws_the_png_and_summary_then_reuses_its_runs() {
+    let tmp = tempdir();
+    let fig = write_figure(tmp.path(), "tiny", TINY);
+    let o = ok(reproduce(&fig, tmp.path()));
+    let out = stdout(&o);
+    assert!(out.contains("runs trained 4, reused 0"), "{out}");
+    let plots = tmp.path().join("plots");
+    let png = std::fs::read(plots.join("tiny.png")).expect("tiny.png");
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000);
+    let md = std::fs::read_to_string(plots.join("summary.md")).unwrap();
+    assert!(md.contains("tiny") && md.contains("R_SGD / R_Adam") && md.contains("1.58 (0.41)"), "{md}");
+    assert!(md.contains("Scale: paper") || md.contains("Scale: **paper"), "{md}");
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(plots.join("summary.json")).unwrap()).unwrap();
+    let f = &json["figures"][0];
+    assert_eq!(f["id"], "tiny");
+    assert_eq!(f["ratios"][0]["iter"], 3);
+    assert_eq!(f["ratios"][0]["ours"]["n"], 2, "a ratio per seed, both seeds: {f}");
+    assert!(f["noise"][0]["hill_tail_index"].is_number(), "{f}");
+    assert!(f["correlations"][0]["points"].as_u64().unwrap() > 0, "{f}");
+
+    let runs = run_folders(&tmp.path().join("runs"));
+    assert_eq!(runs.len(), 4);
+    let mtime = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
+    let before: Vec<_> = runs.iter().map(|r| mtime(&r.join("metrics.csv"))).collect();
+    let measured_before: Vec<_> = runs.iter().map(|r| mtime(&r.join("measurements.csv"))).collect();
+    let o = ok(reproduce(&fig, tmp.path()));
+    let out = stdout(&o);
+    assert!(out.contains("runs trained 0, reused 4") && out.contains("runs measured 0") && out.contains("noise computed 0"), "{out}");
+    let after: Vec<_> = runs.iter().map(|r| mtime(&r.join("metrics.csv"))).collect();
+    let measured_after: Vec<_> = runs.iter().map(|r| mtime(&r.join("measurements.csv"))).collect();
+    assert_eq!(before, after, "a finished run was trained again");
+    assert_eq!(measured_before, measured_after, "a finished measurement was computed again");
+}
+
+#[test]
+fn a_run_left_without_its_summary_is_trained_again_and_the_rest_reused() {
+    let tmp = tempdir();
+    let fig = write_figure(tmp.path(), "tiny", TINY);
+    ok(reproduce(&fig, tmp.path()));
+    let runs = run_folders(&tmp.path().join("runs"));
+    // What a process killed before the end of a run leaves: a folder without summary.json.
+    std::fs::remove_file(runs[0].join("summary.json")).unwrap();
+    let out = stdout(&ok(reproduce(&fig, tmp.path())));
+    assert!(out.contains("reused 3") && out.contains("restarted 1"), "{out}");
+    assert!(runs[0].join("summary.json").exists());
+}
+
+#[test]
+fn quick_scale_uses_the_quick_block() {
+    let tmp = tempdir();
+    let fig = write_figure(tmp.path(), "tiny", TINY);
+    let mut c = reproduce(&fig, tmp.path());
+    c.arg("--quick");
+    ok(c);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("plots/summary.json")).unwrap()).unwrap();
+    assert_eq!(json["figures"][0]["iters"], 4);
+    assert_eq!(json["figures"][0]["quick"], true);
+    assert!(std::fs::read_to_string(tmp.path().join("plots/summary.md")).unwrap().contains("Scale: quick"));
+}
+
+#[test]
+fn a_diverging_lr_in_the_grid_is_recorded_as_worst_not_a_crash() {
+    let tmp = tempdir();
+    let fig = write_figure(tmp.path(), "grid", GRID);
+    let o = ok(reproduce(&fig, tmp.path()));
+    assert!(stdout(&o).contains("runs trained 6"), "{}", stdout(&o));
+    let csv = std::fs::read_to_string(tmp.path().join("plots/lr_grid.csv")).unwrap();
+    let sgd_huge = csv.lines().find(|l| l.starts_with("s1,sgd,20000,")).unwrap_or_else(|| panic!("no sgd lr 20000 row:\n{csv}"));
+    assert!(sgd_huge.contains(",diverged,inf,") && sgd_huge.ends_with(",false"), "{sgd_huge}");
+    let choices: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("plots/lr_grid.json")).unwrap()).unwrap();
+    let sgd = choices.as_array().unwrap().iter().find(|c| c["optimizer"] == "sgd").unwrap();
+    let best = sgd["best_lr"].as_f64().unwrap();
+    assert!(best == 0.01 || best == 0.02, "{sgd}");
+    let huge = sgd["grid"].as_array().unwrap().iter().find(|p| p["lr"] == 20000.0).unwrap();
+    assert!(huge["mean"].is_null() && huge["diverged"] == 1, "{huge}");
+    assert!(tmp.path().join("plots/grid.png").exists());
+    assert!(std::fs::read_to_string(tmp.path().join("plots/summary.md")).unwrap().contains("Learning-rate selection"));
+}
+
+#[test]
+fn an_unknown_figure_exits_2_naming_it() {
+    let tmp = tempdir();
+    let mut c = linattn();
+    c.arg("reproduce").arg("fig99").arg("--runs").arg(tmp.path().join("r")).arg("--plots").arg(tmp.path().join("p"));
+    c.current_dir(root());
+    let o = output(c);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("fig99") && err.contains("fig2_setting1") && err.trim_end().lines().count() == 1, "{err}");
+}
