@@ -265,23 +265,28 @@ pub fn analyze_dir_on(dir: &Path, every: i64, device: Option<Device>, progress: 
     Ok(rows)
 }
 
-/// Milliseconds for R_med at the initialisation of `cfg` (seed, init, eval batch, as a run
-/// starts): Hessian from double backward, diagonal, median. One untimed warm-up, then `repeats`
-/// timed runs. Returns (times in ms, the condition number).
-pub fn time_condition_number(cfg: &Config, repeats: usize) -> Result<(Vec<f64>, f64)> {
-    let run = crate::train::Run::start(cfg)?;
-    let arch = run.model.arch;
-    let params: Vec<Tensor> = run.model.tensors().iter().map(|p| p.detach()).collect();
-    let batch = data::eval_batch(cfg, run.device);
-    let once = || condition_number(&hessian_diag(&arch, &params, &batch));
-    let cond = once();
-    let mut times = Vec::with_capacity(repeats);
-    for _ in 0..repeats {
-        let start = Instant::now();
-        let _ = once(); // reading the value back also waits for a GPU
-        times.push(start.elapsed().as_secs_f64() * 1e3);
+/// R_med at the initialisation of `cfg` (seed, init, eval batch, as a run starts), timed:
+/// Hessian from double backward, diagonal, median.
+pub struct ConditionNumberTimer {
+    arch: Arch,
+    params: Vec<Tensor>,
+    batch: Batch,
+}
+
+impl ConditionNumberTimer {
+    pub fn new(cfg: &Config) -> Result<ConditionNumberTimer> {
+        let run = crate::train::Run::start(cfg)?;
+        let params = run.model.tensors().iter().map(|p| p.detach()).collect();
+        Ok(ConditionNumberTimer { arch: run.model.arch, params, batch: data::eval_batch(cfg, run.device) })
     }
-    Ok((times, cond))
+
+    /// One computation: (milliseconds, the condition number). Reading the value back also
+    /// waits for a GPU.
+    pub fn time_once(&self) -> (f64, f64) {
+        let start = Instant::now();
+        let cond = condition_number(&hessian_diag(&self.arch, &self.params, &self.batch));
+        (start.elapsed().as_secs_f64() * 1e3, cond)
+    }
 }
 
 /// The median of a non-empty list of timings.
@@ -327,6 +332,7 @@ pub fn bench_hessian(
     sets: &[String],
     repeats: usize,
     threads: Option<usize>,
+    progress: bool,
 ) -> Result<HessianBench> {
     if repeats < 1 {
         return Err(bad(format!("--repeats: must be >= 1, got {repeats}")));
@@ -337,7 +343,17 @@ pub fn bench_hessian(
         }
         tch::set_num_threads(n as i32);
     }
-    let (times, rust_cond) = time_condition_number(cfg, repeats)?;
+    // A shared machine's load drifts: half of the Rust repetitions run before the PyTorch side
+    // and half after, so that a drift does not favour the side that runs first.
+    let timer = ConditionNumberTimer::new(cfg)?;
+    let bar = crate::progress::bar(repeats as u64 + 1, "rust", progress);
+    let timed = || {
+        let t = timer.time_once();
+        bar.inc(1);
+        t
+    };
+    let (_, rust_cond) = timed(); // warm-up, untimed (the PyTorch side does the same)
+    let mut times: Vec<f64> = (0..repeats.div_ceil(2)).map(|_| timed().0).collect();
     let mut args: Vec<std::ffi::OsString> = vec!["bench-hessian".into(), "--config".into(), config_path.into()];
     for s in sets {
         args.push("--set".into());
@@ -349,7 +365,11 @@ pub fn bench_hessian(
         args.push("--threads".into());
         args.push(n.to_string().into());
     }
+    bar.set_message("pytorch");
     let out = crate::reference::run(crate::reference::command(args)?, "the benchmark")?;
+    bar.set_message("rust");
+    times.extend((0..repeats / 2).map(|_| timed().0));
+    bar.finish_and_clear();
     let text = String::from_utf8_lossy(&out.stdout);
     let json: serde_json::Value = text
         .lines()

@@ -367,7 +367,7 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Command::BenchHessian { config, repeats, threads } => {
             let cfg = config.load()?;
-            let b = linattn::landscape::bench_hessian(&cfg, &config.config, &config.sets, repeats, threads)?;
+            let b = linattn::landscape::bench_hessian(&cfg, &config.config, &config.sets, repeats, threads, progress)?;
             println!(
                 "condition number at init ({} parameters, {}, {} repeats): rust median {:.1} ms (min {:.1}, {} threads), pytorch median {:.1} ms (min {:.1}, {} threads); ratio rust/pytorch {:.3} (of the minima {:.3}); values {} vs {}",
                 b.num_params,
