@@ -12,7 +12,7 @@
 //! - `ensemble`: 12 runs (seeds 0–5 × SGD, Adam; the config's learning rate) as one
 //!   ensemble, against PyTorch running the 12 one after another. ms/step is the time of one
 //!   step of all 12 runs on both sides.
-use crate::config::{Config, OptimizerKind};
+use crate::config::{Config, Mode, OptimizerKind};
 use crate::ensemble::{Ensemble, Member, Recorder};
 use crate::train::{is_saved_step, Run};
 use crate::{reference, BadInput};
@@ -78,7 +78,9 @@ pub fn peak_rss_kb() -> Option<u64> {
 pub fn worker(cfg: &Config, mode: BenchMode, steps: i64, warmup: i64) -> Result<Measurement> {
     let started = match mode {
         BenchMode::Faithful => {
-            let mut run = Run::start(cfg)?;
+            let mut faithful = cfg.clone();
+            faithful.train.mode = Mode::Faithful;
+            let mut run = Run::start(&faithful)?;
             for _ in 0..warmup {
                 run.step();
             }
@@ -136,6 +138,11 @@ pub struct BenchRequest<'a> {
     pub repeats: usize,
     /// Threads per side (`OMP_NUM_THREADS`/`MKL_NUM_THREADS` of the children); `None`: libtorch's default.
     pub threads: Option<usize>,
+    /// `OMP_WAIT_POLICY=passive` for both sides: idle OpenMP threads sleep instead of spinning.
+    /// On a machine shared with other work, spinning threads that wait for a descheduled
+    /// sibling made both sides 5–8× slower in our measurements, so the numbers then measure
+    /// the other load more than the code.
+    pub passive_wait: bool,
     /// The `linattn` binary that runs `bench-worker`.
     pub exe: &'a Path,
 }
@@ -174,9 +181,12 @@ fn parse_measurement(stdout: &[u8], what: &str) -> Result<Measurement> {
     serde_json::from_str(line).with_context(|| format!("{what} printed {line:?}"))
 }
 
-fn threads_env(c: &mut Command, threads: Option<usize>) {
-    if let Some(t) = threads {
+fn threads_env(c: &mut Command, req: &BenchRequest) {
+    if let Some(t) = req.threads {
         c.env("OMP_NUM_THREADS", t.to_string()).env("MKL_NUM_THREADS", t.to_string());
+    }
+    if req.passive_wait {
+        c.env("OMP_WAIT_POLICY", "passive");
     }
 }
 
@@ -193,7 +203,7 @@ fn measure_torch(req: &BenchRequest, ensemble: bool) -> Result<Measurement> {
         args.extend(["--device".into(), d.into()]);
     }
     let mut c = reference::command(&args)?;
-    threads_env(&mut c, req.threads);
+    threads_env(&mut c, req);
     let out = reference::run(c, "the bench")?;
     parse_measurement(&out.stdout, "the PyTorch side's bench")
 }
@@ -208,7 +218,7 @@ fn measure_rust(req: &BenchRequest, mode: BenchMode) -> Result<Measurement> {
         c.args(["--set", &format!("train.device={d}")]);
     }
     c.args(["--mode", mode.name(), "--steps", &req.steps.to_string(), "--warmup", &req.warmup.to_string()]);
-    threads_env(&mut c, req.threads);
+    threads_env(&mut c, req);
     let out = c.output().map_err(|e| anyhow!("could not start {}: {e}", req.exe.display()))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -249,25 +259,34 @@ pub fn run(cfg: &Config, req: &BenchRequest) -> Result<Vec<BenchRow>> {
     );
     println!("machine: {}; load average before: {}", cpu_model(), load_average());
     println!(
-        "{} timed steps after {} warm-up steps, fastest of {} per side and mode; threads per side: {}",
+        "{} timed steps after {} warm-up steps, fastest of {} per side and mode; threads per side: {}{}",
         req.steps,
         req.warmup,
         req.repeats,
-        req.threads.map(|t| t.to_string()).unwrap_or_else(|| "libtorch default".into())
+        req.threads.map(|t| t.to_string()).unwrap_or_else(|| "libtorch default".into()),
+        if req.passive_wait { "; OMP_WAIT_POLICY=passive" } else { "" }
     );
     let needs_solo = req.modes.iter().any(|&m| m != BenchMode::Ensemble);
     let (mut torch_solo, mut torch_ensemble) = (None, None);
     let mut rust: Vec<Option<Measurement>> = vec![None; req.modes.len()];
     // Interleaved, so that a change in the machine's load hits both sides alike.
+    // Each measurement is also logged on stderr as it comes, since a round can take minutes.
+    let log = |what: &str, m: &Measurement| eprintln!("  {what}: {:.3} ms/step (load average {})", m.ms_per_step, load_average());
     for _ in 0..req.repeats {
         if needs_solo {
-            torch_solo = faster(torch_solo, measure_torch(req, false)?);
+            let m = measure_torch(req, false)?;
+            log("pytorch, one run", &m);
+            torch_solo = faster(torch_solo, m);
         }
         for (i, &mode) in req.modes.iter().enumerate() {
             if mode == BenchMode::Ensemble {
-                torch_ensemble = faster(torch_ensemble, measure_torch(req, true)?);
+                let m = measure_torch(req, true)?;
+                log("pytorch, 12 runs one after another", &m);
+                torch_ensemble = faster(torch_ensemble, m);
             }
-            rust[i] = faster(rust[i].take(), measure_rust(req, mode)?);
+            let m = measure_rust(req, mode)?;
+            log(&format!("rust, {}", mode.name()), &m);
+            rust[i] = faster(rust[i].take(), m);
         }
     }
     println!("{:<10} {:>16} {:>14} {:>14}", "mode", "pytorch ms/step", "rust ms/step", "pytorch/rust");

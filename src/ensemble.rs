@@ -280,6 +280,10 @@ impl Ensemble {
     /// i reads stream `member_rows[i]` (`None`: stream i). This is how a test feeds an ensemble
     /// the batches of another run.
     pub fn step_on(&mut self, batch: &Batch, member_rows: Option<&Tensor>) -> StepOutput {
+        assert!(
+            member_rows.is_some() || batch.z.size()[0] == self.len() as i64,
+            "without member_rows the batch must hold one stream per member"
+        );
         let params = self.layout.views(&self.theta);
         let losses = model::fast_losses(&self.arch, &params, batch, member_rows);
         // Members are independent, so the gradient of the sum is every member's own gradient.

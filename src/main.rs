@@ -93,6 +93,9 @@ enum Command {
         /// CPU threads per side (OMP_NUM_THREADS of both processes); default: libtorch's choice.
         #[arg(long)]
         threads: Option<usize>,
+        /// Run both sides with OMP_WAIT_POLICY=passive (fairer on a machine shared with other work).
+        #[arg(long)]
+        passive_wait: bool,
     },
     /// One side of `bench`: times the Rust side of one mode in this process, prints one JSON line.
     #[command(hide = true)]
@@ -233,7 +236,7 @@ fn run(cli: Cli) -> Result<i32> {
                 }
             }
         }
-        Command::Bench { mut config, steps, warmup, modes, device, repeats, threads } => {
+        Command::Bench { mut config, steps, warmup, modes, device, repeats, threads, passive_wait } => {
             if let Some(d) = &device {
                 config.sets.push(format!("train.device={d}"));
             }
@@ -248,6 +251,7 @@ fn run(cli: Cli) -> Result<i32> {
                 device: device.as_deref(),
                 repeats,
                 threads,
+                passive_wait,
                 exe: &exe,
             };
             linattn::bench::run(&cfg, &req)?;

@@ -62,8 +62,8 @@ impl Run {
     pub fn start(cfg: &Config) -> Result<Run> {
         if cfg.train.mode == Mode::Fast {
             return Err(anyhow!(BadInput(
-                "config key train.mode: a step-by-step Run is the faithful protocol; `fast` runs \
-                 train through linattn::ensemble (linattn train accepts both)"
+                "config key train.mode: a Run steps through the faithful protocol; fast mode trains \
+                 through linattn::ensemble::train_ensemble (linattn train accepts both modes)"
                     .into()
             )));
         }
