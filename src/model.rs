@@ -281,18 +281,19 @@ pub fn fast_losses(arch: &Arch, params: &[Tensor], batch: &Batch, member_rows: O
         None => t.narrow(0, start, len),
     };
     let emb = embedded_all(arch, &params[0]);
+    let axis = PromptAxis::for_arch(arch);
     // Linear attention without the MLP reads the context only through G: once per stream.
     let moments = (arch.attention == Attention::Linear && arch.mlp_hidden == 0).then(|| {
         let streams = batch.z.size()[0];
         let gram = in_chunks(streams, n * d1 * d1 * prompts, device, |s, len| {
-            context_moments(arch, &batch.z.narrow(0, s, len)).0
+            gram_of(arch, &batch.z.narrow(0, s, len), axis)
         });
-        (gram, batch.z.select(2, n).transpose(1, 2))
+        (gram, query_of(arch, &batch.z, axis))
     });
     let prediction = in_chunks(members, d1 * d1 * d1 * prompts, device, |start, len| {
         let emb = emb.narrow(1, start, len);
         if let Some((gram, query)) = &moments {
-            return linear_read_out(arch, &emb, pick(gram, start, len), pick(query, start, len));
+            return linear_read_out(arch, &emb, pick(gram, start, len), pick(query, start, len), axis);
         }
         let mut z = pick(&batch.z, start, len);
         if arch.mlp_hidden > 0 {
@@ -300,10 +301,7 @@ pub fn fast_losses(arch: &Arch, params: &[Tensor], batch: &Batch, member_rows: O
             z = mlp_tokens_batched(arch, &mlp, &z);
         }
         match arch.attention {
-            Attention::Linear => {
-                let (gram, query) = context_moments(arch, &z);
-                linear_read_out(arch, &emb, gram, query)
-            }
+            Attention::Linear => linear_read_out(arch, &emb, gram_of(arch, &z, axis), query_of(arch, &z, axis), axis),
             Attention::Softmax => softmax_read_out(arch, &emb, &z),
         }
     });
@@ -333,15 +331,6 @@ fn in_chunks(count: i64, per_item: i64, device: Device, mut f: impl FnMut(i64, i
     }
 }
 
-/// G = Σ_{i<n} z_i z_iᵀ and the query row q = z_n of tokens `z [K, B, n+1, d+1]`, in the
-/// prompt-last layout of [`per_prompt_matmul`]: `[K, d+1, d+1, B]` and `[K, d+1, B]`.
-fn context_moments(arch: &Arch, z: &Tensor) -> (Tensor, Tensor) {
-    let n = arch.context;
-    let tokens = z.permute([0, 2, 3, 1]).contiguous(); // [K, n+1, d+1, B]
-    let context = tokens.narrow(1, 0, n);
-    (per_prompt_matmul(&context.transpose(1, 2), &context), tokens.select(1, n))
-}
-
 /// [`fast_losses`] for one member, with the shapes of [`loss`]: the parameters in
 /// `state_dict` shapes and one batch `z [B, n+1, d+1]`. Returns the scalar loss.
 pub fn fast_loss(arch: &Arch, params: &[Tensor], batch: &Batch) -> Tensor {
@@ -350,26 +339,67 @@ pub fn fast_loss(arch: &Arch, params: &[Tensor], batch: &Batch) -> Tensor {
     fast_losses(arch, &params, &batch, None).squeeze_dim(0)
 }
 
-/// Largest r·s·c for which [`per_prompt_matmul`] multiplies elementwise. Measured with libtorch
-/// 2.11 on one CPU thread, B = 1000, square matrices of side s: elementwise is 5× faster than
-/// `bmm` at s = 6, 2× at s = 11, and 2× slower at s = 16.
+/// Where the fast linear forward keeps the prompt axis of its per-prompt state (G and q).
+///
+/// Why it matters: per layer, each prompt's G is multiplied by its own small matrix R twice.
+/// libtorch's CPU `bmm` computes products of matrices this small (d+1 = 6 for the paper) with a
+/// scalar loop, one prompt at a time; most of a step went there. With the prompts on the last,
+/// contiguous axis a per-prompt product is one broadcast multiply and one sum, vectorised
+/// across prompts ([`per_prompt_matmul`]), and a shared matrix (P̃, Q̃) multiplies all prompts'
+/// G in one large GEMM. For large matrices (L=8, d=20) `bmm`'s GEMMs win again; they need the
+/// prompts first, with every matrix contiguous (a strided one makes `bmm` copy per prompt,
+/// which with two threads cost 10× more than the product).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum PromptAxis {
+    /// `G [K, B, d+1, d+1]`, `q [K, B, d+1]`.
+    First,
+    /// `G [K, d+1, d+1, B]`, `q [K, d+1, B]`.
+    Last,
+}
+
+/// Largest r·s·c for which a per-prompt product is computed elementwise, prompt-last.
+/// Measured with libtorch 2.11 on one CPU thread, B = 1000, square matrices of side s:
+/// elementwise is 5× faster than `bmm` at s = 6, 2× at s = 11, and 2× slower at s = 16.
 const ELEMENTWISE_MAX_WORK: i64 = 12 * 12 * 12;
 
-/// One small matrix product per prompt, in the prompt-last layout the fast linear forward
-/// keeps its state in: `a [K, r, s, B]`, `b [K, s, c, B]` → `[K, r, c, B]`.
-///
-/// Why prompt-last: libtorch's CPU `bmm` multiplies matrices this small (d+1 = 6 for the
-/// paper) with a scalar loop, one prompt at a time; most of a step went there. With the
-/// prompts on the last, contiguous axis the product is one broadcast multiply and one sum,
-/// vectorised across prompts, and a shared matrix (P̃, Q̃) multiplies all prompts' G in one
-/// large GEMM. For large matrices (L=8, d=20) `bmm`'s GEMMs win again, so they are used there.
-fn per_prompt_matmul(a: &Tensor, b: &Tensor) -> Tensor {
-    let (r, s, c) = (a.size()[1], a.size()[2], b.size()[2]);
-    if r * s * c <= ELEMENTWISE_MAX_WORK {
-        (a.unsqueeze(3) * b.unsqueeze(1)).sum_dim_intlist([2i64].as_slice(), false, None::<Kind>)
-    } else {
-        a.permute([0, 3, 1, 2]).matmul(&b.permute([0, 3, 1, 2])).permute([0, 2, 3, 1])
+impl PromptAxis {
+    fn for_arch(arch: &Arch) -> PromptAxis {
+        if (arch.dim + 1).pow(3) <= ELEMENTWISE_MAX_WORK {
+            PromptAxis::Last
+        } else {
+            PromptAxis::First
+        }
     }
+}
+
+/// G = Σ_{i<n} z_i z_iᵀ of tokens `z [K, B, n+1, d+1]`, laid out along `axis`.
+fn gram_of(arch: &Arch, z: &Tensor, axis: PromptAxis) -> Tensor {
+    let (n, d1) = (arch.context, arch.dim + 1);
+    if axis == PromptAxis::Last && n * d1 * d1 <= ELEMENTWISE_MAX_WORK {
+        let context = z.narrow(2, 0, n).permute([0, 2, 3, 1]).contiguous(); // [K, n, d+1, B]
+        return per_prompt_matmul(&context.transpose(1, 2), &context);
+    }
+    let context = z.narrow(2, 0, n);
+    let gram = context.transpose(-1, -2).matmul(&context);
+    match axis {
+        PromptAxis::First => gram,
+        PromptAxis::Last => gram.permute([0, 2, 3, 1]).contiguous(),
+    }
+}
+
+/// The query row z_n of tokens `z [K, B, n+1, d+1]`, laid out along `axis`.
+fn query_of(arch: &Arch, z: &Tensor, axis: PromptAxis) -> Tensor {
+    let query = z.select(2, arch.context);
+    match axis {
+        PromptAxis::First => query,
+        PromptAxis::Last => query.transpose(1, 2),
+    }
+}
+
+/// One small matrix product per prompt, prompt-last: `a [K, r, s, B]`, `b [K, s, c, B]` →
+/// `[K, r, c, B]`, as one broadcast multiply and one sum (see [`PromptAxis`]).
+fn per_prompt_matmul(a: &Tensor, b: &Tensor) -> Tensor {
+    (a.unsqueeze(3) * b.unsqueeze(1)).sum_dim_intlist([2i64].as_slice(), false, None::<Kind>)
 }
 
 /// P̃ and Q̃ of every layer, head and member at once, `[L, K, H, 2, d+1, d+1]`, with the 1/n of
@@ -392,8 +422,16 @@ fn embedded_all(arch: &Arch, allparam: &Tensor) -> Tensor {
     emb.transpose(0, 1)
 }
 
-/// Linear attention on (G, q), prompt-last: `gram [K, d+1, d+1, B]`, `query [K, d+1, B]`.
-fn linear_read_out(arch: &Arch, emb: &Tensor, mut gram: Tensor, mut query: Tensor) -> Tensor {
+/// Linear attention on (G, q) laid out along `axis`; returns the read-out entry `[K, B]`.
+fn linear_read_out(arch: &Arch, emb: &Tensor, gram: Tensor, query: Tensor, axis: PromptAxis) -> Tensor {
+    match axis {
+        PromptAxis::Last => linear_read_out_prompt_last(arch, emb, gram, query),
+        PromptAxis::First => linear_read_out_prompt_first(arch, emb, gram, query),
+    }
+}
+
+/// Prompt-last: `gram [K, d+1, d+1, B]`, `query [K, d+1, B]`.
+fn linear_read_out_prompt_last(arch: &Arch, emb: &Tensor, mut gram: Tensor, mut query: Tensor) -> Tensor {
     let (d1, heads) = (arch.dim + 1, arch.heads);
     let (k, b) = (gram.size()[0], gram.size()[3]);
     let eye = Tensor::eye(d1, (gram.kind(), gram.device())).unsqueeze(-1);
@@ -416,6 +454,35 @@ fn linear_read_out(arch: &Arch, emb: &Tensor, mut gram: Tensor, mut query: Tenso
     let g_t = gram.transpose(1, 2).reshape([k, d1, d1 * b]);
     let v = p.select(2, arch.dim).bmm(&g_t).view([k, heads, d1, b]);
     query.select(1, arch.dim) + (r * v).sum_dim_intlist([1i64, 2].as_slice(), false, None::<Kind>)
+}
+
+/// Prompt-first: `gram [K, B, d+1, d+1]`, `query [K, B, d+1]`; every per-prompt matrix stays
+/// contiguous (or a plain transpose) so that `bmm` hands it to the GEMM as it is.
+fn linear_read_out_prompt_first(arch: &Arch, emb: &Tensor, mut gram: Tensor, mut query: Tensor) -> Tensor {
+    let (d1, heads) = (arch.dim + 1, arch.heads);
+    let (k, b) = (gram.size()[0], gram.size()[1]);
+    let eye = Tensor::eye(d1, (gram.kind(), gram.device()));
+    for l in 0..arch.layers - 1 {
+        let e = emb.get(l);
+        let (p, q) = (e.select(2, 0), e.select(2, 1)); // [K, H, d+1, d+1]
+        // U_h = G P̃_hᵀ for all prompts in one GEMM (G's rows stacked; columns (h, l)), then
+        // T = Σ_h Q̃_h U_h, contracting (h, j).
+        let p_cat_t = p.permute([0, 3, 1, 2]).reshape([k, d1, heads * d1]);
+        let q_cat = q.permute([0, 2, 1, 3]).reshape([k, d1, heads * d1]);
+        let u = gram.reshape([k, b * d1, d1]).bmm(&p_cat_t);
+        let u = u.view([k, b, d1, heads, d1]).permute([0, 1, 3, 2, 4]).reshape([k, b, heads * d1, d1]);
+        let r = q_cat.unsqueeze(1).matmul(&u) + &eye; // R = I + T
+        gram = r.transpose(-1, -2).matmul(&gram.matmul(&r));
+        query = query.unsqueeze(-2).matmul(&r).squeeze_dim(-2);
+    }
+    // Last layer, read-out entry only: q_d + Σ_h (q Q̃_h) · (G p_h), p_h = row d of P̃_h.
+    let e = emb.get(arch.layers - 1);
+    let (p, q) = (e.select(2, 0), e.select(2, 1));
+    let q_cat = q.permute([0, 2, 1, 3]).reshape([k, d1, heads * d1]);
+    let p_d = p.select(2, arch.dim).transpose(1, 2); // [K, d+1 (m), H]
+    let v = gram.reshape([k, b * d1, d1]).bmm(&p_d).view([k, b, d1, heads]);
+    let r = query.bmm(&q_cat).view([k, b, heads, d1]);
+    query.select(-1, arch.dim) + (r * v.transpose(-1, -2)).sum_dim_intlist([-1i64, -2].as_slice(), false, None::<Kind>)
 }
 
 /// Softmax attention on the tokens `z [K, B, n+1, d+1]`, the query's row only in the last layer.

@@ -93,9 +93,12 @@ fn fast_forward_matches_faithful_mlp_variant() {
     );
 }
 
+/// Small d keeps the prompts last (elementwise products), d + 1 > 12 keeps them first (GEMMs).
 #[test]
 fn fast_forward_matches_faithful_one_layer_and_large_dims() {
     check("restricted, L=1", &["data.batch=64", "model.layers=1"], 0.3);
+    check("restricted, n=60 (G from a GEMM, then prompt-last)", &["data.batch=64", "data.context=60"], 0.3);
+    check("full, H=2, d=12", &["data.batch=64", "model.dim=12", "model.heads=2", "model.parametrization=full"], 0.08);
     check("restricted, L=8 d=20 n=60", &["data.batch=64", "model.layers=8", "model.dim=20", "data.context=60"], 0.08);
 }
 
