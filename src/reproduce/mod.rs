@@ -50,6 +50,8 @@ pub struct FigureData {
     pub spec: FigureSpec,
     pub scale: Scale,
     pub res: Resolved,
+    /// The iterations at which the figure measures each quantity.
+    pub needs: Needs,
     pub runs: Vec<RunResult>,
     /// Per series, when the figure measures noise.
     pub noise: Vec<Option<Noise>>,
@@ -146,7 +148,8 @@ fn scale_caption(d: &FigureData) -> String {
     let seeds = if d.res.seeds.len() == 1 { "seed" } else { "seeds" };
     let list = d.res.seeds.iter().map(u32::to_string).collect::<Vec<_>>().join(", ");
     let base = if d.scale.quick { "quick scale" } else if d.scale.iters.is_some() || d.scale.seeds.is_some() { "custom scale" } else { "paper scale" };
-    format!("{base}: {seeds} {list}, {} iterations", d.res.iters)
+    let mode = if d.res.mode == crate::config::Mode::Fast { "fast" } else { "faithful" };
+    format!("{base}: {seeds} {list}, {} iterations, {mode} mode", d.res.iters)
 }
 
 /// Trains, measures and gathers one figure; None when interrupted.
@@ -214,7 +217,7 @@ fn figure_data(req: &Request, id: &str, spec: FigureSpec, res: Resolved, plan: V
             return Ok(None);
         }
     }
-    Ok(Some(FigureData { id: id.to_string(), spec, scale: req.scale.clone(), res, runs: results, noise }))
+    Ok(Some(FigureData { id: id.to_string(), spec, scale: req.scale.clone(), res, needs, runs: results, noise }))
 }
 
 /// Figure ids that exist, for `--help` and error messages.
