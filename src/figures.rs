@@ -8,7 +8,7 @@
 //!
 //! [`FigureSpec::plan`] resolves a figure at one scale into run configs; everything that
 //! executes them lives in [`crate::reproduce`].
-use crate::config::{Config, OptimizerKind};
+use crate::config::{Config, Mode, OptimizerKind};
 use crate::BadInput;
 use anyhow::{anyhow, Result};
 use serde::Deserialize;
@@ -208,23 +208,36 @@ pub struct QuickSpec {
     pub set: Option<Vec<String>>,
 }
 
-/// Paper or quick scale, with optional user overrides of iterations and seeds.
+/// Paper or quick scale, with optional user overrides of iterations, seeds and mode.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Scale {
     pub quick: bool,
     pub iters: Option<i64>,
     pub seeds: Option<Vec<u32>>,
+    /// `train.mode` of every run and the forward pass of the measurements; None: `fast` at
+    /// quick scale, `faithful` (the authors' protocol op for op) otherwise.
+    pub mode: Option<Mode>,
 }
 
 impl Scale {
+    pub fn mode(&self) -> Mode {
+        self.mode.unwrap_or(if self.quick { Mode::Fast } else { Mode::Faithful })
+    }
+
     pub fn name(&self) -> String {
-        let base = if self.quick { "quick" } else { "paper" };
+        let mut base = if self.quick { "quick" } else { "paper" };
+        if !self.quick && (self.iters.is_some() || self.seeds.is_some()) {
+            base = "custom";
+        }
         let mut extra = vec![];
         if let Some(i) = self.iters {
             extra.push(format!("iters={i}"));
         }
         if let Some(s) = &self.seeds {
             extra.push(format!("seeds={s:?}"));
+        }
+        if self.mode.is_some() {
+            extra.push(format!("mode={}", if self.mode() == Mode::Fast { "fast" } else { "faithful" }));
         }
         if extra.is_empty() {
             base.to_string()
@@ -237,6 +250,7 @@ impl Scale {
 /// A figure resolved at one scale: the numbers every later step uses.
 #[derive(Debug, Clone)]
 pub struct Resolved {
+    pub mode: Mode,
     pub seeds: Vec<u32>,
     pub iters: i64,
     pub save_every: i64,
@@ -365,6 +379,7 @@ impl FigureSpec {
             n.full_batch = q.noise_full_batch.unwrap_or(n.full_batch);
         }
         Resolved {
+            mode: scale.mode(),
             seeds: scale.seeds.clone().or(q.seeds).unwrap_or_else(|| self.runs.seeds.clone()),
             iters: scale.iters.or(q.iters).unwrap_or(self.runs.iters),
             save_every: q.save_every.unwrap_or(self.runs.save_every),
@@ -395,7 +410,9 @@ impl FigureSpec {
         sets.push(format!("train.iters={}", res.iters));
         sets.push(format!("train.save_every={}", res.save_every));
         sets.push(format!("train.device={device}"));
-        Config::load(&settings_dir.join(&series.settings), &sets)
+        let mut cfg = Config::load(&settings_dir.join(&series.settings), &sets)?;
+        cfg.train.mode = res.mode;
+        Ok(cfg)
     }
 
     /// Every run of the figure at `res`: series × optimizers × lrs × seeds.
@@ -506,7 +523,8 @@ quick: {iters: 10, seeds: [0], condition_every: 5}
         assert_eq!((paper.iters, paper.seeds.clone(), paper.measure.condition_every), (1000, vec![0, 1, 2], Some(250)));
         let quick = f.resolve(&Scale { quick: true, ..Default::default() });
         assert_eq!((quick.iters, quick.seeds.clone(), quick.measure.condition_every), (10, vec![0], Some(5)));
-        let custom = f.resolve(&Scale { quick: false, iters: Some(1250), seeds: None });
+        let custom = f.resolve(&Scale { quick: false, iters: Some(1250), seeds: None, mode: None });
+        assert_eq!((paper.mode, quick.mode), (Mode::Faithful, Mode::Fast));
         assert_eq!(custom.iters, 1250);
     }
 

@@ -177,6 +177,10 @@ enum Command {
         /// OpenMP threads cost more than they give for these small models).
         #[arg(long, default_value_t = 1)]
         threads: i32,
+        /// train.mode of the runs and forward pass of the measurements: fast (default with
+        /// --quick) or faithful (default otherwise: the authors' protocol op for op).
+        #[arg(long, value_parser = ["fast", "faithful"])]
+        mode: Option<String>,
     },
 }
 
@@ -266,7 +270,8 @@ fn run(cli: Cli) -> Result<i32> {
             println!("{}", serde_json::to_string(&m)?);
             Ok(exit::OK)
         }
-        Command::Reproduce { figures, quick, device, runs, plots, experiments, iters, seeds, threads } => {
+        Command::Reproduce { figures, quick, device, runs, plots, experiments, iters, seeds, threads, mode } => {
+            let mode = mode.map(|m| if m == "fast" { linattn::config::Mode::Fast } else { linattn::config::Mode::Faithful });
             if threads < 1 {
                 return Err(anyhow::anyhow!(BadInput(format!("--threads: must be >= 1, got {threads}"))));
             }
@@ -280,7 +285,7 @@ fn run(cli: Cli) -> Result<i32> {
             tch::set_num_threads(threads);
             let req = linattn::reproduce::Request {
                 figures,
-                scale: linattn::figures::Scale { quick, iters, seeds },
+                scale: linattn::figures::Scale { quick, iters, seeds, mode },
                 device,
                 runs,
                 plots,

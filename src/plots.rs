@@ -446,8 +446,8 @@ fn draw_legend_at<'a, 'b: 'a>(ch: &mut Chart<'a, 'b>, pos: SeriesLabelPosition) 
 
 /// The corner of the plotting area that hides the fewest drawn points under a legend box of
 /// about `w` × `h` (fractions of the area), in the order upper right, upper left, lower right,
-/// lower left when several are equally empty.
-fn emptiest_corner(points: &[(f64, f64)], xa: &Axis, ya: &Axis, w: f64, h: f64) -> SeriesLabelPosition {
+/// lower left when several are equally empty; with the number of points it hides.
+fn emptiest_corner(points: &[(f64, f64)], xa: &Axis, ya: &Axis, w: f64, h: f64) -> (SeriesLabelPosition, usize) {
     let frac = |v: f64, a: &Axis| if a.hi > a.lo { (v - a.lo) / (a.hi - a.lo) } else { 0.5 };
     let corners = [
         (SeriesLabelPosition::UpperRight, true, true),
@@ -471,7 +471,7 @@ fn emptiest_corner(points: &[(f64, f64)], xa: &Axis, ya: &Axis, w: f64, h: f64) 
             best = (pos, c);
         }
     }
-    best.0
+    best
 }
 
 // ---------------------------------------------------------------- line panels
@@ -519,11 +519,27 @@ fn draw_line_panel(area: &Area, p: &Panel) -> Result<()> {
         }
     }
     let xa = Axis::linear(lin_range(xs), 5);
-    let ya = if p.log_y {
-        Axis::log(log_range(ys.iter().copied()))
-    } else {
-        Axis::linear(lin_range(ys.iter().copied()), 6)
+    let y_axis = |(lo, hi): (f64, f64)| if p.log_y { Axis::log((lo, hi)) } else { Axis::linear((lo, hi), 6) };
+    let y_range = if p.log_y { log_range(ys.iter().copied()) } else { lin_range(ys.iter().copied()) };
+    let mut ya = y_axis(y_range);
+    // Legend box: about 9 px per character of the longest label, 24 px per entry, in
+    // fractions of a plotting area of roughly the panel's size.
+    let longest = p.curves.iter().map(|c| c.label.chars().count()).max().unwrap_or(0);
+    let (lw, lh) = (
+        ((longest as f64 * 9.0 + 50.0) / (PANEL.0 as f64 - 120.0)).min(1.0),
+        ((p.curves.len() as f64 * 24.0 + 12.0) / (PANEL.1 as f64 - 110.0)).min(0.6),
+    );
+    let points = |ya: &Axis| -> Vec<(f64, f64)> {
+        p.curves.iter().flat_map(|c| segments(&c.x, &c.mean, &xa, ya).into_iter().flatten()).collect()
     };
+    let mut corner = emptiest_corner(&points(&ya), &xa, &ya, lw, lh);
+    if corner.1 > 0 {
+        // Every corner would hide data: raise the top of the axis to make room above it.
+        let (lo, hi) = (ya.lo, ya.hi);
+        let top = hi + (hi - lo) * lh / (1.0 - lh);
+        ya = y_axis(if p.log_y { (10f64.powf(lo), 10f64.powf(top)) } else { (lo, top) });
+        corner = (SeriesLabelPosition::UpperRight, 0);
+    }
     let mut ch = chart(area, &p.title, &xa, &ya, &p.x_label, &p.y_label, false)?;
     let mut any = false;
     for c in &p.curves {
@@ -550,11 +566,9 @@ fn draw_line_panel(area: &Area, p: &Panel) -> Result<()> {
             }
         }
     }
-    let mut drawn = vec![];
     for c in &p.curves {
         let segs = segments(&c.x, &c.mean, &xa, &ya);
         any |= !segs.is_empty();
-        drawn.extend(segs.iter().flatten().copied());
         let style = c.color.stroke_width(2);
         draw_lines(&mut ch, &segs, style, false)?;
         legend_entry(&mut ch, &c.label, style)?;
@@ -563,12 +577,7 @@ fn draw_line_panel(area: &Area, p: &Panel) -> Result<()> {
         no_data(&ch, &xa, &ya)?;
     }
     if !p.curves.is_empty() {
-        // Legend box: about 12 px per character of the longest label, 24 px per entry.
-        let (px, py) = ch.plotting_area().get_pixel_range();
-        let longest = p.curves.iter().map(|c| c.label.chars().count()).max().unwrap_or(0);
-        let w = ((longest as f64 * 9.0 + 50.0) / (px.end - px.start).max(1) as f64).min(1.0);
-        let h = ((p.curves.len() as f64 * 24.0 + 12.0) / (py.end - py.start).max(1) as f64).min(1.0);
-        draw_legend_at(&mut ch, emptiest_corner(&drawn, &xa, &ya, w, h))?;
+        draw_legend_at(&mut ch, corner.0)?;
     }
     Ok(())
 }

@@ -7,6 +7,7 @@ use super::stats;
 use super::{FigureData, RunResult};
 use crate::config::OptimizerKind;
 use crate::figures::PanelKind;
+use std::collections::BTreeSet;
 use crate::plots::{AnyPanel, Curve, Panel, ScatterPanel, ADAM_COLOR, SGD_COLOR};
 
 /// The panel of kind `kind` for series `s`.
@@ -37,43 +38,43 @@ fn color(o: OptimizerKind) -> plotters::style::RGBColor {
 }
 
 /// Mean over seeds ± std/4 of one measured quantity, one curve per optimizer.
-fn curves(fig: &FigureData, s: usize, field: fn(&Row) -> Option<f64>) -> Vec<Curve> {
+fn curves(fig: &FigureData, s: usize, field: fn(&Row) -> Option<f64>, grid: &BTreeSet<i64>) -> Vec<Curve> {
     fig.spec
         .runs
         .optimizers
         .iter()
         .map(|&o| {
             let runs: Vec<&RunResult> = fig.runs_of(s, o).collect();
-            let (x, mean, band) = stats::seed_curve(&runs, field);
+            let (x, mean, band) = stats::seed_curve(&runs, field, grid);
             let lr = runs.first().map(|r| r.spec.lr).unwrap_or(f64::NAN);
             Curve { label: format!("{} (lr {lr})", optimizer_label(o)), color: color(o), x, mean, band: Some(band) }
         })
         .collect()
 }
 
-fn lines(fig: &FigureData, s: usize, y_label: &str, field: fn(&Row) -> Option<f64>) -> AnyPanel {
+fn lines(fig: &FigureData, s: usize, y_label: &str, field: fn(&Row) -> Option<f64>, grid: &BTreeSet<i64>) -> AnyPanel {
     AnyPanel::Lines(Panel {
         title: fig.spec.series[s].label.clone(),
         x_label: "iteration".into(),
         y_label: y_label.into(),
         log_y: true,
-        curves: curves(fig, s, field),
+        curves: curves(fig, s, field, grid),
     })
 }
 
 /// Test loss on the evaluation batch against iteration.
 fn loss(fig: &FigureData, s: usize) -> AnyPanel {
-    lines(fig, s, "test loss", |r| r.test_loss)
+    lines(fig, s, "test loss", |r| r.test_loss, &fig.needs.loss)
 }
 
 /// Robust condition number max|diag H| / median|diag H| against iteration.
 fn condition(fig: &FigureData, s: usize) -> AnyPanel {
-    lines(fig, s, "robust condition number", |r| r.condition_number)
+    lines(fig, s, "robust condition number", |r| r.condition_number, &fig.needs.condition)
 }
 
 /// Directional smoothness uᵀH(θ_t)u along the step taken, against iteration.
 fn smoothness(fig: &FigureData, s: usize) -> AnyPanel {
-    lines(fig, s, "directional smoothness", |r| r.dir_smoothness)
+    lines(fig, s, "directional smoothness", |r| r.dir_smoothness, &fig.needs.smoothness)
 }
 
 /// Density histogram of ‖g_B − g‖ at initialisation.
@@ -86,7 +87,8 @@ fn noise(fig: &FigureData, s: usize, qq_inset: bool) -> AnyPanel {
                 title: format!("{label}: noise at init{alpha}"),
                 x_label: "‖g_B − g‖".into(),
                 values: n.values.clone(),
-                bins: 100,
+                // The paper's 100 bins hold 10 000 samples; fewer samples get fewer bins.
+                bins: (n.values.len() / 20).clamp(20, 100),
                 qq_inset,
             }
         }
@@ -101,7 +103,7 @@ fn grad_vs_smoothness(fig: &FigureData, s: usize) -> AnyPanel {
     let Some(run) = fig.runs.iter().find(|r| r.spec.series == s) else {
         return AnyPanel::Blank;
     };
-    let pts = stats::log_pairs(run);
+    let pts = stats::log_pairs(run, &fig.needs.smoothness);
     let r = stats::pearson(&pts.iter().map(|p| (p.1, p.2)).collect::<Vec<_>>());
     AnyPanel::Scatter(ScatterPanel {
         title: format!("{label}: {} seed {} (r = {r:.2})", optimizer_label(run.spec.optimizer), run.spec.seed),

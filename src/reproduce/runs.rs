@@ -86,10 +86,11 @@ pub fn run_dir(runs: &Path, cfg: &Config) -> PathBuf {
     ))
 }
 
-/// The config a noise measurement depends on: model, data, seed and mode (not the optimizer).
+/// The config a noise measurement depends on: model, data and seed (not the optimizer). Noise
+/// is always drawn by the faithful protocol (`linattn noise`), whatever mode the runs train in.
 pub fn noise_config(cfg: &Config, seed: u32) -> Config {
     let mut c = cfg.clone();
-    c.train = TrainConfig { seed, mode: cfg.train.mode, device: cfg.train.device.clone(), ..TrainConfig::default() };
+    c.train = TrainConfig { seed, mode: Mode::Faithful, device: cfg.train.device.clone(), ..TrainConfig::default() };
     c
 }
 

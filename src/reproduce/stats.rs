@@ -20,10 +20,14 @@ pub fn mean_std(values: &[f64]) -> (f64, f64, usize) {
     (mean, std, n)
 }
 
-/// (iterations, mean over runs, std/4) of one quantity, at every iteration where at least one
-/// run has a finite value.
-pub fn seed_curve(runs: &[&RunResult], field: fn(&Row) -> Option<f64>) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-    let iters: BTreeSet<i64> = runs.iter().flat_map(|r| r.rows.iter().filter(|(_, row)| field(row).is_some()).map(|(t, _)| *t)).collect();
+/// (iterations, mean over runs, std/4) of one quantity at the iterations of `grid` (the figure's
+/// stride for it: a run folder may hold more points, measured for another figure) where at
+/// least one run has a finite value.
+pub fn seed_curve(runs: &[&RunResult], field: fn(&Row) -> Option<f64>, grid: &BTreeSet<i64>) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let iters: BTreeSet<i64> = runs
+        .iter()
+        .flat_map(|r| r.rows.iter().filter(|(t, row)| grid.contains(t) && field(row).is_some()).map(|(t, _)| *t))
+        .collect();
     let (mut x, mut mean, mut band) = (vec![], vec![], vec![]);
     for t in iters {
         let vals: Vec<f64> = runs.iter().filter_map(|r| r.rows.get(&t).and_then(field)).collect();
@@ -37,10 +41,12 @@ pub fn seed_curve(runs: &[&RunResult], field: fn(&Row) -> Option<f64>) -> (Vec<f
     (x, mean, band)
 }
 
-/// (iteration, ln gradient norm, ln directional smoothness) where both are positive and finite.
-pub fn log_pairs(run: &RunResult) -> Vec<(i64, f64, f64)> {
+/// (iteration, ln gradient norm, ln directional smoothness) at the iterations of `grid` where
+/// both are positive and finite.
+pub fn log_pairs(run: &RunResult, grid: &BTreeSet<i64>) -> Vec<(i64, f64, f64)> {
     run.rows
         .iter()
+        .filter(|(t, _)| grid.contains(t))
         .filter_map(|(t, r)| match (r.grad_norm, r.dir_smoothness) {
             (Some(g), Some(s)) if g > 0.0 && s > 0.0 && g.is_finite() && s.is_finite() => Some((*t, g.ln(), s.ln())),
             _ => None,
