@@ -8,7 +8,7 @@
 //! The model's parameters are views into that vector, fed to the single forward pass
 //! [`model::loss`], so the linear model and the MLP variant are handled alike.
 use crate::artifacts::{self, fmt_f32, Trajectory};
-use crate::config::Config;
+use crate::config::{Config, Mode};
 use crate::data::{self, Batch};
 use crate::model::{self, Arch};
 use crate::{optim, BadInput};
@@ -55,10 +55,22 @@ pub struct Point {
 }
 
 impl Point {
+    /// The point in the faithful forward pass (what the PyTorch side differentiates).
     pub fn new(arch: &Arch, params: &[Tensor], batch: &Batch) -> Point {
+        Point::with_mode(arch, params, batch, Mode::Faithful)
+    }
+
+    /// The point in the forward pass of `mode`: a run trained in fast mode is measured with
+    /// [`model::fast_loss`] (the same model to about 1e-6 relative, several times cheaper per
+    /// Hessian row on a CPU).
+    pub fn with_mode(arch: &Arch, params: &[Tensor], batch: &Batch, mode: Mode) -> Point {
         let flat = flatten(params).set_requires_grad(true);
         assert_eq!(flat.size()[0], arch.num_params(), "the parameters do not fit the architecture");
-        let loss = model::loss(arch, &unflatten(arch, &flat), batch);
+        let views = unflatten(arch, &flat);
+        let loss = match mode {
+            Mode::Faithful => model::loss(arch, &views, batch),
+            Mode::Fast => model::fast_loss(arch, &views, batch),
+        };
         let grad = single(Tensor::run_backward(&[&loss], &[&flat], true, true));
         Point { arch: *arch, flat, loss, grad }
     }
@@ -168,8 +180,16 @@ pub struct AnalysisRow {
 }
 
 /// All measurements at one point; `next` holds the parameters of step t+1 when saved.
-fn measure(arch: &Arch, iter: i64, params: &[Tensor], next: Option<&[Tensor]>, batch: &Batch, on_row: impl FnMut()) -> AnalysisRow {
-    let point = Point::new(arch, params, batch);
+fn measure(
+    arch: &Arch,
+    mode: Mode,
+    iter: i64,
+    params: &[Tensor],
+    next: Option<&[Tensor]>,
+    batch: &Batch,
+    on_row: impl FnMut(),
+) -> AnalysisRow {
+    let point = Point::with_mode(arch, params, batch, mode);
     let h = point.hessian(on_row);
     let (condition_number_eig, sharpness) = eigen_summary(&h);
     // The full Hessian is at hand, so uᵀ(H u) costs a matrix-vector product instead of an HVP.
@@ -258,7 +278,7 @@ pub fn analyze_dir_on(dir: &Path, every: i64, device: Option<Device>, progress: 
     for &t in &selected {
         let params = on_device(traj.at(t).expect("a selected step is saved"));
         let next = traj.at(t + 1).map(on_device);
-        rows.push(measure(&arch, t, &params, next.as_deref(), &batch, || bar.inc(1)));
+        rows.push(measure(&arch, cfg.train.mode, t, &params, next.as_deref(), &batch, || bar.inc(1)));
     }
     bar.finish_and_clear();
     artifacts::write_atomic(&dir.join(ANALYSIS), analysis_csv(&rows).as_bytes())?;
@@ -266,25 +286,29 @@ pub fn analyze_dir_on(dir: &Path, every: i64, device: Option<Device>, progress: 
 }
 
 /// R_med at the initialisation of `cfg` (seed, init, eval batch, as a run starts), timed:
-/// Hessian from double backward, diagonal, median.
+/// Hessian from double backward through the forward pass of `mode`, diagonal, median.
 pub struct ConditionNumberTimer {
     arch: Arch,
+    mode: Mode,
     params: Vec<Tensor>,
     batch: Batch,
 }
 
 impl ConditionNumberTimer {
-    pub fn new(cfg: &Config) -> Result<ConditionNumberTimer> {
-        let run = crate::train::Run::start(cfg)?;
+    pub fn new(cfg: &Config, mode: Mode) -> Result<ConditionNumberTimer> {
+        let mut faithful = cfg.clone();
+        faithful.train.mode = Mode::Faithful; // the point itself is the faithful run's init
+        let run = crate::train::Run::start(&faithful)?;
         let params = run.model.tensors().iter().map(|p| p.detach()).collect();
-        Ok(ConditionNumberTimer { arch: run.model.arch, params, batch: data::eval_batch(cfg, run.device) })
+        Ok(ConditionNumberTimer { arch: run.model.arch, mode, params, batch: data::eval_batch(cfg, run.device) })
     }
 
     /// One computation: (milliseconds, the condition number). Reading the value back also
     /// waits for a GPU.
     pub fn time_once(&self) -> (f64, f64) {
         let start = Instant::now();
-        let cond = condition_number(&hessian_diag(&self.arch, &self.params, &self.batch));
+        let h = Point::with_mode(&self.arch, &self.params, &self.batch, self.mode).hessian(|| {});
+        let cond = condition_number(&h.diagonal(0, 0, 1));
         (start.elapsed().as_secs_f64() * 1e3, cond)
     }
 }
@@ -301,6 +325,10 @@ pub fn median(values: &[f64]) -> f64 {
     }
 }
 
+fn minimum(values: &[f64]) -> f64 {
+    values.iter().copied().fold(f64::INFINITY, f64::min)
+}
+
 /// `linattn bench-hessian`: Rust against `torch.autograd.functional.hessian` on the PyTorch side.
 pub struct HessianBench {
     /// Medians over the timed repetitions.
@@ -311,6 +339,10 @@ pub struct HessianBench {
     pub torch_min_ms: f64,
     pub rust_condition_number: f64,
     pub torch_condition_number: f64,
+    /// The same R_med through the fast forward pass (`train.mode: fast`): median, minimum, value.
+    pub rust_fast_ms: f64,
+    pub rust_fast_min_ms: f64,
+    pub rust_fast_condition_number: f64,
     pub num_params: i64,
     pub repeats: usize,
     pub rust_threads: i64,
@@ -345,15 +377,16 @@ pub fn bench_hessian(
     }
     // A shared machine's load drifts: half of the Rust repetitions run before the PyTorch side
     // and half after, so that a drift does not favour the side that runs first.
-    let timer = ConditionNumberTimer::new(cfg)?;
-    let bar = crate::progress::bar(repeats as u64 + 1, "rust", progress);
-    let timed = || {
-        let t = timer.time_once();
+    let timers = [ConditionNumberTimer::new(cfg, Mode::Faithful)?, ConditionNumberTimer::new(cfg, Mode::Fast)?];
+    let bar = crate::progress::bar(2 * (repeats as u64 + 1), "rust", progress);
+    let timed = |i: usize| {
+        let t = timers[i].time_once();
         bar.inc(1);
         t
     };
-    let (_, rust_cond) = timed(); // warm-up, untimed (the PyTorch side does the same)
-    let mut times: Vec<f64> = (0..repeats.div_ceil(2)).map(|_| timed().0).collect();
+    // Warm-up, untimed (the PyTorch side does the same); its values are the reported ones.
+    let conds = [timed(0).1, timed(1).1];
+    let mut times: [Vec<f64>; 2] = [0, 1].map(|i| (0..repeats.div_ceil(2)).map(|_| timed(i).0).collect());
     let mut args: Vec<std::ffi::OsString> = vec!["bench-hessian".into(), "--config".into(), config_path.into()];
     for s in sets {
         args.push("--set".into());
@@ -368,7 +401,9 @@ pub fn bench_hessian(
     bar.set_message("pytorch");
     let out = crate::reference::run(crate::reference::command(args)?, "the benchmark")?;
     bar.set_message("rust");
-    times.extend((0..repeats / 2).map(|_| timed().0));
+    for (i, t) in times.iter_mut().enumerate() {
+        t.extend((0..repeats / 2).map(|_| timed(i).0));
+    }
     bar.finish_and_clear();
     let text = String::from_utf8_lossy(&out.stdout);
     let json: serde_json::Value = text
@@ -378,11 +413,14 @@ pub fn bench_hessian(
         .ok_or_else(|| anyhow!("the PyTorch side printed no JSON result: {text}"))?;
     let num = |k: &str| json[k].as_f64().ok_or_else(|| anyhow!("the PyTorch side's result lacks {k}: {json}"));
     Ok(HessianBench {
-        rust_ms: median(&times),
+        rust_ms: median(&times[0]),
         torch_ms: num("ms")?,
-        rust_min_ms: times.iter().copied().fold(f64::INFINITY, f64::min),
+        rust_min_ms: minimum(&times[0]),
         torch_min_ms: num("min_ms")?,
-        rust_condition_number: rust_cond,
+        rust_condition_number: conds[0],
+        rust_fast_ms: median(&times[1]),
+        rust_fast_min_ms: minimum(&times[1]),
+        rust_fast_condition_number: conds[1],
         torch_condition_number: num("condition_number")?,
         num_params: Arch::from_config(cfg).num_params(),
         repeats,

@@ -393,6 +393,14 @@ fn run(cli: Cli) -> Result<i32> {
                 b.rust_condition_number as f32,
                 b.torch_condition_number as f32
             );
+            println!(
+                "through the fast forward (train.mode: fast): rust median {:.1} ms (min {:.1}); ratio rust/pytorch {:.3} (of the minima {:.3}); value {}",
+                b.rust_fast_ms,
+                b.rust_fast_min_ms,
+                b.rust_fast_ms / b.torch_ms,
+                b.rust_fast_min_ms / b.torch_min_ms,
+                b.rust_fast_condition_number as f32
+            );
             Ok(exit::OK)
         }
     }

@@ -94,6 +94,20 @@ fn full_hessian_matches_finite_differences() {
 }
 
 #[test]
+fn the_fast_forward_gives_the_same_hessian_as_the_faithful_one() {
+    use linattn::config::Mode;
+    for arch in arches() {
+        let (params, batch) = problem(&arch);
+        let faithful = Point::with_mode(&arch, &params, &batch, Mode::Faithful).hessian(|| {});
+        let fast = Point::with_mode(&arch, &params, &batch, Mode::Fast).hessian(|| {});
+        // float64: only the contraction order differs, so the two agree to rounding.
+        let rel = max_rel(&fast, &faithful, 1e-3);
+        println!("{arch:?}: fast against faithful Hessian, max rel diff {rel:.2e}");
+        assert!(rel < 1e-10, "{arch:?}: the fast forward's Hessian differs by {rel:e} relative");
+    }
+}
+
+#[test]
 fn hessian_vector_product_equals_hessian_times_u() {
     for arch in arches() {
         let (params, batch) = problem(&arch);

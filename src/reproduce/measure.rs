@@ -15,11 +15,8 @@ use crate::artifacts::{self, Summary, Trajectory};
 use crate::config::Config;
 use crate::data;
 use crate::figures::MeasureSpec;
-use crate::landscape;
-use crate::config::Mode;
-use crate::data::Batch;
-use crate::model::{self, Arch};
-use crate::optim;
+use crate::landscape::{self, Point};
+use crate::model::Arch;
 use anyhow::{anyhow, Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -184,7 +181,7 @@ pub fn measure_run(
             break;
         }
         let params = at(t)?;
-        let point = Point::new(&arch, &params, &batch, cfg.train.mode);
+        let point = Point::with_mode(&arch, &params, &batch, cfg.train.mode);
         let row = rows.entry(t).or_default();
         row.test_loss = Some(point.loss.double_value(&[]));
         row.grad_norm = Some(point.grad_norm().double_value(&[]));
@@ -205,49 +202,6 @@ pub fn measure_run(
     bar.finish_and_clear();
     write(dir, &rows)?;
     Ok((rows, true))
-}
-
-/// The evaluation loss at one point as a function of the flat parameter vector, its gradient
-/// kept differentiable so that each Hessian row or Hessian-vector product is one more backward
-/// pass (as [`landscape::Point`], with the forward pass of the run's mode).
-struct Point {
-    arch: Arch,
-    flat: Tensor,
-    loss: Tensor,
-    grad: Tensor,
-}
-
-impl Point {
-    fn new(arch: &Arch, params: &[Tensor], batch: &Batch, mode: Mode) -> Point {
-        let flat = landscape::flatten(params).set_requires_grad(true);
-        let views = landscape::unflatten(arch, &flat);
-        let loss = match mode {
-            Mode::Faithful => model::loss(arch, &views, batch),
-            Mode::Fast => model::fast_loss(arch, &views, batch),
-        };
-        let grad = Tensor::run_backward(&[&loss], &[&flat], true, true).pop().expect("one input");
-        Point { arch: *arch, flat, loss, grad }
-    }
-
-    /// ‖∇loss‖ as training reports it: the norm of the per-parameter norms.
-    fn grad_norm(&self) -> Tensor {
-        optim::global_grad_norm(&landscape::unflatten(&self.arch, &self.grad.detach()))
-    }
-
-    fn hvp(&self, u: &Tensor) -> Tensor {
-        Tensor::run_backward(&[self.grad.dot(u)], &[&self.flat], true, false).pop().expect("one input")
-    }
-
-    fn hessian(&self, mut on_row: impl FnMut()) -> Tensor {
-        let p = self.flat.size()[0];
-        let h = Tensor::empty([p, p], (self.flat.kind(), self.flat.device()));
-        for i in 0..p {
-            let row = Tensor::run_backward(&[self.grad.get(i)], &[&self.flat], true, false).pop().expect("one input");
-            h.get(i).copy_(&row);
-            on_row();
-        }
-        h
-    }
 }
 
 /// The noise at initialisation of one series, as `linattn noise` writes it.
