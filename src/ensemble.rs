@@ -24,6 +24,7 @@ use crate::train::{self, Outcome, RunRecord};
 use crate::BadInput;
 use anyhow::{anyhow, Result};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -450,6 +451,19 @@ impl Recorder {
 /// `metrics.csv`, `trajectory.safetensors`, `final.safetensors`, `summary.json`). The wall
 /// time in each summary is the ensemble's.
 pub fn train_ensemble(cfg: &Config, members: &[Member], outs: &[PathBuf], progress: bool) -> Result<Vec<Outcome>> {
+    train_ensemble_until(cfg, members, outs, progress, &AtomicBool::new(false))
+}
+
+/// [`train_ensemble`] that stops after the current iteration once `stop` is set (Ctrl-C,
+/// SIGTERM). The members' folders then hold what was trained so far with status
+/// `interrupted`; a fast run has no checkpoint to resume from, so it is trained again.
+pub fn train_ensemble_until(
+    cfg: &Config,
+    members: &[Member],
+    outs: &[PathBuf],
+    progress: bool,
+    stop: &AtomicBool,
+) -> Result<Vec<Outcome>> {
     if members.len() != outs.len() {
         return Err(anyhow!(BadInput(format!(
             "an ensemble of {} members needs as many output folders, got {}",
@@ -469,7 +483,12 @@ pub fn train_ensemble(cfg: &Config, members: &[Member], outs: &[PathBuf], progre
     let (iters, save_every) = (cfg.train.iters, cfg.train.save_every);
     let bar = crate::progress::bar(iters as u64, "train", progress);
     recorder.snapshot(0, &ensemble);
+    let mut interrupted = false;
     while ensemble.iter < iters {
+        if stop.load(Ordering::Relaxed) {
+            interrupted = true;
+            break;
+        }
         let out = ensemble.step();
         recorder.metrics(ensemble.iter - 1, &out);
         if train::is_saved_step(ensemble.iter, save_every, iters) {
@@ -486,6 +505,12 @@ pub fn train_ensemble(cfg: &Config, members: &[Member], outs: &[PathBuf], progre
     let snapshots = recorder.snapshots();
     outs.iter()
         .enumerate()
-        .map(|(i, out)| train::write_run_folder(out, recorder.record(&ensemble, &snapshots, i, wall)))
+        .map(|(i, out)| {
+            let mut record = recorder.record(&ensemble, &snapshots, i, wall);
+            if interrupted && record.status == Status::Completed {
+                record.status = Status::Interrupted;
+            }
+            train::write_run_folder(out, record)
+        })
         .collect()
 }

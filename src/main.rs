@@ -199,16 +199,26 @@ fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Train { config, sets, out, resume, force, checkpoint_every } => {
             let opts = linattn::train::Options { force, checkpoint_every, ..options };
-            let (outcome, out) = match resume {
-                Some(dir) => (linattn::train::resume(&dir, &opts)?, dir),
+            // `fast`: trained in fast mode, which keeps no checkpoint (resume is faithful only).
+            let (outcome, out, fast) = match resume {
+                Some(dir) => (linattn::train::resume(&dir, &opts)?, dir, false),
                 None => {
                     let (config, out) = (config.expect("clap requires --config"), out.expect("clap requires --out"));
                     let cfg = Config::load(&config, &sets)?;
-                    (linattn::train::train(&cfg, &out, &opts)?, out)
+                    let fast = cfg.train.mode == linattn::config::Mode::Fast;
+                    (linattn::train::train(&cfg, &out, &opts)?, out, fast)
                 }
             };
             let last = outcome.metrics.last();
             match outcome.summary.status {
+                Status::Interrupted if fast => {
+                    eprintln!(
+                        "linattn: interrupted after {} iterations; a fast run cannot be resumed: train it again with --force {}",
+                        outcome.summary.iters_done,
+                        out.display()
+                    );
+                    Ok(exit::INTERRUPTED)
+                }
                 Status::Interrupted => {
                     eprintln!(
                         "linattn: interrupted after {} iterations; continue with: linattn train --resume {}",

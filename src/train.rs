@@ -173,7 +173,7 @@ pub fn train(cfg: &Config, out: &Path, opts: &Options) -> Result<Outcome> {
     if cfg.train.mode == Mode::Fast {
         // Fast mode trains as an ensemble of one (crate::ensemble), where the fast step lives.
         let member = crate::ensemble::Member::from_config(cfg);
-        let mut outcomes = crate::ensemble::train_ensemble(cfg, &[member], &[out.to_path_buf()], opts.progress)?;
+        let mut outcomes = crate::ensemble::train_ensemble_until(cfg, &[member], &[out.to_path_buf()], opts.progress, &opts.stop)?;
         return Ok(outcomes.remove(0));
     }
     let run = Run::start(cfg)?;

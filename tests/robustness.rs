@@ -138,6 +138,24 @@ fn sigterm_checkpoints_exits_130_and_resume_completes_the_run() {
 }
 
 #[test]
+fn sigterm_stops_a_fast_run_with_exit_130_and_marks_it_interrupted() {
+    let tmp = tempdir();
+    let out = tmp.path().join("fast");
+    let mut child = train_cmd(&out, &["train.iters=200000", "train.mode=fast"]);
+    child.stdout(Stdio::null()).stderr(Stdio::piped());
+    let child = child.spawn().unwrap();
+    wait_for_checkpoint_or_config(&out);
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--force"), "{}", stderr(&o));
+    let summary = std::fs::read_to_string(out.join("summary.json")).unwrap();
+    assert!(summary.contains("interrupted"), "{summary}");
+}
+
+#[test]
 fn a_truncated_or_mismatched_checkpoint_is_bad_input() {
     let tmp = tempdir();
     let out = tmp.path().join("run");
