@@ -46,7 +46,7 @@ pub struct Curve {
     pub band: Option<Vec<f64>>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Panel {
     pub title: String,
     pub x_label: String,
@@ -55,7 +55,7 @@ pub struct Panel {
     pub curves: Vec<Curve>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct ScatterPanel {
     pub title: String,
     pub x_label: String,
@@ -474,6 +474,16 @@ fn emptiest_corner(points: &[(f64, f64)], xa: &Axis, ya: &Axis, w: f64, h: f64) 
     best
 }
 
+/// Draws `panels` into a `(rows, cols)` grid of `root`; with no panels, one empty panel that
+/// says so (an empty PNG would look like a rendering failure).
+fn draw_grid<P: Default>(root: &Area, grid: (usize, usize), panels: &[P], draw: fn(&Area, &P) -> Result<()>) -> Result<()> {
+    let areas = root.split_evenly(grid);
+    if panels.is_empty() {
+        return draw(&areas[0], &P::default());
+    }
+    panels.iter().zip(&areas).try_for_each(|(p, a)| draw(a, p))
+}
+
 // ---------------------------------------------------------------- line panels
 
 /// Grid of line panels (`cols` per row), each with a legend and labelled axes; `log_y` panels use
@@ -484,21 +494,7 @@ pub fn line_panels(path: &Path, panels: &[Panel], cols: usize) -> Result<()> {
         path,
         (PANEL.0 * cols as u32, PANEL.1 * rows as u32),
         |root| {
-            let areas = root.split_evenly((rows, cols));
-            if panels.is_empty() {
-                let empty = Panel {
-                    title: "(no panels)".into(),
-                    x_label: String::new(),
-                    y_label: String::new(),
-                    log_y: false,
-                    curves: vec![],
-                };
-                return draw_line_panel(&areas[0], &empty);
-            }
-            panels
-                .iter()
-                .zip(&areas)
-                .try_for_each(|(p, a)| draw_line_panel(a, p))
+            draw_grid(root, (rows, cols), panels, draw_line_panel)
         },
     )
 }
@@ -849,23 +845,7 @@ pub fn scatter_colored(path: &Path, panels: &[ScatterPanel], cols: usize) -> Res
         path,
         ((PANEL.0 + COLORBAR_W) * cols as u32, PANEL.1 * rows as u32),
         |root| {
-            let areas = root.split_evenly((rows, cols));
-            if panels.is_empty() {
-                let empty = ScatterPanel {
-                    title: "(no panels)".into(),
-                    x_label: String::new(),
-                    y_label: String::new(),
-                    x: vec![],
-                    y: vec![],
-                    color_value: vec![],
-                    color_label: String::new(),
-                };
-                return draw_scatter(&areas[0], &empty);
-            }
-            panels
-                .iter()
-                .zip(&areas)
-                .try_for_each(|(p, a)| draw_scatter(a, p))
+            draw_grid(root, (rows, cols), panels, draw_scatter)
         },
     )
 }
