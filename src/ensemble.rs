@@ -16,14 +16,15 @@
 //! Within the step nothing is read back to the host: clipping and the divergence test are
 //! computed on the device, and the metrics and trajectory snapshots are gathered in device
 //! buffers that are copied to the host once every [`CHUNK`] steps.
-use crate::artifacts::{MetricsRow, Status};
+use crate::artifacts::{MetricsRow, Status, Summary};
 use crate::config::{ClipMode, Config, Mode, OptimizerKind, Setting};
 use crate::data::{self, Batch, DeviceStream};
 use crate::model::{self, Arch};
 use crate::train::{self, Outcome, RunRecord};
 use crate::BadInput;
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context, Result};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -449,7 +450,17 @@ impl Recorder {
 /// `linattn train` does (`config.yaml` with the member's seed, optimizer and learning rate,
 /// `metrics.csv`, `trajectory.safetensors`, `final.safetensors`, `summary.json`). The wall
 /// time in each summary is the ensemble's.
-pub fn train_ensemble(cfg: &Config, members: &[Member], outs: &[PathBuf], progress: bool) -> Result<Vec<Outcome>> {
+///
+/// When `stop` is set (Ctrl-C, SIGTERM) it stops after the current step and writes only an
+/// `interrupted` summary.json into each folder: fast runs keep no checkpoint, so such a folder
+/// is trained again from the start (`linattn train --force`; `reproduce` does it by itself).
+pub fn train_ensemble(
+    cfg: &Config,
+    members: &[Member],
+    outs: &[PathBuf],
+    progress: bool,
+    stop: &AtomicBool,
+) -> Result<Vec<Outcome>> {
     if members.len() != outs.len() {
         return Err(anyhow!(BadInput(format!(
             "an ensemble of {} members needs as many output folders, got {}",
@@ -469,7 +480,12 @@ pub fn train_ensemble(cfg: &Config, members: &[Member], outs: &[PathBuf], progre
     let (iters, save_every) = (cfg.train.iters, cfg.train.save_every);
     let bar = crate::progress::bar(iters as u64, "train", progress);
     recorder.snapshot(0, &ensemble);
+    let mut interrupted = false;
     while ensemble.iter < iters {
+        if stop.load(Ordering::Relaxed) {
+            interrupted = true;
+            break;
+        }
         let out = ensemble.step();
         recorder.metrics(ensemble.iter - 1, &out);
         if train::is_saved_step(ensemble.iter, save_every, iters) {
@@ -483,6 +499,25 @@ pub fn train_ensemble(cfg: &Config, members: &[Member], outs: &[PathBuf], progre
     recorder.flush();
     bar.finish_and_clear();
     let wall = started.elapsed().as_secs_f64();
+    if interrupted {
+        return outs
+            .iter()
+            .enumerate()
+            .map(|(i, out)| {
+                let metrics = recorder.rows(i).to_vec();
+                let summary = Summary {
+                    status: Status::Interrupted,
+                    diverged_at: None,
+                    iters_done: metrics.len() as i64,
+                    wall_time_s: wall,
+                    device: crate::device::describe(ensemble.device),
+                    side: "rust".into(),
+                };
+                summary.write(out).with_context(|| format!("{}: writing summary.json", out.display()))?;
+                Ok(Outcome { summary, metrics })
+            })
+            .collect();
+    }
     let snapshots = recorder.snapshots();
     outs.iter()
         .enumerate()
