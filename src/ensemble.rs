@@ -16,13 +16,13 @@
 //! Within the step nothing is read back to the host: clipping and the divergence test are
 //! computed on the device, and the metrics and trajectory snapshots are gathered in device
 //! buffers that are copied to the host once every [`CHUNK`] steps.
-use crate::artifacts::{MetricsRow, Status};
+use crate::artifacts::{MetricsRow, Status, Summary};
 use crate::config::{ClipMode, Config, Mode, OptimizerKind, Setting};
 use crate::data::{self, Batch, DeviceStream};
 use crate::model::{self, Arch};
 use crate::train::{self, Outcome, RunRecord};
 use crate::BadInput;
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context, Result};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -450,14 +450,11 @@ impl Recorder {
 /// `linattn train` does (`config.yaml` with the member's seed, optimizer and learning rate,
 /// `metrics.csv`, `trajectory.safetensors`, `final.safetensors`, `summary.json`). The wall
 /// time in each summary is the ensemble's.
-pub fn train_ensemble(cfg: &Config, members: &[Member], outs: &[PathBuf], progress: bool) -> Result<Vec<Outcome>> {
-    train_ensemble_until(cfg, members, outs, progress, &AtomicBool::new(false))
-}
-
-/// [`train_ensemble`] that stops after the current iteration once `stop` is set (Ctrl-C,
-/// SIGTERM). The members' folders then hold what was trained so far with status
-/// `interrupted`; a fast run has no checkpoint to resume from, so it is trained again.
-pub fn train_ensemble_until(
+///
+/// When `stop` is set (Ctrl-C, SIGTERM) it stops after the current step and writes only an
+/// `interrupted` summary.json into each folder: fast runs keep no checkpoint, so such a folder
+/// is trained again from the start (`linattn train --force`; `reproduce` does it by itself).
+pub fn train_ensemble(
     cfg: &Config,
     members: &[Member],
     outs: &[PathBuf],
@@ -502,15 +499,28 @@ pub fn train_ensemble_until(
     recorder.flush();
     bar.finish_and_clear();
     let wall = started.elapsed().as_secs_f64();
+    if interrupted {
+        return outs
+            .iter()
+            .enumerate()
+            .map(|(i, out)| {
+                let metrics = recorder.rows(i).to_vec();
+                let summary = Summary {
+                    status: Status::Interrupted,
+                    diverged_at: None,
+                    iters_done: metrics.len() as i64,
+                    wall_time_s: wall,
+                    device: crate::device::describe(ensemble.device),
+                    side: "rust".into(),
+                };
+                summary.write(out).with_context(|| format!("{}: writing summary.json", out.display()))?;
+                Ok(Outcome { summary, metrics })
+            })
+            .collect();
+    }
     let snapshots = recorder.snapshots();
     outs.iter()
         .enumerate()
-        .map(|(i, out)| {
-            let mut record = recorder.record(&ensemble, &snapshots, i, wall);
-            if interrupted && record.status == Status::Completed {
-                record.status = Status::Interrupted;
-            }
-            train::write_run_folder(out, record)
-        })
+        .map(|(i, out)| train::write_run_folder(out, recorder.record(&ensemble, &snapshots, i, wall)))
         .collect()
 }

@@ -199,32 +199,23 @@ fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Train { config, sets, out, resume, force, checkpoint_every } => {
             let opts = linattn::train::Options { force, checkpoint_every, ..options };
-            // `fast`: trained in fast mode, which keeps no checkpoint (resume is faithful only).
             let (outcome, out, fast) = match resume {
                 Some(dir) => (linattn::train::resume(&dir, &opts)?, dir, false),
                 None => {
                     let (config, out) = (config.expect("clap requires --config"), out.expect("clap requires --out"));
                     let cfg = Config::load(&config, &sets)?;
-                    let fast = cfg.train.mode == linattn::config::Mode::Fast;
-                    (linattn::train::train(&cfg, &out, &opts)?, out, fast)
+                    (linattn::train::train(&cfg, &out, &opts)?, out, cfg.train.mode == linattn::config::Mode::Fast)
                 }
             };
             let last = outcome.metrics.last();
             match outcome.summary.status {
-                Status::Interrupted if fast => {
-                    eprintln!(
-                        "linattn: interrupted after {} iterations; a fast run cannot be resumed: train it again with --force {}",
-                        outcome.summary.iters_done,
-                        out.display()
-                    );
-                    Ok(exit::INTERRUPTED)
-                }
                 Status::Interrupted => {
-                    eprintln!(
-                        "linattn: interrupted after {} iterations; continue with: linattn train --resume {}",
-                        outcome.summary.iters_done,
-                        out.display()
-                    );
+                    let how = if fast {
+                        "a fast run keeps no checkpoint: run the same command again with --force".to_string()
+                    } else {
+                        format!("continue with: linattn train --resume {}", out.display())
+                    };
+                    eprintln!("linattn: interrupted after {} iterations; {how}", outcome.summary.iters_done);
                     Ok(exit::INTERRUPTED)
                 }
                 Status::Diverged => {
@@ -306,11 +297,12 @@ fn run(cli: Cli) -> Result<i32> {
             let report = linattn::reproduce::reproduce(&req)?;
             let t = report.tally;
             println!(
-                "reproduce: runs trained {}, reused {}, resumed {}, restarted {}; runs measured {}; noise computed {}; {:.0} s",
+                "reproduce: runs trained {}, reused {}, resumed {}, restarted {}; ensembles trained {}; runs measured {}; noise computed {}; {:.0} s",
                 t.trained,
                 t.reused,
                 t.resumed,
                 t.restarted,
+                t.ensembles,
                 report.measured,
                 report.noise_computed,
                 started.elapsed().as_secs_f64()

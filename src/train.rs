@@ -154,6 +154,13 @@ const RUN_FILES: &[&str] = &[
     "analysis.csv",
 ];
 
+/// Removes what a run wrote into `out`, so that training it again cannot leave stale files.
+pub fn clear_run_folder(out: &Path) {
+    for f in RUN_FILES {
+        let _ = std::fs::remove_file(out.join(f));
+    }
+}
+
 /// `linattn train`: runs the config and writes the run folder `out`.
 pub fn train(cfg: &Config, out: &Path, opts: &Options) -> Result<Outcome> {
     std::fs::create_dir_all(out)
@@ -166,14 +173,13 @@ pub fn train(cfg: &Config, out: &Path, opts: &Options) -> Result<Outcome> {
                 out.display()
             ))));
         }
-        for f in RUN_FILES {
-            let _ = std::fs::remove_file(out.join(f));
-        }
+        clear_run_folder(out);
     }
     if cfg.train.mode == Mode::Fast {
         // Fast mode trains as an ensemble of one (crate::ensemble), where the fast step lives.
         let member = crate::ensemble::Member::from_config(cfg);
-        let mut outcomes = crate::ensemble::train_ensemble_until(cfg, &[member], &[out.to_path_buf()], opts.progress, &opts.stop)?;
+        let mut outcomes =
+            crate::ensemble::train_ensemble(cfg, &[member], &[out.to_path_buf()], opts.progress, &opts.stop)?;
         return Ok(outcomes.remove(0));
     }
     let run = Run::start(cfg)?;

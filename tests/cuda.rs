@@ -75,7 +75,7 @@ fn ensemble_on_cuda_trains_every_member_and_learns() {
         .map(|i| Member { seed: i / 2, optimizer: if i % 2 == 0 { OptimizerKind::Sgd } else { OptimizerKind::Adam }, lr: 0.02 })
         .collect();
     let outs: Vec<_> = (0..4).map(|i| tmp.path().join(format!("m{i}"))).collect();
-    for o in train_ensemble(&cfg, &members, &outs, false).unwrap() {
+    for o in train_ensemble(&cfg, &members, &outs, false, &std::sync::atomic::AtomicBool::new(false)).unwrap() {
         let m = &o.metrics;
         assert_eq!(m.len(), 300);
         let mean = |r: &[linattn::artifacts::MetricsRow]| r.iter().map(|x| x.train_loss as f64).sum::<f64>() / r.len() as f64;

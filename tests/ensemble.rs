@@ -1,6 +1,6 @@
 //! Ensemble training: a member fed the same batches as a solo run follows the same trajectory
-//! (within 1e-5 relative), members never influence each other, and a diverging member stops
-//! while the others go on.
+//! (within 1e-5 relative), members never influence each other, a diverging member stops
+//! while the others go on, and a stopped ensemble leaves folders that are trained again.
 mod common;
 use common::*;
 use linattn::config::{Config, OptimizerKind};
@@ -8,6 +8,7 @@ use linattn::data::Batch;
 use linattn::ensemble::{self, Ensemble, Member};
 use linattn::train::Run;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use tch::{Device, Tensor};
 
 fn config(sets: &[&str]) -> Config {
@@ -167,7 +168,7 @@ fn a_diverging_member_stops_and_the_others_go_on_as_their_solo_fast_runs() {
     let mut members = members();
     members.push(Member { seed: 3, optimizer: OptimizerKind::Sgd, lr: 1e4 });
     let outs: Vec<PathBuf> = (0..members.len()).map(|i| tmp.path().join(format!("m{i}"))).collect();
-    let outcomes = ensemble::train_ensemble(&cfg, &members, &outs, false).unwrap();
+    let outcomes = ensemble::train_ensemble(&cfg, &members, &outs, false, &AtomicBool::new(false)).unwrap();
 
     let bad = &outcomes[4];
     let t = bad.summary.diverged_at.expect("lr 1e4 diverges, clipped or not");
@@ -199,5 +200,21 @@ fn a_diverging_member_stops_and_the_others_go_on_as_their_solo_fast_runs() {
         let fa = Tensor::read_safetensors(outs[i].join("final.safetensors")).unwrap();
         let fb = Tensor::read_safetensors(solo_dir.join("final.safetensors")).unwrap();
         assert!(rel(&fa[0].1, &fb[0].1) < 1e-5, "member {i}: final parameters differ");
+    }
+}
+
+#[test]
+fn a_stopped_ensemble_marks_its_folders_interrupted_and_reproduce_trains_them_again() {
+    use linattn::reproduce::runs::{self, State};
+    let tmp = tempdir();
+    let cfg = config(&["data.batch=20", "train.iters=10"]);
+    let outs: Vec<PathBuf> = (0..members().len()).map(|i| tmp.path().join(format!("m{i}"))).collect();
+    // Ctrl-C before the first step: the signal handler has set the flag.
+    let outcomes = ensemble::train_ensemble(&cfg, &members(), &outs, false, &AtomicBool::new(true)).unwrap();
+    for (o, out) in outcomes.iter().zip(&outs) {
+        assert_eq!(o.summary.status, linattn::artifacts::Status::Interrupted);
+        assert_eq!(o.summary.iters_done, 0);
+        assert!(!out.join("metrics.csv").exists() && !out.join("trajectory.safetensors").exists());
+        assert!(matches!(runs::state(out), State::Broken), "{}: {:?}", out.display(), runs::state(out));
     }
 }

@@ -1,5 +1,6 @@
 //! `linattn reproduce`: the figure files, a tiny end-to-end reproduction, reuse of finished
-//! runs, restart of a broken one, and the learning-rate grid's treatment of divergence.
+//! runs, restart of a broken one, the learning-rate grid's treatment of divergence, and fast
+//! mode's training of one setting's runs as one ensemble.
 mod common;
 use common::*;
 use linattn::figures::{self, FigureSpec, Scale};
@@ -148,6 +149,67 @@ fn a_run_left_without_its_summary_is_trained_again_and_the_rest_reused() {
     let out = stdout(&ok(reproduce(&fig, tmp.path())));
     assert!(out.contains("reused 3") && out.contains("restarted 1"), "{out}");
     assert!(runs[0].join("summary.json").exists());
+}
+
+fn reproduce_fast(figure: &Path, work: &Path) -> Command {
+    let mut c = reproduce(figure, work);
+    c.arg("--mode").arg("fast");
+    c
+}
+
+fn wall_time(run: &Path) -> f64 {
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    summary["wall_time_s"].as_f64().unwrap()
+}
+
+#[test]
+fn fast_runs_of_one_setting_train_as_one_ensemble_and_a_second_invocation_reuses_them() {
+    let tmp = tempdir();
+    let fig = write_figure(tmp.path(), "tiny", TINY);
+    let out = stdout(&ok(reproduce_fast(&fig, tmp.path())));
+    assert!(out.contains("runs trained 4, reused 0") && out.contains("ensembles trained 1;"), "{out}");
+    let runs = run_folders(&tmp.path().join("runs"));
+    assert_eq!(runs.len(), 4);
+    // An ensemble writes its own wall time into every member's summary.
+    let walls: Vec<f64> = runs.iter().map(|r| wall_time(r)).collect();
+    assert!(walls.iter().all(|&w| w == walls[0]), "{walls:?}");
+    // Each member's folder holds the config its name was made from.
+    for r in &runs {
+        let cfg = linattn::config::Config::load_run(r).unwrap();
+        assert_eq!(linattn::reproduce::runs::run_dir(&tmp.path().join("runs"), &cfg), *r);
+    }
+
+    let out = stdout(&ok(reproduce_fast(&fig, tmp.path())));
+    assert!(out.contains("runs trained 0, reused 4") && out.contains("ensembles trained 0;") && out.contains("runs measured 0"), "{out}");
+    assert_eq!(walls, runs.iter().map(|r| wall_time(r)).collect::<Vec<_>>(), "a finished run was trained again");
+}
+
+#[test]
+fn a_fast_run_left_without_its_summary_is_trained_again_and_the_rest_reused() {
+    let tmp = tempdir();
+    let fig = write_figure(tmp.path(), "tiny", TINY);
+    ok(reproduce_fast(&fig, tmp.path()));
+    let runs = run_folders(&tmp.path().join("runs"));
+    // What a process killed while its ensemble trains leaves: folders without summary.json.
+    std::fs::remove_file(runs[1].join("summary.json")).unwrap();
+    std::fs::remove_file(runs[2].join("summary.json")).unwrap();
+    let out = stdout(&ok(reproduce_fast(&fig, tmp.path())));
+    assert!(out.contains("reused 2") && out.contains("restarted 2") && out.contains("ensembles trained 1;"), "{out}");
+    assert!(runs.iter().all(|r| r.join("summary.json").exists()));
+    assert_eq!(wall_time(&runs[1]), wall_time(&runs[2]), "the two broken runs trained together");
+}
+
+#[test]
+fn a_fast_lr_grid_trains_as_one_ensemble_and_its_diverged_member_is_a_result() {
+    let tmp = tempdir();
+    let fig = write_figure(tmp.path(), "grid", GRID);
+    let out = stdout(&ok(reproduce_fast(&fig, tmp.path())));
+    assert!(out.contains("runs trained 6") && out.contains("ensembles trained 1;"), "{out}");
+    let csv = std::fs::read_to_string(tmp.path().join("plots/lr_grid.csv")).unwrap();
+    let sgd_huge = csv.lines().find(|l| l.starts_with("s1,sgd,20000,")).unwrap_or_else(|| panic!("no sgd lr 20000 row:\n{csv}"));
+    assert!(sgd_huge.contains(",diverged,inf,"), "{sgd_huge}");
+    let out = stdout(&ok(reproduce_fast(&fig, tmp.path())));
+    assert!(out.contains("runs trained 0, reused 6"), "{out}");
 }
 
 #[test]

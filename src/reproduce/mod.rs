@@ -1,7 +1,8 @@
 //! `linattn reproduce`: the paper's figures from `experiments/figures/*.yaml`.
 //!
 //! For each figure, in order: train the runs that are missing (finished runs are reused, an
-//! interrupted one is resumed from its checkpoint), measure what the figure needs on each run
+//! interrupted one is resumed from its checkpoint, fast-mode runs of one setting train as one
+//! ensemble), measure what the figure needs on each run
 //! and the gradient noise of each series, draw `plots/<figure>.png`, and record the headline
 //! numbers for `plots/summary.md`. Everything is keyed by config, so a second invocation only
 //! does what the first did not finish.
@@ -12,7 +13,7 @@ pub mod stats;
 pub mod summary;
 
 use crate::artifacts::Summary;
-use crate::config::OptimizerKind;
+use crate::config::{Config, OptimizerKind};
 use crate::figures::{self, FigureSpec, Resolved, RunSpec, Scale};
 use crate::train::Options;
 use crate::BadInput;
@@ -172,31 +173,47 @@ fn scale_caption(d: &FigureData) -> String {
 fn figure_data(req: &Request, id: &str, spec: FigureSpec, res: Resolved, plan: Vec<RunSpec>, report: &mut Report) -> Result<Option<FigureData>> {
     let progress = req.options.progress;
     let needs = Needs::of(&res.measure, res.iters);
-    let mut results = Vec::with_capacity(plan.len());
+    let dirs: Vec<PathBuf> = plan.iter().map(|r| runs::run_dir(&req.runs, &r.cfg)).collect();
+    let cfgs: Vec<&Config> = plan.iter().map(|r| &r.cfg).collect();
+    let mut summaries: Vec<Option<Summary>> = vec![None; plan.len()];
+    for (i, dir) in dirs.iter().enumerate() {
+        if let runs::State::Done(s) = runs::state(dir) {
+            runs::check_config(dir, cfgs[i])?;
+            report.tally.reused += 1;
+            summaries[i] = Some(s);
+        }
+    }
+    let todo: Vec<usize> = (0..plan.len()).filter(|&i| summaries[i].is_none()).collect();
     let total = plan.len();
-    for (i, spec_run) in plan.into_iter().enumerate() {
-        let dir = runs::run_dir(&req.runs, &spec_run.cfg);
-        let what = format!("[{id}] run {}/{total}: {}", i + 1, dir.strip_prefix(&req.runs).unwrap_or(&dir).display());
-        let summary = match runs::state(&dir) {
-            runs::State::Done(s) => {
-                runs::check_config(&dir, &spec_run.cfg)?;
-                report.tally.reused += 1;
-                s
-            }
-            _ => {
-                say(progress, format!("{what}: training"));
-                match runs::ensure(&spec_run.cfg, &dir, &req.options)? {
-                    Trained::Done(s, t) => {
-                        report.tally.add(t);
-                        s
-                    }
-                    Trained::Interrupted => return Ok(None),
+    for batch in runs::batches(&cfgs, &todo) {
+        let name = |i: usize| dirs[i].strip_prefix(&req.runs).unwrap_or(&dirs[i]).display().to_string();
+        let what = match batch.as_slice() {
+            [i] => format!("run {}/{total}: {}", i + 1, name(*i)),
+            _ => format!(
+                "runs {} of {total} as one ensemble: {}",
+                batch.iter().map(|i| (i + 1).to_string()).collect::<Vec<_>>().join(", "),
+                name(batch[0])
+            ),
+        };
+        say(progress, format!("[{id}] {what}: training"));
+        let batch_cfgs: Vec<&Config> = batch.iter().map(|&i| cfgs[i]).collect();
+        let batch_dirs: Vec<PathBuf> = batch.iter().map(|&i| dirs[i].clone()).collect();
+        match runs::ensure(&batch_cfgs, &batch_dirs, &req.options)? {
+            Trained::Done(ss, t) => {
+                report.tally.add(t);
+                for (&i, s) in batch.iter().zip(ss) {
+                    summaries[i] = Some(s);
                 }
             }
-        };
+            Trained::Interrupted => return Ok(None),
+        }
         if req.options.stop.load(Ordering::Relaxed) {
             return Ok(None);
         }
+    }
+    let mut results = Vec::with_capacity(plan.len());
+    for ((spec_run, dir), summary) in plan.into_iter().zip(dirs).zip(summaries) {
+        let summary = summary.expect("every run is trained above");
         // Measure on the run's config, but on the device asked for now.
         let mut cfg = spec_run.cfg.clone();
         cfg.train.device = req.device.clone();
