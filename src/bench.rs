@@ -306,9 +306,11 @@ pub fn run(cfg: &Config, req: &BenchRequest) -> Result<Vec<BenchRow>> {
         println!("{:<10} {:>16.3} {:>14.3} {:>14.2}{note}", mode.name(), row.torch.ms_per_step, row.rust.ms_per_step, row.ratio());
         rows.push(row);
     }
-    let threads = |m: &Measurement| m.threads.to_string();
+    // The Rust side may use fewer intra-op threads than it was given: the fast path on small
+    // models runs faster on one (model::fast_prefers_one_thread), so each mode says its own.
     if let Some(r) = rows.first() {
-        println!("threads used: pytorch {}, rust {}", threads(&r.torch), threads(&r.rust));
+        let rust: Vec<String> = rows.iter().map(|r| format!("{} {}", r.mode.name(), r.rust.threads)).collect();
+        println!("threads used: pytorch {}; rust {}", r.torch.threads, rust.join(", "));
     }
     let mib = |kb: u64| kb as f64 / 1024.0;
     if let Some(fast) = rows.iter().find(|r| r.mode == BenchMode::Fast) {

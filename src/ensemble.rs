@@ -204,6 +204,10 @@ impl Ensemble {
         let device = crate::device::parse(&cfg.train.device)
             .map_err(|e| anyhow!(BadInput(format!("config key train.device: {e}"))))?;
         let arch = Arch::from_config(cfg);
+        if device == Device::Cpu && model::fast_prefers_one_thread(&arch, cfg.data.batch, members.len() as i64) {
+            // libtorch's thread count is per process; a fast run's process does little else.
+            tch::set_num_threads(1);
+        }
         let layout = Layout::new(&arch);
         let teacher =
             (cfg.data.setting == Setting::MlpTeacher).then(|| data::build_teacher(&cfg.data, cfg.model.dim));
