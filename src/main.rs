@@ -161,9 +161,10 @@ enum Command {
         /// Folder for the run folders (reused across invocations).
         #[arg(long, default_value = "runs")]
         runs: PathBuf,
-        /// Folder for the PNGs, summary.md and summary.json.
-        #[arg(long, default_value = "plots")]
-        plots: PathBuf,
+        /// Folder for the PNGs, summary.md and summary.json [default: plots, or plots/quick with
+        /// --quick, so that a quick smoke test never replaces the committed paper-scale figures]
+        #[arg(long)]
+        plots: Option<PathBuf>,
         /// Folder holding figures/ and settings/ (default: ./experiments).
         #[arg(long)]
         experiments: Option<PathBuf>,
@@ -289,7 +290,7 @@ fn run(cli: Cli) -> Result<i32> {
                 scale: linattn::figures::Scale { quick, iters, seeds, mode },
                 device,
                 runs,
-                plots,
+                plots: plots.unwrap_or_else(|| PathBuf::from(if quick { "plots/quick" } else { "plots" })),
                 experiments,
                 options: linattn::train::Options { checkpoint_every: 250, ..options },
             };

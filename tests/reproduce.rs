@@ -257,3 +257,24 @@ fn an_unknown_figure_exits_2_naming_it() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("fig99") && err.contains("fig2_setting1") && err.trim_end().lines().count() == 1, "{err}");
 }
+
+#[test]
+fn a_quick_reproduce_writes_into_plots_quick_and_leaves_the_paper_scale_plots_alone() {
+    let tmp = tempdir();
+    let figure = write_figure(tmp.path(), "tiny", TINY);
+    let committed = tmp.path().join("plots/tiny.png");
+    std::fs::create_dir_all(committed.parent().unwrap()).unwrap();
+    std::fs::write(&committed, b"paper-scale figure").unwrap();
+    let mut c = linattn();
+    c.current_dir(tmp.path())
+        .arg("reproduce")
+        .arg(&figure)
+        .arg("--quick")
+        .arg("--experiments")
+        .arg(root().join("experiments"));
+    ok(c);
+    assert!(tmp.path().join("plots/quick/tiny.png").exists());
+    assert!(tmp.path().join("plots/quick/summary.md").exists());
+    assert_eq!(std::fs::read(&committed).unwrap(), b"paper-scale figure");
+    assert!(!tmp.path().join("plots/summary.md").exists());
+}
