@@ -93,6 +93,11 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// The summary of a run of this program (side "rust") on `device`.
+    pub fn of_rust(status: Status, diverged_at: Option<i64>, iters_done: i64, wall_time_s: f64, device: tch::Device) -> Summary {
+        Summary { status, diverged_at, iters_done, wall_time_s, device: crate::device::describe(device), side: "rust".into() }
+    }
+
     pub fn write(&self, dir: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(self)? + "\n";
         write_atomic(&dir.join(SUMMARY), text.as_bytes())

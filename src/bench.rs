@@ -76,7 +76,8 @@ pub fn peak_rss_kb() -> Option<u64> {
 
 /// The Rust side of one mode, in this process: `warmup` untimed steps, then `steps` timed ones.
 pub fn worker(cfg: &Config, mode: BenchMode, steps: i64, warmup: i64) -> Result<Measurement> {
-    let started = match mode {
+    // The thread count is read while the run is alive: an ensemble may lower it for its lifetime.
+    let (started, threads) = match mode {
         BenchMode::Faithful => {
             let mut faithful = cfg.clone();
             faithful.train.mode = Mode::Faithful;
@@ -88,7 +89,7 @@ pub fn worker(cfg: &Config, mode: BenchMode, steps: i64, warmup: i64) -> Result<
             for _ in 0..steps {
                 run.step(); // reads loss and grad_norm on the host, as the PyTorch side does
             }
-            t0.elapsed()
+            (t0.elapsed(), tch::get_num_threads())
         }
         BenchMode::Fast | BenchMode::Ensemble => {
             let members = match mode {
@@ -114,14 +115,14 @@ pub fn worker(cfg: &Config, mode: BenchMode, steps: i64, warmup: i64) -> Result<
                 one(&mut ensemble, &mut recorder);
             }
             recorder.flush(); // copies to the host, which also waits for a GPU
-            t0.elapsed()
+            (t0.elapsed(), tch::get_num_threads())
         }
     };
     Ok(Measurement {
         ms_per_step: started.as_secs_f64() * 1000.0 / steps as f64,
         side: "rust".into(),
         device: cfg.train.device.clone(),
-        threads: tch::get_num_threads() as i64,
+        threads: threads as i64,
         peak_rss_kb: peak_rss_kb(),
     })
 }

@@ -187,6 +187,29 @@ pub struct Ensemble {
     stream: DeviceStream,
     /// Which stream each member reads (members with one seed share one); `None`: stream i.
     rows: Option<Tensor>,
+    /// Set when the ensemble lowered libtorch's thread count: restores it when dropped.
+    _threads: Option<ThreadCount>,
+}
+
+/// libtorch's intra-op thread count is per process; this sets it for as long as the value
+/// lives and then puts the previous count back, so that a caller who trains an ensemble and
+/// then measures in the same process gets its own thread count again.
+struct ThreadCount {
+    previous: i32,
+}
+
+impl ThreadCount {
+    fn set(threads: i32) -> ThreadCount {
+        let previous = tch::get_num_threads();
+        tch::set_num_threads(threads);
+        ThreadCount { previous }
+    }
+}
+
+impl Drop for ThreadCount {
+    fn drop(&mut self) {
+        tch::set_num_threads(self.previous);
+    }
 }
 
 impl Ensemble {
@@ -204,10 +227,8 @@ impl Ensemble {
         let device = crate::device::parse(&cfg.train.device)
             .map_err(|e| anyhow!(BadInput(format!("config key train.device: {e}"))))?;
         let arch = Arch::from_config(cfg);
-        if device == Device::Cpu && model::fast_prefers_one_thread(&arch, cfg.data.batch, members.len() as i64) {
-            // libtorch's thread count is per process; a fast run's process does little else.
-            tch::set_num_threads(1);
-        }
+        let threads = (device == Device::Cpu && model::fast_prefers_one_thread(&arch, cfg.data.batch, members.len() as i64))
+            .then(|| ThreadCount::set(1));
         let layout = Layout::new(&arch);
         let teacher =
             (cfg.data.setting == Setting::MlpTeacher).then(|| data::build_teacher(&cfg.data, cfg.model.dim));
@@ -246,6 +267,7 @@ impl Ensemble {
             active: Tensor::ones([k], (Kind::Bool, device)),
             stream: DeviceStream::new(cfg, &seeds, teacher, device),
             rows: (!identity).then(|| Tensor::from_slice(&rows).to_device(device)),
+            _threads: threads,
         })
     }
 
@@ -509,14 +531,7 @@ pub fn train_ensemble(
             .enumerate()
             .map(|(i, out)| {
                 let metrics = recorder.rows(i).to_vec();
-                let summary = Summary {
-                    status: Status::Interrupted,
-                    diverged_at: None,
-                    iters_done: metrics.len() as i64,
-                    wall_time_s: wall,
-                    device: crate::device::describe(ensemble.device),
-                    side: "rust".into(),
-                };
+                let summary = Summary::of_rust(Status::Interrupted, None, metrics.len() as i64, wall, ensemble.device);
                 summary.write(out).with_context(|| format!("{}: writing summary.json", out.display()))?;
                 Ok(Outcome { summary, metrics })
             })

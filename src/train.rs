@@ -143,7 +143,9 @@ pub fn lock_folder(dir: &Path) -> Result<FolderLock> {
     Ok(FolderLock(file))
 }
 
-/// Files a run writes; `--force` removes them before starting again.
+/// Files a run writes, and the measurements taken from its trajectory (`analyze`,
+/// `reproduce`); `--force` removes them all before starting again, since measurements of the
+/// old trajectory would otherwise be reused for the new one.
 const RUN_FILES: &[&str] = &[
     artifacts::CONFIG,
     artifacts::METRICS,
@@ -151,7 +153,8 @@ const RUN_FILES: &[&str] = &[
     artifacts::FINAL,
     artifacts::SUMMARY,
     CHECKPOINT,
-    "analysis.csv",
+    crate::landscape::ANALYSIS,
+    crate::reproduce::measure::MEASUREMENTS,
 ];
 
 /// Removes what a run wrote into `out`, so that training it again cannot leave stale files.
@@ -295,15 +298,9 @@ fn drive(mut run: Run, mut progress: Progress, out: &Path, opts: &Options) -> Re
     let started = Instant::now();
     let cfg = run.cfg.clone();
     let iters = cfg.train.iters;
-    let device = crate::device::describe(run.device);
-    let summary_now = |status, diverged_at, iters_done| Summary {
-        status,
-        diverged_at,
-        iters_done,
-        wall_time_s: started.elapsed().as_secs_f64(),
-        device: device.clone(),
-        side: "rust".into(),
-    };
+    let device = run.device;
+    let summary_now =
+        |status, diverged_at, iters_done| Summary::of_rust(status, diverged_at, iters_done, started.elapsed().as_secs_f64(), device);
     summary_now(Status::Running, None, run.iter).write(out)?;
     let bar = crate::progress::bar(iters as u64, "train", opts.progress);
     bar.set_position(run.iter as u64);
@@ -387,14 +384,7 @@ pub fn write_run_folder(out: &Path, record: RunRecord) -> Result<Outcome> {
     artifacts::write_trajectory_stacked(&out.join(artifacts::TRAJECTORY), &record.names, &record.steps, &record.trajectory)?;
     let final_params: Vec<(String, Tensor)> = record.names.iter().cloned().zip(record.final_params).collect();
     artifacts::write_safetensors(&out.join(artifacts::FINAL), &final_params)?;
-    let summary = Summary {
-        status: record.status,
-        diverged_at: record.diverged_at,
-        iters_done: record.metrics.len() as i64,
-        wall_time_s: record.wall_time_s,
-        device: crate::device::describe(record.device),
-        side: "rust".into(),
-    };
+    let summary = Summary::of_rust(record.status, record.diverged_at, record.metrics.len() as i64, record.wall_time_s, record.device);
     summary.write(out).context("writing summary.json")?;
     Ok(Outcome { summary, metrics: record.metrics })
 }

@@ -218,3 +218,15 @@ fn a_stopped_ensemble_marks_its_folders_interrupted_and_reproduce_trains_them_ag
         assert!(matches!(runs::state(out), State::Broken), "{}: {:?}", out.display(), runs::state(out));
     }
 }
+
+#[test]
+fn a_small_fast_ensemble_runs_on_one_thread_and_gives_the_thread_count_back_when_dropped() {
+    tch::set_num_threads(2);
+    let cfg = config(&["train.mode=fast", "train.iters=3"]);
+    {
+        let mut ensemble = Ensemble::start(&cfg, &members()).unwrap();
+        ensemble.step();
+        assert_eq!(tch::get_num_threads(), 1, "the paper's small linear model trains on one thread");
+    }
+    assert_eq!(tch::get_num_threads(), 2, "the caller's thread count is back");
+}

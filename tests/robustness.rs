@@ -59,6 +59,21 @@ fn reusing_a_run_folder_is_refused_without_force_or_resume() {
 }
 
 #[test]
+fn a_forced_retrain_drops_the_measurements_of_the_old_trajectory() {
+    let tmp = tempdir();
+    let out = tmp.path().join("run");
+    ok(train_cmd(&out, &["train.iters=3"]));
+    for derived in ["measurements.csv", "analysis.csv"] {
+        std::fs::write(out.join(derived), "iter\n0\n").unwrap();
+    }
+    let mut forced = train_cmd(&out, &["train.iters=5"]);
+    forced.arg("--force");
+    ok(forced);
+    assert!(!out.join("measurements.csv").exists(), "reproduce would reuse them for the new run");
+    assert!(!out.join("analysis.csv").exists());
+}
+
+#[test]
 fn a_second_process_writing_into_the_same_folder_is_refused() {
     let tmp = tempdir();
     let out = tmp.path().join("run");
