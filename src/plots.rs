@@ -947,6 +947,23 @@ pub enum AnyPanel {
 /// Height of the title strip (title and subtitle) above a figure grid.
 const FIGURE_TITLE_H: u32 = 60;
 
+/// The largest font size up to `size` at which `text` fits the width of `area` with a small
+/// margin: a one-column figure (e.g. a single learning-rate sweep) is narrower than its title.
+fn fitting_font_size(area: &Area, text: &str, size: u32) -> Result<u32> {
+    let room = area.dim_in_pixel().0.saturating_sub(20);
+    let mut s = size;
+    while s > 8 {
+        let (w, _) = area
+            .estimate_text_size(text, &TextStyle::from((FONT, s).into_font()))
+            .map_err(|e| anyhow!("measuring a title: {e:?}"))?;
+        if w <= room {
+            break;
+        }
+        s -= 1;
+    }
+    Ok(s)
+}
+
 /// A figure as the paper lays it out: `rows` of panels of mixed kinds under one title (e.g.
 /// loss, noise histogram and condition number, one column per setting). All cells have the
 /// same size, widened for the colour bar when any cell is a scatter plot.
@@ -965,10 +982,10 @@ pub fn figure_grid(path: &Path, title: &str, subtitle: &str, rows: &[Vec<AnyPane
     render(path, size, |root| {
         let (top, body) = root.split_vertically(FIGURE_TITLE_H);
         let centre = Pos::new(HPos::Center, VPos::Center);
-        let style = TextStyle::from((FONT, 22).into_font()).pos(centre);
+        let style = TextStyle::from((FONT, fitting_font_size(&top, title, 22)?).into_font()).pos(centre);
         top.draw_text(title, &style, (size.0 as i32 / 2, 18))?;
         let grey = BLACK.mix(0.7);
-        let style = TextStyle::from((FONT, 17).into_font()).color(&grey).pos(centre);
+        let style = TextStyle::from((FONT, fitting_font_size(&top, subtitle, 17)?).into_font()).color(&grey).pos(centre);
         top.draw_text(subtitle, &style, (size.0 as i32 / 2, 44))?;
         let areas = body.split_evenly((n_rows, cols));
         for (r, row) in rows.iter().enumerate() {
@@ -1185,6 +1202,22 @@ mod tests {
         let (lo, hi) = log_range([1.0, 1.01]);
         assert!((hi / lo).log10() >= 0.3 - 1e-12);
         assert!(!Axis::log(log_range([0.3, 0.31])).major.is_empty());
+    }
+
+    #[test]
+    fn a_title_too_wide_for_a_one_column_figure_is_shrunk_until_it_fits() {
+        let d = scratch("title");
+        let long = "Probe: learning rates for Fig. 5's model (L = 8, d = 20, n = 60), seed 0";
+        render(&d.join("t.png"), (PANEL.0, 100), |area| {
+            let room = PANEL.0 - 20;
+            let width = |s: u32| area.estimate_text_size(long, &TextStyle::from((FONT, s).into_font())).unwrap().0;
+            assert!(width(22) > room, "the test title must be too wide at the default size");
+            let s = fitting_font_size(area, long, 22)?;
+            assert!(s < 22 && width(s) <= room && width(s + 1) > room);
+            assert_eq!(fitting_font_size(area, "loss", 22)?, 22);
+            Ok(())
+        })
+        .unwrap();
     }
 
     #[test]

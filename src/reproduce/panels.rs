@@ -127,16 +127,19 @@ fn lr_sweep(fig: &FigureData, s: usize) -> AnyPanel {
         .iter()
         .map(|&o| {
             let grid = stats::lr_grid(fig, s, o);
-            let best = stats::best_lr(&grid).map(|b| format!(": best {b}")).unwrap_or_else(|| ": all diverged".into());
             let diverged = grid.iter().filter(|p| p.diverged > 0).count();
-            let diverged = if diverged > 0 { format!(", {diverged} diverged") } else { String::new() };
+            let outcome = match stats::best_lr(&grid) {
+                Some(b) if diverged > 0 => format!(": best {b}, {diverged} diverged"),
+                Some(b) => format!(": best {b}"),
+                None => format!(": all {} learning rates diverged", grid.len()),
+            };
             let (mut x, mut mean, mut band) = (vec![], vec![], vec![]);
             for p in &grid {
                 x.push(p.lr.log10());
                 mean.push(p.mean.unwrap_or(f64::NAN));
                 band.push(p.std.map_or(f64::NAN, |s| s / 4.0));
             }
-            Curve { label: format!("{}{best}{diverged}", optimizer_label(o)), color: color(o), x, mean, band: Some(band) }
+            Curve { label: format!("{}{outcome}", optimizer_label(o)), color: color(o), x, mean, band: Some(band) }
         })
         .collect();
     AnyPanel::Lines(Panel {
