@@ -354,7 +354,7 @@ fn chart<'a, 'b>(
     if small {
         b.margin(4).x_label_area_size(36).y_label_area_size(48);
     } else {
-        b.caption(title, (FONT, 20))
+        b.caption(title, (FONT, fitting_font_size(area, title, 20)?))
             .margin(8)
             .margin_right(26)
             .x_label_area_size(50)
@@ -948,7 +948,8 @@ pub enum AnyPanel {
 const FIGURE_TITLE_H: u32 = 60;
 
 /// The largest font size up to `size` at which `text` fits the width of `area` with a small
-/// margin: a one-column figure (e.g. a single learning-rate sweep) is narrower than its title.
+/// margin: a one-column figure (e.g. a single learning-rate sweep) is narrower than its title,
+/// and a panel caption can be wider than its panel.
 fn fitting_font_size(area: &Area, text: &str, size: u32) -> Result<u32> {
     let room = area.dim_in_pixel().0.saturating_sub(20);
     let mut s = size;
