@@ -112,12 +112,34 @@ impl Summary {
     }
 }
 
-/// One row of `metrics.csv`.
+/// One row of `metrics.csv`: float32 values for a float32 run (every run but a fast
+/// `train.dtype: float64` one), held exactly in an f64.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MetricsRow {
     pub iter: i64,
-    pub train_loss: f32,
-    pub grad_norm: f32,
+    pub train_loss: f64,
+    pub grad_norm: f64,
+}
+
+/// A metric as written: a float32 value (as every float32 run's are) as the shortest decimal
+/// that reads back to it as float32; any other value as the shortest that reads back as f64.
+pub fn fmt_metric(v: f64) -> String {
+    if !v.is_finite() || (v as f32) as f64 == v {
+        fmt_f32(v as f32)
+    } else {
+        format!("{v}")
+    }
+}
+
+/// The inverse of [`fmt_metric`]: a field that is some float32's shortest decimal is that
+/// float32 (a float64 run's value has more digits than that, all but always).
+fn parse_metric(s: &str) -> Result<f64, std::num::ParseFloatError> {
+    let single: f32 = s.parse()?;
+    if fmt_f32(single) == s {
+        Ok(single as f64)
+    } else {
+        s.parse()
+    }
 }
 
 pub const METRICS_HEADER: &str = "iter,train_loss,grad_norm";
@@ -127,7 +149,7 @@ pub fn metrics_csv(rows: &[MetricsRow]) -> String {
     s.push_str(METRICS_HEADER);
     s.push('\n');
     for r in rows {
-        s.push_str(&format!("{},{},{}\n", r.iter, fmt_f32(r.train_loss), fmt_f32(r.grad_norm)));
+        s.push_str(&format!("{},{},{}\n", r.iter, fmt_metric(r.train_loss), fmt_metric(r.grad_norm)));
     }
     s
 }
@@ -144,8 +166,8 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRow>> {
         let parse_err = |e: &dyn std::fmt::Display| anyhow!(BadInput(format!("{} line {}: {e}", path.display(), i + 2)));
         rows.push(MetricsRow {
             iter: field(0)?.parse().map_err(|e| parse_err(&e))?,
-            train_loss: field(1)?.parse().map_err(|e| parse_err(&e))?,
-            grad_norm: field(2)?.parse().map_err(|e| parse_err(&e))?,
+            train_loss: parse_metric(field(1)?).map_err(|e| parse_err(&e))?,
+            grad_norm: parse_metric(field(2)?).map_err(|e| parse_err(&e))?,
         });
     }
     Ok(rows)

@@ -49,10 +49,10 @@ pub fn compare(cfg: &Config, config_path: &Path, sets: &[String], out: &Path, op
     let mut max_rel_metrics = 0f64;
     let mut bit_identical = rust.len() == torch.len();
     for (r, t) in rust.iter().zip(&torch) {
-        let (a, b) = (r.train_loss as f64, t.train_loss as f64);
+        let (a, b) = (r.train_loss, t.train_loss);
         let d = rel(a, b);
-        csv.push_str(&format!("{},{},{},{},{}\n", r.iter, fmt_f32(r.train_loss), fmt_f32(t.train_loss), (a - b).abs(), d));
-        max_rel_metrics = max_rel_metrics.max(d).max(rel(r.grad_norm as f64, t.grad_norm as f64));
+        csv.push_str(&format!("{},{},{},{},{}\n", r.iter, fmt_f32(r.train_loss as f32), fmt_f32(t.train_loss as f32), (a - b).abs(), d));
+        max_rel_metrics = max_rel_metrics.max(d).max(rel(r.grad_norm, t.grad_norm));
         bit_identical &= r.train_loss.to_bits() == t.train_loss.to_bits() && r.grad_norm.to_bits() == t.grad_norm.to_bits();
     }
     artifacts::write_atomic(&out.join("compare.csv"), csv.as_bytes())?;
@@ -71,7 +71,7 @@ pub fn compare(cfg: &Config, config_path: &Path, sets: &[String], out: &Path, op
         max_rel_params = max_rel_params.max(diff.max().double_value(&[]));
     }
     let iters: Vec<f64> = rust.iter().map(|r| r.iter as f64).collect();
-    let losses = |m: &[artifacts::MetricsRow]| m.iter().map(|r| r.train_loss as f64).collect::<Vec<_>>();
+    let losses = |m: &[artifacts::MetricsRow]| m.iter().map(|r| r.train_loss).collect::<Vec<_>>();
     plots::compare_overlay(
         &out.join("compare.png"),
         &iters,

@@ -58,8 +58,36 @@ pub enum ClipMode {
 pub enum Mode {
     /// Follows the reference protocol op for op: bit-identical to PyTorch on CPU.
     Faithful,
-    /// The same model with fewer operations (not available yet).
+    /// The same model with fewer operations, data drawn on the training device.
     Fast,
+}
+
+/// The floating-point type a run trains and is measured in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dtype {
+    /// The authors' float32.
+    #[default]
+    Float32,
+    /// float64 (fast mode only): the same model, data and initialisation (drawn in float32,
+    /// then widened), for models whose rare large prompts overflow float32 (L = 8: the output
+    /// is a polynomial of degree 3^L in the prompt).
+    Float64,
+}
+
+impl Dtype {
+    pub fn kind(self) -> tch::Kind {
+        match self {
+            Dtype::Float32 => tch::Kind::Float,
+            Dtype::Float64 => tch::Kind::Double,
+        }
+    }
+
+    /// float32 is left out of a written config, so that the configs (and run-folder hashes)
+    /// of every float32 run stay what they were before the key existed.
+    pub fn is_float32(&self) -> bool {
+        *self == Dtype::Float32
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,6 +169,8 @@ pub struct TrainConfig {
     pub device: String,
     pub save_every: i64,
     pub optimizer_impl: OptimizerImpl,
+    #[serde(skip_serializing_if = "Dtype::is_float32")]
+    pub dtype: Dtype,
 }
 
 impl Default for TrainConfig {
@@ -159,6 +189,7 @@ impl Default for TrainConfig {
             device: "cpu".into(),
             save_every: 1,
             optimizer_impl: OptimizerImpl::Reference,
+            dtype: Dtype::Float32,
         }
     }
 }
@@ -272,6 +303,11 @@ impl Config {
             "layers × heads × (dim+1)² is too large".into(),
         ));
         checks.push((
+            t.dtype == Dtype::Float32 || t.mode == Mode::Fast,
+            "train.dtype",
+            "float64 needs train.mode: fast (for reproduce: --mode fast); the faithful mode is the authors' float32, op for op".into(),
+        ));
+        checks.push((
             m.mlp_hidden == 0 || m.parametrization == Parametrization::Full,
             "model.parametrization",
             "the MLP variant (model.mlp_hidden > 0) uses the full parametrization; set model.parametrization: full".into(),
@@ -369,6 +405,7 @@ mod tests {
             ("data.gamma_shape=0", "data.gamma_shape"),
             ("train.save_every=0", "train.save_every"),
             ("model.mlp_hidden=30", "model.parametrization"),
+            ("train.dtype=float64", "train.dtype"), // float64 is fast mode's only
         ] {
             let m = msg(Config::from_yaml_str("", &[set.into()]));
             assert!(m.contains(key), "{set}: {m}");

@@ -20,6 +20,14 @@ impl Batch {
     pub fn to_device(&self, device: Device) -> Batch {
         Batch { z: self.z.to_device(device), y_query: self.y_query.to_device(device) }
     }
+
+    /// The batch in `kind` (the same tensors, not a copy, when it already is).
+    pub fn to_kind(self, kind: Kind) -> Batch {
+        if self.z.kind() == kind {
+            return self;
+        }
+        Batch { z: self.z.to_kind(kind), y_query: self.y_query.to_kind(kind) }
+    }
 }
 
 /// Seeds numpy's legacy generator and torch's CPU generator with the same seed, as the
@@ -127,7 +135,7 @@ fn unit_rows(x: &Tensor) -> Tensor {
 pub fn eval_batch(cfg: &Config, device: Device) -> Batch {
     let teacher = (cfg.data.setting == Setting::MlpTeacher).then(|| build_teacher(&cfg.data, cfg.model.dim));
     let numpy = seed_both(cfg.data.eval_seed);
-    DataStream::new(cfg, teacher, numpy, device).next_batch()
+    DataStream::new(cfg, teacher, numpy, device).next_batch().to_kind(cfg.train.dtype.kind())
 }
 
 /// The fast mode's data: one stream per seed, drawn directly on the training device.
@@ -152,6 +160,9 @@ pub struct DeviceStream {
     normals: Tensor,
     /// `[B, n+1]` filled with the gamma shape k: the argument of `_standard_gamma`.
     gamma_shape: Option<Tensor>,
+    /// The run's `train.dtype`: batches are drawn in float32 (the same numbers whatever the
+    /// dtype) and then converted.
+    kind: Kind,
 }
 
 impl DeviceStream {
@@ -174,6 +185,7 @@ impl DeviceStream {
             normals: Tensor::empty([seeds.len() as i64, b, n + 2, d], opts),
             gamma_shape: (cfg.data.setting == Setting::Gamma)
                 .then(|| Tensor::full([b, n + 1], cfg.data.gamma_shape, opts)),
+            kind: cfg.train.dtype.kind(),
         }
     }
 
@@ -207,7 +219,7 @@ impl DeviceStream {
         let y = (features * &w).sum_dim_intlist([-1i64].as_slice(), true, None::<Kind>); // [U, B, n+1, 1]
         let z = Tensor::cat(&[&x, &y], -1);
         let _ = z.select(2, n).select(-1, d).fill_(0.0);
-        Batch { z, y_query: y.select(2, n).squeeze_dim(-1) }
+        Batch { z, y_query: y.select(2, n).squeeze_dim(-1) }.to_kind(self.kind)
     }
 }
 

@@ -118,15 +118,17 @@ struct Optimizer {
 
 impl Optimizer {
     fn new(cfg: &Config, members: &[Member], k: i64, p: i64, device: Device) -> Optimizer {
-        let lrs: Vec<f32> = members.iter().map(|m| m.lr as f32).collect();
+        let kind = cfg.train.dtype.kind();
+        // The learning rate as the run's dtype holds it (a float32 run's is float32, as in torch).
+        let lrs: Vec<f64> = members.iter().map(|m| m.lr).collect();
         let adam: Vec<bool> = members.iter().map(|m| m.optimizer == OptimizerKind::Adam).collect();
         let (any_adam, any_sgd) = (adam.iter().any(|&a| a), adam.iter().any(|&a| !a));
-        let zeros = || Tensor::zeros([k, p], (Kind::Float, device));
+        let zeros = || Tensor::zeros([k, p], (kind, device));
         Optimizer {
             momentum: cfg.train.momentum,
             betas: cfg.train.betas,
             eps: cfg.train.eps,
-            lr: Tensor::from_slice(&lrs).view([k, 1]).to_device(device),
+            lr: Tensor::from_slice(&lrs).to_kind(kind).view([k, 1]).to_device(device),
             is_adam: (any_adam && any_sgd).then(|| Tensor::from_slice(&adam).view([k, 1]).to_device(device)),
             any_sgd,
             any_adam,
@@ -240,7 +242,9 @@ impl Ensemble {
                 Tensor::cat(&values.iter().map(|v| v.reshape([-1])).collect::<Vec<_>>(), 0)
             })
             .collect();
-        let theta = Tensor::stack(&flat_inits, 0).to_device(device).set_requires_grad(true);
+        // Drawn in float32 as the faithful run draws them, then widened for a float64 run.
+        let theta =
+            Tensor::stack(&flat_inits, 0).to_kind(cfg.train.dtype.kind()).to_device(device).set_requires_grad(true);
         let k = members.len() as i64;
 
         let mut seeds: Vec<u32> = Vec::new();
@@ -314,7 +318,7 @@ impl Ensemble {
         let params = self.layout.views(&self.theta);
         let losses = model::fast_losses(&self.arch, &params, batch, member_rows);
         // Members are independent, so the gradient of the sum is every member's own gradient.
-        let grad = Tensor::run_backward(&[losses.sum(Kind::Float)], &[&self.theta], false, false)
+        let grad = Tensor::run_backward(&[losses.sum(self.theta.kind())], &[&self.theta], false, false)
             .pop()
             .expect("one gradient");
         let t = &self.cfg.train;
@@ -360,7 +364,7 @@ pub struct Recorder {
 impl Recorder {
     pub fn new(ensemble: &Ensemble) -> Recorder {
         let (k, p) = (ensemble.len() as i64, ensemble.layout.total);
-        let opts = (Kind::Float, ensemble.device);
+        let opts = (ensemble.theta.kind(), ensemble.device);
         Recorder {
             k: k as usize,
             log: Tensor::empty([CHUNK, 2, k], opts),
@@ -399,19 +403,17 @@ impl Recorder {
     pub fn flush(&mut self) {
         if !self.log_iters.is_empty() {
             let host = self.log.narrow(0, 0, self.log_iters.len() as i64).to_device(Device::Cpu);
-            let values = Vec::<f32>::try_from(host.reshape([-1])).expect("float32 metrics");
+            // Divergence is judged in the run's own dtype: a float64 run's loss may lie beyond
+            // float32's range and still be finite.
+            let values = Vec::<f64>::try_from(host.reshape([-1]).to_kind(Kind::Double)).expect("float metrics");
             for (s, &iter) in self.log_iters.iter().enumerate() {
                 for m in 0..self.k {
                     if self.diverged_at[m].is_some() {
                         continue;
                     }
-                    let row = MetricsRow {
-                        iter,
-                        train_loss: values[(2 * s) * self.k + m],
-                        grad_norm: values[(2 * s + 1) * self.k + m],
-                    };
-                    self.rows[m].push(row);
-                    if !(row.train_loss.is_finite() && row.grad_norm.is_finite()) {
+                    let (loss, norm) = (values[(2 * s) * self.k + m], values[(2 * s + 1) * self.k + m]);
+                    self.rows[m].push(MetricsRow { iter, train_loss: loss, grad_norm: norm });
+                    if !(loss.is_finite() && norm.is_finite()) {
                         self.diverged_at[m] = Some(iter);
                     }
                 }

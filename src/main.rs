@@ -233,8 +233,8 @@ fn run(cli: Cli) -> Result<i32> {
                             "done: {} iterations in {:.1} s, last train_loss {} grad_norm {}; wrote {}",
                             outcome.summary.iters_done,
                             outcome.summary.wall_time_s,
-                            r.train_loss,
-                            r.grad_norm,
+                            linattn::artifacts::fmt_metric(r.train_loss),
+                            linattn::artifacts::fmt_metric(r.grad_norm),
                             out.display()
                         );
                     }

@@ -100,12 +100,12 @@ impl Run {
         let norm = optim::global_grad_norm(&grads);
         let row = MetricsRow {
             iter: self.iter,
-            train_loss: optim::scalar_f32(&loss),
-            grad_norm: optim::scalar_f32(&norm),
+            train_loss: optim::scalar_f32(&loss) as f64,
+            grad_norm: optim::scalar_f32(&norm) as f64,
         };
         if row.train_loss.is_finite() && row.grad_norm.is_finite() {
             let t = &self.cfg.train;
-            optim::clip_gradients(&grads, &norm, row.grad_norm as f64, t.clip, t.clip_mode);
+            optim::clip_gradients(&grads, &norm, row.grad_norm, t.clip, t.clip_mode);
             self.optimizer.step(&params);
         }
         self.iter += 1;
@@ -231,8 +231,9 @@ fn write_checkpoint(run: &Run, progress: &Progress, out: &Path) -> Result<()> {
     for (name, t) in run.optimizer.state() {
         named.push((format!("optim.{name}"), t.detach().to_device(Device::Cpu).copy()));
     }
-    let losses: Vec<f32> = progress.metrics.iter().map(|r| r.train_loss).collect();
-    let norms: Vec<f32> = progress.metrics.iter().map(|r| r.grad_norm).collect();
+    // A checkpointed (faithful) run is float32: the casts are exact.
+    let losses: Vec<f32> = progress.metrics.iter().map(|r| r.train_loss as f32).collect();
+    let norms: Vec<f32> = progress.metrics.iter().map(|r| r.grad_norm as f32).collect();
     named.push(("metrics.train_loss".into(), Tensor::from_slice(&losses)));
     named.push(("metrics.grad_norm".into(), Tensor::from_slice(&norms)));
     named.push(("trajectory.step".into(), Tensor::from_slice(&progress.steps)));
@@ -288,7 +289,7 @@ fn restore(run: &mut Run, saved: &[(String, Tensor)]) -> Result<Progress> {
     run.data.skip(iter);
     run.iter = iter;
     let metrics = (0..iter as usize)
-        .map(|i| MetricsRow { iter: i as i64, train_loss: losses[i], grad_norm: norms[i] })
+        .map(|i| MetricsRow { iter: i as i64, train_loss: losses[i] as f64, grad_norm: norms[i] as f64 })
         .collect();
     Ok(Progress { metrics, steps, snapshots })
 }

@@ -78,7 +78,7 @@ fn ensemble_on_cuda_trains_every_member_and_learns() {
     for o in train_ensemble(&cfg, &members, &outs, false, &std::sync::atomic::AtomicBool::new(false)).unwrap() {
         let m = &o.metrics;
         assert_eq!(m.len(), 300);
-        let mean = |r: &[linattn::artifacts::MetricsRow]| r.iter().map(|x| x.train_loss as f64).sum::<f64>() / r.len() as f64;
+        let mean = |r: &[linattn::artifacts::MetricsRow]| r.iter().map(|x| x.train_loss).sum::<f64>() / r.len() as f64;
         assert!(mean(&m[280..]) < 0.5 * mean(&m[..20]), "the loss must fall on the GPU too");
         assert!(o.summary.device.starts_with("cuda"));
     }

@@ -48,7 +48,7 @@ fn ensemble_vs_solo(sets: &[&str], iters: i64, solo: Solo) -> (f64, f64, f64) {
     let cfg = config(sets);
     let members = members();
     let mut batches: Vec<Vec<Batch>> = Vec::new();
-    let mut solo_losses: Vec<Vec<(f32, f32)>> = Vec::new();
+    let mut solo_losses: Vec<Vec<(f64, f64)>> = Vec::new();
     let mut solo_params: Vec<Vec<Tensor>> = Vec::new();
     for m in &members {
         let mut c = m.config(&cfg);
@@ -68,7 +68,7 @@ fn ensemble_vs_solo(sets: &[&str], iters: i64, solo: Solo) -> (f64, f64, f64) {
                 let mut one = Ensemble::start(&cfg, &[*m]).unwrap();
                 for b in &bs {
                     let out = one.step_on(&Batch { z: b.z.unsqueeze(0), y_query: b.y_query.unsqueeze(0) }, None);
-                    rows.push((out.losses.double_value(&[0]) as f32, out.grad_norms.double_value(&[0]) as f32));
+                    rows.push((out.losses.double_value(&[0]), out.grad_norms.double_value(&[0])));
                     params.push(one.flat_params().detach().get(0).copy());
                 }
             }
@@ -88,8 +88,8 @@ fn ensemble_vs_solo(sets: &[&str], iters: i64, solo: Solo) -> (f64, f64, f64) {
         let norms = Vec::<f32>::try_from(&out.grad_norms).unwrap();
         for i in 0..members.len() {
             let (loss, norm) = solo_losses[i][t];
-            worst_loss = worst_loss.max(rel_f(losses[i] as f64, loss as f64));
-            worst_norm = worst_norm.max(rel_f(norms[i] as f64, norm as f64));
+            worst_loss = worst_loss.max(rel_f(losses[i] as f64, loss));
+            worst_norm = worst_norm.max(rel_f(norms[i] as f64, norm));
             worst_param = worst_param.max(rel(&ens.flat_params().detach().get(i as i64).to_device(Device::Cpu), &solo_params[i][t]));
         }
     }
@@ -229,4 +229,62 @@ fn a_small_fast_ensemble_runs_on_one_thread_and_gives_the_thread_count_back_when
         assert_eq!(tch::get_num_threads(), 1, "the paper's small linear model trains on one thread");
     }
     assert_eq!(tch::get_num_threads(), 2, "the caller's thread count is back");
+}
+
+fn float64(cfg: &Config) -> Config {
+    let mut c = cfg.clone();
+    c.train.mode = linattn::config::Mode::Fast;
+    c.train.dtype = linattn::config::Dtype::Float64;
+    c
+}
+
+#[test]
+fn a_float64_ensemble_starts_from_the_float32_init_draws_the_same_data_and_stays_within_1e_4_of_it() {
+    let cfg = config(&["data.batch=200", "train.mode=fast"]);
+    let (mut single, mut double) =
+        (Ensemble::start(&cfg, &members()).unwrap(), Ensemble::start(&float64(&cfg), &members()).unwrap());
+    assert_eq!(double.flat_params().kind(), tch::Kind::Double);
+    assert!(single.flat_params().to_kind(tch::Kind::Double).equal(double.flat_params()), "the float32 init, widened");
+    for t in 0..30 {
+        let (a, b) = (single.step(), double.step());
+        for i in 0..members().len() as i64 {
+            let (la, lb) = (a.losses.double_value(&[i]), b.losses.double_value(&[i]));
+            assert!(rel_f(la, lb) < 1e-4, "iteration {t}, member {i}: loss {la} (float32) against {lb} (float64)");
+        }
+    }
+    let gap = rel(&single.flat_params().to_kind(tch::Kind::Double), double.flat_params());
+    assert!(gap < 1e-4, "parameters after 30 steps differ by {gap:e}");
+}
+
+#[test]
+fn a_batch_whose_loss_overflows_float32_diverges_a_float32_run_but_not_a_float64_run() {
+    let cfg = config(&["data.batch=20", "train.mode=fast"]);
+    let member = [Member { seed: 0, optimizer: OptimizerKind::Adam, lr: 0.01 }];
+    // Large prompts: the output of three cubic layers grows like the 27th power of the prompt.
+    let eval = linattn::data::eval_batch(&cfg, Device::Cpu);
+    let scale = 100.0;
+    let huge = Batch { z: (&eval.z * scale).unsqueeze(0), y_query: (&eval.y_query * scale).unsqueeze(0) };
+    let loss_of = |c: &Config| {
+        let mut ens = Ensemble::start(c, &member).unwrap();
+        let mut rec = ensemble::Recorder::new(&ens);
+        let batch = Batch { z: huge.z.shallow_clone(), y_query: huge.y_query.shallow_clone() }.to_kind(c.train.dtype.kind());
+        let out = ens.step_on(&batch, None);
+        rec.metrics(0, &out);
+        rec.flush();
+        (rec.all_diverged(), rec.rows(0)[0])
+    };
+    let (single_diverged, single_row) = loss_of(&cfg);
+    assert!(single_diverged, "float32 loss {} should overflow", single_row.train_loss);
+    let (double_diverged, double_row) = loss_of(&float64(&cfg));
+    assert!(!double_diverged, "float64 loss {} is finite", double_row.train_loss);
+    assert!(double_row.train_loss > f32::MAX as f64, "the batch's loss {} lies beyond float32", double_row.train_loss);
+
+    // metrics.csv keeps such a value exactly, and a float32 value as float32 writes it.
+    let tmp = tempdir();
+    let path = tmp.path().join("metrics.csv");
+    let rows = [double_row, linattn::artifacts::MetricsRow { iter: 1, train_loss: 0.1f32 as f64, grad_norm: 3.0e-7f32 as f64 }];
+    let text = linattn::artifacts::metrics_csv(&rows);
+    assert!(text.ends_with("\n1,0.1,0.0000003\n"), "float32 values are written as float32 writes them: {text}");
+    std::fs::write(&path, text).unwrap();
+    assert_eq!(linattn::artifacts::read_metrics(&path).unwrap(), rows.to_vec());
 }

@@ -11,7 +11,7 @@
 //! finished run is found again by any later invocation, and a run trained on one device is
 //! reused when the figures are drawn on another.
 use crate::artifacts::{self, Status, Summary};
-use crate::config::{Attention, Config, Mode, OptimizerKind, Parametrization, TrainConfig};
+use crate::config::{Attention, Config, Dtype, Mode, OptimizerKind, Parametrization, TrainConfig};
 use crate::ensemble::{self, Member};
 use crate::figures::opt_name;
 use crate::train::{self, Options};
@@ -78,6 +78,9 @@ pub fn group_name(cfg: &Config) -> String {
     }
     if cfg.train.mode == Mode::Fast {
         name.push_str("-fast");
+    }
+    if cfg.train.dtype == Dtype::Float64 {
+        name.push_str("-f64");
     }
     name
 }
@@ -297,6 +300,18 @@ mod tests {
         c.model.init_std = 0.06;
         assert_ne!(run_dir(Path::new("r"), &a), run_dir(Path::new("r"), &c));
         assert!(run_dir(Path::new("r"), &a).starts_with("r/normal-n20-L3-d5"));
+    }
+
+    #[test]
+    fn a_float32_config_is_written_without_a_dtype_key_so_earlier_run_folders_keep_their_names() {
+        let mut a = Config::default();
+        a.train.mode = Mode::Fast;
+        assert!(!a.to_yaml().contains("dtype"), "{}", a.to_yaml());
+        let mut b = a.clone();
+        b.train.dtype = Dtype::Float64;
+        assert!(b.to_yaml().contains("dtype: float64"));
+        assert!(run_dir(Path::new("r"), &b).starts_with("r/normal-n20-L3-d5-fast-f64"));
+        assert_ne!(config_hash(&a), config_hash(&b));
     }
 
     /// The quick-scale plan (fast mode) of a figure in `experiments/figures/`.
