@@ -234,6 +234,12 @@ pub fn load_all(plots: &Path) -> Result<Vec<FigureSummary>> {
     Ok(out)
 }
 
+/// A learning rate as the grid has it (grid points are already rounded to 6 significant
+/// digits): three significant digits would show 0.0125 as 0.013, a value not in the grid.
+fn lr(v: f64) -> String {
+    format!("{v}")
+}
+
 fn num(v: f64) -> String {
     if v == 0.0 {
         return "0".into();
@@ -406,12 +412,12 @@ fn lr_section(md: &mut String, f: &FigureSummary) {
     let header = ["setting", "optimizer", "authors' lr", "our best lr", "same", "final loss at ours", "diverged grid points"];
     let lines = f.lr_choices.iter().map(|c| {
         let at = |lr: Option<f64>| c.grid.iter().find(|p| Some(p.lr) == lr);
-        let best = c.best_lr.map(num).unwrap_or_else(|| "— (all diverged)".into());
+        let best = c.best_lr.map(lr).unwrap_or_else(|| "— (all diverged)".into());
         let same = if c.best_lr == Some(c.authors_lr) { "yes" } else { "no" }.to_string();
         let loss = at(c.best_lr).map(|p| ms(p.mean, p.std)).unwrap_or_else(|| "—".into());
-        let div: Vec<String> = c.grid.iter().filter(|p| p.diverged > 0).map(|p| num(p.lr)).collect();
+        let div: Vec<String> = c.grid.iter().filter(|p| p.diverged > 0).map(|p| lr(p.lr)).collect();
         let div = if div.is_empty() { "none".into() } else { div.join(", ") };
-        vec![c.label.clone(), opt_label(&c.optimizer).to_string(), num(c.authors_lr), best, same, loss, div]
+        vec![c.label.clone(), opt_label(&c.optimizer).to_string(), lr(c.authors_lr), best, same, loss, div]
     });
     table(md, &header, lines);
     let _ = writeln!(md, "\nThe figures use the authors' learning rates (their own grid's choice); this table checks it.\n");
@@ -432,8 +438,8 @@ fn figure_section(md: &mut String, f: &FigureSummary) {
     if !f.final_loss.is_empty() {
         let _ = writeln!(md, "Final test loss (iteration {}), mean (std) over seeds:\n", f.iters);
         let lines = f.final_loss.iter().map(|r| {
-            let (opt, lr, loss) = (opt_label(&r.optimizer).to_string(), num(r.lr), ms(r.mean, r.std));
-            vec![r.label.clone(), opt, lr, loss, r.seeds.to_string(), r.diverged.to_string()]
+            let (opt, rate, loss) = (opt_label(&r.optimizer).to_string(), lr(r.lr), ms(r.mean, r.std));
+            vec![r.label.clone(), opt, rate, loss, r.seeds.to_string(), r.diverged.to_string()]
         });
         table(md, &["setting", "optimizer", "lr", "final test loss", "seeds", "diverged"], lines);
         let series: std::collections::BTreeSet<&str> = f.final_loss.iter().map(|r| r.series.as_str()).collect();
