@@ -299,7 +299,8 @@ impl ConditionNumberTimer {
         let mut faithful = cfg.clone();
         faithful.train.mode = Mode::Faithful; // the point itself is the faithful run's init
         let run = crate::train::Run::start(&faithful)?;
-        let params = run.model.tensors().iter().map(|p| p.detach()).collect();
+        // In the config's dtype, as the eval batch is (the faithful init is float32).
+        let params = run.model.tensors().iter().map(|p| p.detach().to_kind(cfg.train.dtype.kind())).collect();
         Ok(ConditionNumberTimer { arch: run.model.arch, mode, params, batch: data::eval_batch(cfg, run.device) })
     }
 
