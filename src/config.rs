@@ -62,6 +62,16 @@ pub enum Mode {
     Fast,
 }
 
+impl Mode {
+    /// The name a config file and `--mode` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Faithful => "faithful",
+            Mode::Fast => "fast",
+        }
+    }
+}
+
 /// The floating-point type a run trains and is measured in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

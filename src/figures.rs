@@ -237,7 +237,7 @@ impl Scale {
             extra.push(format!("seeds={s:?}"));
         }
         if self.mode.is_some() {
-            extra.push(format!("mode={}", if self.mode() == Mode::Fast { "fast" } else { "faithful" }));
+            extra.push(format!("mode={}", self.mode().name()));
         }
         if extra.is_empty() {
             base.to_string()
@@ -412,7 +412,7 @@ impl FigureSpec {
         sets.push(format!("train.device={device}"));
         // A set, not an assignment after loading: the checks that depend on the mode
         // (train.dtype) see the mode the runs will have.
-        sets.push(format!("train.mode={}", if res.mode == Mode::Fast { "fast" } else { "faithful" }));
+        sets.push(format!("train.mode={}", res.mode.name()));
         Config::load(&settings_dir.join(&series.settings), &sets)
     }
 

@@ -165,7 +165,7 @@ fn scale_caption(d: &FigureData) -> String {
     let seeds = if d.res.seeds.len() == 1 { "seed" } else { "seeds" };
     let list = d.res.seeds.iter().map(u32::to_string).collect::<Vec<_>>().join(", ");
     let base = if d.scale.quick { "quick scale" } else if d.scale.iters.is_some() || d.scale.seeds.is_some() { "custom scale" } else { "paper scale" };
-    let mode = if d.res.mode == crate::config::Mode::Fast { "fast" } else { "faithful" };
+    let mode = d.res.mode.name();
     format!("{base}: {seeds} {list}, {} iterations, {mode} mode", d.res.iters)
 }
 

@@ -110,7 +110,7 @@ pub fn figure_summary(fig: &FigureData, png: &str, wall_time_s: f64, machine: &s
         png: png.to_string(),
         scale: fig.scale.name(),
         quick: fig.scale.quick,
-        mode: if fig.res.mode == crate::config::Mode::Fast { "fast" } else { "faithful" }.into(),
+        mode: fig.res.mode.name().into(),
         seeds: fig.res.seeds.clone(),
         iters: fig.res.iters,
         wall_time_s,
