@@ -110,6 +110,10 @@ pub struct MeasureSpec {
     /// Robust condition number R_med (a full Hessian per point: the expensive measurement).
     #[serde(default)]
     pub condition_every: Option<i64>,
+    /// Further iterations for the condition number besides the stride: the ratio table's
+    /// (750, 1250) when a coarser stride keeps the Hessians affordable (App. B).
+    #[serde(default)]
+    pub condition_at: Vec<i64>,
     /// Also measure the condition number at iteration 0 (the same for both optimizers).
     #[serde(default = "yes")]
     pub condition_at_init: bool,
@@ -133,6 +137,7 @@ impl Default for MeasureSpec {
             smoothness_every: None,
             smoothness_until: None,
             condition_every: None,
+            condition_at: vec![],
             condition_at_init: true,
             noise: None,
         }
@@ -317,6 +322,12 @@ impl FigureSpec {
             if let Some(v) = v {
                 positive(v, k)?;
             }
+        }
+        if let Some(t) = self.measure.condition_at.iter().find(|t| **t <= 0) {
+            return Err(anyhow!("key measure.condition_at: iterations must be > 0, got {t}"));
+        }
+        if !self.measure.condition_at.is_empty() && self.measure.condition_every.is_none() {
+            return Err(anyhow!("key measure.condition_at: needs measure.condition_every as well"));
         }
         if q.seeds.as_ref().is_some_and(|s| s.is_empty()) {
             return Err(anyhow!("key quick.seeds: must not be empty"));
@@ -541,6 +552,13 @@ quick: {iters: 10, seeds: [0], condition_every: 5}
         let bad = MINIMAL.replace("measure: {condition_every: 250}", "measure: {}");
         let e = FigureSpec::from_yaml_str(&bad).unwrap_err().to_string();
         assert!(e.contains("condition_every"), "{e}");
+    }
+
+    #[test]
+    fn condition_at_iterations_must_be_positive() {
+        let bad = MINIMAL.replace("measure: {condition_every: 250}", "measure: {condition_every: 250, condition_at: [750, 0]}");
+        let e = FigureSpec::from_yaml_str(&bad).unwrap_err().to_string();
+        assert!(e.contains("measure.condition_at") && e.contains("got 0"), "{e}");
     }
 
     #[test]

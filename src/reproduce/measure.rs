@@ -50,6 +50,7 @@ impl Needs {
         let condition = match m.condition_every {
             Some(e) => {
                 let mut c = grid(e, 1, iters);
+                c.extend(m.condition_at.iter().copied().filter(|t| *t <= iters));
                 c.insert(iters);
                 if m.condition_at_init {
                     c.insert(0);
@@ -244,6 +245,7 @@ mod tests {
             smoothness_every: Some(10),
             smoothness_until: Some(30),
             condition_every: Some(250),
+            condition_at: vec![],
             condition_at_init: false,
             noise: None,
         };
@@ -251,5 +253,16 @@ mod tests {
         assert_eq!(n.loss.iter().copied().collect::<Vec<_>>(), vec![0, 50, 100, 120]);
         assert_eq!(n.smoothness.iter().copied().collect::<Vec<_>>(), vec![0, 10, 20]);
         assert_eq!(n.condition.iter().copied().collect::<Vec<_>>(), vec![120]);
+    }
+
+    #[test]
+    fn condition_at_adds_iterations_to_the_stride_and_drops_those_past_the_end() {
+        let m = MeasureSpec {
+            condition_every: Some(500),
+            condition_at: vec![750, 1250, 5000],
+            ..MeasureSpec::default()
+        };
+        let n = Needs::of(&m, 2000);
+        assert_eq!(n.condition.iter().copied().collect::<Vec<_>>(), vec![0, 500, 750, 1000, 1250, 1500, 2000]);
     }
 }
