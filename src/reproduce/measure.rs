@@ -12,7 +12,7 @@
 //! [`model::loss`], exactly as `linattn analyze` measures it.
 use super::runs;
 use crate::artifacts::{self, Summary, Trajectory};
-use crate::config::Config;
+use crate::config::{Config, Dtype};
 use crate::data;
 use crate::figures::MeasureSpec;
 use crate::landscape::{self, Point};
@@ -132,8 +132,17 @@ pub fn read(dir: &Path) -> Result<Rows> {
     Ok(rows)
 }
 
-fn write(dir: &Path, rows: &Rows) -> Result<()> {
-    let f = |v: Option<f64>| v.map(|v| artifacts::fmt_f32(v as f32)).unwrap_or_default();
+/// A float32 run's values are written as float32 (its measurements are float32 numbers); a
+/// float64 run's keep their digits, so that a test loss beyond float32's range is not read
+/// back as inf.
+fn write(dir: &Path, rows: &Rows, dtype: Dtype) -> Result<()> {
+    let f = |v: Option<f64>| {
+        v.map(|v| match dtype {
+            Dtype::Float32 => artifacts::fmt_f32(v as f32),
+            Dtype::Float64 => artifacts::fmt_metric(v),
+        })
+        .unwrap_or_default()
+    };
     let mut s = String::from(HEADER);
     s.push('\n');
     for (t, r) in rows {
@@ -201,7 +210,7 @@ pub fn measure_run(
         }
     }
     bar.finish_and_clear();
-    write(dir, &rows)?;
+    write(dir, &rows, cfg.train.dtype)?;
     Ok((rows, true))
 }
 
@@ -253,6 +262,19 @@ mod tests {
         assert_eq!(n.loss.iter().copied().collect::<Vec<_>>(), vec![0, 50, 100, 120]);
         assert_eq!(n.smoothness.iter().copied().collect::<Vec<_>>(), vec![0, 10, 20]);
         assert_eq!(n.condition.iter().copied().collect::<Vec<_>>(), vec![120]);
+    }
+
+    #[test]
+    fn a_float64_runs_measurements_keep_values_beyond_float32() {
+        let dir = std::env::temp_dir().join(format!("linattn-measure-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let row = Row { test_loss: Some(6.6e151), grad_norm: Some(0.1), ..Row::default() };
+        let rows: Rows = [(5, row)].into_iter().collect();
+        write(&dir, &rows, Dtype::Float64).unwrap();
+        assert_eq!(read(&dir).unwrap()[&5].test_loss, Some(6.6e151));
+        write(&dir, &rows, Dtype::Float32).unwrap();
+        assert_eq!(read(&dir).unwrap()[&5].test_loss, Some(f64::INFINITY));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
