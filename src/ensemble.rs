@@ -384,8 +384,8 @@ impl Recorder {
             self.flush();
         }
         let slot = self.log.get(self.log_iters.len() as i64);
-        let _ = slot.get(0).copy_(&out.losses);
-        let _ = slot.get(1).copy_(&out.grad_norms);
+        slot.get(0).copy_(&out.losses);
+        slot.get(1).copy_(&out.grad_norms);
         self.log_iters.push(iter);
     }
 
@@ -394,7 +394,7 @@ impl Recorder {
         if self.snap_pending as i64 == CHUNK {
             self.flush();
         }
-        let _ = self.snaps.get(self.snap_pending as i64).copy_(&ensemble.theta.detach());
+        self.snaps.get(self.snap_pending as i64).copy_(&ensemble.theta.detach());
         self.snap_pending += 1;
         self.saved_steps.push(step);
     }

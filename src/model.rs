@@ -209,6 +209,9 @@ fn query_mask(n: i64, like: &Tensor) -> Tensor {
 ///
 /// The three einsums are the authors' contraction order; another order computes the same
 /// model only to about 1e-6, so faithful runs keep this one.
+// `z = z + a`, not `z += a`: on a tch tensor `+=` is the in-place `add_`, and autograd needs
+// the old z, which the layer's products saved for the backward pass.
+#[allow(clippy::assign_op_pattern)]
 pub fn forward(arch: &Arch, params: &[Tensor], z: &Tensor) -> Tensor {
     let n = arch.context;
     let mut z = z.shallow_clone();
@@ -502,6 +505,7 @@ fn linear_read_out_prompt_first(arch: &Arch, emb: &Tensor, mut gram: Tensor, mut
 }
 
 /// Softmax attention on the tokens `z [K, B, n+1, d+1]`, the query's row only in the last layer.
+#[allow(clippy::assign_op_pattern)] // see forward
 fn softmax_read_out(arch: &Arch, emb: &Tensor, z: &Tensor) -> Tensor {
     let (n, d) = (arch.context, arch.dim);
     let (k, b, n1, d1) = (z.size()[0], z.size()[1], n + 1, d + 1);
