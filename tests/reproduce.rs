@@ -136,6 +136,22 @@ fn tiny_reproduce_draws_the_png_and_summary_then_reuses_its_runs() {
     let measured_after: Vec<_> = runs.iter().map(|r| mtime(&r.join("measurements.csv"))).collect();
     assert_eq!(before, after, "a finished run was trained again");
     assert_eq!(measured_before, measured_after, "a finished measurement was computed again");
+    let figure_json = |plots: &Path| -> serde_json::Value {
+        let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(plots.join("summary.json")).unwrap()).unwrap();
+        j["figures"][0].clone()
+    };
+    assert_eq!(figure_json(&plots)["all_reused"], false, "the first invocation's time is kept");
+
+    // Drawn into a fresh plots folder from the same runs (as after runs split over processes):
+    // the summary says the work was reused instead of timing the drawing as the figure's cost.
+    let fresh = tmp.path().join("plots_merged");
+    let mut c = linattn();
+    c.arg("reproduce").arg(&fig).arg("--experiments").arg(root().join("experiments"));
+    c.arg("--runs").arg(tmp.path().join("runs")).arg("--plots").arg(&fresh);
+    ok(c);
+    assert_eq!(figure_json(&fresh)["all_reused"], true);
+    let md = std::fs::read_to_string(fresh.join("summary.md")).unwrap();
+    assert!(md.contains("reused from the runs folder") && !md.contains("Produced in"), "{md}");
 }
 
 #[test]

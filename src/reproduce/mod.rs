@@ -144,9 +144,13 @@ pub fn reproduce(req: &Request) -> Result<Report> {
         if report.work() == work_before {
             // Everything was reused: the time worth reporting is the one of the invocation that
             // did the work, if its record is there (same scale).
-            if let Some(old) = summary::load_all(&req.plots)?.into_iter().find(|o| o.id == fs.id && o.scale == fs.scale) {
-                fs.wall_time_s = old.wall_time_s;
-                fs.machine = old.machine;
+            match summary::load_all(&req.plots)?.into_iter().find(|o| o.id == fs.id && o.scale == fs.scale) {
+                Some(old) => {
+                    fs.wall_time_s = old.wall_time_s;
+                    fs.machine = old.machine;
+                    fs.all_reused = old.all_reused;
+                }
+                None => fs.all_reused = true,
             }
         }
         if data.spec.lr_grid.is_some() {

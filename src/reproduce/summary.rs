@@ -86,6 +86,11 @@ pub struct FigureSummary {
     /// This invocation's time for the figure (runs it had to train or measure, and drawing).
     pub wall_time_s: f64,
     pub machine: String,
+    /// Every run, measurement and noise came from the runs folder and no earlier record of this
+    /// figure was in the plots folder (e.g. the runs were made by processes split by --seeds):
+    /// `wall_time_s` is then only the drawing, and the time the work took is not known here.
+    #[serde(default)]
+    pub all_reused: bool,
     pub runs: usize,
     pub final_loss: Vec<FinalLoss>,
     pub ratios: Vec<RatioRow>,
@@ -115,6 +120,7 @@ pub fn figure_summary(fig: &FigureData, png: &str, wall_time_s: f64, machine: &s
         iters: fig.res.iters,
         wall_time_s,
         machine: machine.to_string(),
+        all_reused: false,
         runs: fig.runs.len(),
         final_loss: vec![],
         ratios: vec![],
@@ -427,10 +433,20 @@ fn figure_section(md: &mut String, f: &FigureSummary) {
     let _ = writeln!(md, "## {} — {}\n", f.id, f.title);
     let _ = writeln!(md, "![{}]({})\n", f.id, f.png);
     let _ = writeln!(md, "Paper: {}\n", f.paper);
+    let produced = if f.all_reused {
+        "Every run and measurement was reused from the runs folder, made by earlier invocations \
+         (e.g. split over processes by seed) whose time is not recorded here; see the README"
+            .to_string()
+    } else {
+        format!(
+            "Produced in {:.0} s (training and measuring; reused work not counted) on {}",
+            f.wall_time_s, f.machine
+        )
+    };
     let _ = writeln!(
         md,
-        "Scale: **{}** — seeds {:?}, {} iterations, {} runs, {} mode. Produced in {:.0} s (training and measuring; reused work not counted) on {}.\n",
-        f.scale, f.seeds, f.iters, f.runs, f.mode, f.wall_time_s, f.machine
+        "Scale: **{}** — seeds {:?}, {} iterations, {} runs, {} mode. {produced}.\n",
+        f.scale, f.seeds, f.iters, f.runs, f.mode
     );
     if let Some(n) = &f.notes {
         let _ = writeln!(md, "Notes: {}\n", n.trim());
