@@ -45,6 +45,11 @@ fn write_figure(dir: &Path, name: &str, text: &str) -> PathBuf {
 }
 
 fn reproduce(figure: &Path, work: &Path) -> Command {
+    reproduce_into(figure, work, &work.join("plots"))
+}
+
+/// `reproduce` with the runs of `work` and another plots folder.
+fn reproduce_into(figure: &Path, work: &Path, plots: &Path) -> Command {
     let mut c = linattn();
     c.arg("reproduce")
         .arg(figure)
@@ -53,7 +58,7 @@ fn reproduce(figure: &Path, work: &Path) -> Command {
         .arg("--runs")
         .arg(work.join("runs"))
         .arg("--plots")
-        .arg(work.join("plots"));
+        .arg(plots);
     c
 }
 
@@ -145,10 +150,7 @@ fn tiny_reproduce_draws_the_png_and_summary_then_reuses_its_runs() {
     // Drawn into a fresh plots folder from the same runs (as after runs split over processes):
     // the summary says the work was reused instead of timing the drawing as the figure's cost.
     let fresh = tmp.path().join("plots_merged");
-    let mut c = linattn();
-    c.arg("reproduce").arg(&fig).arg("--experiments").arg(root().join("experiments"));
-    c.arg("--runs").arg(tmp.path().join("runs")).arg("--plots").arg(&fresh);
-    ok(c);
+    ok(reproduce_into(&fig, tmp.path(), &fresh));
     assert_eq!(figure_json(&fresh)["all_reused"], true);
     let md = std::fs::read_to_string(fresh.join("summary.md")).unwrap();
     assert!(md.contains("reused from the runs folder") && !md.contains("Produced in"), "{md}");

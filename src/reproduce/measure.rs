@@ -266,15 +266,14 @@ mod tests {
 
     #[test]
     fn a_float64_runs_measurements_keep_values_beyond_float32() {
-        let dir = std::env::temp_dir().join(format!("linattn-measure-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let row = Row { test_loss: Some(6.6e151), grad_norm: Some(0.1), ..Row::default() };
         let rows: Rows = [(5, row)].into_iter().collect();
-        write(&dir, &rows, Dtype::Float64).unwrap();
-        assert_eq!(read(&dir).unwrap()[&5].test_loss, Some(6.6e151));
-        write(&dir, &rows, Dtype::Float32).unwrap();
-        assert_eq!(read(&dir).unwrap()[&5].test_loss, Some(f64::INFINITY));
-        std::fs::remove_dir_all(&dir).unwrap();
+        write(dir, &rows, Dtype::Float64).unwrap();
+        assert_eq!(read(dir).unwrap()[&5].test_loss, Some(6.6e151));
+        write(dir, &rows, Dtype::Float32).unwrap();
+        assert_eq!(read(dir).unwrap()[&5].test_loss, Some(f64::INFINITY));
     }
 
     #[test]
