@@ -50,6 +50,9 @@ DEFAULTS = {
               "iters": 10000, "seed": 0, "device": "cpu", "save_every": 1,
               "optimizer_impl": "reference"},
 }
+# Keys a config may set that a resolved config.yaml names only when not at their default (as
+# the Rust side writes them).
+OPTIONAL = {"train": {"skip_nonfinite": 0}}
 SEED_MAX = 2**32 - 1  # np.random.seed accepts [0, 2^32)
 # kind, then bounds: ("int", lo, hi) | ("float", lo, lo_open, hi, hi_open) | ("enum", choices)
 RULES = {
@@ -68,6 +71,7 @@ RULES = {
     "train.mode": ("enum", ("faithful", "fast")), "train.iters": ("int", 1, None),
     "train.seed": ("int", 0, SEED_MAX), "train.device": ("device",),
     "train.save_every": ("int", 1, None), "train.optimizer_impl": ("enum", ("reference", "libtorch")),
+    "train.skip_nonfinite": ("int", 0, None),
 }
 
 
@@ -146,7 +150,7 @@ def load_config(path, sets=()):
         if not isinstance(body, dict):
             raise InputError(f"config section {sec}: must be a mapping")
         for key, v in body.items():
-            if key not in cfg[sec]:
+            if key not in cfg[sec] and key not in OPTIONAL.get(sec, {}):
                 raise InputError(f"config key {sec}.{key}: unknown key")
             cfg[sec][key] = v
     for s in sets:
@@ -154,7 +158,7 @@ def load_config(path, sets=()):
         sec, dot, name = key.partition(".")
         if not eq or not dot:
             raise InputError(f"--set {s}: expected section.key=value")
-        if sec not in cfg or name not in cfg[sec]:
+        if sec not in cfg or (name not in cfg[sec] and name not in OPTIONAL.get(sec, {})):
             raise InputError(f"--set {s}: unknown config key {key}")
         try:
             cfg[sec][name] = yaml.load(text, Loader=_Loader)
@@ -163,6 +167,9 @@ def load_config(path, sets=()):
     for sec, body in cfg.items():
         for key in body:
             body[key] = _check(f"{sec}.{key}", body[key])
+        for key, default in OPTIONAL.get(sec, {}).items():
+            if body.get(key, default) == default:
+                body.pop(key, None)
     if cfg["model"]["mlp_hidden"] > 0 and cfg["model"]["parametrization"] != "full":
         raise InputError("config key model.parametrization: must be full when model.mlp_hidden > 0, "
                          f"got {_show(cfg['model']['parametrization'])}")
@@ -291,7 +298,7 @@ class Run:
 
     def step(self):
         """One iteration; returns (loss, grad_norm) as Python floats of the float32 values.
-        When either is not finite nothing is updated (the caller stops there)."""
+        When either is not finite nothing is updated (the caller skips the step or stops)."""
         Z, yq = draw_batch(self.cfg, self.cfg["data"]["batch"], self.teacher)
         loss = self.model(Z.to(self.device), yq.to(self.device))
         loss.backward()
@@ -373,13 +380,17 @@ def cmd_train(args):
     t0 = time.perf_counter()
     run = Run(cfg, device)
     rows, saved, steps, diverged_at = [], [], [], None
+    # train.skip_nonfinite: a step whose loss or gradient norm is not finite makes no update
+    # (as torch.amp.GradScaler skips it); more than that many in a row and the run has diverged.
+    skip, in_a_row = t_cfg.get("skip_nonfinite", 0), 0
     for t in range(t_cfg["iters"]):
         if t % t_cfg["save_every"] == 0:  # step t = parameters before update t
             saved.append(run.snapshot())
             steps.append(t)
         loss_f, gn_f = run.step()
         rows.append([str(t), fmt(loss_f), fmt(gn_f)])
-        if not (math.isfinite(loss_f) and math.isfinite(gn_f)):
+        in_a_row = 0 if math.isfinite(loss_f) and math.isfinite(gn_f) else in_a_row + 1
+        if in_a_row > skip:
             diverged_at = t
             break
     # Last entry: the final parameters (step `iters`), or, on divergence at t, the parameters

@@ -121,6 +121,13 @@ pub struct MetricsRow {
     pub grad_norm: f64,
 }
 
+impl MetricsRow {
+    /// Whether the step could update: its loss and gradient norm are finite.
+    pub fn is_finite(&self) -> bool {
+        self.train_loss.is_finite() && self.grad_norm.is_finite()
+    }
+}
+
 /// A metric as written: a float32 value (as every float32 run's are) as the shortest decimal
 /// that reads back to it as float32; any other value as the shortest that reads back as f64.
 pub fn fmt_metric(v: f64) -> String {

@@ -181,6 +181,16 @@ pub struct TrainConfig {
     pub optimizer_impl: OptimizerImpl,
     #[serde(skip_serializing_if = "Dtype::is_float32")]
     pub dtype: Dtype,
+    /// How many steps in a row whose batch loss or gradient norm is not finite are skipped (no
+    /// update, optimizer state untouched, as `torch.amp.GradScaler` skips them) before the run
+    /// counts as diverged. 0, the authors' rule: the first one ends the run. Why: in deep models
+    /// (Fig. 5) a rare prompt's loss overflows while the model itself is fine.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub skip_nonfinite: i64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 impl Default for TrainConfig {
@@ -200,6 +210,7 @@ impl Default for TrainConfig {
             save_every: 1,
             optimizer_impl: OptimizerImpl::Reference,
             dtype: Dtype::Float32,
+            skip_nonfinite: 0,
         }
     }
 }
@@ -298,6 +309,7 @@ impl Config {
             (t.clip >= 0.0 && t.clip.is_finite(), "train.clip", format!("must be >= 0 (0 disables clipping), got {}", t.clip)),
             (t.iters >= 1, "train.iters", format!("must be >= 1, got {}", t.iters)),
             (t.save_every >= 1, "train.save_every", format!("must be >= 1, got {}", t.save_every)),
+            (t.skip_nonfinite >= 0, "train.skip_nonfinite", format!("must be >= 0 (0: the first non-finite step diverges), got {}", t.skip_nonfinite)),
         ];
         // One layer holds B×(n+1)×(n+1) attention scores; refuse what cannot fit in memory
         // before libtorch fails to allocate it.
@@ -416,6 +428,7 @@ mod tests {
             ("train.save_every=0", "train.save_every"),
             ("model.mlp_hidden=30", "model.parametrization"),
             ("train.dtype=float64", "train.dtype"), // float64 is fast mode's only
+            ("train.skip_nonfinite=-1", "train.skip_nonfinite"),
         ] {
             let m = msg(Config::from_yaml_str("", &[set.into()]));
             assert!(m.contains(key), "{set}: {m}");

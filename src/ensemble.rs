@@ -100,6 +100,11 @@ impl Layout {
 /// keeps its own buffers and learning rate; a member whose kind is the other one simply never
 /// reads the buffers it does not use. A zero momentum buffer makes the first step `buf = g`,
 /// exactly torch's `clone(g)`.
+///
+/// A member that does not step (a skipped non-finite step, or a diverged run) keeps its buffers
+/// and its own step count, as torch.optim's state does when `step()` is not called; so Adam's
+/// bias corrections are per member, read from a table computed on the host in float64 exactly
+/// as torch computes the scalars.
 struct Optimizer {
     momentum: f64,
     betas: [f64; 2],
@@ -113,7 +118,12 @@ struct Optimizer {
     momentum_buf: Tensor,
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
+    /// `[K]` int64: how many updates each member has made.
+    steps: Tensor,
+    /// Updates made by the ensemble (an upper bound of `steps`).
     step: i64,
+    /// `[T, 1]` in the run's dtype, T > `step`: `1/(1-β₁ᵗ)` and `√(1-β₂ᵗ)` for t = 0, 1, ….
+    bias_corrections: (Tensor, Tensor),
 }
 
 impl Optimizer {
@@ -135,26 +145,37 @@ impl Optimizer {
             momentum_buf: if any_sgd { zeros() } else { Tensor::new() },
             exp_avg: if any_adam { zeros() } else { Tensor::new() },
             exp_avg_sq: if any_adam { zeros() } else { Tensor::new() },
+            steps: Tensor::zeros([k], (Kind::Int64, device)),
             step: 0,
+            bias_corrections: bias_correction_table(cfg.train.betas, cfg.train.iters + 1, kind, device),
         }
     }
 
-    /// The update `Δ` (to subtract from the parameters) for the clipped gradients `grad [K, P]`.
-    fn update(&mut self, grad: &Tensor) -> Tensor {
+    /// The update `Δ` (to subtract from the parameters) for the clipped gradients `grad [K, P]`
+    /// of the members where `stepping [K]` is true; the others' state is left as it was.
+    fn update(&mut self, grad: &Tensor, stepping: &Tensor) -> Tensor {
         self.step += 1;
+        let rows = stepping.unsqueeze(1);
+        let _ = self.steps.g_add_(&stepping.to_kind(Kind::Int64));
         let sgd = self.any_sgd.then(|| {
-            let _ = self.momentum_buf.g_mul_scalar_(self.momentum).g_add_(grad);
+            let next = &self.momentum_buf * self.momentum + grad;
+            self.momentum_buf = next.where_self(&rows, &self.momentum_buf);
             self.momentum_buf.shallow_clone()
         });
         let adam = self.any_adam.then(|| {
             let (b1, b2) = (self.betas[0], self.betas[1]);
-            let t = self.step as f64;
-            let bias_correction1 = 1.0 - b1.powf(t);
-            let bias_correction2_sqrt = (1.0 - b2.powf(t)).powf(0.5);
-            let _ = self.exp_avg.lerp_(grad, 1.0 - b1);
-            let _ = self.exp_avg_sq.g_mul_scalar_(b2).addcmul_(&(grad * (1.0 - b2)), grad);
+            if self.step >= self.bias_corrections.0.size()[0] {
+                let len = 2 * self.step;
+                self.bias_corrections = bias_correction_table(self.betas, len, grad.kind(), grad.device());
+            }
+            // A member that does not step may read t = 0's entries (inf): its update is discarded.
+            let inv_bias_correction1 = self.bias_corrections.0.index_select(0, &self.steps);
+            let bias_correction2_sqrt = self.bias_corrections.1.index_select(0, &self.steps);
+            self.exp_avg = self.exp_avg.lerp(grad, 1.0 - b1).where_self(&rows, &self.exp_avg);
+            self.exp_avg_sq =
+                (&self.exp_avg_sq * b2).addcmul(&(grad * (1.0 - b2)), grad).where_self(&rows, &self.exp_avg_sq);
             let denom = self.exp_avg_sq.sqrt() / bias_correction2_sqrt + self.eps;
-            &self.exp_avg / denom * (1.0 / bias_correction1)
+            &self.exp_avg / denom * inv_bias_correction1
         });
         let direction = match (sgd, adam, &self.is_adam) {
             (Some(s), Some(a), Some(is_adam)) => a.where_self(is_adam, &s),
@@ -164,6 +185,16 @@ impl Optimizer {
         };
         direction * &self.lr
     }
+}
+
+/// `(1/(1-β₁ᵗ), √(1-β₂ᵗ))` for t = 0..len, each `[len, 1]` in `kind`: the f64 scalars torch.optim's
+/// Adam computes, rounded to the run's dtype as a tensor-scalar operation rounds them.
+fn bias_correction_table(betas: [f64; 2], len: i64, kind: Kind, device: Device) -> (Tensor, Tensor) {
+    let column = |f: &dyn Fn(f64) -> f64| {
+        let v: Vec<f64> = (0..len).map(|t| f(t as f64)).collect();
+        Tensor::from_slice(&v).to_kind(kind).view([len, 1]).to_device(device)
+    };
+    (column(&|t| 1.0 / (1.0 - betas[0].powf(t))), column(&|t| (1.0 - betas[1].powf(t)).powf(0.5)))
 }
 
 /// Losses and gradient norms of one step, `[K]` each, on the device.
@@ -184,8 +215,11 @@ pub struct Ensemble {
     /// the optimizer are one tensor op each for the whole ensemble.
     theta: Tensor,
     optimizer: Optimizer,
-    /// `[K]`: false once a member's loss or gradient was not finite.
+    /// `[K]`: false once a member has diverged (more than `train.skip_nonfinite` steps in a row
+    /// whose loss or gradient was not finite).
     active: Tensor,
+    /// `[K]` int64: each member's current run of non-finite steps.
+    nonfinite_in_a_row: Tensor,
     stream: DeviceStream,
     /// Which stream each member reads (members with one seed share one); `None`: stream i.
     rows: Option<Tensor>,
@@ -269,6 +303,7 @@ impl Ensemble {
             layout,
             theta,
             active: Tensor::ones([k], (Kind::Bool, device)),
+            nonfinite_in_a_row: Tensor::zeros([k], (Kind::Int64, device)),
             stream: DeviceStream::new(cfg, &seeds, teacher, device),
             rows: (!identity).then(|| Tensor::from_slice(&rows).to_device(device)),
             _threads: threads,
@@ -324,7 +359,10 @@ impl Ensemble {
         let t = &self.cfg.train;
         let grad_norms = tch::no_grad(|| {
             let norms = grad.norm_scalaropt_dim(2, [1i64].as_slice(), false);
-            let _ = self.active.logical_and_(&losses.isfinite()).logical_and_(&norms.isfinite());
+            let finite = losses.isfinite().logical_and(&norms.isfinite());
+            self.nonfinite_in_a_row = (&self.nonfinite_in_a_row + 1).where_scalarother(&finite.logical_not(), 0);
+            let _ = self.active.logical_and_(&self.nonfinite_in_a_row.le(t.skip_nonfinite));
+            let stepping = self.active.logical_and(&finite);
             let clipped = if t.clip > 0.0 {
                 // threshold: g·c/‖g‖ when ‖g‖ > c; clip_grad_norm: g·min(1, c/(‖g‖+1e-6)).
                 let total = match t.clip_mode {
@@ -336,7 +374,7 @@ impl Ensemble {
             } else {
                 grad.shallow_clone()
             };
-            let delta = self.optimizer.update(&clipped).where_scalarother(&self.active.unsqueeze(1), 0.0);
+            let delta = self.optimizer.update(&clipped, &stepping).where_scalarother(&stepping.unsqueeze(1), 0.0);
             let _ = self.theta.g_sub_(&delta);
             norms
         });
@@ -356,6 +394,7 @@ pub struct Recorder {
     snaps: Tensor,
     snap_pending: usize,
     rows: Vec<Vec<MetricsRow>>,
+    nonfinite: Vec<train::NonFinite>,
     diverged_at: Vec<Option<i64>>,
     saved_steps: Vec<i64>,
     saved: Vec<Tensor>,
@@ -372,6 +411,7 @@ impl Recorder {
             snaps: Tensor::empty([CHUNK, k, p], opts),
             snap_pending: 0,
             rows: vec![Vec::new(); k as usize],
+            nonfinite: (0..k).map(|_| train::NonFinite::new(ensemble.cfg.train.skip_nonfinite, &[])).collect(),
             diverged_at: vec![None; k as usize],
             saved_steps: Vec::new(),
             saved: Vec::new(),
@@ -412,8 +452,9 @@ impl Recorder {
                         continue;
                     }
                     let (loss, norm) = (values[(2 * s) * self.k + m], values[(2 * s + 1) * self.k + m]);
-                    self.rows[m].push(MetricsRow { iter, train_loss: loss, grad_norm: norm });
-                    if !(loss.is_finite() && norm.is_finite()) {
+                    let row = MetricsRow { iter, train_loss: loss, grad_norm: norm };
+                    self.rows[m].push(row);
+                    if self.nonfinite[m].diverges(&row) {
                         self.diverged_at[m] = Some(iter);
                     }
                 }

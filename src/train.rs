@@ -103,13 +103,33 @@ impl Run {
             train_loss: optim::scalar_f32(&loss) as f64,
             grad_norm: optim::scalar_f32(&norm) as f64,
         };
-        if row.train_loss.is_finite() && row.grad_norm.is_finite() {
+        if row.is_finite() {
             let t = &self.cfg.train;
             optim::clip_gradients(&grads, &norm, row.grad_norm, t.clip, t.clip_mode);
             self.optimizer.step(&params);
         }
         self.iter += 1;
         row
+    }
+}
+
+/// `train.skip_nonfinite`: counts the steps in a row whose loss or gradient norm was not finite
+/// (such a step made no update) and says when a run has diverged.
+pub struct NonFinite {
+    limit: i64,
+    in_a_row: i64,
+}
+
+impl NonFinite {
+    /// `rows`: the metrics so far, whose trailing non-finite steps count (a resumed run).
+    pub fn new(limit: i64, rows: &[MetricsRow]) -> NonFinite {
+        NonFinite { limit, in_a_row: rows.iter().rev().take_while(|r| !r.is_finite()).count() as i64 }
+    }
+
+    /// Whether `row`, the next step, ends the run: more than `limit` non-finite steps in a row.
+    pub fn diverges(&mut self, row: &MetricsRow) -> bool {
+        self.in_a_row = if row.is_finite() { 0 } else { self.in_a_row + 1 };
+        self.in_a_row > self.limit
     }
 }
 
@@ -307,6 +327,7 @@ fn drive(mut run: Run, mut progress: Progress, out: &Path, opts: &Options) -> Re
     bar.set_position(run.iter as u64);
     let mut status = Status::Completed;
     let mut diverged_at = None;
+    let mut nonfinite = NonFinite::new(cfg.train.skip_nonfinite, &progress.metrics);
     while run.iter < iters {
         if opts.stop.load(Ordering::Relaxed) {
             status = Status::Interrupted;
@@ -315,7 +336,7 @@ fn drive(mut run: Run, mut progress: Progress, out: &Path, opts: &Options) -> Re
         let row = run.step();
         progress.metrics.push(row);
         bar.inc(1);
-        if !(row.train_loss.is_finite() && row.grad_norm.is_finite()) {
+        if nonfinite.diverges(&row) {
             status = Status::Diverged;
             diverged_at = Some(row.iter);
             break;
@@ -388,4 +409,24 @@ pub fn write_run_folder(out: &Path, record: RunRecord) -> Result<Outcome> {
     let summary = Summary::of_rust(record.status, record.diverged_at, record.metrics.len() as i64, record.wall_time_s, record.device);
     summary.write(out).context("writing summary.json")?;
     Ok(Outcome { summary, metrics: record.metrics })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(iter: i64, loss: f64) -> MetricsRow {
+        MetricsRow { iter, train_loss: loss, grad_norm: 1.0 }
+    }
+
+    #[test]
+    fn a_resumed_run_counts_the_nonfinite_steps_it_ended_with() {
+        let rows = [row(0, 1.0), row(1, f64::INFINITY), row(2, f64::NAN)];
+        let mut resumed = NonFinite::new(2, &rows);
+        assert!(resumed.diverges(&row(3, f64::INFINITY)), "the third in a row");
+        let mut fresh = NonFinite::new(2, &rows[..1]);
+        assert!(!fresh.diverges(&row(1, f64::INFINITY)) && !fresh.diverges(&row(2, f64::NAN)));
+        assert!(!fresh.diverges(&row(3, 0.5)) && !fresh.diverges(&row(4, f64::NAN)), "a finite step resets the count");
+        assert!(NonFinite::new(0, &[]).diverges(&row(0, f64::NAN)), "0: the first one diverges");
+    }
 }

@@ -288,3 +288,67 @@ fn a_batch_whose_loss_overflows_float32_diverges_a_float32_run_but_not_a_float64
     std::fs::write(&path, text).unwrap();
     assert_eq!(linattn::artifacts::read_metrics(&path).unwrap(), rows.to_vec());
 }
+
+/// One stream per batch, `[U, B, n+1, d+1]`: the eval batch scaled by each factor (NaN poisons
+/// it: its loss and gradient are not finite).
+fn scaled_streams(eval: &Batch, scales: &[f64]) -> Batch {
+    let z: Vec<Tensor> = scales.iter().map(|&s| &eval.z * s).collect();
+    let y: Vec<Tensor> = scales.iter().map(|&s| &eval.y_query * s).collect();
+    Batch { z: Tensor::stack(&z, 0), y_query: Tensor::stack(&y, 0) }
+}
+
+#[test]
+fn a_skipped_nonfinite_step_leaves_each_member_as_if_its_batch_had_never_been_drawn() {
+    let cfg = config(&["data.batch=50", "train.mode=fast", "train.skip_nonfinite=1"]);
+    let eval = linattn::data::eval_batch(&cfg, Device::Cpu);
+    let (good, nan) = ([1.0, 0.8, 1.2], f64::NAN);
+    let rows = |r: [i64; 4]| Tensor::from_slice(&r);
+    // Every member (SGD and Adam) sees the batches good[0], good[1], good[2]; members 2 and 3
+    // meet a poisoned batch before good[1], members 0 and 1 before good[2].
+    let mut skipped = Ensemble::start(&cfg, &members()).unwrap();
+    let plan = [
+        (vec![good[0]], [0, 0, 0, 0]),
+        (vec![good[1], nan], [0, 0, 1, 1]),
+        (vec![good[2], good[1]], [0, 0, 1, 1]),
+        (vec![nan, good[2]], [0, 0, 1, 1]),
+    ];
+    for (t, (scales, r)) in plan.iter().enumerate() {
+        let out = skipped.step_on(&scaled_streams(&eval, scales), Some(&rows(*r)));
+        let finite = Vec::<bool>::try_from(out.losses.isfinite()).unwrap();
+        let poisoned: Vec<bool> = r.iter().map(|&i| scales[i as usize].is_nan()).collect();
+        assert_eq!(finite, poisoned.iter().map(|p| !p).collect::<Vec<_>>(), "step {t}");
+    }
+    let mut clean = Ensemble::start(&cfg, &members()).unwrap();
+    for s in good {
+        clean.step_on(&scaled_streams(&eval, &[s]), Some(&rows([0, 0, 0, 0])));
+    }
+    assert!(
+        skipped.flat_params().equal(clean.flat_params()),
+        "parameters and optimizer state (momentum, Adam's moments and step count) untouched by the skipped steps: {:e}",
+        rel(skipped.flat_params(), clean.flat_params())
+    );
+    // And the next update, which reads the optimizer state, agrees too.
+    skipped.step_on(&scaled_streams(&eval, &[0.9]), Some(&rows([0, 0, 0, 0])));
+    clean.step_on(&scaled_streams(&eval, &[0.9]), Some(&rows([0, 0, 0, 0])));
+    assert!(skipped.flat_params().equal(clean.flat_params()));
+}
+
+#[test]
+fn a_member_diverges_at_its_nonfinite_step_one_past_skip_nonfinite_in_a_row() {
+    let cfg = config(&["data.batch=50", "train.mode=fast", "train.skip_nonfinite=2"]);
+    let eval = linattn::data::eval_batch(&cfg, Device::Cpu);
+    let member = [Member { seed: 0, optimizer: OptimizerKind::Adam, lr: 0.01 }];
+    let mut ens = Ensemble::start(&cfg, &member).unwrap();
+    let mut rec = ensemble::Recorder::new(&ens);
+    let nan = f64::NAN;
+    // Two in a row are skipped, a finite step resets the count, the third in a row diverges.
+    for (t, scale) in [nan, nan, 1.0, nan, nan, nan].into_iter().enumerate() {
+        let before = ens.flat_params().copy();
+        let out = ens.step_on(&scaled_streams(&eval, &[scale]), None);
+        rec.metrics(t as i64, &out);
+        rec.flush();
+        assert_eq!(rec.all_diverged(), t == 5, "after step {t}");
+        assert_eq!(ens.flat_params().equal(&before), scale.is_nan(), "step {t} updates only when finite");
+    }
+    assert_eq!(rec.rows(0).len(), 6, "rows up to and including the diverged iteration");
+}
