@@ -133,6 +133,13 @@ impl NonFinite {
     }
 }
 
+/// How many steps of the finished run in `dir` were skipped as non-finite: its metrics.csv's
+/// non-finite rows, less the one it diverged at.
+pub fn skipped_steps(dir: &Path, summary: &Summary) -> Result<usize> {
+    let rows = artifacts::read_metrics(&dir.join("metrics.csv"))?;
+    Ok(rows.iter().filter(|r| !r.is_finite() && Some(r.iter) != summary.diverged_at).count())
+}
+
 /// Whether step `t` of a run of `iters` iterations is saved in the trajectory.
 pub fn is_saved_step(t: i64, save_every: i64, iters: i64) -> bool {
     t % save_every == 0 || t == iters

@@ -296,3 +296,30 @@ fn a_quick_reproduce_writes_into_plots_quick_and_leaves_the_paper_scale_plots_al
     assert_eq!(std::fs::read(&committed).unwrap(), b"paper-scale figure");
     assert!(!tmp.path().join("plots/summary.md").exists());
 }
+
+/// Gamma covariates through four layers, Adam at 0.1: the batches of iterations 36 and 40
+/// overflow float32 (see tests/parity_with_pytorch.rs), and the runs skip them.
+const SKIPPING: &str = r#"
+title: "tiny figure whose Adam run skips two steps"
+paper: "none: a test"
+series:
+  - {id: g, label: "gamma, L = 4", settings: setting3_gamma.yaml, set: [model.layers=4, data.batch=100, train.skip_nonfinite=2], lr: {sgd: 0.02, adam: 0.1}}
+runs: {optimizers: [sgd, adam], seeds: [0], iters: 60, save_every: 20}
+measure: {loss_every: 20}
+panels: [loss]
+quick: {}
+"#;
+
+#[test]
+fn the_summary_counts_the_steps_a_figures_runs_skipped_as_nonfinite() {
+    let tmp = tempdir();
+    let fig = write_figure(tmp.path(), "skipping", SKIPPING);
+    ok(reproduce(&fig, tmp.path()));
+    let data: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("plots/data/skipping.json")).unwrap()).unwrap();
+    let rows = data["final_loss"].as_array().unwrap_or_else(|| panic!("{data}"));
+    let skipped = |o: &str| rows.iter().find(|r| r["optimizer"] == o).unwrap()["skipped_steps"].as_u64().unwrap();
+    assert_eq!((skipped("sgd"), skipped("adam")), (0, 2));
+    let md = std::fs::read_to_string(tmp.path().join("plots/summary.md")).unwrap();
+    assert!(md.contains("over all seeds: gamma, L = 4 Adam: 2."), "{md}");
+}

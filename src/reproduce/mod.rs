@@ -15,7 +15,7 @@ pub mod summary;
 use crate::artifacts::Summary;
 use crate::config::{Config, OptimizerKind};
 use crate::figures::{self, FigureSpec, Resolved, RunSpec, Scale};
-use crate::train::Options;
+use crate::train::{self, Options};
 use crate::BadInput;
 use anyhow::{anyhow, Result};
 use measure::{Needs, Noise, Rows};
@@ -43,6 +43,9 @@ pub struct RunResult {
     pub dir: PathBuf,
     pub summary: Summary,
     pub rows: Rows,
+    /// Steps whose loss or gradient was not finite and that the run skipped
+    /// (`train.skip_nonfinite`), read from its metrics.csv.
+    pub skipped_steps: usize,
 }
 
 /// A figure's runs and noise, measured: what the panels and the summary read.
@@ -228,7 +231,8 @@ fn figure_data(req: &Request, id: &str, spec: FigureSpec, res: Resolved, plan: V
         if req.options.stop.load(Ordering::Relaxed) {
             return Ok(None);
         }
-        results.push(RunResult { spec: spec_run, dir, summary, rows });
+        let skipped_steps = train::skipped_steps(&dir, &summary)?;
+        results.push(RunResult { spec: spec_run, dir, summary, rows, skipped_steps });
     }
     let mut noise = vec![];
     for s in 0..spec.series.len() {

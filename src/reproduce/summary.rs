@@ -22,6 +22,9 @@ pub struct FinalLoss {
     pub std: Option<f64>,
     pub seeds: usize,
     pub diverged: usize,
+    /// Non-finite steps skipped (`train.skip_nonfinite`), over all seeds.
+    #[serde(default)]
+    pub skipped_steps: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -157,6 +160,7 @@ pub fn figure_summary(fig: &FigureData, png: &str, wall_time_s: f64, machine: &s
                 std: (n > 0).then_some(std),
                 seeds: runs.len(),
                 diverged: losses.len() - n,
+                skipped_steps: runs.iter().map(|r| r.skipped_steps).sum(),
             });
         }
         if spec.panels.contains(&PanelKind::Condition) {
@@ -458,6 +462,20 @@ fn figure_section(md: &mut String, f: &FigureSummary) {
             vec![r.label.clone(), opt, rate, loss, r.seeds.to_string(), r.diverged.to_string()]
         });
         table(md, &["setting", "optimizer", "lr", "final test loss", "seeds", "diverged"], lines);
+        let skipped: Vec<String> = f
+            .final_loss
+            .iter()
+            .filter(|r| r.skipped_steps > 0)
+            .map(|r| format!("{} {}: {}", r.label, opt_label(&r.optimizer), r.skipped_steps))
+            .collect();
+        if !skipped.is_empty() {
+            let _ = writeln!(
+                md,
+                "\nSteps skipped because their loss or gradient was not finite (`train.skip_nonfinite`), \
+                 over all seeds: {}.",
+                skipped.join("; ")
+            );
+        }
         let series: std::collections::BTreeSet<&str> = f.final_loss.iter().map(|r| r.series.as_str()).collect();
         let verdicts: Vec<String> = series
             .iter()
