@@ -11,7 +11,8 @@ fn key() -> impl Strategy<Value = String> {
         Just("data.setting"), Just("data.context"), Just("data.batch"), Just("data.gamma_shape"),
         Just("data.eval_seed"), Just("train.optimizer"), Just("train.lr"), Just("train.betas"),
         Just("train.clip"), Just("train.clip_mode"), Just("train.mode"), Just("train.iters"),
-        Just("train.seed"), Just("train.device"), Just("train.save_every"), Just("train.nope"), Just("x.y"),
+        Just("train.seed"), Just("train.device"), Just("train.save_every"), Just("train.skip_nonfinite"), Just("train.dtype"),
+        Just("train.nope"), Just("x.y"),
     ]
     .prop_map(str::to_string)
 }
