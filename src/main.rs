@@ -209,6 +209,9 @@ fn run(cli: Cli) -> Result<i32> {
                 }
             };
             let last = outcome.metrics.last();
+            // Non-finite rows: the trailing ones end a diverged run, the others were skipped.
+            let trailing = outcome.metrics.iter().rev().take_while(|r| !r.is_finite()).count();
+            let nonfinite = outcome.metrics.iter().filter(|r| !r.is_finite()).count();
             match outcome.summary.status {
                 Status::Interrupted => {
                     let how = if fast {
@@ -220,8 +223,9 @@ fn run(cli: Cli) -> Result<i32> {
                     Ok(exit::INTERRUPTED)
                 }
                 Status::Diverged => {
+                    let in_a_row = if trailing > 1 { format!(", {trailing} steps in a row") } else { String::new() };
                     eprintln!(
-                        "linattn: run diverged at iteration {} (loss or gradient not finite); {} kept",
+                        "linattn: run diverged at iteration {} (loss or gradient not finite{in_a_row}); {} kept",
                         outcome.summary.diverged_at.unwrap_or_default(),
                         out.display()
                     );
@@ -229,8 +233,13 @@ fn run(cli: Cli) -> Result<i32> {
                 }
                 _ => {
                     if let Some(r) = last {
+                        let skipped = if nonfinite > 0 {
+                            format!(" ({nonfinite} non-finite steps skipped)")
+                        } else {
+                            String::new()
+                        };
                         println!(
-                            "done: {} iterations in {:.1} s, last train_loss {} grad_norm {}; wrote {}",
+                            "done: {} iterations in {:.1} s{skipped}, last train_loss {} grad_norm {}; wrote {}",
                             outcome.summary.iters_done,
                             outcome.summary.wall_time_s,
                             linattn::artifacts::fmt_metric(r.train_loss),

@@ -98,7 +98,9 @@ fn a_run_that_skips_nonfinite_steps_matches_pytorch_bit_for_bit_and_goes_on() {
     let (rs, py) = (tmp.path().join("rust"), tmp.path().join("torch"));
     let mut train = linattn();
     train.arg("train");
-    ok(with_config(train, &config, &sets(2), &rs));
+    let o = ok(with_config(train, &config, &sets(2), &rs));
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(said.contains("60 iterations") && said.contains("(2 non-finite steps skipped)"), "{said}");
     let mut reference_train = reference();
     reference_train.arg("train");
     ok(with_config(reference_train, &config, &sets(2), &py));

@@ -43,6 +43,26 @@ fn a_diverging_run_stops_keeps_every_row_and_exits_3() {
 }
 
 #[test]
+fn a_run_skipping_nonfinite_steps_diverges_after_more_than_k_in_a_row_and_says_how_many() {
+    // Gamma covariates through six layers at Adam lr 0.1: from iteration 34 on every batch
+    // overflows.
+    let tmp = tempdir();
+    let out = tmp.path().join("run");
+    let mut c = linattn();
+    c.arg("train");
+    let sets: Vec<String> = ["model.layers=6", "data.batch=100", "train.optimizer=adam", "train.lr=0.1", "train.iters=300", "train.skip_nonfinite=3"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let o = output(with_config(c, &experiment("settings/setting3_gamma.yaml"), &sets, &out));
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("diverged at iteration 37 (loss or gradient not finite, 4 steps in a row)"), "{}", stderr(&o));
+    let rows = metrics(&out);
+    assert_eq!(rows.len(), 38);
+    assert!(rows[34..].iter().all(|r| !(r.1.is_finite() && r.2.is_finite())), "the last 4 rows are the non-finite ones");
+}
+
+#[test]
 fn reusing_a_run_folder_is_refused_without_force_or_resume() {
     let tmp = tempdir();
     let out = tmp.path().join("run");
