@@ -8,7 +8,7 @@
 //! every value is range-checked in [`Config::validate`] so that bad input is reported as one
 //! line naming the key, with exit code 2 (see [`crate::BadInput`]).
 use crate::BadInput;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -37,11 +37,21 @@ pub enum Setting {
     MlpTeacher,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum OptimizerKind {
     Sgd,
     Adam,
+}
+
+impl OptimizerKind {
+    /// The name a config file, a run folder and the command line use.
+    pub fn name(self) -> &'static str {
+        match self {
+            OptimizerKind::Sgd => "sgd",
+            OptimizerKind::Adam => "adam",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,7 +63,7 @@ pub enum ClipMode {
     ClipGradNorm,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// Follows the reference protocol op for op: bit-identical to PyTorch on CPU.
@@ -97,6 +107,80 @@ impl Dtype {
     /// of every float32 run stay what they were before the key existed.
     pub fn is_float32(&self) -> bool {
         *self == Dtype::Float32
+    }
+}
+
+/// A device as users write it: `cpu`, `cuda` (the first GPU) or `cuda:N`. Written back as it
+/// was given, so that a config file round-trips unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeviceName {
+    Cpu,
+    /// `cuda` (None) or `cuda:N`.
+    Cuda(Option<usize>),
+}
+
+impl std::str::FromStr for DeviceName {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<DeviceName> {
+        match s.trim() {
+            "cpu" => Ok(DeviceName::Cpu),
+            "cuda" => Ok(DeviceName::Cuda(None)),
+            other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(i)) => Ok(DeviceName::Cuda(Some(i))),
+                _ => anyhow::bail!("unknown device {s:?}; expected cpu, cuda or cuda:N"),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceName::Cpu => f.write_str("cpu"),
+            DeviceName::Cuda(None) => f.write_str("cuda"),
+            DeviceName::Cuda(Some(i)) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+impl Serialize for DeviceName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for DeviceName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<DeviceName, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl DeviceName {
+    /// The libtorch device, after checking that it exists on this machine.
+    pub fn tch(self) -> Result<tch::Device> {
+        let index = match self {
+            DeviceName::Cpu => return Ok(tch::Device::Cpu),
+            DeviceName::Cuda(i) => i.unwrap_or(0),
+        };
+        let count = tch::Cuda::device_count() as usize;
+        if !tch::Cuda::is_available() || count == 0 {
+            anyhow::bail!("device {self} asked for, but no CUDA GPU is available on this machine");
+        }
+        if index >= count {
+            anyhow::bail!("device {self} asked for, but this machine has {count} CUDA device(s)");
+        }
+        Ok(tch::Device::Cuda(index))
+    }
+}
+
+/// A device for summaries and benchmarks: `cpu (2 threads)` or `cuda:0`.
+pub fn describe(device: tch::Device) -> String {
+    match device {
+        tch::Device::Cpu => format!("cpu ({} threads)", tch::get_num_threads()),
+        tch::Device::Cuda(i) => format!("cuda:{i}"),
+        other => format!("{other:?}"),
     }
 }
 
@@ -176,7 +260,7 @@ pub struct TrainConfig {
     pub mode: Mode,
     pub iters: i64,
     pub seed: u32,
-    pub device: String,
+    pub device: DeviceName,
     pub save_every: i64,
     pub optimizer_impl: OptimizerImpl,
     #[serde(skip_serializing_if = "Dtype::is_float32")]
@@ -206,7 +290,7 @@ impl Default for TrainConfig {
             mode: Mode::Faithful,
             iters: 10000,
             seed: 0,
-            device: "cpu".into(),
+            device: DeviceName::Cpu,
             save_every: 1,
             optimizer_impl: OptimizerImpl::Reference,
             dtype: Dtype::Float32,
@@ -339,34 +423,14 @@ impl Config {
                 return Err(bad(format!("config key {key}: {msg}")));
             }
         }
-        crate::device::parse(&t.device)
-            .map_err(|e| bad(format!("config key train.device: {e}")))?;
+        t.device.tch().map_err(|e| bad(format!("config key train.device: {e}")))?;
         Ok(())
-    }
-
-    /// Number of attention-matrix rows/cols per head: d for restricted, d+1 for full.
-    pub fn param_dim(&self) -> i64 {
-        match self.model.parametrization {
-            Parametrization::Restricted => self.model.dim,
-            Parametrization::Full => self.model.dim + 1,
-        }
     }
 
     pub fn to_yaml(&self) -> String {
         serde_yaml::to_string(self).expect("a Config always serializes")
     }
 
-    /// Reads the resolved `config.yaml` of a finished or running run folder.
-    pub fn load_run(dir: &Path) -> Result<Config> {
-        let path = dir.join("config.yaml");
-        if !path.exists() {
-            return Err(bad(format!(
-                "{}: not a linattn run folder (no config.yaml)",
-                dir.display()
-            )));
-        }
-        Self::load(&path, &[]).with_context(|| format!("reading {}", path.display()))
-    }
 }
 
 #[cfg(test)]

@@ -2,11 +2,12 @@
 //! and `mlp_teacher` (App. B), drawn in the authors' order.
 //!
 //! The order in which random numbers are drawn is part of the replication: it is what makes a
-//! Rust run bit-identical to the PyTorch one on CPU (SPEC, "The reference protocol", step 3,
-//! and docs/conventions.md). Every draw of the project goes through this module.
+//! Rust run bit-identical to the PyTorch one on CPU (docs/spec.md, "The reference protocol",
+//! and docs/conventions.md). Every draw of data goes through this module; the seeds come from
+//! [`crate::rng`].
 use crate::config::{Config, DataConfig, Setting};
-use crate::model::Mlp;
-use crate::numpy_rng::LegacyRandomState;
+use crate::mlp::Mlp;
+use crate::rng::{self, LegacyRandomState};
 use tch::{Device, Kind, Tensor};
 
 /// One batch of B prompts: `z` is `[B, n+1, d+1]` (rows `[x_i, y_i]`, last row `[x_query, 0]`),
@@ -30,21 +31,6 @@ impl Batch {
     }
 }
 
-/// Seeds numpy's legacy generator and torch's CPU generator with the same seed, as the
-/// authors' `np.random.seed(s); torch.manual_seed(s)` does. Returns the numpy-compatible
-/// generator, which the caller passes on explicitly.
-pub fn seed_both(seed: u32) -> LegacyRandomState {
-    tch::manual_seed(seed as i64);
-    LegacyRandomState::new(seed)
-}
-
-/// The fixed random ReLU teacher φ* of App. B (`Linear(d, teacher_hidden), ReLU, Linear(·, d)`),
-/// built with PyTorch's default init after seeding both generators with `teacher_seed`.
-pub fn build_teacher(data: &DataConfig, dim: i64) -> Mlp {
-    let _ = seed_both(data.teacher_seed);
-    Mlp::init_pytorch_default(dim, data.teacher_hidden, dim)
-}
-
 /// An endless stream of fresh batches, one per iteration.
 pub struct DataStream {
     cfg: DataConfig,
@@ -55,7 +41,7 @@ pub struct DataStream {
 }
 
 impl DataStream {
-    /// `numpy` is the generator returned by [`seed_both`] for this run; the torch CPU
+    /// `numpy` is the generator returned by [`rng::seed_both`] for this run; the torch CPU
     /// generator is the one that was seeded with it.
     pub fn new(cfg: &Config, teacher: Option<Mlp>, numpy: LegacyRandomState, device: Device) -> Self {
         DataStream { cfg: cfg.data.clone(), dim: cfg.model.dim, numpy, teacher, device }
@@ -133,8 +119,8 @@ fn unit_rows(x: &Tensor) -> Tensor {
 /// The evaluation batch: B prompts drawn once after re-seeding both generators with
 /// `eval_seed` (the teacher, if any, is built first with its own seed).
 pub fn eval_batch(cfg: &Config, device: Device) -> Batch {
-    let teacher = (cfg.data.setting == Setting::MlpTeacher).then(|| build_teacher(&cfg.data, cfg.model.dim));
-    let numpy = seed_both(cfg.data.eval_seed);
+    let teacher = (cfg.data.setting == Setting::MlpTeacher).then(|| Mlp::teacher(&cfg.data, cfg.model.dim));
+    let numpy = rng::seed_both(cfg.data.eval_seed);
     DataStream::new(cfg, teacher, numpy, device).next_batch().to_kind(cfg.train.dtype.kind())
 }
 
@@ -142,12 +128,9 @@ pub fn eval_batch(cfg: &Config, device: Device) -> Batch {
 ///
 /// The reference protocol draws every batch on the CPU generator and copies it to the device;
 /// fast mode draws on the device instead and does not reproduce the CPU stream. A stream is a
-/// function of (seed, iteration) only: before each batch the (global) generator is re-seeded
-/// with a hash of the two. So a stream does not depend on which other streams are drawn
-/// beside it, and an ensemble member sees exactly the batches of the solo fast run with its
-/// seed. (tch exposes no generator objects, so per-stream state cannot be kept otherwise.)
-/// The CPU generator keeps 32 bits of a seed: among 60 000 (seed, iteration) pairs about
-/// 0.4 pairs are expected to share a batch, which is harmless for the statistics.
+/// function of (seed, iteration) only ([`rng::seed_stream`]), so it does not depend on which
+/// other streams are drawn beside it (an ensemble member sees exactly the batches of the solo
+/// fast run with its seed), and a resumed run continues it from the iteration alone.
 ///
 /// Per prompt the normal draws fill `[w; x_1 … x_n; x_query]` (n+2 rows of d) in one call;
 /// `gamma` then draws the n+1 squared radii, also on the device.
@@ -171,12 +154,7 @@ impl DeviceStream {
     pub fn new(cfg: &Config, seeds: &[u32], teacher: Option<Mlp>, device: Device) -> DeviceStream {
         let (b, n, d) = (cfg.data.batch, cfg.data.context, cfg.model.dim);
         let opts = (Kind::Float, device);
-        let teacher = teacher.map(|t| Mlp {
-            w0: t.w0.to_device(device),
-            b0: t.b0.to_device(device),
-            w2: t.w2.to_device(device),
-            b2: t.b2.to_device(device),
-        });
+        let teacher = teacher.map(|t| t.to_device(device));
         DeviceStream {
             cfg: cfg.data.clone(),
             dim: d,
@@ -194,7 +172,7 @@ impl DeviceStream {
         let (n, d) = (self.cfg.context, self.dim);
         let mut radii2 = Vec::new();
         for (u, &seed) in self.seeds.iter().enumerate() {
-            tch::manual_seed(stream_seed(seed, iter));
+            rng::seed_stream(seed, iter);
             let _ = self.normals.get(u as i64).normal_(0.0, 1.0);
             if let Some(k) = &self.gamma_shape {
                 radii2.push(k.internal_standard_gamma());
@@ -221,13 +199,4 @@ impl DeviceStream {
         let _ = z.select(2, n).select(-1, d).fill_(0.0);
         Batch { z, y_query: y.select(2, n).squeeze_dim(-1) }.to_kind(self.kind)
     }
-}
-
-/// The generator seed of iteration `iter` of the fast stream `seed`: SplitMix64's finaliser on
-/// (seed, iter), so that nearby pairs give unrelated seeds in every bit.
-pub fn stream_seed(seed: u32, iter: i64) -> i64 {
-    let mut x = (((seed as u64) << 32) ^ (iter as u64)).wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    (x ^ (x >> 31)) as i64
 }

@@ -1,25 +1,21 @@
 //! linattn: a replication of Ahn et al., "Linear attention is (maybe) all you need (to
 //! understand Transformer optimization)", ICLR 2024, on libtorch through `tch`.
 //!
-//! One module per concept of the paper; see `../shared/SPEC.md` and `docs/conventions.md`.
-pub mod artifacts;
-pub mod bench;
-pub mod compare;
+//! One module per concept of the paper (docs/spec.md, docs/design.md). Modules are layered:
+//! each imports only modules listed before it here (tests/layering.rs checks it).
 pub mod config;
+pub mod rng;
+pub mod mlp;
 pub mod data;
-pub mod device;
-pub mod ensemble;
-pub mod figures;
-pub mod landscape;
 pub mod model;
-pub mod noise;
-pub mod numpy_rng;
 pub mod optim;
-pub mod plots;
 pub mod progress;
-pub mod reference;
-pub mod reproduce;
+pub mod plots;
+pub mod run;
 pub mod train;
+pub mod measure;
+pub mod tools;
+pub mod figures;
 
 /// Input that the user must fix: reported as one line, with exit code 2.
 #[derive(Debug)]
@@ -39,6 +35,8 @@ pub mod exit {
     pub const FAILURE: i32 = 1;
     pub const BAD_INPUT: i32 = 2;
     pub const DIVERGED: i32 = 3;
+    /// `reproduce --draw-only`: units are missing (named on stderr); nothing was drawn.
+    pub const INCOMPLETE: i32 = 4;
     /// Ctrl-C or SIGTERM: a checkpoint was written; `train --resume` continues.
     pub const INTERRUPTED: i32 = 130;
 }

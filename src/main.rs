@@ -1,9 +1,10 @@
 //! The `linattn` command line (SPEC, "The command-line contract").
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use linattn::artifacts::Status;
-use linattn::bench::BenchMode;
-use linattn::config::Config;
+use linattn::config::{Config, DeviceName, Mode, OptimizerKind};
+use linattn::run::{FolderBusy, Status};
+use linattn::tools::bench::BenchMode;
+use linattn::train::{Outcome, Progress};
 use linattn::{exit, BadInput};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -36,7 +37,8 @@ impl ConfigArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train one run and write its folder (config, metrics, trajectory, final parameters, summary).
+    /// Train one run (or, with --seeds/--optimizers, several as one ensemble) and write its folder
+    /// (config, metrics, trajectory, final parameters, summary).
     Train {
         /// YAML config (unknown keys are an error).
         #[arg(long, required_unless_present = "resume")]
@@ -56,6 +58,16 @@ enum Command {
         /// Checkpoint every this many iterations (0: only on Ctrl-C/SIGTERM).
         #[arg(long, default_value_t = 250)]
         checkpoint_every: i64,
+        /// Train these seeds as one batched ensemble (fast mode) into OUT/<optimizer>-seed<s>/.
+        #[arg(long, value_delimiter = ',', conflicts_with = "resume")]
+        seeds: Option<Vec<u32>>,
+        /// With --seeds: the optimizers of the ensemble (default: the config's).
+        #[arg(long, value_enum, value_delimiter = ',', requires = "seeds")]
+        optimizers: Option<Vec<OptimizerKind>>,
+        /// libtorch intra-op threads (default: 1 for the fast path of small models, where one
+        /// thread is faster, else libtorch's default).
+        #[arg(long)]
+        threads: Option<i32>,
     },
     /// Run one config through the Rust model and the PyTorch side; compare them step by step.
     Compare {
@@ -69,7 +81,7 @@ enum Command {
         tolerance: f64,
         /// Device for both sides (overrides train.device).
         #[arg(long)]
-        device: Option<String>,
+        device: Option<DeviceName>,
     },
     /// Time the PyTorch side and the Rust side on the same config; print ms/step and the ratio.
     Bench {
@@ -86,7 +98,7 @@ enum Command {
         modes: Vec<BenchMode>,
         /// Device for both sides (overrides train.device).
         #[arg(long)]
-        device: Option<String>,
+        device: Option<DeviceName>,
         /// Measurements per side and mode, interleaved; the fastest of each is reported.
         #[arg(long, default_value_t = 1)]
         repeats: usize,
@@ -119,7 +131,7 @@ enum Command {
         every: i64,
         /// Device for the analysis (default: the run's train.device).
         #[arg(long)]
-        device: Option<String>,
+        device: Option<DeviceName>,
     },
     /// Stochastic-gradient noise ‖g_B − g‖ at initialisation (writes noise.csv, noise.json, noise.png).
     Noise {
@@ -157,7 +169,7 @@ enum Command {
         quick: bool,
         /// Device for training and measurements.
         #[arg(long, default_value = "cpu")]
-        device: String,
+        device: DeviceName,
         /// Folder for the run folders (reused across invocations).
         #[arg(long, default_value = "runs")]
         runs: PathBuf,
@@ -180,8 +192,16 @@ enum Command {
         threads: i32,
         /// train.mode of the runs and forward pass of the measurements: fast (default with
         /// --quick) or faithful (default otherwise: the authors' protocol op for op).
-        #[arg(long, value_parser = ["fast", "faithful"])]
-        mode: Option<String>,
+        #[arg(long, value_enum)]
+        mode: Option<Mode>,
+        /// Do share K of N of the work (runs, measurements, noise; split by a stable hash of
+        /// each unit's name) into the shared runs folder, and draw nothing.
+        #[arg(long, value_name = "K/N", conflicts_with = "draw_only")]
+        shard: Option<linattn::figures::Shard>,
+        /// Train and measure nothing: draw from the runs folder, or name the missing units and
+        /// exit 4.
+        #[arg(long)]
+        draw_only: bool,
     },
 }
 
@@ -194,60 +214,116 @@ fn stop_flag() -> Result<Arc<AtomicBool>> {
     Ok(flag)
 }
 
-fn run(cli: Cli) -> Result<i32> {
-    let progress = std::io::stderr().is_terminal();
-    let options = linattn::train::Options { progress, stop: stop_flag()?, ..Default::default() };
-    match cli.command {
-        Command::Train { config, sets, out, resume, force, checkpoint_every } => {
-            let opts = linattn::train::Options { force, checkpoint_every, ..options };
-            let (outcome, out, fast) = match resume {
-                Some(dir) => (linattn::train::resume(&dir, &opts)?, dir, false),
-                None => {
-                    let (config, out) = (config.expect("clap requires --config"), out.expect("clap requires --out"));
-                    let cfg = Config::load(&config, &sets)?;
-                    (linattn::train::train(&cfg, &out, &opts)?, out, cfg.train.mode == linattn::config::Mode::Fast)
+/// Sets libtorch's intra-op thread count, once per process: `given`, else `preferred`.
+fn set_threads(given: Option<i32>, preferred: Option<i32>) -> Result<()> {
+    if let Some(n) = given {
+        if n < 1 {
+            return Err(anyhow::anyhow!(BadInput(format!("--threads: must be >= 1, got {n}"))));
+        }
+    }
+    if let Some(n) = given.or(preferred) {
+        tch::set_num_threads(n);
+    }
+    Ok(())
+}
+
+fn device(d: DeviceName, flag: &str) -> Result<tch::Device> {
+    d.tch().map_err(|e| anyhow::anyhow!(BadInput(format!("{flag}: {e}"))))
+}
+
+/// The exit code and lines of a finished `train` (one outcome per run folder).
+fn report_training(outcomes: &[(PathBuf, Outcome)], fast: bool) -> i32 {
+    let mut code = exit::OK;
+    for (out, outcome) in outcomes {
+        let diverged = outcome.summary.status == Status::Diverged;
+        let (skipped, trailing) = linattn::run::io::nonfinite_steps(&outcome.metrics, diverged);
+        match outcome.summary.status {
+            Status::Interrupted | Status::Running => {
+                let how = if fast && outcome.metrics.is_empty() {
+                    format!("nothing to keep; run the same command again with --force ({})", out.display())
+                } else {
+                    format!("continue with: linattn train --resume {}", out.display())
+                };
+                eprintln!("linattn: interrupted after {} iterations; {how}", outcome.summary.iters_done);
+                code = exit::INTERRUPTED;
+            }
+            Status::Diverged => {
+                let in_a_row = if trailing > 1 { format!(", {trailing} steps in a row") } else { String::new() };
+                eprintln!(
+                    "linattn: run diverged at iteration {} (loss or gradient not finite{in_a_row}); {} kept",
+                    outcome.summary.diverged_at.unwrap_or_default(),
+                    out.display()
+                );
+                if code == exit::OK {
+                    code = exit::DIVERGED;
                 }
-            };
-            let last = outcome.metrics.last();
-            // Non-finite rows: the trailing ones end a diverged run, the others were skipped.
-            let trailing = outcome.metrics.iter().rev().take_while(|r| !r.is_finite()).count();
-            let nonfinite = outcome.metrics.iter().filter(|r| !r.is_finite()).count();
-            match outcome.summary.status {
-                Status::Interrupted => {
-                    let how = if fast {
-                        "a fast run keeps no checkpoint: run the same command again with --force".to_string()
-                    } else {
-                        format!("continue with: linattn train --resume {}", out.display())
-                    };
-                    eprintln!("linattn: interrupted after {} iterations; {how}", outcome.summary.iters_done);
-                    Ok(exit::INTERRUPTED)
-                }
-                Status::Diverged => {
-                    let in_a_row = if trailing > 1 { format!(", {trailing} steps in a row") } else { String::new() };
-                    eprintln!(
-                        "linattn: run diverged at iteration {} (loss or gradient not finite{in_a_row}); {} kept",
-                        outcome.summary.diverged_at.unwrap_or_default(),
+            }
+            Status::Completed => {
+                if let Some(r) = outcome.metrics.last() {
+                    let skipped = if skipped > 0 { format!(" ({skipped} non-finite steps skipped)") } else { String::new() };
+                    println!(
+                        "done: {} iterations in {:.1} s{skipped}, last train_loss {} grad_norm {}; wrote {}",
+                        outcome.summary.iters_done,
+                        outcome.summary.wall_time_s,
+                        linattn::run::io::fmt_metric(r.train_loss),
+                        linattn::run::io::fmt_metric(r.grad_norm),
                         out.display()
                     );
-                    Ok(exit::DIVERGED)
                 }
-                _ => {
-                    if let Some(r) = last {
-                        let skipped = if nonfinite > 0 {
-                            format!(" ({nonfinite} non-finite steps skipped)")
-                        } else {
-                            String::new()
-                        };
-                        println!(
-                            "done: {} iterations in {:.1} s{skipped}, last train_loss {} grad_norm {}; wrote {}",
-                            outcome.summary.iters_done,
-                            outcome.summary.wall_time_s,
-                            linattn::artifacts::fmt_metric(r.train_loss),
-                            linattn::artifacts::fmt_metric(r.grad_norm),
-                            out.display()
-                        );
+            }
+        }
+    }
+    code
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    let progress = if std::io::stderr().is_terminal() { Progress::Bar } else { Progress::Lines };
+    let options = linattn::train::Options { progress, stop: stop_flag()?, ..Default::default() };
+    match cli.command {
+        Command::Train { config, sets, out, resume, force, checkpoint_every, seeds, optimizers, threads } => {
+            let opts = linattn::train::Options { force, checkpoint_every, ..options };
+            if checkpoint_every < 0 {
+                return Err(anyhow::anyhow!(BadInput(format!("--checkpoint-every: must be >= 0, got {checkpoint_every}"))));
+            }
+            if let Some(dir) = resume {
+                let cfg = linattn::run::RunFolder::new(&dir).config()?;
+                let group = linattn::train::checkpointed_group(&dir).map(|g| g.len()).unwrap_or(1);
+                set_threads(threads, linattn::train::preferred_threads(&cfg, group))?;
+                let folders: Vec<PathBuf> = match linattn::train::checkpointed_group(&dir) {
+                    Ok(g) => g.iter().map(|f| f.dir().to_path_buf()).collect(),
+                    Err(_) => vec![dir.clone()],
+                };
+                let outcomes = linattn::train::resume(&dir, &opts)?;
+                if folders.len() > 1 {
+                    eprintln!("linattn: resumed the ensemble of {} runs that {} belongs to", folders.len(), dir.display());
+                }
+                let fast = cfg.train.mode == Mode::Fast;
+                return Ok(report_training(&folders.into_iter().zip(outcomes).collect::<Vec<_>>(), fast));
+            }
+            let (config, out) = (config.expect("clap requires --config"), out.expect("clap requires --out"));
+            let mut cfg = Config::load(&config, &sets)?;
+            match seeds {
+                None => {
+                    set_threads(threads, linattn::train::preferred_threads(&cfg, 1))?;
+                    let outcome = linattn::train::train(&cfg, &out, &opts)?;
+                    Ok(report_training(&[(out, outcome)], cfg.train.mode == Mode::Fast))
+                }
+                Some(seeds) => {
+                    if seeds.is_empty() {
+                        return Err(anyhow::anyhow!(BadInput("--seeds: give at least one seed".into())));
                     }
-                    Ok(exit::OK)
+                    cfg.train.mode = Mode::Fast;
+                    let optimizers = optimizers.unwrap_or_else(|| vec![cfg.train.optimizer]);
+                    let members: Vec<linattn::train::Member> = seeds
+                        .iter()
+                        .flat_map(|&seed| optimizers.iter().map(move |&optimizer| (seed, optimizer)))
+                        .map(|(seed, optimizer)| linattn::train::Member { seed, optimizer, lr: cfg.train.lr })
+                        .collect();
+                    let outs: Vec<PathBuf> =
+                        members.iter().map(|m| out.join(format!("{}-seed{}", m.optimizer.name(), m.seed))).collect();
+                    set_threads(threads, linattn::train::preferred_threads(&cfg, members.len()))?;
+                    let outcomes = linattn::train::train_ensemble(&cfg, &members, &outs, &opts)?;
+                    Ok(report_training(&outs.into_iter().zip(outcomes).collect::<Vec<_>>(), true))
                 }
             }
         }
@@ -257,7 +333,8 @@ fn run(cli: Cli) -> Result<i32> {
             }
             let cfg = config.load()?;
             let exe = std::env::current_exe().map_err(|e| anyhow::anyhow!("cannot find the linattn binary: {e}"))?;
-            let req = linattn::bench::BenchRequest {
+            let device = device.map(|d| d.to_string());
+            let req = linattn::tools::bench::BenchRequest {
                 config: &config.config,
                 sets: &config.sets,
                 steps,
@@ -269,7 +346,7 @@ fn run(cli: Cli) -> Result<i32> {
                 passive_wait,
                 exe: &exe,
             };
-            linattn::bench::run(&cfg, &req)?;
+            linattn::tools::bench::run(&cfg, &req)?;
             Ok(exit::OK)
         }
         Command::BenchWorker { config, mode, steps, warmup } => {
@@ -277,37 +354,41 @@ fn run(cli: Cli) -> Result<i32> {
             if steps < 1 || warmup < 0 {
                 return Err(BadInput("bench-worker: --steps must be >= 1 and --warmup >= 0".into()).into());
             }
-            let m = linattn::bench::worker(&cfg, mode, steps, warmup)?;
+            // The thread count `linattn train` would use for this mode.
+            let mut as_trained = cfg.clone();
+            as_trained.train.mode = if mode == BenchMode::Faithful { Mode::Faithful } else { Mode::Fast };
+            let members = if mode == BenchMode::Ensemble { linattn::tools::bench::ENSEMBLE_RUNS } else { 1 };
+            set_threads(None, linattn::train::preferred_threads(&as_trained, members))?;
+            let m = linattn::tools::bench::worker(&cfg, mode, steps, warmup)?;
             println!("{}", serde_json::to_string(&m)?);
             Ok(exit::OK)
         }
-        Command::Reproduce { figures, quick, device, runs, plots, experiments, iters, seeds, threads, mode } => {
-            let mode = mode.map(|m| if m == "fast" { linattn::config::Mode::Fast } else { linattn::config::Mode::Faithful });
-            if threads < 1 {
-                return Err(anyhow::anyhow!(BadInput(format!("--threads: must be >= 1, got {threads}"))));
-            }
+        Command::Reproduce { figures, quick, device, runs, plots, experiments, iters, seeds, threads, mode, shard, draw_only } => {
             if iters.is_some_and(|i| i < 1) {
                 return Err(anyhow::anyhow!(BadInput("--iters: must be >= 1".into())));
             }
             if seeds.as_ref().is_some_and(|s| s.is_empty()) {
                 return Err(anyhow::anyhow!(BadInput("--seeds: give at least one seed".into())));
             }
-            linattn::device::parse(&device).map_err(|e| anyhow::anyhow!(BadInput(format!("--device: {e}"))))?;
-            tch::set_num_threads(threads);
-            let req = linattn::reproduce::Request {
+            self::device(device, "--device")?;
+            set_threads(Some(threads), None)?;
+            let req = linattn::figures::Request {
                 figures,
-                scale: linattn::figures::Scale { quick, iters, seeds, mode },
+                scale: linattn::figures::spec::Scale { quick, iters, seeds, mode },
                 device,
                 runs,
                 plots: plots.unwrap_or_else(|| PathBuf::from(if quick { "plots/quick" } else { "plots" })),
                 experiments,
                 options: linattn::train::Options { checkpoint_every: 250, ..options },
+                shard,
+                draw_only,
             };
             let started = std::time::Instant::now();
-            let report = linattn::reproduce::reproduce(&req)?;
+            let report = linattn::figures::reproduce(&req)?;
             let t = report.tally;
+            let who = shard.map(|s| format!(" (shard {}/{})", s.index, s.count)).unwrap_or_default();
             println!(
-                "reproduce: runs trained {}, reused {}, resumed {}, restarted {}; ensembles trained {}; runs measured {}; noise computed {}; {:.0} s",
+                "reproduce{who}: runs trained {}, reused {}, resumed {}, restarted {}; ensembles trained {}; runs measured {}; noise computed {}; units left to other workers {}; {:.0} s",
                 t.trained,
                 t.reused,
                 t.resumed,
@@ -315,6 +396,7 @@ fn run(cli: Cli) -> Result<i32> {
                 t.ensembles,
                 report.measured,
                 report.noise_computed,
+                report.busy,
                 started.elapsed().as_secs_f64()
             );
             for p in &report.pngs {
@@ -324,7 +406,11 @@ fn run(cli: Cli) -> Result<i32> {
                 eprintln!("linattn: interrupted; run the same command again to continue where it stopped");
                 return Ok(exit::INTERRUPTED);
             }
-            println!("wrote {}", req.plots.join("summary.md").display());
+            if shard.is_some() {
+                println!("shard done; draw with: linattn reproduce ... --draw-only");
+            } else {
+                println!("wrote {}", req.plots.join("summary.md").display());
+            }
             Ok(exit::OK)
         }
         Command::Compare { mut config, out, tolerance, device } => {
@@ -332,7 +418,7 @@ fn run(cli: Cli) -> Result<i32> {
                 config.sets.push(format!("train.device={d}"));
             }
             let cfg = config.load()?;
-            let c = linattn::compare::compare(&cfg, &config.config, &config.sets, &out, &options)?;
+            let c = linattn::tools::compare::compare(&cfg, &config.config, &config.sets, &out, &options)?;
             println!(
                 "compared {} iterations: largest relative difference {:e} (train_loss/grad_norm {:e}, final parameters {:e}); bit-identical: {}",
                 c.iters,
@@ -349,30 +435,26 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(exit::OK)
         }
         Command::Analyze { dir, every, device } => {
-            let device = device
-                .map(|d| linattn::device::parse(&d).map_err(|e| anyhow::anyhow!(BadInput(format!("--device: {e}")))))
-                .transpose()?;
-            let rows = linattn::landscape::analyze_dir_on(&dir, every, device, progress)?;
+            let device = device.map(|d| self::device(d, "--device")).transpose()?;
+            let rows = linattn::measure::analyze(&dir, every, device, progress == Progress::Bar, &options.stop)?;
+            let path = linattn::run::RunFolder::new(&dir).measurements_path();
+            let f = |v: Option<f64>| v.map(|v| (v as f32).to_string()).unwrap_or_else(|| "-".into());
             match rows.last() {
-                Some(r) => println!(
-                    "analyzed {} steps; at iteration {}: test_loss {} condition_number {} sharpness {}; wrote {}",
+                Some((t, r)) => println!(
+                    "analyzed {} steps; at iteration {t}: test_loss {} condition_number {} sharpness {}; wrote {}",
                     rows.len(),
-                    r.iter,
-                    r.test_loss as f32,
-                    r.condition_number as f32,
-                    r.sharpness as f32,
-                    dir.join(linattn::landscape::ANALYSIS).display()
+                    f(r.test_loss),
+                    f(r.condition_number),
+                    f(r.sharpness),
+                    path.display()
                 ),
-                None => println!(
-                    "no saved step is a multiple of {every}; wrote an empty {}",
-                    dir.join(linattn::landscape::ANALYSIS).display()
-                ),
+                None => println!("no saved step is a multiple of {every}; nothing measured"),
             }
             Ok(exit::OK)
         }
         Command::Noise { config, samples, full_batch, out } => {
             let cfg = config.load()?;
-            let s = linattn::noise::run_noise(&cfg, samples, full_batch, &out, progress)?;
+            let s = linattn::measure::noise::run_noise(&cfg, samples, full_batch, &out, progress == Progress::Bar)?;
             println!(
                 "noise over {} batches of {}: mean {:.6} std {:.6} kurtosis {:.3} Hill tail index {:.3} (k = {}); wrote {}",
                 s.count,
@@ -382,13 +464,13 @@ fn run(cli: Cli) -> Result<i32> {
                 s.kurtosis,
                 s.hill_tail_index,
                 s.hill_k,
-                out.join(linattn::noise::NOISE_CSV).display()
+                out.join(linattn::measure::noise::NOISE_CSV).display()
             );
             Ok(exit::OK)
         }
         Command::BenchHessian { config, repeats, threads } => {
             let cfg = config.load()?;
-            let b = linattn::landscape::bench_hessian(&cfg, &config.config, &config.sets, repeats, threads, progress)?;
+            let b = linattn::tools::bench::bench_hessian(&cfg, &config.config, &config.sets, repeats, threads, progress == Progress::Bar)?;
             println!(
                 "condition number at init ({} parameters, {}, {} repeats): rust median {:.1} ms (min {:.1}, {} threads), pytorch median {:.1} ms (min {:.1}, {} threads); ratio rust/pytorch {:.3} (of the minima {:.3}); values {} vs {}",
                 b.num_params,
@@ -458,13 +540,18 @@ fn main() {
     let code = match result {
         Ok(code) => code,
         Err(e) => {
-            let bad = e.chain().any(|c| c.downcast_ref::<BadInput>().is_some());
+            let incomplete = e.chain().any(|c| c.downcast_ref::<linattn::figures::Incomplete>().is_some());
+            let bad = e.chain().any(|c| c.downcast_ref::<BadInput>().is_some() || c.downcast_ref::<FolderBusy>().is_some());
             let msg = match e.chain().find_map(|c| c.downcast_ref::<BadInput>()) {
                 Some(b) => b.to_string(),
                 None => format!("{e:#}"),
             };
             eprintln!("linattn: error: {}", msg.replace('\n', " "));
-            if bad { exit::BAD_INPUT } else { exit::FAILURE }
+            match (incomplete, bad) {
+                (true, _) => exit::INCOMPLETE,
+                (_, true) => exit::BAD_INPUT,
+                _ => exit::FAILURE,
+            }
         }
     };
     std::process::exit(code);

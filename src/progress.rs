@@ -15,3 +15,13 @@ pub fn bar(len: u64, what: &str, enabled: bool) -> ProgressBar {
     bar.set_message(what.to_string());
     bar
 }
+
+/// A duration for progress lines: `42 s`, `3 min 5 s`, `2 h 7 min`.
+pub fn duration(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    match s {
+        0..=59 => format!("{s} s"),
+        60..=3599 => format!("{} min {} s", s / 60, s % 60),
+        _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+    }
+}

@@ -42,7 +42,7 @@ fn compare_on_cuda_passes_for_setting1_and_the_mlp_variant() {
 #[ignore = "needs a CUDA GPU: bash scripts/test.sh --test cuda -- --ignored"]
 fn fast_forward_on_cuda_matches_the_faithful_forward() {
     use linattn::config::Config;
-    use linattn::data::{self, Batch, DataStream};
+    use linattn::data::{Batch, DataStream};
     use linattn::model::{self, Arch};
     use tch::{Device, Tensor};
     require_gpu();
@@ -50,7 +50,7 @@ fn fast_forward_on_cuda_matches_the_faithful_forward() {
     for sets in [&["data.batch=256"][..], &["data.batch=256", "model.heads=2", "model.attention=softmax"]] {
         let cfg = Config::from_yaml_str("", &sets.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
         let arch = Arch::from_config(&cfg);
-        let numpy = data::seed_both(0);
+        let numpy = linattn::rng::seed_both(0);
         let params: Vec<Tensor> = model::init_values(&arch, 0.3).into_iter().map(|p| p.to_device(gpu).set_requires_grad(true)).collect();
         let b = DataStream::new(&cfg, None, numpy, gpu).next_batch();
         let batch = Batch { z: b.z, y_query: b.y_query };
@@ -67,7 +67,7 @@ fn fast_forward_on_cuda_matches_the_faithful_forward() {
 #[ignore = "needs a CUDA GPU: bash scripts/test.sh --test cuda -- --ignored"]
 fn ensemble_on_cuda_trains_every_member_and_learns() {
     use linattn::config::{Config, OptimizerKind};
-    use linattn::ensemble::{train_ensemble, Member};
+    use linattn::train::{train_ensemble, Member, Options};
     require_gpu();
     let tmp = tempdir();
     let cfg = Config::from_yaml_str("", &["train.device=cuda".into(), "train.iters=300".into(), "train.save_every=50".into()]).unwrap();
@@ -75,10 +75,10 @@ fn ensemble_on_cuda_trains_every_member_and_learns() {
         .map(|i| Member { seed: i / 2, optimizer: if i % 2 == 0 { OptimizerKind::Sgd } else { OptimizerKind::Adam }, lr: 0.02 })
         .collect();
     let outs: Vec<_> = (0..4).map(|i| tmp.path().join(format!("m{i}"))).collect();
-    for o in train_ensemble(&cfg, &members, &outs, false, &std::sync::atomic::AtomicBool::new(false)).unwrap() {
+    for o in train_ensemble(&cfg, &members, &outs, &Options::default()).unwrap() {
         let m = &o.metrics;
         assert_eq!(m.len(), 300);
-        let mean = |r: &[linattn::artifacts::MetricsRow]| r.iter().map(|x| x.train_loss).sum::<f64>() / r.len() as f64;
+        let mean = |r: &[linattn::run::MetricsRow]| r.iter().map(|x| x.train_loss).sum::<f64>() / r.len() as f64;
         assert!(mean(&m[280..]) < 0.5 * mean(&m[..20]), "the loss must fall on the GPU too");
         assert!(o.summary.device.starts_with("cuda"));
     }

@@ -1,15 +1,46 @@
-//! Ensemble training: a member fed the same batches as a solo run follows the same trajectory
-//! (within 1e-5 relative), members never influence each other, a diverging member stops
-//! while the others go on, and a stopped ensemble leaves folders that are trained again.
+//! Ensemble training (the batched stepper): a member fed the same batches as a solo run follows
+//! the same trajectory (within 1e-5 relative), members never influence each other, a diverging
+//! member stops while the others go on, and a stopped ensemble resumes to the same files.
 mod common;
 use common::*;
 use linattn::config::{Config, OptimizerKind};
 use linattn::data::Batch;
-use linattn::ensemble::{self, Ensemble, Member};
-use linattn::train::Run;
+use linattn::optim::NonFinite;
+use linattn::run::{protocol, RunFolder, State, Status};
+use linattn::train::{self, BatchedStepper, FaithfulStepper, Member, Options, Stepper};
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
 use tch::{Device, Tensor};
+
+/// A stepper and the non-finite rule the driver would give it.
+struct Stepped<S: Stepper> {
+    stepper: S,
+    rule: NonFinite,
+    cfg: Config,
+    iter: i64,
+}
+
+impl<S: Stepper> Stepped<S> {
+    fn new(stepper: S, cfg: &Config) -> Self {
+        let rule = NonFinite::new(cfg.train.skip_nonfinite, stepper.members() as i64, Device::Cpu);
+        Stepped { stepper, rule, cfg: cfg.clone(), iter: 0 }
+    }
+
+    /// One step as the driver takes it; (losses, grad norms) per member.
+    fn step(&mut self) -> (Vec<f64>, Vec<f64>) {
+        let g = train::step(&mut self.stepper, &mut self.rule, &self.cfg.train, self.iter);
+        self.iter += 1;
+        let v = |t: &Tensor| Vec::<f64>::try_from(t.to_kind(tch::Kind::Double)).unwrap();
+        (v(&g.losses), v(&g.norms))
+    }
+
+    fn diverged(&self) -> Vec<bool> {
+        Vec::<bool>::try_from(self.rule.active.logical_not()).unwrap()
+    }
+}
+
+fn ensemble(cfg: &Config, members: &[Member]) -> Stepped<BatchedStepper> {
+    Stepped::new(BatchedStepper::start(cfg, members, Device::Cpu).unwrap(), cfg)
+}
 
 fn config(sets: &[&str]) -> Config {
     let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
@@ -53,23 +84,27 @@ fn ensemble_vs_solo(sets: &[&str], iters: i64, solo: Solo) -> (f64, f64, f64) {
     for m in &members {
         let mut c = m.config(&cfg);
         c.train.mode = linattn::config::Mode::Faithful;
-        let mut run = Run::start(&c).unwrap();
-        let bs: Vec<Batch> = (0..iters).map(|_| run.data.next_batch()).collect();
+        let mut run = Stepped::new(FaithfulStepper::start(&c, Device::Cpu).unwrap(), &c);
+        // The batches the faithful run would draw: its stream, after the same start.
+        let (_, mut data) = protocol::start(&c, c.train.seed).into_stream(&c, Device::Cpu);
+        let bs: Vec<Batch> = (0..iters).map(|_| data.next_batch()).collect();
         let (mut rows, mut params) = (vec![], vec![]);
         match solo {
             Solo::Faithful => {
                 for b in &bs {
-                    let r = run.step_on(b);
-                    rows.push((r.train_loss, r.grad_norm));
-                    params.push(Tensor::cat(&run.model.snapshot().iter().map(|t| t.reshape([-1])).collect::<Vec<_>>(), 0));
+                    run.stepper.feed(Batch { z: b.z.shallow_clone(), y_query: b.y_query.shallow_clone() });
+                    let (l, n) = run.step();
+                    rows.push((l[0], n[0]));
+                    params.push(run.stepper.flat_params().get(0).copy());
                 }
             }
             Solo::Fast => {
-                let mut one = Ensemble::start(&cfg, &[*m]).unwrap();
+                let mut one = ensemble(&cfg, &[*m]);
                 for b in &bs {
-                    let out = one.step_on(&Batch { z: b.z.unsqueeze(0), y_query: b.y_query.unsqueeze(0) }, None);
-                    rows.push((out.losses.double_value(&[0]), out.grad_norms.double_value(&[0])));
-                    params.push(one.flat_params().detach().get(0).copy());
+                    one.stepper.feed(Batch { z: b.z.unsqueeze(0), y_query: b.y_query.unsqueeze(0) }, None);
+                    let (l, n) = one.step();
+                    rows.push((l[0], n[0]));
+                    params.push(one.stepper.flat_params().get(0).copy());
                 }
             }
         }
@@ -78,19 +113,18 @@ fn ensemble_vs_solo(sets: &[&str], iters: i64, solo: Solo) -> (f64, f64, f64) {
         solo_params.push(params);
     }
 
-    let mut ens = Ensemble::start(&cfg, &members).unwrap();
+    let mut ens = ensemble(&cfg, &members);
     let (mut worst_loss, mut worst_norm, mut worst_param) = (0f64, 0f64, 0f64);
     for t in 0..iters as usize {
         let z: Vec<&Tensor> = batches.iter().map(|b| &b[t].z).collect();
         let y: Vec<&Tensor> = batches.iter().map(|b| &b[t].y_query).collect();
-        let out = ens.step_on(&Batch { z: Tensor::stack(&z, 0), y_query: Tensor::stack(&y, 0) }, None);
-        let losses = Vec::<f32>::try_from(&out.losses).unwrap();
-        let norms = Vec::<f32>::try_from(&out.grad_norms).unwrap();
+        ens.stepper.feed(Batch { z: Tensor::stack(&z, 0), y_query: Tensor::stack(&y, 0) }, None);
+        let (losses, norms) = ens.step();
         for i in 0..members.len() {
             let (loss, norm) = solo_losses[i][t];
-            worst_loss = worst_loss.max(rel_f(losses[i] as f64, loss));
-            worst_norm = worst_norm.max(rel_f(norms[i] as f64, norm));
-            worst_param = worst_param.max(rel(&ens.flat_params().detach().get(i as i64).to_device(Device::Cpu), &solo_params[i][t]));
+            worst_loss = worst_loss.max(rel_f(losses[i], loss));
+            worst_norm = worst_norm.max(rel_f(norms[i], norm));
+            worst_param = worst_param.max(rel(&ens.stepper.flat_params().get(i as i64), &solo_params[i][t]));
         }
     }
     println!(
@@ -150,13 +184,13 @@ fn ensemble_member_stays_close_to_the_faithful_run() {
 #[test]
 fn ensemble_members_start_from_the_faithful_runs_initial_parameters() {
     let cfg = config(&["data.batch=50"]);
-    let ens = Ensemble::start(&cfg, &members()).unwrap();
+    let ens = BatchedStepper::start(&cfg, &members(), Device::Cpu).unwrap();
     for (i, m) in members().iter().enumerate() {
         let mut c = m.config(&cfg);
         c.train.mode = linattn::config::Mode::Faithful;
-        let run = Run::start(&c).unwrap();
-        for (a, b) in ens.member_params(i).iter().zip(run.model.snapshot()) {
-            assert!(a.equal(&b), "member {i}: initial parameters differ");
+        let run = FaithfulStepper::start(&c, Device::Cpu).unwrap();
+        for (a, b) in ens.member_params(i).iter().zip(run.params()) {
+            assert!(a.equal(b), "member {i}: initial parameters differ");
         }
     }
 }
@@ -168,11 +202,11 @@ fn a_diverging_member_stops_and_the_others_go_on_as_their_solo_fast_runs() {
     let mut members = members();
     members.push(Member { seed: 3, optimizer: OptimizerKind::Sgd, lr: 1e4 });
     let outs: Vec<PathBuf> = (0..members.len()).map(|i| tmp.path().join(format!("m{i}"))).collect();
-    let outcomes = ensemble::train_ensemble(&cfg, &members, &outs, false, &AtomicBool::new(false)).unwrap();
+    let outcomes = train::train_ensemble(&cfg, &members, &outs, &Options::default()).unwrap();
 
     let bad = &outcomes[4];
     let t = bad.summary.diverged_at.expect("lr 1e4 diverges, clipped or not");
-    assert_eq!(bad.summary.status, linattn::artifacts::Status::Diverged);
+    assert_eq!(bad.summary.status, Status::Diverged);
     assert_eq!(bad.metrics.len() as i64, t + 1, "rows up to and including the diverged iteration");
     let last = bad.metrics.last().unwrap();
     assert!(!(last.train_loss.is_finite() && last.grad_norm.is_finite()));
@@ -185,8 +219,8 @@ fn a_diverging_member_stops_and_the_others_go_on_as_their_solo_fast_runs() {
     // Every other member completed, and its folder is what `linattn train` writes for its
     // config in fast mode: the solo run reads the same device stream.
     for i in 0..4 {
-        assert_eq!(outcomes[i].summary.status, linattn::artifacts::Status::Completed);
-        let member_cfg = Config::load_run(&outs[i]).unwrap();
+        assert_eq!(outcomes[i].summary.status, Status::Completed);
+        let member_cfg = RunFolder::new(&outs[i]).config().unwrap();
         assert_eq!(member_cfg, members[i].config(&cfg));
         let solo_dir = tmp.path().join(format!("solo{i}"));
         let mut c = linattn();
@@ -204,31 +238,40 @@ fn a_diverging_member_stops_and_the_others_go_on_as_their_solo_fast_runs() {
 }
 
 #[test]
-fn a_stopped_ensemble_marks_its_folders_interrupted_and_reproduce_trains_them_again() {
-    use linattn::reproduce::runs::{self, State};
+fn a_stopped_ensemble_checkpoints_every_member_and_resuming_one_member_finishes_them_all_byte_identically() {
     let tmp = tempdir();
-    let cfg = config(&["data.batch=20", "train.iters=10"]);
-    let outs: Vec<PathBuf> = (0..members().len()).map(|i| tmp.path().join(format!("m{i}"))).collect();
+    let cfg = config(&["data.batch=20", "train.iters=30", "train.mode=fast"]);
+    let folders = |name: &str| -> Vec<PathBuf> { (0..members().len()).map(|i| tmp.path().join(name).join(format!("m{i}"))).collect() };
+    let (stopped, whole) = (folders("stopped"), folders("whole"));
     // Ctrl-C before the first step: the signal handler has set the flag.
-    let outcomes = ensemble::train_ensemble(&cfg, &members(), &outs, false, &AtomicBool::new(true)).unwrap();
-    for (o, out) in outcomes.iter().zip(&outs) {
-        assert_eq!(o.summary.status, linattn::artifacts::Status::Interrupted);
+    let stop = Options { stop: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)), ..Options::default() };
+    for (o, out) in train::train_ensemble(&cfg, &members(), &stopped, &stop).unwrap().iter().zip(&stopped) {
+        assert_eq!(o.summary.status, Status::Interrupted);
         assert_eq!(o.summary.iters_done, 0);
-        assert!(!out.join("metrics.csv").exists() && !out.join("trajectory.safetensors").exists());
-        assert!(matches!(runs::state(out), State::Broken), "{}: {:?}", out.display(), runs::state(out));
+        assert!(matches!(RunFolder::new(out).state(), State::Resumable), "{}", out.display());
+    }
+    // Resuming any member resumes the ensemble its checkpoint names.
+    let outcomes = train::resume(&stopped[2], &Options::default()).unwrap();
+    assert_eq!(outcomes.len(), 4);
+    train::train_ensemble(&cfg, &members(), &whole, &Options::default()).unwrap();
+    for (a, b) in stopped.iter().zip(&whole) {
+        for file in ["metrics.csv", "final.safetensors", "trajectory.safetensors"] {
+            assert_eq!(std::fs::read(a.join(file)).unwrap(), std::fs::read(b.join(file)).unwrap(), "{}: {file}", a.display());
+        }
+        assert!(!a.join("checkpoint.safetensors").exists(), "a finished run keeps no checkpoint");
     }
 }
 
 #[test]
-fn a_small_fast_ensemble_runs_on_one_thread_and_gives_the_thread_count_back_when_dropped() {
+fn the_paper_models_fast_path_prefers_one_thread_and_training_leaves_the_thread_count_alone() {
+    let small = config(&["train.mode=fast"]);
+    assert_eq!(train::preferred_threads(&small, 12), Some(1), "the paper's small linear model trains fastest on one thread");
+    assert_eq!(train::preferred_threads(&config(&["train.mode=faithful"]), 1), None);
+    assert_eq!(train::preferred_threads(&config(&["train.mode=fast", "model.dim=20"]), 1), None, "large matrices use GEMMs");
     tch::set_num_threads(2);
-    let cfg = config(&["train.mode=fast", "train.iters=3"]);
-    {
-        let mut ensemble = Ensemble::start(&cfg, &members()).unwrap();
-        ensemble.step();
-        assert_eq!(tch::get_num_threads(), 1, "the paper's small linear model trains on one thread");
-    }
-    assert_eq!(tch::get_num_threads(), 2, "the caller's thread count is back");
+    let tmp = tempdir();
+    train::train(&config(&["train.mode=fast", "train.iters=3", "data.batch=20"]), &tmp.path().join("r"), &Options::default()).unwrap();
+    assert_eq!(tch::get_num_threads(), 2, "the engine never changes the caller's thread count");
 }
 
 fn float64(cfg: &Config) -> Config {
@@ -241,18 +284,16 @@ fn float64(cfg: &Config) -> Config {
 #[test]
 fn a_float64_ensemble_starts_from_the_float32_init_draws_the_same_data_and_stays_within_1e_4_of_it() {
     let cfg = config(&["data.batch=200", "train.mode=fast"]);
-    let (mut single, mut double) =
-        (Ensemble::start(&cfg, &members()).unwrap(), Ensemble::start(&float64(&cfg), &members()).unwrap());
-    assert_eq!(double.flat_params().kind(), tch::Kind::Double);
-    assert!(single.flat_params().to_kind(tch::Kind::Double).equal(double.flat_params()), "the float32 init, widened");
+    let (mut single, mut double) = (ensemble(&cfg, &members()), ensemble(&float64(&cfg), &members()));
+    assert_eq!(double.stepper.flat_params().kind(), tch::Kind::Double);
+    assert!(single.stepper.flat_params().to_kind(tch::Kind::Double).equal(&double.stepper.flat_params()), "the float32 init, widened");
     for t in 0..30 {
-        let (a, b) = (single.step(), double.step());
-        for i in 0..members().len() as i64 {
-            let (la, lb) = (a.losses.double_value(&[i]), b.losses.double_value(&[i]));
-            assert!(rel_f(la, lb) < 1e-4, "iteration {t}, member {i}: loss {la} (float32) against {lb} (float64)");
+        let (a, b) = (single.step().0, double.step().0);
+        for i in 0..members().len() {
+            assert!(rel_f(a[i], b[i]) < 1e-4, "iteration {t}, member {i}: loss {} (float32) against {} (float64)", a[i], b[i]);
         }
     }
-    let gap = rel(&single.flat_params().to_kind(tch::Kind::Double), double.flat_params());
+    let gap = rel(&single.stepper.flat_params().to_kind(tch::Kind::Double), &double.stepper.flat_params());
     assert!(gap < 1e-4, "parameters after 30 steps differ by {gap:e}");
 }
 
@@ -265,13 +306,11 @@ fn a_batch_whose_loss_overflows_float32_diverges_a_float32_run_but_not_a_float64
     let scale = 100.0;
     let huge = Batch { z: (&eval.z * scale).unsqueeze(0), y_query: (&eval.y_query * scale).unsqueeze(0) };
     let loss_of = |c: &Config| {
-        let mut ens = Ensemble::start(c, &member).unwrap();
-        let mut rec = ensemble::Recorder::new(&ens);
+        let mut ens = ensemble(c, &member);
         let batch = Batch { z: huge.z.shallow_clone(), y_query: huge.y_query.shallow_clone() }.to_kind(c.train.dtype.kind());
-        let out = ens.step_on(&batch, None);
-        rec.metrics(0, &out);
-        rec.flush();
-        (rec.all_diverged(), rec.rows(0)[0])
+        ens.stepper.feed(batch, None);
+        let (losses, norms) = ens.step();
+        (ens.diverged()[0], linattn::run::MetricsRow { iter: 0, train_loss: losses[0], grad_norm: norms[0] })
     };
     let (single_diverged, single_row) = loss_of(&cfg);
     assert!(single_diverged, "float32 loss {} should overflow", single_row.train_loss);
@@ -282,11 +321,11 @@ fn a_batch_whose_loss_overflows_float32_diverges_a_float32_run_but_not_a_float64
     // metrics.csv keeps such a value exactly, and a float32 value as float32 writes it.
     let tmp = tempdir();
     let path = tmp.path().join("metrics.csv");
-    let rows = [double_row, linattn::artifacts::MetricsRow { iter: 1, train_loss: 0.1f32 as f64, grad_norm: 3.0e-7f32 as f64 }];
-    let text = linattn::artifacts::metrics_csv(&rows);
+    let rows = [double_row, linattn::run::MetricsRow { iter: 1, train_loss: 0.1f32 as f64, grad_norm: 3.0e-7f32 as f64 }];
+    let text = linattn::run::io::metrics_csv(&rows);
     assert!(text.ends_with("\n1,0.1,0.0000003\n"), "float32 values are written as float32 writes them: {text}");
     std::fs::write(&path, text).unwrap();
-    assert_eq!(linattn::artifacts::read_metrics(&path).unwrap(), rows.to_vec());
+    assert_eq!(linattn::run::io::read_metrics(&path).unwrap(), rows.to_vec());
 }
 
 /// One stream per batch, `[U, B, n+1, d+1]`: the eval batch scaled by each factor (NaN poisons
@@ -305,7 +344,7 @@ fn a_skipped_nonfinite_step_leaves_each_member_as_if_its_batch_had_never_been_dr
     let rows = |r: [i64; 4]| Tensor::from_slice(&r);
     // Every member (SGD and Adam) sees the batches good[0], good[1], good[2]; members 2 and 3
     // meet a poisoned batch before good[1], members 0 and 1 before good[2].
-    let mut skipped = Ensemble::start(&cfg, &members()).unwrap();
+    let mut skipped = ensemble(&cfg, &members());
     let plan = [
         (vec![good[0]], [0, 0, 0, 0]),
         (vec![good[1], nan], [0, 0, 1, 1]),
@@ -313,24 +352,28 @@ fn a_skipped_nonfinite_step_leaves_each_member_as_if_its_batch_had_never_been_dr
         (vec![nan, good[2]], [0, 0, 1, 1]),
     ];
     for (t, (scales, r)) in plan.iter().enumerate() {
-        let out = skipped.step_on(&scaled_streams(&eval, scales), Some(&rows(*r)));
-        let finite = Vec::<bool>::try_from(out.losses.isfinite()).unwrap();
+        skipped.stepper.feed(scaled_streams(&eval, scales), Some(rows(*r)));
+        let finite: Vec<bool> = skipped.step().0.iter().map(|l| l.is_finite()).collect();
         let poisoned: Vec<bool> = r.iter().map(|&i| scales[i as usize].is_nan()).collect();
         assert_eq!(finite, poisoned.iter().map(|p| !p).collect::<Vec<_>>(), "step {t}");
     }
-    let mut clean = Ensemble::start(&cfg, &members()).unwrap();
+    let mut clean = ensemble(&cfg, &members());
     for s in good {
-        clean.step_on(&scaled_streams(&eval, &[s]), Some(&rows([0, 0, 0, 0])));
+        clean.stepper.feed(scaled_streams(&eval, &[s]), Some(rows([0, 0, 0, 0])));
+        clean.step();
     }
+    let (a, b) = (skipped.stepper.flat_params(), clean.stepper.flat_params());
     assert!(
-        skipped.flat_params().equal(clean.flat_params()),
+        a.equal(&b),
         "parameters and optimizer state (momentum, Adam's moments and step count) untouched by the skipped steps: {:e}",
-        rel(skipped.flat_params(), clean.flat_params())
+        rel(&a, &b)
     );
     // And the next update, which reads the optimizer state, agrees too.
-    skipped.step_on(&scaled_streams(&eval, &[0.9]), Some(&rows([0, 0, 0, 0])));
-    clean.step_on(&scaled_streams(&eval, &[0.9]), Some(&rows([0, 0, 0, 0])));
-    assert!(skipped.flat_params().equal(clean.flat_params()));
+    for e in [&mut skipped, &mut clean] {
+        e.stepper.feed(scaled_streams(&eval, &[0.9]), Some(rows([0, 0, 0, 0])));
+        e.step();
+    }
+    assert!(skipped.stepper.flat_params().equal(&clean.stepper.flat_params()));
 }
 
 #[test]
@@ -338,17 +381,14 @@ fn a_member_diverges_at_its_nonfinite_step_one_past_skip_nonfinite_in_a_row() {
     let cfg = config(&["data.batch=50", "train.mode=fast", "train.skip_nonfinite=2"]);
     let eval = linattn::data::eval_batch(&cfg, Device::Cpu);
     let member = [Member { seed: 0, optimizer: OptimizerKind::Adam, lr: 0.01 }];
-    let mut ens = Ensemble::start(&cfg, &member).unwrap();
-    let mut rec = ensemble::Recorder::new(&ens);
+    let mut ens = ensemble(&cfg, &member);
     let nan = f64::NAN;
     // Two in a row are skipped, a finite step resets the count, the third in a row diverges.
     for (t, scale) in [nan, nan, 1.0, nan, nan, nan].into_iter().enumerate() {
-        let before = ens.flat_params().copy();
-        let out = ens.step_on(&scaled_streams(&eval, &[scale]), None);
-        rec.metrics(t as i64, &out);
-        rec.flush();
-        assert_eq!(rec.all_diverged(), t == 5, "after step {t}");
-        assert_eq!(ens.flat_params().equal(&before), scale.is_nan(), "step {t} updates only when finite");
+        let before = ens.stepper.flat_params().copy();
+        ens.stepper.feed(scaled_streams(&eval, &[scale]), None);
+        ens.step();
+        assert_eq!(ens.diverged()[0], t == 5, "after step {t}");
+        assert_eq!(ens.stepper.flat_params().equal(&before), scale.is_nan(), "step {t} updates only when finite");
     }
-    assert_eq!(rec.rows(0).len(), 6, "rows up to and including the diverged iteration");
 }

@@ -4,7 +4,7 @@
 mod common;
 use common::*;
 use linattn::config::Config;
-use linattn::data::{self, Batch, DataStream, DeviceStream};
+use linattn::data::{Batch, DataStream, DeviceStream};
 use linattn::model::{self, Arch};
 use tch::{Device, Kind, Tensor};
 
@@ -17,8 +17,8 @@ fn config(sets: &[&str]) -> Config {
 fn batch_and_params(cfg: &Config, init_std: f64, kind: Kind) -> (Batch, Vec<Tensor>) {
     let arch = Arch::from_config(cfg);
     let teacher = (cfg.data.setting == linattn::config::Setting::MlpTeacher)
-        .then(|| data::build_teacher(&cfg.data, cfg.model.dim));
-    let numpy = data::seed_both(0);
+        .then(|| linattn::mlp::Mlp::teacher(&cfg.data, cfg.model.dim));
+    let numpy = linattn::rng::seed_both(0);
     let params: Vec<Tensor> = model::init_values(&arch, init_std)
         .into_iter()
         .map(|p| p.to_kind(kind).set_requires_grad(true))
@@ -147,14 +147,14 @@ fn fast_mode_train_writes_a_run_folder_and_learns() {
     for f in ["config.yaml", "trajectory.safetensors", "final.safetensors", "summary.json"] {
         assert!(a.join(f).exists(), "{f} missing");
     }
-    let resolved = Config::load_run(&a).unwrap();
+    let resolved = linattn::run::RunFolder::new(&a).config().unwrap();
     assert_eq!(resolved.train.mode, linattn::config::Mode::Fast);
     let traj = Tensor::read_safetensors(a.join("trajectory.safetensors")).unwrap();
     let step = &traj.iter().find(|(n, _)| n == "step").unwrap().1;
     assert_eq!(Vec::<i64>::try_from(step).unwrap(), vec![0, 100, 200, 300]);
     // The initial parameters are the faithful run's (seed 0).
     let allparam = &traj.iter().find(|(n, _)| n == "allparam").unwrap().1;
-    let _ = data::seed_both(0);
+    let _ = linattn::rng::seed_both(0);
     let init = model::init_values(&Arch::from_config(&resolved), resolved.model.init_std);
     assert!(allparam.get(0).equal(&init[0]));
 }

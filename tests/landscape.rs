@@ -4,8 +4,8 @@ mod common;
 use common::*;
 use linattn::config::{Attention, Parametrization};
 use linattn::data::Batch;
-use linattn::landscape::{self, Point};
-use linattn::model::Arch;
+use linattn::measure::landscape::{self, Point};
+use linattn::model::{Arch, Layout};
 use std::collections::HashMap;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
@@ -41,11 +41,12 @@ fn problem(arch: &Arch) -> (Vec<Tensor>, Batch) {
 
 /// The Hessian by central differences of the autograd gradient, column by column.
 fn finite_difference_hessian(arch: &Arch, params: &[Tensor], batch: &Batch) -> Tensor {
-    let flat = landscape::flatten(params);
+    let layout = Layout::new(arch);
+    let flat = layout.flatten(params);
     let p = flat.size()[0];
     let h = 1e-5;
     let gradient_at = |delta: &Tensor| {
-        let moved = landscape::unflatten(arch, &(&flat + delta));
+        let moved = layout.unflatten(&(&flat + delta));
         Point::new(arch, &moved, batch).grad.detach()
     };
     let columns: Vec<Tensor> = (0..p)
@@ -119,12 +120,14 @@ fn hessian_vector_product_equals_hessian_times_u() {
 
         // The directional smoothness is uᵀHu with u the normalised step between two points.
         let next: Vec<Tensor> = params.iter().map(|p| p + p.randn_like() * 0.01).collect();
-        let step = landscape::flatten(&next) - landscape::flatten(&params);
+        let layout = Layout::new(&arch);
+        let step = layout.flatten(&next) - layout.flatten(&params);
         let unit = &step / step.norm();
         let expected = unit.dot(&h.mv(&unit)).double_value(&[]);
-        let got = landscape::directional_smoothness(&arch, &params, &next, &batch).expect("a non-zero step");
+        let point = Point::new(&arch, &params, &batch);
+        let got = point.directional_smoothness(&layout.flatten(&next));
         assert!(rel_diff(got, expected) < 1e-10, "{arch:?}: smoothness {got} vs uᵀHu {expected}");
-        assert_eq!(landscape::directional_smoothness(&arch, &params, &params, &batch), None);
+        assert!(point.directional_smoothness(&layout.flatten(&params)).is_nan(), "a zero step has no direction");
     }
 }
 
@@ -145,12 +148,17 @@ fn single_threaded(mut c: std::process::Command) -> std::process::Command {
     c
 }
 
-/// analysis.csv as iter → column name → value (None for an empty field).
+/// measurements.csv as iter → column name → value (None for an empty field).
 fn read_analysis(dir: &Path) -> HashMap<i64, HashMap<String, Option<f64>>> {
-    let text = std::fs::read_to_string(dir.join("analysis.csv")).expect("analysis.csv");
+    let text = std::fs::read_to_string(dir.join("measurements.csv")).expect("measurements.csv");
     let mut lines = text.lines();
     let header: Vec<String> = lines.next().expect("a header").split(',').map(String::from).collect();
-    assert_eq!(header.join(","), landscape::ANALYSIS_HEADER, "{}", dir.display());
+    assert_eq!(
+        header.join(","),
+        "iter,test_loss,grad_norm,dir_smoothness,condition_number,condition_number_eig,sharpness",
+        "{}",
+        dir.display()
+    );
     lines
         .map(|l| {
             let f: Vec<&str> = l.split(',').collect();
@@ -278,6 +286,6 @@ fn analyze_rejects_a_folder_that_is_not_a_run() {
         assert_eq!(stderr.trim_end().lines().count(), 1, "not one line: {stderr}");
         assert!(stderr.contains(must_name), "the message does not name {must_name:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
-        assert!(!dir.join("analysis.csv").exists());
+        assert!(!dir.join("measurements.csv").exists());
     }
 }

@@ -1,10 +1,10 @@
-//! Bit-for-bit comparison of `linattn::numpy_rng` against real numpy.
+//! Bit-for-bit comparison of `linattn::rng` against real numpy.
 //!
 //! Needs the project venv (`$LINATTN_VENV`, default
 //! `~/.cache/linattn/venv-torch-2.11.0`) with numpy; a missing interpreter is a
 //! test FAILURE, not a skip, because the whole point is the exact match.
 
-use linattn::numpy_rng::LegacyRandomState;
+use linattn::rng::LegacyRandomState;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};

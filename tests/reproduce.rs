@@ -3,7 +3,7 @@
 //! mode's training of one setting's runs as one ensemble.
 mod common;
 use common::*;
-use linattn::figures::{self, FigureSpec, Scale};
+use linattn::figures::spec::{self as figures, FigureSpec, Scale};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -98,7 +98,7 @@ fn every_figure_yaml_parses_and_names_existing_settings() {
         }
         for quick in [false, true] {
             let res = spec.resolve(&Scale { quick, ..Default::default() });
-            let runs = spec.plan(&experiments.join("settings"), &res, "cpu").unwrap_or_else(|e| panic!("{id}: {e:#}"));
+            let runs = spec.plan(&experiments.join("settings"), &res, linattn::config::DeviceName::Cpu).unwrap_or_else(|e| panic!("{id}: {e:#}"));
             assert!(!runs.is_empty(), "{id}: no runs");
             if spec.lr_grid.is_some() && !quick {
                 let per = runs.iter().filter(|r| r.series == 0 && r.optimizer == linattn::config::OptimizerKind::Sgd && r.seed == res.seeds[0]).count();
@@ -193,8 +193,8 @@ fn fast_runs_of_one_setting_train_as_one_ensemble_and_a_second_invocation_reuses
     assert!(walls.iter().all(|&w| w == walls[0]), "{walls:?}");
     // Each member's folder holds the config its name was made from.
     for r in &runs {
-        let cfg = linattn::config::Config::load_run(r).unwrap();
-        assert_eq!(linattn::reproduce::runs::run_dir(&tmp.path().join("runs"), &cfg), *r);
+        let cfg = linattn::run::RunFolder::new(r).config().unwrap();
+        assert_eq!(linattn::figures::runs::run_dir(&tmp.path().join("runs"), &cfg), *r);
     }
 
     let out = stdout(&ok(reproduce_fast(&fig, tmp.path())));
@@ -322,4 +322,139 @@ fn the_summary_counts_the_steps_a_figures_runs_skipped_as_nonfinite() {
     assert_eq!((skipped("sgd"), skipped("adam")), (0, 2));
     let md = std::fs::read_to_string(tmp.path().join("plots/summary.md")).unwrap();
     assert!(md.contains("over all seeds: gamma, L = 4 Adam: 2."), "{md}");
+}
+
+/// A figure whose fast runs (12: 6 seeds × SGD/Adam) train as one ensemble for long enough to
+/// be killed in the middle, with a noise unit.
+const ENSEMBLE: &str = r#"
+title: "tiny ensemble figure"
+paper: "none: a test"
+series:
+  - {id: s1, label: "Setting 1, B = 100", settings: setting1_normal_n20.yaml, set: [data.batch=100], lr: {sgd: 0.02, adam: 0.02}}
+runs: {optimizers: [sgd, adam], seeds: [0, 1, 2, 3, 4, 5], iters: 1500, save_every: 50}
+measure:
+  loss_every: 250
+  condition_every: 750
+  noise: {seed: 1, samples: 20, full_batch: 500}
+panels: [loss, noise, condition]
+quick: {}
+"#;
+
+/// The figure's numbers without what measures time or the machine.
+fn figure_numbers(plots: &Path, id: &str) -> serde_json::Value {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for k in ["wall_time_s", "machine", "all_reused"] {
+                    m.remove(k);
+                }
+                m.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(plots.join("data").join(format!("{id}.json"))).unwrap()).unwrap();
+    strip(&mut v);
+    v
+}
+
+fn wait_for(what: impl Fn() -> bool, limit: std::time::Duration) {
+    let start = std::time::Instant::now();
+    while !what() {
+        assert!(start.elapsed() < limit, "timed out");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Whether any run folder under `runs` holds a checkpoint.
+fn any_checkpoint(runs: &Path) -> bool {
+    runs.exists() && run_folders(runs).iter().any(|r| r.join("checkpoint.safetensors").exists())
+}
+
+#[test]
+fn a_reproduce_killed_during_an_ensemble_resumes_it_and_gives_the_same_figure_data() {
+    let tmp = tempdir();
+    let fig = write_figure(tmp.path(), "ens", ENSEMBLE);
+    let whole = tmp.path().join("whole");
+    ok(reproduce_fast(&fig, &whole));
+
+    let killed = tmp.path().join("killed");
+    let mut c = reproduce_fast(&fig, &killed);
+    c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    let mut child = c.spawn().unwrap();
+    wait_for(|| any_checkpoint(&killed.join("runs")), std::time::Duration::from_secs(120));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    child.kill().unwrap(); // SIGKILL
+    assert!(!child.wait().unwrap().success(), "the figure finished before it could be killed");
+    let out = stdout(&ok(reproduce_fast(&fig, &killed)));
+    assert!(out.contains("resumed 12") && out.contains("runs trained 0"), "the ensemble resumed instead of training again: {out}");
+    assert_eq!(figure_numbers(&killed.join("plots"), "ens"), figure_numbers(&whole.join("plots"), "ens"));
+}
+
+#[test]
+fn two_shards_started_together_do_disjoint_work_and_draw_only_gives_the_single_process_figure() {
+    let tmp = tempdir();
+    // Two settings, so that there are two ensembles to share out, and two noise units.
+    let two = ENSEMBLE.replace(
+        "  - {id: s1,",
+        "  - {id: s2, label: \"Setting 2, B = 100\", settings: setting2_normal_n5.yaml, set: [data.batch=100], lr: {sgd: 0.01, adam: 0.005}}\n  - {id: s1,",
+    );
+    let fig = write_figure(tmp.path(), "two", &two.replace("iters: 1500", "iters: 300"));
+    let single = tmp.path().join("single");
+    ok(reproduce_fast(&fig, &single));
+
+    let shared = tmp.path().join("shared");
+    // Nothing trained yet: --draw-only names the missing units and exits 4.
+    let mut c = reproduce_fast(&fig, &shared);
+    c.arg("--draw-only");
+    let o = output(c);
+    assert_eq!(o.status.code(), Some(4), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("(training)"));
+
+    let workers: Vec<std::process::Child> = [1, 2]
+        .iter()
+        .map(|k| {
+            let mut c = reproduce_fast(&fig, &shared);
+            c.arg("--shard").arg(format!("{k}/2")).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+            c.spawn().unwrap()
+        })
+        .collect();
+    let logs: Vec<String> = workers
+        .into_iter()
+        .map(|w| {
+            let o = w.wait_with_output().unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            String::from_utf8_lossy(&o.stderr).into_owned()
+        })
+        .collect();
+    // Every unit is trained or measured by exactly one shard.
+    let done = |log: &str, verb: &str| -> Vec<String> {
+        log.lines().filter_map(|l| l.split_once(&format!(" {verb} ")).map(|(_, u)| u.to_string())).collect()
+    };
+    for verb in ["trained", "measured"] {
+        let (a, b) = (done(&logs[0], verb), done(&logs[1], verb));
+        assert!(a.iter().all(|u| !b.contains(u)), "{verb} by both shards: {a:?} / {b:?}");
+        assert!(!(a.is_empty() && b.is_empty()), "nothing {verb}");
+    }
+    assert_eq!(done(&logs[0], "trained").len() + done(&logs[1], "trained").len(), 2, "two ensembles: {logs:?}");
+    assert!(!shared.join("plots").exists(), "a shard draws nothing");
+    let mut c = reproduce_fast(&fig, &shared);
+    c.arg("--draw-only");
+    ok(c);
+    assert_eq!(figure_numbers(&shared.join("plots"), "two"), figure_numbers(&single.join("plots"), "two"));
+}
+
+#[test]
+fn a_shard_is_k_of_n_with_k_from_1_to_n() {
+    let tmp = tempdir();
+    let fig = write_figure(tmp.path(), "tiny", TINY);
+    for bad in ["0/2", "3/2", "1", "a/b"] {
+        let mut c = reproduce(&fig, tmp.path());
+        c.arg("--shard").arg(bad);
+        let o = output(c);
+        assert_eq!(o.status.code(), Some(2), "--shard {bad}");
+        assert!(String::from_utf8_lossy(&o.stderr).contains("K/N"), "--shard {bad}");
+    }
 }

@@ -116,34 +116,60 @@ fn wait_for_checkpoint_or_config(dir: &Path) {
     }
 }
 
-#[test]
-fn sigkill_then_resume_gives_a_byte_identical_metrics_csv() {
+/// Trains `sets` (plus `extra` command-line flags) uninterrupted into `whole`, and again into
+/// `killed`, SIGKILLed after its first checkpoint and resumed; `folders` are the run folders
+/// under each (one, or an ensemble's members). While the killed run still trains, its
+/// metrics.csv is read and holds rows.
+fn kill_and_resume(sets: &[&str], extra: &[&str], folders: &[&str]) {
     let tmp = tempdir();
     let (whole, killed) = (tmp.path().join("whole"), tmp.path().join("killed"));
-    ok(train_cmd(&whole, &["train.iters=3000"]));
+    let mut c = train_cmd(&whole, sets);
+    c.args(extra);
+    ok(c);
 
-    let mut child = train_cmd(&killed, &["train.iters=3000"]);
-    child.args(["--checkpoint-every", "100"]).stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = train_cmd(&killed, sets);
+    child.args(extra).args(["--checkpoint-every", "50"]).stdout(Stdio::null()).stderr(Stdio::null());
     let mut child = child.spawn().unwrap();
-    wait_for_checkpoint(&killed, Duration::from_secs(120));
+    let first = killed.join(folders[0]);
+    wait_for_checkpoint(&first, Duration::from_secs(120));
+    while !first.join("metrics.csv").exists() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rows = metrics(&first);
+    assert!(child.try_wait().unwrap().is_none(), "the run finished before its metrics could be read mid-run");
+    assert!(!rows.is_empty() && rows.len() % 50 == 0, "metrics.csv while training holds the rows up to a checkpoint: {}", rows.len());
     std::thread::sleep(Duration::from_millis(300));
     child.kill().unwrap(); // SIGKILL
     let status = child.wait().unwrap();
     assert!(!status.success(), "the run finished before it could be killed");
-    assert!(!killed.join("metrics.csv").exists(), "no partial metrics.csv is left behind");
 
     let mut resume = linattn();
-    resume.arg("train").arg("--resume").arg(&killed);
+    resume.arg("train").arg("--resume").arg(killed.join(folders[folders.len() - 1]));
     ok(resume);
-    assert_eq!(
-        std::fs::read(killed.join("metrics.csv")).unwrap(),
-        std::fs::read(whole.join("metrics.csv")).unwrap(),
-        "resumed metrics.csv differs from the uninterrupted one"
-    );
-    let a = tch::Tensor::read_safetensors(killed.join("final.safetensors")).unwrap();
-    let b = tch::Tensor::read_safetensors(whole.join("final.safetensors")).unwrap();
-    assert!(a[0].1.equal(&b[0].1));
-    assert!(!killed.join("checkpoint.safetensors").exists());
+    for f in folders {
+        let (a, b) = (killed.join(f), whole.join(f));
+        for file in ["metrics.csv", "final.safetensors", "trajectory.safetensors"] {
+            assert_eq!(std::fs::read(a.join(file)).unwrap(), std::fs::read(b.join(file)).unwrap(), "{f}: resumed {file} differs");
+        }
+        assert!(!a.join("checkpoint.safetensors").exists());
+    }
+}
+
+#[test]
+fn sigkill_then_resume_of_a_faithful_run_gives_byte_identical_files() {
+    kill_and_resume(&["train.iters=3000"], &[], &[""]);
+}
+
+#[test]
+fn sigkill_then_resume_of_a_fast_run_gives_byte_identical_files() {
+    kill_and_resume(&["train.iters=6000", "train.mode=fast"], &[], &[""]);
+}
+
+#[test]
+fn sigkill_then_resume_of_a_12_member_ensemble_gives_byte_identical_files() {
+    let members: Vec<String> = (0..6).flat_map(|s| [format!("sgd-seed{s}"), format!("adam-seed{s}")]).collect();
+    let folders: Vec<&str> = members.iter().map(String::as_str).collect();
+    kill_and_resume(&["train.iters=1500"], &["--seeds", "0,1,2,3,4,5", "--optimizers", "sgd,adam"], &folders);
 }
 
 #[test]
@@ -173,7 +199,7 @@ fn sigterm_checkpoints_exits_130_and_resume_completes_the_run() {
 }
 
 #[test]
-fn sigterm_stops_a_fast_run_with_exit_130_and_marks_it_interrupted() {
+fn sigterm_stops_a_fast_run_with_exit_130_and_a_checkpoint_to_resume_from() {
     let tmp = tempdir();
     let out = tmp.path().join("fast");
     let mut child = train_cmd(&out, &["train.iters=200000", "train.mode=fast"]);
@@ -185,9 +211,10 @@ fn sigterm_stops_a_fast_run_with_exit_130_and_marks_it_interrupted() {
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let o = child.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
-    assert!(stderr(&o).contains("--force"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--resume"), "{}", stderr(&o));
     let summary = std::fs::read_to_string(out.join("summary.json")).unwrap();
     assert!(summary.contains("interrupted"), "{summary}");
+    assert!(out.join("checkpoint.safetensors").exists());
 }
 
 #[test]

@@ -1,4 +1,9 @@
-//! Bit-exact reimplementation of numpy's *legacy* random generator
+//! Every random seed of linattn, in one place: the authors' `np.random.seed(s);
+//! torch.manual_seed(s)` (the reference protocol, docs/spec.md), numpy's legacy generator that
+//! Setting 3 draws its gamma radii from, and the per-(seed, iteration) seeds of fast mode's data
+//! streams.
+//!
+//! numpy's legacy generator is reimplemented bit for bit
 //! (`np.random.seed(int)` followed by `np.random.gamma` and friends).
 //!
 //! Why: SPEC Setting 3 uses the authors' heavy-tailed data, which their
@@ -13,6 +18,33 @@
 //! Floating-point note: every transcendental goes through `f64::ln`, `exp`,
 //! `powf`, `sqrt`, which lower to the same libm calls (`log`, `pow`, ...) as
 //! numpy's C code; expressions keep C's evaluation order (no fused ops).
+
+/// Seeds numpy's legacy generator and torch's generators with the same seed, as the authors'
+/// `np.random.seed(s); torch.manual_seed(s)` does. Returns the numpy-compatible generator, which
+/// the caller passes on explicitly (torch's is libtorch's global one: tch exposes no generator
+/// objects).
+pub fn seed_both(seed: u32) -> LegacyRandomState {
+    tch::manual_seed(seed as i64);
+    LegacyRandomState::new(seed)
+}
+
+/// Seeds torch's generators for iteration `iter` of fast mode's data stream `seed`, so that a
+/// stream is a function of (seed, iteration) only: it does not depend on which other streams
+/// are drawn beside it, and a resumed run needs no generator state but the iteration.
+pub fn seed_stream(seed: u32, iter: i64) {
+    tch::manual_seed(stream_seed(seed, iter));
+}
+
+/// The generator seed of iteration `iter` of the fast stream `seed`: SplitMix64's finaliser on
+/// (seed, iter), so that nearby pairs give unrelated seeds in every bit. The CPU generator keeps
+/// 32 bits of a seed: among 60 000 (seed, iteration) pairs about 0.4 pairs are expected to share
+/// a batch, which is harmless for the statistics.
+pub fn stream_seed(seed: u32, iter: i64) -> i64 {
+    let mut x = (((seed as u64) << 32) ^ (iter as u64)).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (x ^ (x >> 31)) as i64
+}
 
 const N: usize = 624;
 const M: usize = 397;

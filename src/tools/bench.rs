@@ -6,21 +6,29 @@
 //! alike: each process loads libtorch once, times `steps` steps after `warmup` untimed ones,
 //! and reports its ms per step and its own peak resident memory (VmHWM / ru_maxrss).
 //!
+//! The Rust side times the real training driver ([`crate::train::drive`]) on temporary run
+//! folders, as `linattn train` runs it (metrics, snapshots, the final write; no checkpoints).
+//!
 //! Modes (the PyTorch side has one training loop, the authors'; it is the baseline of all):
-//! - `faithful`: [`crate::train::Run::step`], the reference protocol op for op;
+//! - `faithful`: the faithful stepper, the reference protocol op for op;
 //! - `fast`: one `train.mode: fast` run (an ensemble of one);
 //! - `ensemble`: 12 runs (seeds 0–5 × SGD, Adam; the config's learning rate) as one
 //!   ensemble, against PyTorch running the 12 one after another. ms/step is the time of one
 //!   step of all 12 runs on both sides.
+use super::reference;
 use crate::config::{Config, Mode, OptimizerKind};
-use crate::ensemble::{Ensemble, Member, Recorder};
-use crate::train::{is_saved_step, Run};
-use crate::{reference, BadInput};
+use crate::data::{self, Batch};
+use crate::measure::landscape::{condition_number, Point};
+use crate::model::Arch;
+use crate::run::{protocol, RunFolder};
+use crate::train::{self, BatchedStepper, FaithfulStepper, Member, Options, Stepper};
+use crate::BadInput;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
+use tch::Tensor;
 
 /// Runs in the ensemble mode (6 seeds × 2 optimizers), as the PyTorch side's `--ensemble 12`.
 pub const ENSEMBLE_RUNS: usize = 12;
@@ -74,55 +82,50 @@ pub fn peak_rss_kb() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// The Rust side of one mode, in this process: `warmup` untimed steps, then `steps` timed ones.
+/// The Rust side of one mode, in this process: `warmup` untimed steps, then `steps` timed ones,
+/// each a session of the real driver on the same stepper (so the timed one starts warm).
 pub fn worker(cfg: &Config, mode: BenchMode, steps: i64, warmup: i64) -> Result<Measurement> {
-    // The thread count is read while the run is alive: an ensemble may lower it for its lifetime.
-    let (started, threads) = match mode {
-        BenchMode::Faithful => {
-            let mut faithful = cfg.clone();
-            faithful.train.mode = Mode::Faithful;
-            let mut run = Run::start(&faithful)?;
-            for _ in 0..warmup {
-                run.step();
-            }
-            let t0 = Instant::now();
-            for _ in 0..steps {
-                run.step(); // reads loss and grad_norm on the host, as the PyTorch side does
-            }
-            (t0.elapsed(), tch::get_num_threads())
-        }
-        BenchMode::Fast | BenchMode::Ensemble => {
-            let members = match mode {
-                BenchMode::Fast => vec![Member::from_config(cfg)],
-                _ => ensemble_members(cfg),
-            };
-            let mut ensemble = Ensemble::start(cfg, &members)?;
-            let mut recorder = Recorder::new(&ensemble);
-            // The steps of a real run: metrics and snapshots are recorded as `train` records them.
-            let one = |ensemble: &mut Ensemble, recorder: &mut Recorder| {
-                let out = ensemble.step();
-                recorder.metrics(ensemble.iter - 1, &out);
-                if is_saved_step(ensemble.iter, cfg.train.save_every, i64::MAX) {
-                    recorder.snapshot(ensemble.iter, ensemble);
-                }
-            };
-            for _ in 0..warmup {
-                one(&mut ensemble, &mut recorder);
-            }
-            recorder.flush();
-            let t0 = Instant::now();
-            for _ in 0..steps {
-                one(&mut ensemble, &mut recorder);
-            }
-            recorder.flush(); // copies to the host, which also waits for a GPU
-            (t0.elapsed(), tch::get_num_threads())
-        }
+    let device = cfg.train.device.tch().map_err(|e| anyhow!(BadInput(format!("config key train.device: {e}"))))?;
+    let mut base = cfg.clone();
+    base.train.mode = if mode == BenchMode::Faithful { Mode::Faithful } else { Mode::Fast };
+    let members = match mode {
+        BenchMode::Ensemble => ensemble_members(cfg),
+        _ => vec![Member::from_config(&base)],
     };
+    let mut stepper: Box<dyn Stepper> = match mode {
+        BenchMode::Faithful => Box::new(FaithfulStepper::start(&base, device)?),
+        _ => Box::new(BatchedStepper::start(&base, &members, device)?),
+    };
+    let tmp = tempfile::tempdir()?;
+    let opts = Options { checkpoint_every: 0, ..Options::default() };
+    let mut session = |name: &str, iters: i64| -> Result<std::time::Duration> {
+        let configs: Vec<Config> = members
+            .iter()
+            .map(|m| {
+                let mut c = m.config(&base);
+                c.train.mode = base.train.mode;
+                c.train.iters = iters;
+                c
+            })
+            .collect();
+        let folders: Vec<RunFolder> = (0..members.len()).map(|i| RunFolder::new(tmp.path().join(format!("{name}-{i}")))).collect();
+        for (f, c) in folders.iter().zip(&configs) {
+            f.create(c)?;
+        }
+        let t0 = Instant::now();
+        // Ends by reading every value back, which also waits for a GPU.
+        train::drive(stepper.as_mut(), &configs, &folders, None, &opts)?;
+        Ok(t0.elapsed())
+    };
+    if warmup > 0 {
+        session("warmup", warmup)?;
+    }
+    let timed = session("timed", steps)?;
     Ok(Measurement {
-        ms_per_step: started.as_secs_f64() * 1000.0 / steps as f64,
+        ms_per_step: timed.as_secs_f64() * 1000.0 / steps as f64,
         side: "rust".into(),
-        device: cfg.train.device.clone(),
-        threads: threads as i64,
+        device: cfg.train.device.to_string(),
+        threads: tch::get_num_threads() as i64,
         peak_rss_kb: peak_rss_kb(),
     })
 }
@@ -256,7 +259,7 @@ pub fn run(cfg: &Config, req: &BenchRequest) -> Result<Vec<BenchRow>> {
         m.parametrization,
         m.attention,
         m.mlp_hidden,
-        req.device.unwrap_or(&cfg.train.device)
+        req.device.map(str::to_string).unwrap_or_else(|| cfg.train.device.to_string())
     );
     println!("machine: {}; load average before: {}", cpu_model(), load_average());
     println!(
@@ -308,7 +311,7 @@ pub fn run(cfg: &Config, req: &BenchRequest) -> Result<Vec<BenchRow>> {
         rows.push(row);
     }
     // The Rust side may use fewer intra-op threads than it was given: the fast path on small
-    // models runs faster on one (model::fast_prefers_one_thread), so each mode says its own.
+    // models runs faster on one (train::preferred_threads), so each mode says its own.
     if let Some(r) = rows.first() {
         let rust: Vec<String> = rows.iter().map(|r| format!("{} {}", r.mode.name(), r.rust.threads)).collect();
         println!("threads used: pytorch {}; rust {}", r.torch.threads, rust.join(", "));
@@ -327,4 +330,154 @@ pub fn run(cfg: &Config, req: &BenchRequest) -> Result<Vec<BenchRow>> {
     }
     println!("load average after: {}", load_average());
     Ok(rows)
+}
+
+/// R_med at the initialisation of `cfg` (seed, init, eval batch, as a run starts), timed:
+/// Hessian from double backward through the forward pass of `mode`, diagonal, median.
+pub struct ConditionNumberTimer {
+    arch: Arch,
+    mode: Mode,
+    params: Vec<Tensor>,
+    batch: Batch,
+}
+
+impl ConditionNumberTimer {
+    pub fn new(cfg: &Config, mode: Mode) -> Result<ConditionNumberTimer> {
+        let device = cfg.train.device.tch().map_err(|e| anyhow!(BadInput(format!("config key train.device: {e}"))))?;
+        // The point is the run's init (the faithful and the fast run start alike), in the
+        // config's dtype, as the eval batch is.
+        let init = protocol::start(cfg, cfg.train.seed).init;
+        let params = init.iter().map(|p| p.to_kind(cfg.train.dtype.kind()).to_device(device)).collect();
+        Ok(ConditionNumberTimer { arch: Arch::from_config(cfg), mode, params, batch: data::eval_batch(cfg, device) })
+    }
+
+    /// One computation: (milliseconds, the condition number). Reading the value back also
+    /// waits for a GPU.
+    pub fn time_once(&self) -> (f64, f64) {
+        let start = Instant::now();
+        let h = Point::with_mode(&self.arch, &self.params, &self.batch, self.mode).hessian(|| {});
+        let cond = condition_number(&h.diagonal(0, 0, 1));
+        (start.elapsed().as_secs_f64() * 1e3, cond)
+    }
+}
+
+/// The median of a non-empty list of timings.
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+fn minimum(values: &[f64]) -> f64 {
+    values.iter().copied().fold(f64::INFINITY, f64::min)
+}
+
+/// `linattn bench-hessian`: Rust against `torch.autograd.functional.hessian` on the PyTorch side.
+pub struct HessianBench {
+    /// Medians over the timed repetitions.
+    pub rust_ms: f64,
+    pub torch_ms: f64,
+    /// Fastest repetitions: on a shared machine, the least disturbed by other work.
+    pub rust_min_ms: f64,
+    pub torch_min_ms: f64,
+    pub rust_condition_number: f64,
+    pub torch_condition_number: f64,
+    /// The same R_med through the fast forward pass (`train.mode: fast`): median, minimum, value.
+    pub rust_fast_ms: f64,
+    pub rust_fast_min_ms: f64,
+    pub rust_fast_condition_number: f64,
+    pub num_params: i64,
+    pub repeats: usize,
+    pub rust_threads: i64,
+    pub torch_threads: i64,
+    pub device: String,
+}
+
+impl HessianBench {
+    pub fn ratio(&self) -> f64 {
+        self.rust_ms / self.torch_ms
+    }
+}
+
+/// Times both sides, one after the other (never concurrently: they would share the cores).
+/// `threads`: libtorch's intra-op threads on both sides (None: each side's default).
+pub fn bench_hessian(
+    cfg: &Config,
+    config_path: &Path,
+    sets: &[String],
+    repeats: usize,
+    threads: Option<usize>,
+    progress: bool,
+) -> Result<HessianBench> {
+    if repeats < 1 {
+        return Err(bad(format!("--repeats: must be >= 1, got {repeats}")));
+    }
+    if let Some(n) = threads {
+        if n < 1 {
+            return Err(bad(format!("--threads: must be >= 1, got {n}")));
+        }
+        tch::set_num_threads(n as i32);
+    }
+    // A shared machine's load drifts: half of the Rust repetitions run before the PyTorch side
+    // and half after, so that a drift does not favour the side that runs first.
+    let timers = [ConditionNumberTimer::new(cfg, Mode::Faithful)?, ConditionNumberTimer::new(cfg, Mode::Fast)?];
+    let bar = crate::progress::bar(2 * (repeats as u64 + 1), "rust", progress);
+    let timed = |i: usize| {
+        let t = timers[i].time_once();
+        bar.inc(1);
+        t
+    };
+    // Warm-up, untimed (the PyTorch side does the same); its values are the reported ones.
+    let conds = [timed(0).1, timed(1).1];
+    let mut times: [Vec<f64>; 2] = [0, 1].map(|i| (0..repeats.div_ceil(2)).map(|_| timed(i).0).collect());
+    let mut args: Vec<std::ffi::OsString> = vec!["bench-hessian".into(), "--config".into(), config_path.into()];
+    for s in sets {
+        args.push("--set".into());
+        args.push(s.into());
+    }
+    args.push("--repeats".into());
+    args.push(repeats.to_string().into());
+    if let Some(n) = threads {
+        args.push("--threads".into());
+        args.push(n.to_string().into());
+    }
+    bar.set_message("pytorch");
+    let out = reference::run(reference::command(args)?, "the benchmark")?;
+    bar.set_message("rust");
+    for (i, t) in times.iter_mut().enumerate() {
+        t.extend((0..repeats / 2).map(|_| timed(i).0));
+    }
+    bar.finish_and_clear();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let json: serde_json::Value = text
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .ok_or_else(|| anyhow!("the PyTorch side printed no JSON result: {text}"))?;
+    let num = |k: &str| json[k].as_f64().ok_or_else(|| anyhow!("the PyTorch side's result lacks {k}: {json}"));
+    Ok(HessianBench {
+        rust_ms: median(&times[0]),
+        torch_ms: num("ms")?,
+        rust_min_ms: minimum(&times[0]),
+        torch_min_ms: num("min_ms")?,
+        rust_condition_number: conds[0],
+        rust_fast_ms: median(&times[1]),
+        rust_fast_min_ms: minimum(&times[1]),
+        rust_fast_condition_number: conds[1],
+        torch_condition_number: num("condition_number")?,
+        num_params: Arch::from_config(cfg).num_params(),
+        repeats,
+        rust_threads: tch::get_num_threads() as i64,
+        torch_threads: num("threads")? as i64,
+        device: cfg.train.device.to_string(),
+    })
+}
+
+fn bad(msg: String) -> anyhow::Error {
+    anyhow!(BadInput(msg))
 }

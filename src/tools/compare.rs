@@ -1,7 +1,10 @@
 //! `linattn compare`: the same config through the Rust model and the PyTorch side, side by side.
-use crate::artifacts::{self, fmt_f32};
+use super::reference;
 use crate::config::Config;
-use crate::{plots, reference};
+use crate::plots;
+use crate::run::io::{self as artifacts, fmt_f32};
+use crate::run::RunFolder;
+use crate::train::{self, Options};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -29,10 +32,10 @@ fn rel(a: f64, b: f64) -> f64 {
 }
 
 /// Runs both sides into `out/rust` and `out/torch` and writes `compare.csv` and `compare.png`.
-pub fn compare(cfg: &Config, config_path: &Path, sets: &[String], out: &Path, opts: &crate::train::Options) -> Result<Comparison> {
+pub fn compare(cfg: &Config, config_path: &Path, sets: &[String], out: &Path, opts: &Options) -> Result<Comparison> {
     let (rust_dir, torch_dir) = (out.join("rust"), out.join("torch"));
-    let opts = crate::train::Options { force: true, ..opts.clone() };
-    crate::train::train(cfg, &rust_dir, &opts)?;
+    let opts = Options { force: true, ..opts.clone() };
+    train::train(cfg, &rust_dir, &opts)?;
     let mut args: Vec<std::ffi::OsString> = vec!["train".into(), "--config".into(), config_path.into()];
     for s in sets {
         args.push("--set".into());
@@ -43,8 +46,9 @@ pub fn compare(cfg: &Config, config_path: &Path, sets: &[String], out: &Path, op
     let _ = std::fs::remove_dir_all(&torch_dir);
     reference::run(reference::command(args)?, "the config")?;
 
-    let rust = artifacts::read_metrics(&rust_dir.join(artifacts::METRICS))?;
-    let torch = artifacts::read_metrics(&torch_dir.join(artifacts::METRICS))?;
+    let (rust_run, torch_run) = (RunFolder::new(&rust_dir), RunFolder::new(&torch_dir));
+    let rust = rust_run.metrics()?;
+    let torch = torch_run.metrics()?;
     let mut csv = String::from("iter,rust_loss,torch_loss,abs_diff,rel_diff\n");
     let mut max_rel_metrics = 0f64;
     let mut bit_identical = rust.len() == torch.len();
@@ -57,8 +61,8 @@ pub fn compare(cfg: &Config, config_path: &Path, sets: &[String], out: &Path, op
     }
     artifacts::write_atomic(&out.join("compare.csv"), csv.as_bytes())?;
 
-    let rust_final = artifacts::read_safetensors(&rust_dir.join(artifacts::FINAL))?;
-    let torch_final = artifacts::read_safetensors(&torch_dir.join(artifacts::FINAL))?;
+    let rust_final = artifacts::read_safetensors(&rust_run.final_path())?;
+    let torch_final = artifacts::read_safetensors(&torch_run.final_path())?;
     let mut max_rel_params = 0f64;
     for (name, a) in &rust_final {
         let b = &torch_final

@@ -2,11 +2,11 @@
 //! one series, in the paper's visual language (log-scale curves, mean over seeds ± std/4,
 //! SGD with momentum black, Adam red; density histograms; scatter coloured by iteration).
 //! Adding a panel kind means one function here and one arm in [`panel`].
-use super::measure::Row;
+use crate::measure::Row;
 use super::stats;
 use super::{FigureData, RunResult};
 use crate::config::OptimizerKind;
-use crate::figures::PanelKind;
+use super::spec::PanelKind;
 use std::collections::BTreeSet;
 use crate::plots::{AnyPanel, Curve, Panel, ScatterPanel, ADAM_COLOR, SGD_COLOR};
 
@@ -82,7 +82,8 @@ fn noise(fig: &FigureData, s: usize, qq_inset: bool) -> AnyPanel {
     let label = &fig.spec.series[s].label;
     match &fig.noise[s] {
         Some(n) => {
-            let alpha = n.stat("hill_tail_index").map(|a| format!(" (Hill α̂ = {a:.2})")).unwrap_or_default();
+            let a = n.summary.hill_tail_index;
+            let alpha = if a.is_finite() { format!(" (Hill α̂ = {a:.2})") } else { String::new() };
             AnyPanel::Histogram {
                 title: format!("{label}: noise at init{alpha}"),
                 x_label: "‖g_B − g‖".into(),

@@ -1,47 +1,13 @@
-//! Gradient clipping and the two optimizers of the paper: SGD with momentum and Adam.
-//!
-//! The reference implementations follow torch.optim's single-tensor code path (what PyTorch
-//! runs for CPU tensors) op for op, so that a run is bit-identical to PyTorch. The only op
-//! tch cannot express directly is `param.add_(d, alpha=-lr)`: libtorch fuses it into one
-//! multiply-add, which `param += d * -lr` does not reproduce. libtorch's own C++ SGD with
-//! momentum 0 performs exactly that op, so it is used as the update primitive while the
-//! momentum buffers stay ours (inspectable and restorable for `--resume`).
-use crate::config::{ClipMode, OptimizerImpl, OptimizerKind, TrainConfig};
+//! SGD with momentum and Adam on one tensor per parameter, following torch.optim's
+//! single-tensor code path (what PyTorch runs for CPU tensors) op for op, so that a run is
+//! bit-identical to PyTorch. The only op tch cannot express directly is
+//! `param.add_(d, alpha=-lr)`: libtorch fuses it into one multiply-add, which
+//! `param += d * -lr` does not reproduce. libtorch's own C++ SGD with momentum 0 performs
+//! exactly that op, so it is used as the update primitive while the momentum buffers stay ours
+//! (inspectable and restorable for `--resume`).
+use crate::config::{OptimizerImpl, OptimizerKind, TrainConfig};
 use anyhow::Result;
-use tch::{nn, nn::OptimizerConfig, Kind, Tensor};
-
-/// ‖g‖ over all parameters together, as `clip_grad_norm_` computes it: the norm of the
-/// per-tensor norms.
-pub fn global_grad_norm(grads: &[Tensor]) -> Tensor {
-    let norms: Vec<Tensor> = grads.iter().map(|g| g.norm()).collect();
-    Tensor::stack(&norms, 0).norm()
-}
-
-/// Clips the gradients in place. `norm` is the float32 global norm from
-/// [`global_grad_norm`]; `norm_value` is that value read on the host.
-pub fn clip_gradients(grads: &[Tensor], norm: &Tensor, norm_value: f64, clip: f64, mode: ClipMode) {
-    if clip <= 0.0 {
-        return;
-    }
-    tch::no_grad(|| match mode {
-        ClipMode::Threshold => {
-            if norm_value > clip {
-                let scale = clip / norm_value;
-                for g in grads {
-                    let _ = g.shallow_clone().f_mul_scalar_(scale).expect("mul_ on a gradient");
-                }
-            }
-        }
-        ClipMode::ClipGradNorm => {
-            // torch.nn.utils.clip_grad_norm_: `max_norm / (total + 1e-6)` is Python's
-            // Tensor.__rtruediv__, i.e. reciprocal() * max_norm, then clamp(max=1).
-            let coef = ((norm + 1e-6).reciprocal() * clip).clamp_max(1.0);
-            for g in grads {
-                let _ = g.shallow_clone().f_mul_(&coef).expect("mul_ on a gradient");
-            }
-        }
-    })
-}
+use tch::{nn, nn::OptimizerConfig, Tensor};
 
 enum Rule {
     Sgd { momentum: f64, buffers: Vec<Option<Tensor>>, update: nn::Optimizer },
@@ -181,9 +147,4 @@ impl Optimizer {
             Rule::Libtorch(_) => false,
         }
     }
-}
-
-/// Reads a float32 scalar tensor on the host.
-pub fn scalar_f32(t: &Tensor) -> f32 {
-    t.to_kind(Kind::Float).double_value(&[]) as f32
 }

@@ -4,8 +4,8 @@
 use super::panels::optimizer_label;
 use super::stats::{self, GridPoint, Ratio};
 use super::FigureData;
-use crate::artifacts;
-use crate::figures::{opt_name, PanelKind};
+use super::spec::PanelKind;
+use crate::run::io as artifacts;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
@@ -35,6 +35,18 @@ pub struct RatioRow {
     /// The paper's [mean, std], where it reports this iteration.
     pub paper: Option<[f64; 2]>,
     pub ours: Option<Ratio>,
+}
+
+/// Adam's final test loss over SGD with momentum's (mean over mean) for one series.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LossRatio {
+    pub series: String,
+    pub label: String,
+    pub ratio: f64,
+    /// Percentile-bootstrap 95% interval over seeds.
+    pub ci95: Option<[f64; 2]>,
+    /// Seeds where both runs finished.
+    pub seeds: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -96,6 +108,9 @@ pub struct FigureSummary {
     pub all_reused: bool,
     pub runs: usize,
     pub final_loss: Vec<FinalLoss>,
+    /// Adam / SGD final loss per series, with its interval.
+    #[serde(default)]
+    pub loss_ratios: Vec<LossRatio>,
     pub ratios: Vec<RatioRow>,
     pub noise: Vec<NoiseRow>,
     pub correlations: Vec<Correlation>,
@@ -126,6 +141,7 @@ pub fn figure_summary(fig: &FigureData, png: &str, wall_time_s: f64, machine: &s
         all_reused: false,
         runs: fig.runs.len(),
         final_loss: vec![],
+        loss_ratios: vec![],
         ratios: vec![],
         noise: vec![],
         correlations: vec![],
@@ -141,7 +157,7 @@ pub fn figure_summary(fig: &FigureData, png: &str, wall_time_s: f64, machine: &s
                 out.lr_choices.push(LrChoice {
                     series: id.clone(),
                     label: label.clone(),
-                    optimizer: opt_name(o).into(),
+                    optimizer: o.name().into(),
                     authors_lr: series.lr.get(o).unwrap_or(f64::NAN),
                     best_lr: stats::best_lr(&grid),
                     grid,
@@ -154,7 +170,7 @@ pub fn figure_summary(fig: &FigureData, png: &str, wall_time_s: f64, machine: &s
             out.final_loss.push(FinalLoss {
                 series: id.clone(),
                 label: label.clone(),
-                optimizer: opt_name(o).into(),
+                optimizer: o.name().into(),
                 lr: runs.first().map(|r| r.spec.lr).unwrap_or(f64::NAN),
                 mean: fin(mean),
                 std: (n > 0).then_some(std),
@@ -162,6 +178,11 @@ pub fn figure_summary(fig: &FigureData, png: &str, wall_time_s: f64, machine: &s
                 diverged: losses.len() - n,
                 skipped_steps: runs.iter().map(|r| r.skipped_steps).sum(),
             });
+        }
+        if spec.lr_grid.is_none() {
+            if let Some((ratio, ci95, seeds)) = stats::final_loss_ratio(fig, s) {
+                out.loss_ratios.push(LossRatio { series: id.clone(), label: label.clone(), ratio, ci95, seeds });
+            }
         }
         if spec.panels.contains(&PanelKind::Condition) {
             // The paper's iterations first (reached or not), then every other measured one.
@@ -188,10 +209,10 @@ pub fn figure_summary(fig: &FigureData, png: &str, wall_time_s: f64, machine: &s
             out.noise.push(NoiseRow {
                 series: id.clone(),
                 label: label.clone(),
-                hill_tail_index: n.stat("hill_tail_index").and_then(fin),
-                kurtosis: n.stat("kurtosis").and_then(fin),
+                hill_tail_index: fin(n.summary.hill_tail_index),
+                kurtosis: fin(n.summary.kurtosis),
                 samples: n.values.len(),
-                full_batch: n.stat("full_batch"),
+                full_batch: Some(n.summary.full_batch as f64),
             });
         }
         if spec.panels.contains(&PanelKind::GradVsSmoothness) {
@@ -202,7 +223,7 @@ pub fn figure_summary(fig: &FigureData, png: &str, wall_time_s: f64, machine: &s
                 out.correlations.push(Correlation {
                     series: id.clone(),
                     label: label.clone(),
-                    optimizer: opt_name(run.spec.optimizer).into(),
+                    optimizer: run.spec.optimizer.name().into(),
                     seed: run.spec.seed,
                     r: fin(stats::pearson(&pts.iter().map(|p| (p.1, p.2)).collect::<Vec<_>>())),
                     points: pts.len(),
@@ -326,20 +347,35 @@ fn ratio_overview(md: &mut String, figs: &[FigureSummary]) {
         return;
     }
     let _ = writeln!(md, "## Condition-number ratio R_SGD / R_Adam (Fig. 2 row 3 table, App. B)\n");
-    let header = ["figure", "setting", "iteration", "paper: mean (std)", "ours: mean (std)", "seeds", "ours within paper mean ± 2 std"];
+    let header = ["figure", "setting", "iteration", "paper: mean (std)", "ours: mean (std)", "ours: 95% interval", "paper's mean in our interval", "seeds"];
     let lines = rows.into_iter().map(|(f, r)| {
         let paper = r.paper.map(|p| format!("{} ({})", num(p[0]), num(p[1]))).unwrap_or_default();
-        let (ours, n, within) = match (&r.ours, r.paper) {
-            (Some(o), Some(p)) => {
-                let inside = (o.mean - p[0]).abs() <= 2.0 * p[1];
-                (format!("{} ({})", num(o.mean), num(o.std)), o.n.to_string(), if inside { "yes" } else { "no" }.to_string())
-            }
-            _ => (missing_ratio(f, r.iter), "—".into(), "—".into()),
+        let (ours, ci, inside, n) = match (&r.ours, r.paper) {
+            (Some(o), Some(p)) => (format!("{} ({})", num(o.mean), num(o.std)), interval(o.ci95), verdict(o.ci95, p[0]), o.n.to_string()),
+            _ => (missing_ratio(f, r.iter), "—".into(), "—".into(), "—".into()),
         };
-        vec![f.id.clone(), r.label.clone(), r.iter.to_string(), paper, ours, n, within]
+        vec![f.id.clone(), r.label.clone(), r.iter.to_string(), paper, ours, ci, inside, n]
     });
     table(md, &header, lines);
-    let _ = writeln!(md);
+    let _ = writeln!(
+        md,
+        "\nThe interval is a percentile bootstrap of the mean over seeds ({} resamples of the seeds with \
+         replacement, 2.5th and 97.5th percentiles); with 6 seeds it is wide, and one seed can move it.\n",
+        stats::BOOTSTRAP_RESAMPLES
+    );
+}
+
+/// `[lo, hi]`, or "—" without an interval (fewer than two seeds).
+fn interval(ci: Option<[f64; 2]>) -> String {
+    ci.map(|[lo, hi]| format!("[{}, {}]", num(lo), num(hi))).unwrap_or_else(|| "—".into())
+}
+
+/// Whether `v` lies in the interval.
+fn verdict(ci: Option<[f64; 2]>, v: f64) -> String {
+    match ci {
+        Some([lo, hi]) => if (lo..=hi).contains(&v) { "yes" } else { "no" }.into(),
+        None => "—".into(),
+    }
 }
 
 /// Why a ratio is missing: the runs stop earlier, or no seed has a finite R for both optimizers
@@ -372,15 +408,17 @@ fn headline_overview(md: &mut String, figs: &[FigureSummary]) {
     }
     if !loss.is_empty() {
         let _ = writeln!(md, "## Final test loss: Adam vs SGD with momentum\n");
-        let header = ["figure", "setting", "scale", "SGD with momentum", "Adam", "Adam / SGD", "diverged (SGD, Adam)"];
+        let header = ["figure", "setting", "scale", "SGD with momentum", "Adam", "Adam / SGD", "Adam / SGD: 95% interval", "diverged (SGD, Adam)"];
         let lines = loss.into_iter().map(|(f, sgd, adam)| {
+            let paired = f.loss_ratios.iter().find(|r| r.series == sgd.series);
             let ratio = match (sgd.mean, adam.mean) {
                 (Some(a), Some(b)) => num(b / a),
                 _ => "—".into(),
             };
+            let ci = paired.map(|r| interval(r.ci95)).unwrap_or_else(|| "—".into());
             let (sgd_loss, adam_loss) = (ms(sgd.mean, sgd.std), ms(adam.mean, adam.std));
             let diverged = format!("{}, {}", sgd.diverged, adam.diverged);
-            vec![f.id.clone(), sgd.label.clone(), f.scale.clone(), sgd_loss, adam_loss, ratio, diverged]
+            vec![f.id.clone(), sgd.label.clone(), f.scale.clone(), sgd_loss, adam_loss, ratio, ci, diverged]
         });
         table(md, &header, lines);
         let _ = writeln!(md, "\nPaper: Adam ends below SGD with momentum in every setting (read off its plots; no numbers given).\n");
@@ -509,9 +547,10 @@ fn figure_section(md: &mut String, f: &FigureSummary) {
                 ),
                 None => (missing_ratio(f, r.iter), String::new()),
             };
-            vec![r.label.clone(), r.iter.to_string(), paper, ours, per]
+            let ci = r.ours.as_ref().map(|o| interval(o.ci95)).unwrap_or_else(|| "—".into());
+            vec![r.label.clone(), r.iter.to_string(), paper, ours, ci, per]
         });
-        table(md, &["setting", "iteration", "paper", "ours", "per seed (R_SGD / R_Adam)"], lines);
+        table(md, &["setting", "iteration", "paper", "ours", "95% interval", "per seed (R_SGD / R_Adam)"], lines);
         let _ = writeln!(md);
     }
     if !f.noise.is_empty() {
@@ -564,7 +603,7 @@ pub fn lr_grid_csv(fig: &FigureData) -> String {
                     s,
                     "{},{},{},{},{},{},{},{}",
                     series.id,
-                    opt_name(o),
+                    o.name(),
                     r.spec.lr,
                     r.spec.seed,
                     serde_json::to_value(r.summary.status).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),

@@ -2,15 +2,17 @@
 //! the distribution of `‖g_B − g‖` over many batches of B prompts, where g is the gradient of
 //! the mean loss over a large "full" batch.
 //!
-//! Drawn as the reference does (SPEC, "What the paper measures"): seed both generators with
+//! Drawn as the reference does (docs/spec.md, "What the paper measures"): seed both generators with
 //! train.seed, initialise the model, draw ONE batch of `full_batch` prompts, then the batches
 //! of B one after another. Only the computation of g is split into chunks; the draws are not.
-use crate::artifacts::{self, fmt_f32};
 use crate::config::Config;
 use crate::data::Batch;
-use crate::{model, optim, plots, BadInput};
-use anyhow::{anyhow, Result};
-use serde::Serialize;
+use crate::model::{self, Arch};
+use crate::run::io::{self as artifacts, fmt_f32};
+use crate::run::protocol;
+use crate::{optim, plots, BadInput};
+use anyhow::{anyhow, Context, Result};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
@@ -24,28 +26,38 @@ pub const NOISE_PNG: &str = "noise.png";
 pub const QUANTILES: [f64; 9] = [0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0];
 
 /// `noise.json`: summary statistics of the `samples` noise norms.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NoiseSummary {
     pub count: usize,
     pub batch: i64,
     pub full_batch: i64,
     pub seed: u32,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub mean: f64,
     /// Population standard deviation (divides by count).
+    #[serde(deserialize_with = "f64_or_nan")]
     pub std: f64,
     /// Level ("0", "0.01", …, "1") → value; linear interpolation between order statistics
     /// (numpy's default).
     pub quantiles: BTreeMap<String, f64>,
     /// Pearson's kurtosis m4/m2², 3 for a normal distribution.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub kurtosis: f64,
     /// `kurtosis − 3`.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub excess_kurtosis: f64,
     /// Hill's estimate of the tail index α from the `hill_k` largest values (smaller α =
     /// heavier tail; a normal tail gives a large α that grows with the sample).
+    #[serde(deserialize_with = "f64_or_nan")]
     pub hill_tail_index: f64,
     /// k = ⌊count/10⌋, the top 10 % of the sample (at least 1; at most count−1).
     pub hill_k: usize,
     pub wall_time_s: f64,
+}
+
+/// serde_json writes NaN (an estimate of too small a sample) as null; read it back as NaN.
+fn f64_or_nan<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// Moments, quantiles and the Hill estimate of a sample of positive values.
@@ -97,9 +109,10 @@ pub fn run_noise(cfg: &Config, samples: i64, full_batch: i64, out: &Path, progre
         .map_err(|e| bad(format!("output folder {}: cannot create it ({e})", out.display())))?;
     let started = Instant::now();
     // Teacher (own seed) → seed(train.seed) → init → batches: the order a training run starts in.
-    let mut run = crate::train::Run::start(cfg)?;
-    let arch = run.model.arch;
-    let params = run.model.tensors();
+    let device = cfg.train.device.tch().map_err(|e| bad(format!("config key train.device: {e}")))?;
+    let arch = Arch::from_config(cfg);
+    let (init, mut data) = protocol::start(cfg, cfg.train.seed).into_stream(cfg, device);
+    let params: Vec<Tensor> = init.iter().map(|p| p.to_device(device).set_requires_grad(true)).collect();
     let b = cfg.data.batch;
     let chunks = (full_batch + b - 1) / b;
     let bar = crate::progress::bar((chunks + samples) as u64, "noise", progress);
@@ -107,12 +120,12 @@ pub fn run_noise(cfg: &Config, samples: i64, full_batch: i64, out: &Path, progre
     // g over all `full_batch` prompts, drawn in one call per tensor as the reference does.
     // The loss is a mean over all of them, so each chunk of (up to) B prompts is weighted by
     // its share; the sum runs in the same order as PyTorch's accumulation into `.grad`.
-    let full = run.data.draw(full_batch);
+    let full = data.draw(full_batch);
     let mut g: Option<Vec<Tensor>> = None;
     for c in 0..chunks {
         let (start, len) = (c * b, b.min(full_batch - c * b));
         let chunk = Batch { z: full.z.narrow(0, start, len), y_query: full.y_query.narrow(0, start, len) }
-            .to_device(run.device);
+            .to_device(device);
         let loss = model::loss(&arch, &params, &chunk) * (len as f64 / full_batch as f64);
         let grads = Tensor::run_backward(&[loss], &params, false, false);
         g = Some(match g {
@@ -126,10 +139,10 @@ pub fn run_noise(cfg: &Config, samples: i64, full_batch: i64, out: &Path, progre
 
     let mut noise = Vec::with_capacity(samples as usize);
     for _ in 0..samples {
-        let batch = run.data.next_batch();
+        let batch = data.next_batch();
         let gb = Tensor::run_backward(&[model::loss(&arch, &params, &batch)], &params, false, false);
         let diff: Vec<Tensor> = gb.iter().zip(&g).map(|(a, x)| a - x).collect();
-        noise.push(optim::scalar_f32(&optim::global_grad_norm(&diff)));
+        noise.push(optim::gradient_norm(&diff).double_value(&[]) as f32);
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -163,6 +176,21 @@ pub fn run_noise(cfg: &Config, samples: i64, full_batch: i64, out: &Path, progre
     let title = format!("noise at init, L={} n={} seed {}", cfg.model.layers, cfg.data.context, cfg.train.seed);
     plots::histogram(&out.join(NOISE_PNG), &title, "‖g_B − g‖", &values, 100, true)?;
     Ok(summary)
+}
+
+/// The noise of a folder written by [`run_noise`]: the values and their summary; None when the
+/// folder holds no complete measurement (`noise.json` is written after `noise.csv`).
+pub fn read(dir: &Path) -> Result<Option<(Vec<f64>, NoiseSummary)>> {
+    let json = dir.join(NOISE_JSON);
+    if !json.exists() {
+        return Ok(None);
+    }
+    let summary: NoiseSummary = serde_json::from_str(&std::fs::read_to_string(&json)?)
+        .with_context(|| format!("reading {}", json.display()))?;
+    let csv = dir.join(NOISE_CSV);
+    let text = std::fs::read_to_string(&csv).with_context(|| format!("reading {}", csv.display()))?;
+    let values = text.lines().skip(1).filter_map(|l| l.trim().parse::<f64>().ok()).collect();
+    Ok(Some((values, summary)))
 }
 
 #[cfg(test)]

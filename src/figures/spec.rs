@@ -7,8 +7,9 @@
 //! `linattn reproduce --quick`. Unknown keys are an error, as in the run configs.
 //!
 //! [`FigureSpec::plan`] resolves a figure at one scale into run configs; everything that
-//! executes them lives in [`crate::reproduce`].
-use crate::config::{Config, Mode, OptimizerKind};
+//! executes them lives in [`crate::figures`].
+use crate::config::{Config, DeviceName, Mode, OptimizerKind};
+use crate::measure::Strides;
 use crate::BadInput;
 use anyhow::{anyhow, Result};
 use serde::Deserialize;
@@ -130,6 +131,20 @@ fn yes() -> bool {
     true
 }
 
+impl MeasureSpec {
+    /// The strides of the measurement pipeline.
+    pub fn strides(&self) -> Strides {
+        Strides {
+            loss_every: self.loss_every,
+            smoothness_every: self.smoothness_every,
+            smoothness_until: self.smoothness_until,
+            condition_every: self.condition_every,
+            condition_at: self.condition_at.clone(),
+            condition_at_init: self.condition_at_init,
+        }
+    }
+}
+
 impl Default for MeasureSpec {
     fn default() -> Self {
         MeasureSpec {
@@ -153,7 +168,7 @@ pub struct NoiseSpec {
     pub full_batch: i64,
 }
 
-/// A row of panels. Each kind has one plot function in [`crate::figure_panels`].
+/// A row of panels. Each kind has one plot function in [`super::panels`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PanelKind {
@@ -343,8 +358,8 @@ impl FigureSpec {
             for o in &r.optimizers {
                 match s.lr.get(*o) {
                     Some(lr) if lr > 0.0 && lr.is_finite() => {}
-                    Some(lr) => return Err(anyhow!("key series[{i}].lr.{}: must be > 0, got {lr}", opt_name(*o))),
-                    None => return Err(anyhow!("key series[{i}].lr: no learning rate for {}", opt_name(*o))),
+                    Some(lr) => return Err(anyhow!("key series[{i}].lr.{}: must be > 0, got {lr}", o.name())),
+                    None => return Err(anyhow!("key series[{i}].lr: no learning rate for {}", o.name())),
                 }
             }
         }
@@ -414,7 +429,7 @@ impl FigureSpec {
     }
 
     /// The resolved config of series `s` (without optimizer, lr and seed).
-    pub fn series_config(&self, settings_dir: &Path, res: &Resolved, s: usize, device: &str) -> Result<Config> {
+    pub fn series_config(&self, settings_dir: &Path, res: &Resolved, s: usize, device: DeviceName) -> Result<Config> {
         let series = &self.series[s];
         let mut sets = series.set.clone();
         sets.extend(res.extra_set.iter().cloned());
@@ -428,7 +443,7 @@ impl FigureSpec {
     }
 
     /// Every run of the figure at `res`: series × optimizers × lrs × seeds.
-    pub fn plan(&self, settings_dir: &Path, res: &Resolved, device: &str) -> Result<Vec<RunSpec>> {
+    pub fn plan(&self, settings_dir: &Path, res: &Resolved, device: DeviceName) -> Result<Vec<RunSpec>> {
         let mut runs = vec![];
         for s in 0..self.series.len() {
             let base = self.series_config(settings_dir, res, s, device)?;
@@ -457,12 +472,6 @@ fn round_lr(v: f64) -> f64 {
     (v * m).round() / m
 }
 
-pub fn opt_name(o: OptimizerKind) -> &'static str {
-    match o {
-        OptimizerKind::Sgd => "sgd",
-        OptimizerKind::Adam => "adam",
-    }
-}
 
 /// Where the experiments live: `--experiments DIR`, else `./experiments` when it holds
 /// `figures/`, else the source tree this binary was built from.

@@ -1,17 +1,12 @@
-//! The files of a run folder, and how they are written: every output goes to a temporary
-//! file in the same folder and is then renamed, so a reader (or a crash) never sees half a file.
+//! How linattn's files are written and read: every output goes to a temporary file in the same
+//! folder and is then renamed, so a reader (or a crash) never sees half a file; floats in CSV
+//! files read back to exactly the value computed; tensors are safetensors under PyTorch names.
 use crate::BadInput;
 use anyhow::{anyhow, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::Path;
 use tch::Tensor;
-
-pub const CONFIG: &str = "config.yaml";
-pub const METRICS: &str = "metrics.csv";
-pub const TRAJECTORY: &str = "trajectory.safetensors";
-pub const FINAL: &str = "final.safetensors";
-pub const SUMMARY: &str = "summary.json";
 
 /// Runs `write` on a temporary file beside `path` (same folder, same extension, since some
 /// writers pick the format from it), then renames it onto `path`. The temporary file is
@@ -95,16 +90,15 @@ pub struct Summary {
 impl Summary {
     /// The summary of a run of this program (side "rust") on `device`.
     pub fn of_rust(status: Status, diverged_at: Option<i64>, iters_done: i64, wall_time_s: f64, device: tch::Device) -> Summary {
-        Summary { status, diverged_at, iters_done, wall_time_s, device: crate::device::describe(device), side: "rust".into() }
+        Summary { status, diverged_at, iters_done, wall_time_s, device: crate::config::describe(device), side: "rust".into() }
     }
 
-    pub fn write(&self, dir: &Path) -> Result<()> {
+    pub fn write(&self, path: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(self)? + "\n";
-        write_atomic(&dir.join(SUMMARY), text.as_bytes())
+        write_atomic(path, text.as_bytes())
     }
 
-    pub fn read(dir: &Path) -> Result<Summary> {
-        let path = dir.join(SUMMARY);
+    pub fn read(path: &Path) -> Result<Summary> {
         let text = std::fs::read_to_string(&path)
             .map_err(|e| anyhow!(BadInput(format!("{}: {e}", path.display()))))?;
         serde_json::from_str(&text)
@@ -128,6 +122,15 @@ impl MetricsRow {
     }
 }
 
+/// How a run's non-finite steps split: `(skipped, trailing)`. The `trailing` non-finite rows end
+/// the metrics (a diverged run ends with `train.skip_nonfinite` + 1 of them); the others were
+/// skipped (no update) and the run went on. A diverged run's last row is not a skipped step.
+pub fn nonfinite_steps(rows: &[MetricsRow], diverged: bool) -> (usize, usize) {
+    let trailing = rows.iter().rev().take_while(|r| !r.is_finite()).count();
+    let all = rows.iter().filter(|r| !r.is_finite()).count();
+    (all - usize::from(diverged && trailing > 0), trailing)
+}
+
 /// A metric as written: a float32 value (as every float32 run's are) as the shortest decimal
 /// that reads back to it as float32; any other value as the shortest that reads back as f64.
 pub fn fmt_metric(v: f64) -> String {
@@ -140,7 +143,7 @@ pub fn fmt_metric(v: f64) -> String {
 
 /// The inverse of [`fmt_metric`]: a field that is some float32's shortest decimal is that
 /// float32 (a float64 run's value has more digits than that, all but always).
-fn parse_metric(s: &str) -> Result<f64, std::num::ParseFloatError> {
+pub fn parse_metric(s: &str) -> Result<f64, std::num::ParseFloatError> {
     let single: f32 = s.parse()?;
     if fmt_f32(single) == s {
         Ok(single as f64)

@@ -1,20 +1,16 @@
-//! The run folders of `reproduce`: where each run lives, whether it is already done, and
-//! training what is missing.
+//! The run folders of `reproduce`: where each run lives, and training what is missing.
 //!
 //! Fast-mode runs of one setting (they differ only in seed, optimizer and learning rate, as a
-//! figure's seeds and a learning-rate grid do) train together as one ensemble
-//! (`crate::ensemble`), each into its own folder; faithful runs train one by one, so that an
-//! interrupted one resumes from its checkpoint.
+//! figure's seeds and a learning-rate grid do) train together as one ensemble, each into its
+//! own folder; faithful runs train one by one. Either resumes from its checkpoints.
 //!
 //! A run's folder is named after its resolved config (a readable part plus a hash of the whole
 //! config except `train.device`), so two figures that need the same run share one folder, a
 //! finished run is found again by any later invocation, and a run trained on one device is
 //! reused when the figures are drawn on another.
-use crate::artifacts::{self, Status, Summary};
 use crate::config::{Attention, Config, Dtype, Mode, OptimizerKind, Parametrization, TrainConfig};
-use crate::ensemble::{self, Member};
-use crate::figures::opt_name;
-use crate::train::{self, Options};
+use crate::run::{FolderBusy, RunFolder, State, Status, Summary};
+use crate::train::{self, Member, Options};
 use anyhow::{anyhow, Result};
 use std::path::{Path, PathBuf};
 
@@ -43,7 +39,7 @@ impl Tally {
 }
 
 /// 64-bit FNV-1a: stable across Rust versions and platforms, unlike `DefaultHasher`.
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
     for b in bytes {
         h ^= *b as u64;
@@ -52,13 +48,13 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     h
 }
 
-/// Hash of everything that determines a run's numbers (the device only changes the last bits).
+/// Hash of everything that determines a run's numbers (the device only changes the last bits):
+/// the config's YAML with an empty `train.device`.
 pub fn config_hash(cfg: &Config) -> u64 {
-    let mut c = cfg.clone();
-    c.train.device = String::new();
-    fnv1a(c.to_yaml().as_bytes())
+    let mut tree = serde_yaml::to_value(cfg).expect("a Config always serializes");
+    tree["train"]["device"] = serde_yaml::Value::String(String::new());
+    fnv1a(serde_yaml::to_string(&tree).expect("a YAML tree always serializes").as_bytes())
 }
-
 /// The readable part of a run folder's path: what model on what data.
 pub fn group_name(cfg: &Config) -> String {
     let (m, d) = (&cfg.model, &cfg.data);
@@ -90,7 +86,7 @@ pub fn run_dir(runs: &Path, cfg: &Config) -> PathBuf {
     let t = &cfg.train;
     runs.join(group_name(cfg)).join(format!(
         "{}-lr{}-seed{}-it{}-{:08x}",
-        opt_name(t.optimizer),
+        t.optimizer.name(),
         t.lr,
         t.seed,
         t.iters,
@@ -102,7 +98,7 @@ pub fn run_dir(runs: &Path, cfg: &Config) -> PathBuf {
 /// is always drawn by the faithful protocol (`linattn noise`), whatever mode the runs train in.
 pub fn noise_config(cfg: &Config, seed: u32) -> Config {
     let mut c = cfg.clone();
-    c.train = TrainConfig { seed, mode: Mode::Faithful, device: cfg.train.device.clone(), ..TrainConfig::default() };
+    c.train = TrainConfig { seed, mode: Mode::Faithful, device: cfg.train.device, ..TrainConfig::default() };
     c
 }
 
@@ -115,38 +111,9 @@ pub fn noise_dir(runs: &Path, cfg: &Config, samples: i64, full_batch: i64) -> Pa
     ))
 }
 
-/// Where a run folder stands.
-#[derive(Debug)]
-pub enum State {
-    /// Completed or diverged: a result.
-    Done(Summary),
-    /// Interrupted after a checkpoint.
-    Resumable,
-    /// Something is there, but nothing to continue from.
-    Broken,
-    Missing,
-}
-
-pub fn state(dir: &Path) -> State {
-    if !dir.join(artifacts::CONFIG).exists() {
-        return if dir.exists() { State::Broken } else { State::Missing };
-    }
-    match Summary::read(dir) {
-        Ok(s) if matches!(s.status, Status::Completed | Status::Diverged) => {
-            if dir.join(artifacts::TRAJECTORY).exists() {
-                State::Done(s)
-            } else {
-                State::Broken
-            }
-        }
-        _ if dir.join(train::CHECKPOINT).exists() => State::Resumable,
-        _ => State::Broken,
-    }
-}
-
 /// The most runs trained as one ensemble. What an ensemble saves, the fixed cost of each
 /// operation, is shared out by a few dozen members already, while its memory and the work a
-/// Ctrl-C loses (a fast run keeps no checkpoint) grow with every member.
+/// Ctrl-C loses grow with every member.
 pub const MAX_MEMBERS: usize = 24;
 
 /// What a run does not share with the other members of its ensemble.
@@ -174,109 +141,113 @@ pub fn batches(cfgs: &[&Config], todo: &[usize]) -> Vec<Vec<usize>> {
     out
 }
 
-/// What training a batch of runs ended in; `Interrupted` means Ctrl-C/SIGTERM stopped it.
+/// What training a batch of runs ended in.
 pub enum Trained {
     /// The summaries, in the batch's order.
     Done(Vec<Summary>, Tally),
+    /// Ctrl-C/SIGTERM stopped it; the checkpoints are written.
     Interrupted,
+    /// Another live process is training (some of) these runs.
+    Busy,
 }
 
-/// Makes sure the runs of `cfgs` (a batch of [`batches`]) are in their folders `dirs`: a
-/// faithful run is reused, resumed or trained; fast runs are reused when all of them are
-/// finished, else the unfinished ones are trained as one ensemble.
+fn busy(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<FolderBusy>().is_some())
+}
+
+/// Makes sure the runs of `cfgs` (a batch of [`batches`]) are finished in their folders `dirs`:
+/// finished runs are reused; runs with a checkpoint resume together with the ensemble their
+/// checkpoint names; the rest train (again) from the start, fast ones as one ensemble.
 pub fn ensure(cfgs: &[&Config], dirs: &[PathBuf], opts: &Options) -> Result<Trained> {
-    match cfgs {
-        [cfg] if cfg.train.mode == Mode::Faithful => ensure_alone(cfg, &dirs[0], opts),
-        _ => ensure_together(cfgs, dirs, opts),
-    }
-}
-
-fn ensure_alone(cfg: &Config, dir: &Path, opts: &Options) -> Result<Trained> {
-    let mut tally = Tally::default();
-    let outcome = match state(dir) {
-        State::Done(s) => {
-            tally.reused = 1;
-            return Ok(Trained::Done(vec![s], tally));
-        }
-        State::Resumable => {
-            tally.resumed = 1;
-            train::resume(dir, opts)?
-        }
-        State::Broken => {
-            tally.restarted = 1;
-            train::train(cfg, dir, &Options { force: true, ..opts.clone() })?
-        }
-        State::Missing => {
-            tally.trained = 1;
-            train::train(cfg, dir, opts)?
-        }
-    };
-    match outcome.summary.status {
-        Status::Interrupted | Status::Running => Ok(Trained::Interrupted),
-        Status::Completed | Status::Diverged => Ok(Trained::Done(vec![outcome.summary], tally)),
-    }
-}
-
-fn ensure_together(cfgs: &[&Config], dirs: &[PathBuf], opts: &Options) -> Result<Trained> {
-    let mut tally = Tally::default();
-    let mut summaries: Vec<Option<Summary>> = vec![];
-    let (mut members, mut outs, mut locks) = (vec![], vec![], vec![]);
-    let base = cfgs.first().ok_or_else(|| anyhow!("an ensemble needs at least one run"))?;
+    let base = cfgs.first().ok_or_else(|| anyhow!("a batch needs at least one run"))?;
     for (cfg, dir) in cfgs.iter().zip(dirs) {
-        let member = Member::from_config(cfg);
-        // The ensemble writes `member.config(base)` into the folder named after `cfg`: were they
-        // different, the run would not be found again under its name.
-        if config_hash(&member.config(base)) != config_hash(cfg) {
+        // The folder is named after `cfg`, and an ensemble writes `member.config(base)` into it:
+        // were they different, the run would not be found again under its name.
+        if cfg.train.mode == Mode::Fast && config_hash(&Member::from_config(cfg).config(base)) != config_hash(cfg) {
             return Err(anyhow!("{}: its config is not that of an ensemble member of {}", dir.display(), group_name(base)));
         }
-        match state(dir) {
-            State::Done(s) => {
-                tally.reused += 1;
-                summaries.push(Some(s));
-                continue;
-            }
-            State::Missing => tally.trained += 1,
-            // A fast run keeps no checkpoint: whatever is there is trained again from the start.
-            State::Resumable | State::Broken => tally.restarted += 1,
-        }
-        std::fs::create_dir_all(dir)
-            .map_err(|e| anyhow!(crate::BadInput(format!("output folder {}: cannot create it ({e})", dir.display()))))?;
-        locks.push(train::lock_folder(dir)?);
-        train::clear_run_folder(dir);
-        summaries.push(None);
-        members.push(member);
-        outs.push(dir.clone());
     }
-    if !members.is_empty() {
-        tally.ensembles = 1;
-        let mut outcomes = ensemble::train_ensemble(base, &members, &outs, opts.progress, &opts.stop)?.into_iter();
-        for slot in summaries.iter_mut().filter(|s| s.is_none()) {
-            let summary = outcomes.next().expect("one outcome per member").summary;
-            if !matches!(summary.status, Status::Completed | Status::Diverged) {
+    let folders: Vec<RunFolder> = dirs.iter().map(RunFolder::new).collect();
+    let mut tally = Tally::default();
+    for (i, f) in folders.iter().enumerate() {
+        if !matches!(f.state(), State::Resumable) {
+            continue;
+        }
+        match train::checkpointed_group(f.dir()) {
+            Ok(group) => {
+                tally.resumed += folders.iter().filter(|g| group.contains(g)).count();
+                match train::resume(f.dir(), opts) {
+                    Ok(outcomes) if outcomes.iter().any(|o| o.summary.status == Status::Interrupted) => return Ok(Trained::Interrupted),
+                    Ok(_) => {}
+                    Err(e) if busy(&e) => return Ok(Trained::Busy),
+                    Err(e) => return Err(e),
+                }
+            }
+            // A checkpoint whose ensemble cannot be put together again: train anew.
+            Err(_) => {
+                check_config(f.dir(), cfgs[i])?;
+                let Some(_lock) = f.try_lock()? else { return Ok(Trained::Busy) };
+                f.clear();
+            }
+        }
+    }
+    let mut summaries: Vec<Option<Summary>> = vec![None; cfgs.len()];
+    let mut todo = vec![];
+    for (i, f) in folders.iter().enumerate() {
+        match f.state() {
+            State::Done(s) => {
+                check_config(f.dir(), cfgs[i])?;
+                summaries[i] = Some(s);
+            }
+            State::Missing => {
+                tally.trained += 1;
+                todo.push(i);
+            }
+            State::Broken | State::Resumable => {
+                tally.restarted += 1;
+                todo.push(i);
+            }
+        }
+    }
+    tally.reused = cfgs.len() - todo.len() - tally.resumed;
+    if !todo.is_empty() {
+        let opts = Options { force: true, ..opts.clone() };
+        let trained = match cfgs[todo[0]].train.mode {
+            Mode::Faithful => todo.iter().map(|&i| train::train(cfgs[i], &dirs[i], &opts)).collect::<Result<Vec<_>>>(),
+            Mode::Fast => {
+                tally.ensembles = 1;
+                let members: Vec<Member> = todo.iter().map(|&i| Member::from_config(cfgs[i])).collect();
+                let outs: Vec<PathBuf> = todo.iter().map(|&i| dirs[i].clone()).collect();
+                train::train_ensemble(cfgs[todo[0]], &members, &outs, &opts)
+            }
+        };
+        let outcomes = match trained {
+            Ok(o) => o,
+            Err(e) if busy(&e) => return Ok(Trained::Busy),
+            Err(e) => return Err(e),
+        };
+        for (&i, o) in todo.iter().zip(outcomes) {
+            if !matches!(o.summary.status, Status::Completed | Status::Diverged) {
                 return Ok(Trained::Interrupted);
             }
-            *slot = Some(summary);
+            summaries[i] = Some(o.summary);
+        }
+    }
+    // Resumed runs finished above.
+    for (i, f) in folders.iter().enumerate() {
+        if summaries[i].is_none() {
+            match f.state() {
+                State::Done(s) => summaries[i] = Some(s),
+                _ => return Err(anyhow!("{}: not finished after training", f.dir().display())),
+            }
         }
     }
     Ok(Trained::Done(summaries.into_iter().flatten().collect(), tally))
 }
 
-/// The last step a finished run saved: `iters`, or the iteration it diverged at.
-pub fn last_step(cfg: &Config, summary: &Summary) -> i64 {
-    match summary.status {
-        Status::Diverged => summary.diverged_at.unwrap_or(0),
-        _ => cfg.train.iters,
-    }
-}
-
-/// Whether a finished run's trajectory holds step `t`.
-pub fn has_step(cfg: &Config, summary: &Summary, t: i64) -> bool {
-    t >= 0 && t <= last_step(cfg, summary) && train::is_saved_step(t, cfg.train.save_every, cfg.train.iters)
-}
-
-/// Reads back the resolved config of a finished run, checking that it is the one asked for.
+/// Reads back the resolved config of a run folder, checking that it is the one asked for.
 pub fn check_config(dir: &Path, want: &Config) -> Result<()> {
-    let got = Config::load_run(dir)?;
+    let got = RunFolder::new(dir).config()?;
     if config_hash(&got) != config_hash(want) {
         return Err(anyhow!(
             "{}: holds a run of another config than its name says; remove the folder to train it again",
@@ -294,7 +265,7 @@ mod tests {
     fn the_folder_name_ignores_the_device_but_not_the_rest() {
         let a = Config::default();
         let mut b = a.clone();
-        b.train.device = "cuda".into();
+        b.train.device = crate::config::DeviceName::Cuda(None);
         assert_eq!(run_dir(Path::new("r"), &a), run_dir(Path::new("r"), &b));
         let mut c = a.clone();
         c.model.init_std = 0.06;
@@ -316,10 +287,10 @@ mod tests {
 
     /// The quick-scale plan (fast mode) of a figure in `experiments/figures/`.
     fn quick_plan(id: &str) -> Vec<Config> {
-        let experiments = crate::figures::experiments_dir(None);
-        let spec = crate::figures::FigureSpec::load(&experiments.join("figures").join(format!("{id}.yaml"))).unwrap();
-        let res = spec.resolve(&crate::figures::Scale { quick: true, ..Default::default() });
-        spec.plan(&experiments.join("settings"), &res, "cpu").unwrap().into_iter().map(|r| r.cfg).collect()
+        let experiments = crate::figures::spec::experiments_dir(None);
+        let spec = crate::figures::spec::FigureSpec::load(&experiments.join("figures").join(format!("{id}.yaml"))).unwrap();
+        let res = spec.resolve(&crate::figures::spec::Scale { quick: true, ..Default::default() });
+        spec.plan(&experiments.join("settings"), &res, crate::config::DeviceName::Cpu).unwrap().into_iter().map(|r| r.cfg).collect()
     }
 
     #[test]

@@ -1,0 +1,355 @@
+//! The measurements on a finished run's trajectory, on the evaluation batch: one row type, one
+//! file (`measurements.csv` in the run folder) and one pipeline, for `linattn analyze` and for
+//! `reproduce`. Each quantity is measured at its own set of iterations (a condition number
+//! costs a full Hessian, a test loss one backward pass); rows already in the file are kept and
+//! extended, never recomputed.
+//!
+//! The quantities themselves are [`landscape`]'s; the stochastic-gradient noise at
+//! initialisation is [`noise`]'s. A run trained in fast mode is measured through the fast
+//! forward ([`crate::model::fast_loss`], the same model by associativity to about 1e-6
+//! relative, 1.5 to 8 times cheaper per Hessian on a CPU); a faithful run through the faithful
+//! one, as the PyTorch side measures it.
+pub mod landscape;
+pub mod noise;
+
+use crate::config::Config;
+use crate::data;
+use crate::model::{Arch, Layout};
+use crate::run::io::{self, fmt_metric};
+use crate::run::{RunFolder, Status, Summary};
+use crate::train::is_saved_step;
+use crate::BadInput;
+use anyhow::{anyhow, Context, Result};
+use landscape::Point;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tch::{Device, Tensor};
+
+const HEADER: &str = "iter,test_loss,grad_norm,dir_smoothness,condition_number,condition_number_eig,sharpness";
+/// The header of files written before `condition_number_eig` and `sharpness` joined the row.
+const HEADER_V1: &str = "iter,test_loss,grad_norm,dir_smoothness,condition_number";
+
+/// One row of `measurements.csv`; `None` is a quantity not measured at that step.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Row {
+    /// The loss on the evaluation batch.
+    pub test_loss: Option<f64>,
+    /// ‖∇ test loss‖ (of the concatenated gradient).
+    pub grad_norm: Option<f64>,
+    /// uᵀHu towards step t+1 (NaN when the step was zero).
+    pub dir_smoothness: Option<f64>,
+    /// R_med = max|diag H| / median|diag H|.
+    pub condition_number: Option<f64>,
+    /// max|λ| / median|λ| over the eigenvalues of H (beyond the paper).
+    pub condition_number_eig: Option<f64>,
+    /// λ_max of H (beyond the paper).
+    pub sharpness: Option<f64>,
+}
+
+pub type Rows = BTreeMap<i64, Row>;
+
+/// The steps at which each quantity is wanted.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Needs {
+    /// Test loss and gradient norm.
+    pub loss: BTreeSet<i64>,
+    pub smoothness: BTreeSet<i64>,
+    pub condition: BTreeSet<i64>,
+    /// The eigenvalues of the full Hessian (condition_number_eig, sharpness).
+    pub eigen: BTreeSet<i64>,
+}
+
+/// The strides and extra iterations a figure (or `analyze`) asks for.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Strides {
+    pub loss_every: i64,
+    pub smoothness_every: Option<i64>,
+    /// Smoothness only for t < this.
+    pub smoothness_until: Option<i64>,
+    pub condition_every: Option<i64>,
+    /// Further condition-number iterations besides the stride.
+    pub condition_at: Vec<i64>,
+    pub condition_at_init: bool,
+}
+
+impl Needs {
+    /// The strides on a run of `iters` iterations. Loss and condition number include the final
+    /// step; smoothness at t needs t+1, so it stops at `iters − 1`.
+    pub fn of(m: &Strides, iters: i64) -> Needs {
+        let grid = |every: i64, from: i64, to: i64| -> BTreeSet<i64> { (from..=to).filter(|t| t % every == 0).collect() };
+        let mut loss = grid(m.loss_every, 0, iters);
+        loss.insert(iters);
+        let smoothness = match m.smoothness_every {
+            Some(e) => grid(e, 0, (iters - 1).min(m.smoothness_until.map_or(i64::MAX, |u| u - 1))),
+            None => BTreeSet::new(),
+        };
+        let condition = match m.condition_every {
+            Some(e) => {
+                let mut c = grid(e, 1, iters);
+                c.extend(m.condition_at.iter().copied().filter(|t| *t <= iters));
+                c.insert(iters);
+                if m.condition_at_init {
+                    c.insert(0);
+                }
+                c
+            }
+            None => BTreeSet::new(),
+        };
+        Needs { loss, smoothness, condition, eigen: BTreeSet::new() }
+    }
+
+    /// Everything at each of `steps` (`analyze`): smoothness where t+1 is among `saved`.
+    pub fn everything(steps: &[i64], saved: &[i64]) -> Needs {
+        let all: BTreeSet<i64> = steps.iter().copied().collect();
+        Needs {
+            smoothness: all.iter().copied().filter(|t| saved.contains(&(t + 1))).collect(),
+            loss: all.clone(),
+            condition: all.clone(),
+            eigen: all,
+        }
+    }
+
+    /// The union of two needs (several figures measuring one run).
+    pub fn union(&self, other: &Needs) -> Needs {
+        let u = |a: &BTreeSet<i64>, b: &BTreeSet<i64>| a.union(b).copied().collect();
+        Needs {
+            loss: u(&self.loss, &other.loss),
+            smoothness: u(&self.smoothness, &other.smoothness),
+            condition: u(&self.condition, &other.condition),
+            eigen: u(&self.eigen, &other.eigen),
+        }
+    }
+
+    /// Keeps the steps that a finished run's trajectory holds (a diverged run stops early;
+    /// smoothness at t also needs t+1).
+    pub fn available(&self, cfg: &Config, summary: &Summary) -> Needs {
+        let has = |t: &i64| has_step(cfg, summary, *t);
+        let keep = |s: &BTreeSet<i64>| s.iter().copied().filter(has).collect();
+        Needs {
+            loss: keep(&self.loss),
+            smoothness: self.smoothness.iter().copied().filter(|t| has(t) && has(&(t + 1))).collect(),
+            condition: keep(&self.condition),
+            eigen: keep(&self.eigen),
+        }
+    }
+
+    /// What `rows` does not hold yet.
+    pub fn missing(&self, rows: &Rows) -> Needs {
+        let lacks = |s: &BTreeSet<i64>, f: fn(&Row) -> Option<f64>| -> BTreeSet<i64> {
+            s.iter().copied().filter(|t| rows.get(t).and_then(f).is_none()).collect()
+        };
+        Needs {
+            loss: lacks(&self.loss, |r| r.test_loss),
+            smoothness: lacks(&self.smoothness, |r| r.dir_smoothness),
+            condition: lacks(&self.condition, |r| r.condition_number),
+            eigen: lacks(&self.eigen, |r| r.sharpness),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.steps().is_empty()
+    }
+
+    fn steps(&self) -> BTreeSet<i64> {
+        self.loss.iter().chain(&self.smoothness).chain(&self.condition).chain(&self.eigen).copied().collect()
+    }
+}
+
+/// The last step a finished run saved: `iters`, or the iteration it diverged at.
+pub fn last_step(cfg: &Config, summary: &Summary) -> i64 {
+    match summary.status {
+        Status::Diverged => summary.diverged_at.unwrap_or(0),
+        _ => cfg.train.iters,
+    }
+}
+
+/// Whether a finished run's trajectory holds step `t`.
+pub fn has_step(cfg: &Config, summary: &Summary, t: i64) -> bool {
+    t >= 0 && t <= last_step(cfg, summary) && is_saved_step(t, cfg.train.save_every, cfg.train.iters)
+}
+
+/// The rows already measured in the run folder (none if the file is absent).
+pub fn read(folder: &RunFolder) -> Result<Rows> {
+    let path = folder.measurements_path();
+    if !path.exists() {
+        return Ok(Rows::new());
+    }
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut lines = text.lines();
+    let columns = match lines.next() {
+        Some(HEADER) => 7,
+        Some(HEADER_V1) => 5,
+        _ => return Err(anyhow!(BadInput(format!("{}: unexpected header; remove the file to measure again", path.display())))),
+    };
+    let mut rows = Rows::new();
+    for (i, line) in lines.enumerate() {
+        let f: Vec<&str> = line.split(',').collect();
+        let bad = || anyhow!(BadInput(format!("{} line {}: not a measurements row", path.display(), i + 2)));
+        if f.len() != columns {
+            return Err(bad());
+        }
+        let num = |k: usize| -> Result<Option<f64>> {
+            match f.get(k) {
+                None | Some(&"") => Ok(None),
+                // A float32 run's values read back as the float32 numbers they were.
+                Some(s) => io::parse_metric(s).map(Some).map_err(|_| bad()),
+            }
+        };
+        rows.insert(
+            f[0].parse().map_err(|_| bad())?,
+            Row {
+                test_loss: num(1)?,
+                grad_norm: num(2)?,
+                dir_smoothness: num(3)?,
+                condition_number: num(4)?,
+                condition_number_eig: num(5)?,
+                sharpness: num(6)?,
+            },
+        );
+    }
+    Ok(rows)
+}
+
+/// Every value is written as the shortest decimal that reads back to it: a float32 run's
+/// measurements are float32 numbers, a float64 run's keep their digits (a test loss beyond
+/// float32's range is not read back as inf).
+fn write(folder: &RunFolder, rows: &Rows) -> Result<()> {
+    let f = |v: Option<f64>| v.map(fmt_metric).unwrap_or_default();
+    let mut s = String::from(HEADER);
+    s.push('\n');
+    for (t, r) in rows {
+        s.push_str(&format!(
+            "{t},{},{},{},{},{},{}\n",
+            f(r.test_loss),
+            f(r.grad_norm),
+            f(r.dir_smoothness),
+            f(r.condition_number),
+            f(r.condition_number_eig),
+            f(r.sharpness)
+        ));
+    }
+    io::write_atomic(&folder.measurements_path(), s.as_bytes())
+}
+
+/// Measures what `needs` asks for on the finished run in `folder` and is not measured yet, on
+/// `device`. Returns all rows and whether anything was computed. Stops early (keeping what is
+/// measured) when `stop` is set.
+pub fn measure_run(folder: &RunFolder, cfg: &Config, summary: &Summary, needs: &Needs, device: Device, progress: bool, stop: &AtomicBool) -> Result<(Rows, bool)> {
+    let mut rows = read(folder)?;
+    let todo = needs.available(cfg, summary).missing(&rows);
+    let steps = todo.steps();
+    if steps.is_empty() {
+        return Ok((rows, false));
+    }
+    let arch = Arch::from_config(cfg);
+    let layout = Layout::new(&arch);
+    let traj = folder.trajectory(&layout.names)?;
+    for ((name, t), shape) in traj.params.iter().zip(&layout.shapes) {
+        if t.size()[1..] != shape[..] {
+            return Err(anyhow!(BadInput(format!(
+                "{}: {name} has shape {:?} per step, but config.yaml implies {shape:?}",
+                folder.dir().display(),
+                &t.size()[1..]
+            ))));
+        }
+    }
+    let batch = data::eval_batch(cfg, device);
+    let at = |t: i64| -> Result<Vec<Tensor>> {
+        let ps = traj.at(t).ok_or_else(|| anyhow!("{}: step {t} is not in the trajectory", folder.dir().display()))?;
+        Ok(ps.iter().map(|p| p.to_device(device)).collect())
+    };
+    // Counted in backward passes: a Hessian is one per parameter, the rest one each.
+    let hessians = todo.condition.union(&todo.eigen).count() as u64;
+    let work = steps.len() as u64 + todo.smoothness.len() as u64 + hessians * layout.total as u64;
+    let bar = crate::progress::bar(work, "measure", progress);
+    for &t in &steps {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let point = Point::with_mode(&arch, &at(t)?, &batch, cfg.train.mode);
+        let row = rows.entry(t).or_default();
+        row.test_loss = Some(point.loss.double_value(&[]));
+        row.grad_norm = Some(point.grad_norm().double_value(&[]));
+        bar.inc(1);
+        if todo.smoothness.contains(&t) {
+            row.dir_smoothness = Some(point.directional_smoothness(&layout.flatten(&at(t + 1)?)));
+            bar.inc(1);
+        }
+        if todo.condition.contains(&t) || todo.eigen.contains(&t) {
+            let h = point.hessian(|| bar.inc(1));
+            row.condition_number = Some(landscape::condition_number(&h.diagonal(0, 0, 1)));
+            if todo.eigen.contains(&t) {
+                let (eig, sharpness) = landscape::eigen_summary(&h);
+                row.condition_number_eig = Some(eig);
+                row.sharpness = Some(sharpness);
+            }
+        }
+    }
+    bar.finish_and_clear();
+    write(folder, &rows)?;
+    Ok((rows, true))
+}
+
+/// `linattn analyze DIR --every K`: everything at the saved steps that are multiples of K, on
+/// `device` (None: the run's own). Returns the rows of those steps.
+pub fn analyze(dir: &Path, every: i64, device: Option<Device>, progress: bool, stop: &AtomicBool) -> Result<Vec<(i64, Row)>> {
+    if every < 1 {
+        return Err(anyhow!(BadInput(format!("--every: must be >= 1, got {every}"))));
+    }
+    let folder = RunFolder::new(dir);
+    let cfg = folder.config()?;
+    let device = match device {
+        Some(d) => d,
+        None => cfg
+            .train
+            .device
+            .tch()
+            .map_err(|e| anyhow!(BadInput(format!("{}: config key train.device: {e} (pass --device)", dir.display()))))?,
+    };
+    let layout = Layout::new(&Arch::from_config(&cfg));
+    let saved = folder.trajectory(&layout.names)?.steps;
+    let summary = folder.summary().map_err(|e| anyhow!(BadInput(format!("{}: not a finished run ({e:#})", dir.display()))))?;
+    let selected: Vec<i64> = saved.iter().copied().filter(|t| t % every == 0).collect();
+    let (rows, _) = measure_run(&folder, &cfg, &summary, &Needs::everything(&selected, &saved), device, progress, stop)?;
+    Ok(selected.iter().filter_map(|t| rows.get(t).map(|r| (*t, *r))).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn needs_follow_the_strides_and_always_include_the_final_step() {
+        let m = Strides {
+            loss_every: 50,
+            smoothness_every: Some(10),
+            smoothness_until: Some(30),
+            condition_every: Some(250),
+            ..Strides::default()
+        };
+        let n = Needs::of(&m, 120);
+        assert_eq!(n.loss.iter().copied().collect::<Vec<_>>(), vec![0, 50, 100, 120]);
+        assert_eq!(n.smoothness.iter().copied().collect::<Vec<_>>(), vec![0, 10, 20]);
+        assert_eq!(n.condition.iter().copied().collect::<Vec<_>>(), vec![120]);
+    }
+
+    #[test]
+    fn a_float64_runs_measurements_keep_values_beyond_float32_and_a_float32_value_keeps_its_digits() {
+        let tmp = tempfile::tempdir().unwrap();
+        let folder = RunFolder::new(tmp.path());
+        let row = Row { test_loss: Some(6.6e151), grad_norm: Some(0.1f32 as f64), ..Row::default() };
+        let rows: Rows = [(5, row)].into_iter().collect();
+        write(&folder, &rows).unwrap();
+        assert_eq!(read(&folder).unwrap()[&5], row);
+        let text = std::fs::read_to_string(folder.measurements_path()).unwrap();
+        assert!(text.contains(",0.1,"), "a float32 value is written as float32's shortest decimal: {text}");
+    }
+
+    #[test]
+    fn condition_at_adds_iterations_to_the_stride_and_drops_those_past_the_end() {
+        let m = Strides { loss_every: 50, condition_every: Some(500), condition_at: vec![750, 1250, 5000], condition_at_init: true, ..Strides::default() };
+        let n = Needs::of(&m, 2000);
+        assert_eq!(n.condition.iter().copied().collect::<Vec<_>>(), vec![0, 500, 750, 1000, 1250, 1500, 2000]);
+    }
+}

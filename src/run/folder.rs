@@ -1,0 +1,229 @@
+//! The run folder: every file name in it and its lifecycle, owned here and nowhere else.
+//!
+//! ```text
+//! config.yaml              the resolved config, written first (a folder that cannot be written
+//!                          is reported before any work)
+//! checkpoint.safetensors   while training: everything needed to continue (rewritten atomically)
+//! metrics.csv              rewritten at every checkpoint while training, final at the end
+//! trajectory.safetensors   at the end: per parameter [saved steps, *shape], int64 `step`
+//! final.safetensors        at the end: the final parameters under PyTorch names
+//! summary.json             status (running, interrupted, completed, diverged), wall time, device
+//! measurements.csv         what `analyze` and `reproduce` measured on the trajectory
+//! .linattn.lock            an flock held by the process that writes the folder
+//! ```
+//!
+//! A folder is [`State::Done`] once its summary says completed or diverged and its trajectory
+//! is there; [`State::Resumable`] while a checkpoint is there; otherwise [`State::Broken`] (to
+//! be trained again) or [`State::Missing`].
+use super::io::{self, MetricsRow, Status, Summary, Trajectory};
+use crate::config::Config;
+use crate::BadInput;
+use anyhow::{anyhow, Context, Result};
+use std::path::{Path, PathBuf};
+use tch::Tensor;
+
+const CONFIG: &str = "config.yaml";
+const CHECKPOINT: &str = "checkpoint.safetensors";
+const METRICS: &str = "metrics.csv";
+const TRAJECTORY: &str = "trajectory.safetensors";
+const FINAL: &str = "final.safetensors";
+const SUMMARY: &str = "summary.json";
+const MEASUREMENTS: &str = "measurements.csv";
+const LOCK: &str = ".linattn.lock";
+
+/// What a run writes, and what is measured on its trajectory: clearing a folder removes them
+/// all, since measurements of an old trajectory must never be reused for a new one.
+const RUN_FILES: &[&str] = &[CONFIG, CHECKPOINT, METRICS, TRAJECTORY, FINAL, SUMMARY, MEASUREMENTS];
+
+/// Where a run folder stands.
+#[derive(Debug)]
+pub enum State {
+    /// Completed or diverged: a result.
+    Done(Summary),
+    /// A checkpoint is there to continue from.
+    Resumable,
+    /// Something is there, but nothing to continue from.
+    Broken,
+    Missing,
+}
+
+/// An exclusive lock on a run folder, released when dropped or when the process dies (so a
+/// dead worker's folder is free again).
+pub struct FolderLock(#[allow(dead_code)] std::fs::File);
+
+/// What a finished run leaves in its folder besides `config.yaml`.
+pub struct RunRecord {
+    /// Parameter names in `state_dict` order.
+    pub names: Vec<String>,
+    pub metrics: Vec<MetricsRow>,
+    /// The saved steps; `trajectory[i]` is `[steps.len(), *shape]` for parameter `names[i]`.
+    pub steps: Vec<i64>,
+    pub trajectory: Vec<Tensor>,
+    pub final_params: Vec<Tensor>,
+    pub status: Status,
+    pub diverged_at: Option<i64>,
+    pub wall_time_s: f64,
+    pub device: tch::Device,
+}
+
+/// Another live process holds the folder's lock (reported as bad input; `reproduce` skips such a
+/// unit as another worker's).
+#[derive(Debug)]
+pub struct FolderBusy(pub PathBuf);
+
+impl std::fmt::Display for FolderBusy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "output folder {}: another linattn process is writing into it", self.0.display())
+    }
+}
+
+impl std::error::Error for FolderBusy {}
+
+fn bad(msg: String) -> anyhow::Error {
+    anyhow!(BadInput(msg))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunFolder {
+    dir: PathBuf,
+}
+
+impl RunFolder {
+    pub fn new(dir: impl Into<PathBuf>) -> RunFolder {
+        RunFolder { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn measurements_path(&self) -> PathBuf {
+        self.dir.join(MEASUREMENTS)
+    }
+
+    pub fn metrics_path(&self) -> PathBuf {
+        self.dir.join(METRICS)
+    }
+
+    pub fn final_path(&self) -> PathBuf {
+        self.dir.join(FINAL)
+    }
+
+    pub fn has_config(&self) -> bool {
+        self.dir.join(CONFIG).exists()
+    }
+
+    pub fn has_checkpoint(&self) -> bool {
+        self.dir.join(CHECKPOINT).exists()
+    }
+
+    /// The resolved `config.yaml`; bad input when the folder is not a run folder.
+    pub fn config(&self) -> Result<Config> {
+        let path = self.dir.join(CONFIG);
+        if !self.dir.is_dir() {
+            let why = if self.dir.exists() { "not a folder" } else { "no such folder" };
+            return Err(bad(format!("{}: not a linattn run folder ({why})", self.dir.display())));
+        }
+        if !path.exists() {
+            return Err(bad(format!("{}: not a linattn run folder (no config.yaml)", self.dir.display())));
+        }
+        Config::load(&path, &[]).with_context(|| format!("reading {}", path.display()))
+    }
+
+    pub fn summary(&self) -> Result<Summary> {
+        Summary::read(&self.dir.join(SUMMARY))
+    }
+
+    pub fn write_summary(&self, summary: &Summary) -> Result<()> {
+        summary.write(&self.dir.join(SUMMARY))
+    }
+
+    pub fn metrics(&self) -> Result<Vec<MetricsRow>> {
+        io::read_metrics(&self.dir.join(METRICS))
+    }
+
+    pub fn trajectory(&self, names: &[String]) -> Result<Trajectory> {
+        Trajectory::read(&self.dir.join(TRAJECTORY), names)
+    }
+
+    pub fn state(&self) -> State {
+        if !self.has_config() {
+            return if self.dir.exists() { State::Broken } else { State::Missing };
+        }
+        match self.summary() {
+            Ok(s) if matches!(s.status, Status::Completed | Status::Diverged) && self.dir.join(TRAJECTORY).exists() => {
+                State::Done(s)
+            }
+            _ if self.has_checkpoint() => State::Resumable,
+            _ => State::Broken,
+        }
+    }
+
+    /// Takes the folder's lock; `None` when another live process holds it.
+    pub fn try_lock(&self) -> Result<Option<FolderLock>> {
+        use fs2::FileExt;
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| bad(format!("output folder {}: cannot create it ({e})", self.dir.display())))?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.dir.join(LOCK))
+            .map_err(|e| bad(format!("output folder {}: cannot write to it ({e})", self.dir.display())))?;
+        Ok(file.try_lock_exclusive().ok().map(|_| FolderLock(file)))
+    }
+
+    /// Takes the folder's lock; [`FolderBusy`] when another process holds it.
+    pub fn lock(&self) -> Result<FolderLock> {
+        self.try_lock()?.ok_or_else(|| anyhow::Error::new(FolderBusy(self.dir.clone())))
+    }
+
+    /// Creates the folder and writes the resolved `config.yaml` into it.
+    pub fn create(&self, cfg: &Config) -> Result<()> {
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| bad(format!("output folder {}: cannot create it ({e})", self.dir.display())))?;
+        io::write_atomic(&self.dir.join(CONFIG), cfg.to_yaml().as_bytes())
+            .map_err(|e| bad(format!("output folder {}: cannot write to it ({e:#})", self.dir.display())))
+    }
+
+    /// Removes what a run wrote and what was measured on it, so that training it again cannot
+    /// leave stale files.
+    pub fn clear(&self) {
+        for f in RUN_FILES {
+            let _ = std::fs::remove_file(self.dir.join(f));
+        }
+    }
+
+    pub fn write_checkpoint(&self, named: &[(String, Tensor)]) -> Result<()> {
+        io::write_safetensors(&self.dir.join(CHECKPOINT), named)
+    }
+
+    pub fn read_checkpoint(&self) -> Result<Vec<(String, Tensor)>> {
+        io::read_safetensors(&self.dir.join(CHECKPOINT))
+    }
+
+    pub fn checkpoint_path(&self) -> PathBuf {
+        self.dir.join(CHECKPOINT)
+    }
+
+    pub fn remove_checkpoint(&self) {
+        let _ = std::fs::remove_file(self.dir.join(CHECKPOINT));
+    }
+
+    /// The metrics so far, while the run trains (readable at every checkpoint).
+    pub fn write_metrics(&self, rows: &[MetricsRow]) -> Result<()> {
+        io::write_atomic(&self.dir.join(METRICS), io::metrics_csv(rows).as_bytes())
+    }
+
+    /// Writes `metrics.csv`, `trajectory.safetensors`, `final.safetensors` and, last,
+    /// `summary.json`, which makes the folder [`State::Done`].
+    pub fn finish(&self, record: RunRecord) -> Result<Summary> {
+        self.write_metrics(&record.metrics)?;
+        io::write_trajectory_stacked(&self.dir.join(TRAJECTORY), &record.names, &record.steps, &record.trajectory)?;
+        let final_params: Vec<(String, Tensor)> = record.names.iter().cloned().zip(record.final_params).collect();
+        io::write_safetensors(&self.dir.join(FINAL), &final_params)?;
+        let summary = Summary::of_rust(record.status, record.diverged_at, record.metrics.len() as i64, record.wall_time_s, record.device);
+        self.write_summary(&summary).context("writing summary.json")?;
+        Ok(summary)
+    }
+}

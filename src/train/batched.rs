@@ -1,0 +1,211 @@
+//! The batched stepper: K runs of one setting (seeds × optimizers × learning rates) as one
+//! computation on one device. This is how fast mode trains, alone (K = 1) or as an ensemble.
+//!
+//! Why: a run of the paper's model is thousands of tiny operations per step, so its cost is the
+//! overhead per operation, not arithmetic. Giving every parameter a leading member axis K makes
+//! one operation do the work of K runs.
+//!
+//! Each member keeps what makes it a run of its own: its data stream (its seed, see
+//! [`DeviceStream`]), its initial parameters (drawn exactly as the faithful run with that seed
+//! draws them, [`protocol::start`]), its optimizer, learning rate and optimizer state. Members
+//! never mix: every operation acts on each member's slice alone, so a member that stops
+//! updating (a skipped or diverged step) leaves the others as they were. Within a step nothing
+//! is read back to the host.
+use super::driver::{Gradients, Stepper};
+use crate::config::{Config, Mode, OptimizerKind};
+use crate::data::{Batch, DeviceStream};
+use crate::model::{self, Arch, Layout};
+use crate::optim::batched::Optimizer;
+use crate::run::protocol;
+use crate::BadInput;
+use anyhow::{anyhow, Result};
+use tch::{Device, Tensor};
+
+/// One run of an ensemble: what differs between the runs of one setting.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Member {
+    pub seed: u32,
+    pub optimizer: OptimizerKind,
+    pub lr: f64,
+}
+
+impl Member {
+    /// The run that `cfg` describes on its own.
+    pub fn from_config(cfg: &Config) -> Member {
+        Member { seed: cfg.train.seed, optimizer: cfg.train.optimizer, lr: cfg.train.lr }
+    }
+
+    /// The resolved config of this member's run folder: `cfg` with this member's seed,
+    /// optimizer and learning rate, in fast mode (its data stream and arithmetic are fast
+    /// mode's, so `linattn train` on this config repeats the run).
+    pub fn config(&self, cfg: &Config) -> Config {
+        let mut c = cfg.clone();
+        c.train.seed = self.seed;
+        c.train.optimizer = self.optimizer;
+        c.train.lr = self.lr;
+        c.train.mode = Mode::Fast;
+        c
+    }
+}
+
+pub struct BatchedStepper {
+    arch: Arch,
+    layout: Layout,
+    device: Device,
+    /// All members' parameters, `[K, P]`: one leaf, so the gradient, its norm, clipping and the
+    /// optimizer are one tensor op each for the whole ensemble.
+    theta: Tensor,
+    optimizer: Optimizer,
+    stream: DeviceStream,
+    /// Which stream each member reads (members with one seed share one); `None`: stream i.
+    rows: Option<Tensor>,
+    /// The gradient of the last [`Stepper::gradients`], `[K, P]`.
+    grad: Tensor,
+    /// Batches given by [`BatchedStepper::feed`] for the next step instead of the streams'.
+    fed: Option<(Batch, Option<Tensor>)>,
+    members: usize,
+}
+
+impl BatchedStepper {
+    /// Every member at iteration 0, initialised as the faithful run with its seed is
+    /// ([`protocol::start`]), on `device`.
+    pub fn start(cfg: &Config, members: &[Member], device: Device) -> Result<BatchedStepper> {
+        if members.is_empty() {
+            return Err(anyhow!(BadInput("an ensemble needs at least one member".into())));
+        }
+        for m in members {
+            if !(m.lr > 0.0 && m.lr.is_finite()) {
+                return Err(anyhow!(BadInput(format!("ensemble member {m:?}: lr must be > 0"))));
+            }
+        }
+        let arch = Arch::from_config(cfg);
+        let layout = Layout::new(&arch);
+        let mut teacher = None;
+        let flat_inits: Vec<Tensor> = members
+            .iter()
+            .map(|m| {
+                let start = protocol::start(cfg, m.seed);
+                teacher = start.teacher;
+                layout.flatten(&start.init)
+            })
+            .collect();
+        // Drawn in float32 as the faithful run draws them, then widened for a float64 run.
+        let theta = Tensor::stack(&flat_inits, 0).to_kind(cfg.train.dtype.kind()).to_device(device).set_requires_grad(true);
+        let mut seeds: Vec<u32> = Vec::new();
+        let rows: Vec<i64> = members
+            .iter()
+            .map(|m| match seeds.iter().position(|&s| s == m.seed) {
+                Some(i) => i as i64,
+                None => {
+                    seeds.push(m.seed);
+                    seeds.len() as i64 - 1
+                }
+            })
+            .collect();
+        let identity = rows.iter().enumerate().all(|(i, &r)| r == i as i64);
+        let rules: Vec<(OptimizerKind, f64)> = members.iter().map(|m| (m.optimizer, m.lr)).collect();
+        Ok(BatchedStepper {
+            arch,
+            optimizer: Optimizer::new(&cfg.train, &rules, layout.total, device),
+            layout,
+            device,
+            theta,
+            stream: DeviceStream::new(cfg, &seeds, teacher, device),
+            rows: (!identity).then(|| Tensor::from_slice(&rows).to_device(device)),
+            grad: Tensor::new(),
+            fed: None,
+            members: members.len(),
+        })
+    }
+
+    /// Member `i`'s current parameters in `state_dict` shapes, copied to the CPU.
+    pub fn member_params(&self, i: usize) -> Vec<Tensor> {
+        let row = self.theta.detach().get(i as i64).to_device(Device::Cpu);
+        self.layout.unflatten(&row).into_iter().map(|t| t.copy()).collect()
+    }
+
+    /// The next step reads these batches instead of the streams': `batch` holds U streams
+    /// (`z [U, B, n+1, d+1]`) and member i reads stream `member_rows[i]` (`None`: stream i).
+    /// This is how a test feeds an ensemble the batches of another run.
+    pub fn feed(&mut self, batch: Batch, member_rows: Option<Tensor>) {
+        assert!(
+            member_rows.is_some() || batch.z.size()[0] == self.members as i64,
+            "without member_rows the batch must hold one stream per member"
+        );
+        self.fed = Some((batch, member_rows));
+    }
+}
+
+impl Stepper for BatchedStepper {
+    fn members(&self) -> usize {
+        self.members
+    }
+
+    fn device(&self) -> Device {
+        self.device
+    }
+
+    fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    fn sync_every(&self) -> i64 {
+        64
+    }
+
+    fn gradients(&mut self, iter: i64) -> Gradients {
+        let (batch, rows) = match self.fed.take() {
+            Some(fed) => fed,
+            None => (self.stream.batch(iter), self.rows.as_ref().map(|r| r.shallow_clone())),
+        };
+        let params = self.layout.views(&self.theta);
+        let losses = model::fast_losses(&self.arch, &params, &batch, rows.as_ref());
+        // Members are independent, so the gradient of the sum is every member's own gradient.
+        self.grad = Tensor::run_backward(&[losses.sum(self.theta.kind())], &[&self.theta], false, false)
+            .pop()
+            .expect("one gradient");
+        let norms = tch::no_grad(|| self.grad.norm_scalaropt_dim(2, [1i64].as_slice(), false));
+        Gradients { losses: losses.detach(), clip_norms: norms.shallow_clone(), norms }
+    }
+
+    fn update(&mut self, coef: Option<&Tensor>, stepping: &Tensor) {
+        tch::no_grad(|| {
+            let clipped = match coef {
+                Some(c) => &self.grad * c.unsqueeze(1),
+                None => self.grad.shallow_clone(),
+            };
+            let delta = self.optimizer.update(&clipped, stepping).where_scalarother(&stepping.unsqueeze(1), 0.0);
+            let _ = self.theta.g_sub_(&delta);
+        });
+    }
+
+    fn flat_params(&self) -> Tensor {
+        self.theta.detach()
+    }
+
+    fn member_state(&self, i: usize) -> Vec<(String, Tensor)> {
+        self.optimizer.member_state(i as i64)
+    }
+
+    fn load_member(&mut self, i: usize, flat: &Tensor, state: &[(String, Tensor)]) -> Result<()> {
+        // `steps` is an integer count; the buffers are in the run's dtype.
+        let state: Vec<(String, Tensor)> = state
+            .iter()
+            .map(|(n, t)| {
+                let kind = if n == "steps" { tch::Kind::Int64 } else { self.theta.kind() };
+                (n.clone(), t.to_kind(kind).to_device(self.device))
+            })
+            .collect();
+        if !self.optimizer.load_member_state(i as i64, &state) {
+            return Err(anyhow!("its optimizer state does not fit the ensemble"));
+        }
+        tch::no_grad(|| {
+            let _ = self.theta.get(i as i64).copy_(&flat.to_kind(self.theta.kind()).to_device(self.device));
+        });
+        Ok(())
+    }
+
+    fn seek(&mut self, _iter: i64) {
+        // A fast stream is a function of (seed, iteration): nothing to replay.
+    }
+}

@@ -1,0 +1,214 @@
+//! Training: one driver ([`driver`]) for every mode, driving one of two steppers:
+//! [`faithful::FaithfulStepper`] (one run in the authors' op order, bit-identical to PyTorch on
+//! CPU) or [`batched::BatchedStepper`] (K runs as one computation: fast mode and ensembles).
+//!
+//! Every mode checkpoints every `checkpoint_every` iterations and on Ctrl-C/SIGTERM, and
+//! [`resume`] continues from the checkpoint; on CPU a resumed run's files are byte-identical to
+//! an uninterrupted run's. An ensemble's members checkpoint together and resume together.
+pub mod batched;
+pub mod driver;
+pub mod faithful;
+
+pub use batched::{BatchedStepper, Member};
+pub use driver::{drive, is_saved_step, step, Stepper};
+pub use faithful::FaithfulStepper;
+
+use crate::config::{Config, Mode};
+use crate::model::{self, Arch, Layout};
+use crate::run::{FolderLock, MetricsRow, RunFolder, State, Summary};
+use crate::BadInput;
+use anyhow::{anyhow, Result};
+use driver::{MemberCheckpoint, Restored};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use tch::{Device, Tensor};
+
+/// How training reports its progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// An indicatif bar with iterations per second and ETA (a terminal).
+    Bar,
+    /// One line per checkpoint on stderr (logs, batch jobs).
+    Lines,
+    Quiet,
+}
+
+/// How training treats its output folders and the process around it.
+#[derive(Clone)]
+pub struct Options {
+    pub progress: Progress,
+    /// Replace a run that is already in the folder.
+    pub force: bool,
+    /// Write a checkpoint every this many iterations (0: only when interrupted).
+    pub checkpoint_every: i64,
+    /// Set by a signal handler: stop after the current iteration, checkpoint, and return.
+    pub stop: Arc<AtomicBool>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { progress: Progress::Quiet, force: false, checkpoint_every: 250, stop: Arc::new(AtomicBool::new(false)) }
+    }
+}
+
+/// What a finished (or interrupted) run reports.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub summary: Summary,
+    pub metrics: Vec<MetricsRow>,
+}
+
+/// The libtorch intra-op thread count that suits training these members of `cfg` on a CPU:
+/// `Some(1)` where the fast path runs faster on one thread than on several
+/// ([`model::fast_prefers_one_thread`]), else `None` (libtorch's default). The caller (main,
+/// or a library user) sets it; the engine never changes it.
+pub fn preferred_threads(cfg: &Config, members: usize) -> Option<i32> {
+    let fast_on_cpu = cfg.train.mode == Mode::Fast && cfg.train.device.tch().ok() == Some(Device::Cpu);
+    (fast_on_cpu && model::fast_prefers_one_thread(&Arch::from_config(cfg), cfg.data.batch, members as i64)).then_some(1)
+}
+
+fn device_of(cfg: &Config) -> Result<Device> {
+    cfg.train.device.tch().map_err(|e| anyhow!(BadInput(format!("config key train.device: {e}"))))
+}
+
+/// Locks a folder for a new run: refuses one that holds a run unless `force`, then clears it.
+fn claim(folder: &RunFolder, force: bool) -> Result<FolderLock> {
+    let lock = folder.lock()?;
+    if folder.has_config() {
+        if !force {
+            return Err(anyhow!(BadInput(format!(
+                "output folder {} already holds a run; pass --force to replace it or --resume to continue it",
+                folder.dir().display()
+            ))));
+        }
+        folder.clear();
+    }
+    Ok(lock)
+}
+
+/// `linattn train`: trains the run of `cfg` (either mode) into `out`.
+pub fn train(cfg: &Config, out: &Path, opts: &Options) -> Result<Outcome> {
+    if cfg.train.mode == Mode::Fast {
+        let mut outcomes = train_ensemble(cfg, &[Member::from_config(cfg)], &[out.to_path_buf()], opts)?;
+        return Ok(outcomes.remove(0));
+    }
+    let folder = RunFolder::new(out);
+    let _lock = claim(&folder, opts.force)?;
+    let device = device_of(cfg)?;
+    folder.create(cfg)?;
+    let mut stepper = FaithfulStepper::start(cfg, device)?;
+    Ok(drive(&mut stepper, std::slice::from_ref(cfg), &[folder], None, opts)?.remove(0))
+}
+
+/// Trains the members of one setting together (fast mode) and writes each member's run folder
+/// exactly as `linattn train` does, `config.yaml` with the member's seed, optimizer and learning
+/// rate. The wall time in each summary is the ensemble's.
+pub fn train_ensemble(cfg: &Config, members: &[Member], outs: &[PathBuf], opts: &Options) -> Result<Vec<Outcome>> {
+    if members.len() != outs.len() {
+        return Err(anyhow!(BadInput(format!(
+            "an ensemble of {} members needs as many output folders, got {}",
+            members.len(),
+            outs.len()
+        ))));
+    }
+    let folders: Vec<RunFolder> = outs.iter().map(RunFolder::new).collect();
+    for (i, f) in folders.iter().enumerate() {
+        if folders[..i].contains(f) {
+            return Err(anyhow!(BadInput(format!("output folder {} is given twice", f.dir().display()))));
+        }
+    }
+    let _locks: Vec<FolderLock> = folders.iter().map(|f| claim(f, opts.force)).collect::<Result<_>>()?;
+    let device = device_of(cfg)?;
+    let configs: Vec<Config> = members.iter().map(|m| m.config(cfg)).collect();
+    for (f, c) in folders.iter().zip(&configs) {
+        f.create(c)?;
+    }
+    let mut stepper = BatchedStepper::start(cfg, members, device)?;
+    drive(&mut stepper, &configs, &folders, None, opts)
+}
+
+/// The run folders of the ensemble that `dir`'s checkpoint belongs to, in order (one folder
+/// for a run trained alone). Bad input when `dir` has no checkpoint, or a member's checkpoint is
+/// missing or at another iteration.
+pub fn checkpointed_group(dir: &Path) -> Result<Vec<RunFolder>> {
+    let folder = RunFolder::new(dir);
+    let cfg = folder.config()?;
+    let layout = Layout::new(&Arch::from_config(&cfg));
+    let own = MemberCheckpoint::read(&folder, &layout)?;
+    let folders: Vec<RunFolder> = own.composition.members.iter().map(|rel| RunFolder::new(normalize(&dir.join(rel)))).collect();
+    for f in &folders {
+        if !f.has_checkpoint() {
+            return Err(anyhow!(BadInput(format!(
+                "{}: ensemble member {} has no checkpoint; train the ensemble again",
+                dir.display(),
+                f.dir().display()
+            ))));
+        }
+    }
+    Ok(folders)
+}
+
+/// `a/b/../c` → `a/c`, without touching the filesystem (folders named in a checkpoint).
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::ParentDir if out.file_name().is_some() => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// `linattn train --resume DIR`: continues the run in `dir` (and, for a member of an ensemble,
+/// the whole ensemble) from its last checkpoint. Returns the outcomes in the ensemble's order.
+/// A run interrupted before its first checkpoint is trained again from the start.
+pub fn resume(dir: &Path, opts: &Options) -> Result<Vec<Outcome>> {
+    let folder = RunFolder::new(dir);
+    let cfg = folder.config()?;
+    if let State::Done(s) = folder.state() {
+        return Err(anyhow!(BadInput(format!("{}: the run already ended ({:?}); nothing to resume", dir.display(), s.status))));
+    }
+    if !folder.has_checkpoint() {
+        return Ok(vec![train(&cfg, dir, &Options { force: true, ..opts.clone() })?]);
+    }
+    let folders = checkpointed_group(dir)?;
+    let _locks: Vec<FolderLock> = folders.iter().map(RunFolder::lock).collect::<Result<_>>()?;
+    let configs: Vec<Config> = folders.iter().map(RunFolder::config).collect::<Result<_>>()?;
+    let layout = Layout::new(&Arch::from_config(&configs[0]));
+    let checkpoints: Vec<MemberCheckpoint> = folders.iter().map(|f| MemberCheckpoint::read(f, &layout)).collect::<Result<_>>()?;
+    let iter = checkpoints[0].iter;
+    if let Some((f, c)) = folders.iter().zip(&checkpoints).find(|(_, c)| c.iter != iter) {
+        return Err(anyhow!(BadInput(format!(
+            "{}: checkpointed at iteration {}, but its ensemble at {iter}; train the ensemble again",
+            f.dir().display(),
+            c.iter
+        ))));
+    }
+    let device = device_of(&configs[0])?;
+    let mut stepper: Box<dyn Stepper> = match (configs[0].train.mode, configs.len()) {
+        (Mode::Faithful, 1) => Box::new(FaithfulStepper::start(&configs[0], device)?),
+        _ => {
+            let members: Vec<Member> = configs.iter().map(Member::from_config).collect();
+            Box::new(BatchedStepper::start(&configs[0], &members, device)?)
+        }
+    };
+    for (i, (f, c)) in folders.iter().zip(&checkpoints).enumerate() {
+        stepper
+            .load_member(i, &c.flat, &c.optim)
+            .map_err(|e| anyhow!(BadInput(format!("{}: {e:#}", f.checkpoint_path().display()))))?;
+    }
+    let restored = Restored {
+        iter,
+        rows: checkpoints.iter().map(|c| c.rows.clone()).collect(),
+        saved_steps: checkpoints[0].saved_steps.clone(),
+        snapshots: Tensor::stack(&checkpoints.iter().map(|c| c.snapshots.shallow_clone()).collect::<Vec<_>>(), 1),
+        in_a_row: checkpoints.iter().map(|c| c.in_a_row).collect(),
+        active: checkpoints.iter().map(|c| c.active).collect(),
+    };
+    drive(stepper.as_mut(), &configs, &folders, Some(restored), opts)
+}
