@@ -7,6 +7,8 @@
                                                (default tests/golden/manifest.json); exit 1 on a
                                                difference, naming every file that differs
   golden.py compare DIR_A DIR_B                compare two recorded folders file by file
+  golden.py same-data A.json B.json            whether two figure data JSONs hold the same numbers
+                                               (exit 1 naming the first difference)
 
 The set: faithful and fast runs of Setting 1 (SGD, Adam), the sphere (clip 0.1), gamma, L = 6,
 the full parametrization, softmax and the MLP variant; a run that skips non-finite steps; a
@@ -231,6 +233,9 @@ def main():
     c.add_argument("--bin", required=True)
     c.add_argument("--manifest", default=os.path.join(ROOT, "tests", "golden", "manifest.json"))
     c.add_argument("--keep", help="record into this folder and keep it")
+    s = sub.add_parser("same-data")
+    s.add_argument("a")
+    s.add_argument("b")
     m = sub.add_parser("compare")
     m.add_argument("a")
     m.add_argument("b")
@@ -240,6 +245,12 @@ def main():
     elif a.cmd == "digest":
         json.dump({"recorded_on": machine(), "files": digest(a.dir)}, sys.stdout, indent=1, sort_keys=True)
         print()
+    elif a.cmd == "same-data":
+        with open(a.a) as f, open(a.b) as g:
+            x, y = strip(json.load(f)), strip(json.load(g))
+        diff = subset_diff(x, y) + subset_diff(y, x)
+        if diff:
+            sys.exit(f"golden: {a.a} and {a.b} differ at {diff[0]}")
     elif a.cmd == "compare":
         lines = compare(digest(a.a), digest(a.b))
         print("\n".join(lines) if lines else "golden: identical")

@@ -30,24 +30,18 @@ fn unknown_key_exits_2_naming_the_key() {
 }
 
 #[test]
-fn wrong_type_exits_2_naming_the_key() {
-    assert_bad_input("train: {lr: fast}", &[], "train.lr");
-    assert_bad_input("", &["model.layers=[1,2]"], "model.layers");
-}
-
-#[test]
-fn negative_lr_exits_2_naming_the_key() {
-    assert_bad_input("train: {lr: -0.1}", &[], "train.lr");
-}
-
-#[test]
-fn zero_context_exits_2_naming_the_key() {
-    assert_bad_input("", &["data.context=0"], "data.context");
-}
-
-#[test]
-fn unknown_setting_exits_2_naming_the_key() {
-    assert_bad_input("data: {setting: cauchy}", &[], "data.setting");
+fn a_wrong_type_or_an_out_of_range_value_exits_2_naming_the_key() {
+    let cases: [(&str, &[&str], &str); 6] = [
+        ("train: {lr: fast}", &[], "train.lr"),
+        ("", &["model.layers=[1,2]"], "model.layers"),
+        ("train: {lr: -0.1}", &[], "train.lr"),
+        ("", &["data.context=0"], "data.context"),
+        ("data: {setting: cauchy}", &[], "data.setting"),
+        ("", &["train.checkpoint_every=5"], "checkpoint_every"),
+    ];
+    for (yaml, sets, key) in cases {
+        assert_bad_input(yaml, sets, key);
+    }
 }
 
 #[test]

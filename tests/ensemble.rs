@@ -21,7 +21,7 @@ struct Stepped<S: Stepper> {
 
 impl<S: Stepper> Stepped<S> {
     fn new(stepper: S, cfg: &Config) -> Self {
-        let rule = NonFinite::new(cfg.train.skip_nonfinite, stepper.members() as i64, Device::Cpu);
+        let rule = NonFinite::new(cfg.train.skip_nonfinite, stepper.shape().members as i64, Device::Cpu);
         Stepped { stepper, rule, cfg: cfg.clone(), iter: 0 }
     }
 

@@ -156,15 +156,24 @@ fn tiny_reproduce_draws_the_png_and_summary_then_reuses_its_runs() {
     assert!(md.contains("reused from the runs folder") && !md.contains("Produced in"), "{md}");
 }
 
+/// Reproduces the tiny figure with `command`, then removes the summary.json of the runs
+/// `broken` (what a process killed before the end of a run leaves) and reproduces it again.
+/// Returns the run folders and the second invocation's output.
+fn break_runs_and_reproduce_again(tmp: &Path, command: fn(&Path, &Path) -> Command, broken: &[usize]) -> (Vec<PathBuf>, String) {
+    let fig = write_figure(tmp, "tiny", TINY);
+    ok(command(&fig, tmp));
+    let runs = run_folders(&tmp.join("runs"));
+    for &i in broken {
+        std::fs::remove_file(runs[i].join("summary.json")).unwrap();
+    }
+    let out = stdout(&ok(command(&fig, tmp)));
+    (runs, out)
+}
+
 #[test]
 fn a_run_left_without_its_summary_is_trained_again_and_the_rest_reused() {
     let tmp = tempdir();
-    let fig = write_figure(tmp.path(), "tiny", TINY);
-    ok(reproduce(&fig, tmp.path()));
-    let runs = run_folders(&tmp.path().join("runs"));
-    // What a process killed before the end of a run leaves: a folder without summary.json.
-    std::fs::remove_file(runs[0].join("summary.json")).unwrap();
-    let out = stdout(&ok(reproduce(&fig, tmp.path())));
+    let (runs, out) = break_runs_and_reproduce_again(tmp.path(), reproduce, &[0]);
     assert!(out.contains("reused 3") && out.contains("restarted 1"), "{out}");
     assert!(runs[0].join("summary.json").exists());
 }
@@ -205,13 +214,7 @@ fn fast_runs_of_one_setting_train_as_one_ensemble_and_a_second_invocation_reuses
 #[test]
 fn a_fast_run_left_without_its_summary_is_trained_again_and_the_rest_reused() {
     let tmp = tempdir();
-    let fig = write_figure(tmp.path(), "tiny", TINY);
-    ok(reproduce_fast(&fig, tmp.path()));
-    let runs = run_folders(&tmp.path().join("runs"));
-    // What a process killed while its ensemble trains leaves: folders without summary.json.
-    std::fs::remove_file(runs[1].join("summary.json")).unwrap();
-    std::fs::remove_file(runs[2].join("summary.json")).unwrap();
-    let out = stdout(&ok(reproduce_fast(&fig, tmp.path())));
+    let (runs, out) = break_runs_and_reproduce_again(tmp.path(), reproduce_fast, &[1, 2]);
     assert!(out.contains("reused 2") && out.contains("restarted 2") && out.contains("ensembles trained 1;"), "{out}");
     assert!(runs.iter().all(|r| r.join("summary.json").exists()));
     assert_eq!(wall_time(&runs[1]), wall_time(&runs[2]), "the two broken runs trained together");

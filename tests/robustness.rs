@@ -169,26 +169,32 @@ fn sigkill_then_resume_of_a_12_member_ensemble_gives_byte_identical_files() {
     kill_and_resume(&["train.iters=1500"], &["--seeds", "0,1,2,3,4,5", "--optimizers", "sgd,adam"], &folders);
 }
 
+/// Starts `train` with `sets` (and no periodic checkpoint), sends SIGTERM half a second after
+/// it began, and checks what an interrupted run reports: exit 130, how to resume, and an
+/// `interrupted` summary next to its checkpoint.
+fn sigterm_during(out: &Path, sets: &[&str]) {
+    let mut child = train_cmd(out, sets);
+    child.args(["--checkpoint-every", "0"]).stdout(Stdio::null()).stderr(Stdio::piped());
+    let child = child.spawn().unwrap();
+    wait_for_checkpoint_or_config(out);
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let o = child.wait_with_output().unwrap();
+    assert_ne!(o.status.code(), Some(0), "the run finished before SIGTERM arrived");
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--resume"), "{}", stderr(&o));
+    let summary = std::fs::read_to_string(out.join("summary.json")).unwrap();
+    assert!(summary.contains("interrupted"), "{summary}");
+    assert!(out.join("checkpoint.safetensors").exists());
+}
+
 #[test]
 fn sigterm_checkpoints_exits_130_and_resume_completes_the_run() {
     let tmp = tempdir();
     let (whole, stopped) = (tmp.path().join("whole"), tmp.path().join("stopped"));
     ok(train_cmd(&whole, &["train.iters=1500", "train.optimizer=adam"]));
-    let mut child = train_cmd(&stopped, &["train.iters=1500", "train.optimizer=adam"]);
-    child.args(["--checkpoint-every", "0"]).stdout(Stdio::null()).stderr(Stdio::piped());
-    let child = child.spawn().unwrap();
-    wait_for_checkpoint_or_config(&stopped);
-    std::thread::sleep(Duration::from_millis(500));
-    let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let o = child.wait_with_output().unwrap();
-    if o.status.code() == Some(0) {
-        panic!("the run finished before SIGTERM arrived");
-    }
-    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
-    assert!(stderr(&o).contains("--resume"));
-    let summary = std::fs::read_to_string(stopped.join("summary.json")).unwrap();
-    assert!(summary.contains("interrupted"), "{summary}");
+    sigterm_during(&stopped, &["train.iters=1500", "train.optimizer=adam"]);
     let mut resume = linattn();
     resume.arg("train").arg("--resume").arg(&stopped);
     ok(resume);
@@ -198,20 +204,7 @@ fn sigterm_checkpoints_exits_130_and_resume_completes_the_run() {
 #[test]
 fn sigterm_stops_a_fast_run_with_exit_130_and_a_checkpoint_to_resume_from() {
     let tmp = tempdir();
-    let out = tmp.path().join("fast");
-    let mut child = train_cmd(&out, &["train.iters=200000", "train.mode=fast"]);
-    child.stdout(Stdio::null()).stderr(Stdio::piped());
-    let child = child.spawn().unwrap();
-    wait_for_checkpoint_or_config(&out);
-    std::thread::sleep(Duration::from_millis(500));
-    let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let o = child.wait_with_output().unwrap();
-    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
-    assert!(stderr(&o).contains("--resume"), "{}", stderr(&o));
-    let summary = std::fs::read_to_string(out.join("summary.json")).unwrap();
-    assert!(summary.contains("interrupted"), "{summary}");
-    assert!(out.join("checkpoint.safetensors").exists());
+    sigterm_during(&tmp.path().join("fast"), &["train.iters=200000", "train.mode=fast"]);
 }
 
 #[test]

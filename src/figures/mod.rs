@@ -31,7 +31,6 @@ use crate::BadInput;
 use anyhow::{anyhow, Result};
 use runs::{Tally, Trained};
 use spec::{FigureSpec, Resolved, RunSpec, Scale};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -57,9 +56,13 @@ impl std::str::FromStr for Shard {
 }
 
 impl Shard {
-    /// Whether the unit named `name` is this shard's: FNV-1a of the name, modulo N.
+    /// Whether the unit named `name` is this shard's: FNV-1a of the name, mixed (FNV-1a's low
+    /// bits are the parity of the bytes, too regular for a modulus), modulo N.
     pub fn owns(&self, name: &str) -> bool {
-        (runs::fnv1a(name.as_bytes()) % self.count as u64) as usize == self.index - 1
+        let mut h = runs::fnv1a(name.as_bytes());
+        h = (h ^ (h >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        (h % self.count as u64) as usize == self.index - 1
     }
 }
 
@@ -178,28 +181,39 @@ struct Figure {
     needs: Needs,
 }
 
-/// Runs that train together, and then are measured.
+/// Runs that train together.
 struct TrainingUnit {
     name: String,
+    figure: usize,
     cfgs: Vec<Config>,
     dirs: Vec<PathBuf>,
 }
 
+/// What all requested figures measure on one run; `training` is the unit that trains it.
+struct MeasureUnit {
+    name: String,
+    figure: usize,
+    dir: PathBuf,
+    cfg: Config,
+    needs: Needs,
+    training: usize,
+}
+
 struct NoiseUnit {
     name: String,
+    figure: usize,
     cfg: Config,
     samples: i64,
     full_batch: i64,
     dir: PathBuf,
 }
 
-/// Every unit, figure by figure: (training units, noise units) per figure.
+/// Every unit, listed figure by figure.
 struct Plan {
     figures: Vec<Figure>,
-    training: Vec<Vec<TrainingUnit>>,
-    noise: Vec<Vec<NoiseUnit>>,
-    /// Per run folder, what all requested figures measure on it.
-    needs: BTreeMap<PathBuf, Needs>,
+    training: Vec<TrainingUnit>,
+    measuring: Vec<MeasureUnit>,
+    noise: Vec<NoiseUnit>,
 }
 
 fn plan(req: &Request) -> Result<Plan> {
@@ -215,46 +229,54 @@ fn plan(req: &Request) -> Result<Plan> {
             .plan(&experiments.join("settings"), &res, req.device)
             .map_err(|e| anyhow!(BadInput(format!("figure file {}: {e}", path.display()))))?;
         let dirs = plan.iter().map(|r| runs::run_dir(&req.runs, &r.cfg)).collect();
-        let needs = Needs::of(&res.measure.strides(), res.iters);
+        let needs = Needs::of(&res.measure, res.iters);
         figures.push(Figure { id, spec, res, plan, dirs, needs });
     }
     let relative = |p: &Path| p.strip_prefix(&req.runs).unwrap_or(p).display().to_string();
-    let (mut training, mut noise) = (vec![], vec![]);
-    let mut needs: BTreeMap<PathBuf, Needs> = BTreeMap::new();
-    let mut noise_dirs = vec![];
-    for fig in &figures {
-        let unclaimed: Vec<usize> = (0..fig.plan.len()).filter(|&i| !needs.contains_key(&fig.dirs[i])).collect();
-        for (i, dir) in fig.dirs.iter().enumerate() {
-            let n = needs.entry(dir.clone()).or_default();
-            *n = n.union(&fig.needs);
-            let _ = i;
-        }
+    let (mut training, mut measuring, mut noise): (Vec<TrainingUnit>, Vec<MeasureUnit>, Vec<NoiseUnit>) = (vec![], vec![], vec![]);
+    for (f, fig) in figures.iter().enumerate() {
         let cfgs: Vec<&Config> = fig.plan.iter().map(|r| &r.cfg).collect();
-        let units = runs::batches(&cfgs, &unclaimed)
-            .into_iter()
-            .map(|batch| {
-                let first = relative(&fig.dirs[batch[0]]);
-                // No spaces: logs name units as one word.
-                let name = if batch.len() == 1 { first } else { format!("{first}+{}", batch.len() - 1) };
-                TrainingUnit { name, cfgs: batch.iter().map(|&i| cfgs[i].clone()).collect(), dirs: batch.iter().map(|&i| fig.dirs[i].clone()).collect() }
-            })
-            .collect();
-        training.push(units);
-        let mut units = vec![];
+        for (i, dir) in fig.dirs.iter().enumerate() {
+            match measuring.iter_mut().find(|m| m.dir == *dir) {
+                Some(m) => m.needs = m.needs.union(&fig.needs),
+                None => measuring.push(MeasureUnit {
+                    name: relative(dir),
+                    figure: f,
+                    dir: dir.clone(),
+                    cfg: cfgs[i].clone(),
+                    needs: fig.needs.clone(),
+                    training: usize::MAX,
+                }),
+            }
+        }
+        // A run belongs to the training unit of the first figure that needs it.
+        let unclaimed: Vec<usize> = (0..fig.plan.len()).filter(|&i| !training.iter().any(|u| u.dirs.contains(&fig.dirs[i]))).collect();
+        for batch in runs::batches(&cfgs, &unclaimed) {
+            let first = relative(&fig.dirs[batch[0]]);
+            // No spaces: logs name units as one word.
+            let name = if batch.len() == 1 { first } else { format!("{first}+{}", batch.len() - 1) };
+            training.push(TrainingUnit {
+                name,
+                figure: f,
+                cfgs: batch.iter().map(|&i| cfgs[i].clone()).collect(),
+                dirs: batch.iter().map(|&i| fig.dirs[i].clone()).collect(),
+            });
+        }
         if let Some(n) = fig.res.measure.noise {
             for s in 0..fig.spec.series.len() {
                 let base = fig.plan.iter().find(|r| r.series == s).ok_or_else(|| anyhow!("figure {}: series {s} has no runs", fig.id))?;
                 let cfg = runs::noise_config(&base.cfg, n.seed);
                 let dir = runs::noise_dir(&req.runs, &cfg, n.samples, n.full_batch);
-                if !noise_dirs.contains(&dir) {
-                    noise_dirs.push(dir.clone());
-                    units.push(NoiseUnit { name: relative(&dir), cfg, samples: n.samples, full_batch: n.full_batch, dir });
+                if !noise.iter().any(|u| u.dir == dir) {
+                    noise.push(NoiseUnit { name: relative(&dir), figure: f, cfg, samples: n.samples, full_batch: n.full_batch, dir });
                 }
             }
         }
-        noise.push(units);
     }
-    Ok(Plan { figures, training, noise, needs })
+    for m in &mut measuring {
+        m.training = training.iter().position(|u| u.dirs.contains(&m.dir)).expect("every run has a training unit");
+    }
+    Ok(Plan { figures, training, measuring, noise })
 }
 
 /// Runs the request; see the module documentation.
@@ -263,8 +285,13 @@ pub fn reproduce(req: &Request) -> Result<Report> {
     std::fs::create_dir_all(&req.runs)
         .map_err(|e| anyhow!(BadInput(format!("runs folder {}: cannot create it ({e})", req.runs.display()))))?;
     let mut report = Report::default();
+    if let Some(shard) = req.shard {
+        let names = plan.training.iter().map(|u| &u.name).chain(plan.measuring.iter().map(|u| &u.name)).chain(plan.noise.iter().map(|u| &u.name));
+        let (mine, all) = names.fold((0, 0), |(m, a), n| (m + shard.owns(n) as usize, a + 1));
+        say(format!("shard {}/{}: {mine} of {all} units (training, measuring, noise) are this shard's", shard.index, shard.count));
+    }
     if req.draw_only {
-        let missing = missing_units(&plan, req)?;
+        let missing = missing_units(&plan)?;
         if !missing.is_empty() {
             return Err(anyhow::Error::new(Incomplete(missing)));
         }
@@ -277,21 +304,25 @@ pub fn reproduce(req: &Request) -> Result<Report> {
                 Some(s) => format!("shard {}/{}:", s.index, s.count),
                 None => format!("[{}]", fig.id),
             };
-            for unit in &plan.training[f] {
-                if req.shard.is_some_and(|s| !s.owns(&unit.name)) {
-                    continue;
-                }
-                if !train_unit(unit, &plan.needs, req, &prefix, &mut report)? {
+            let ours = |name: &str| req.shard.is_none_or(|s| s.owns(name));
+            // A shard leaves a training unit another worker holds to it; its measurements wait
+            // for it below.
+            let wait = req.shard.is_none();
+            for unit in plan.training.iter().filter(|u| u.figure == f && ours(&u.name)) {
+                if train_unit(unit, req, &prefix, wait, &mut report)? == Step::Interrupted {
                     report.interrupted = true;
                     return Ok(report);
                 }
             }
-            for unit in &plan.noise[f] {
-                if req.shard.is_some_and(|s| !s.owns(&unit.name)) {
-                    continue;
-                }
+            for unit in plan.noise.iter().filter(|u| u.figure == f && ours(&u.name)) {
                 noise_unit(unit, req, &prefix, &mut report)?;
                 if req.options.stop.load(Ordering::Relaxed) {
+                    report.interrupted = true;
+                    return Ok(report);
+                }
+            }
+            for unit in plan.measuring.iter().filter(|u| u.figure == f && ours(&u.name)) {
+                if measure_unit(unit, &plan, req, &prefix, &mut report)? == Step::Interrupted {
                     report.interrupted = true;
                     return Ok(report);
                 }
@@ -300,61 +331,124 @@ pub fn reproduce(req: &Request) -> Result<Report> {
         if req.shard.is_some() {
             continue;
         }
-        let data = figure_data(fig, &plan, req)?;
+        let data = figure_data(fig, req)?;
         draw(&data, req, started, report.work() == work_before, &mut report)?;
     }
     Ok(report)
 }
 
-/// Trains a unit's runs (unless done or another worker's) and measures them. False when
-/// interrupted.
-fn train_unit(unit: &TrainingUnit, needs: &BTreeMap<PathBuf, Needs>, req: &Request, prefix: &str, report: &mut Report) -> Result<bool> {
-    let folders: Vec<RunFolder> = unit.dirs.iter().map(RunFolder::new).collect();
-    let done = folders.iter().all(|f| matches!(f.state(), State::Done(_)));
-    if !done {
-        say(format!("{prefix} training {}", unit.name));
-    }
+/// How a unit ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Done,
+    /// Another live worker holds it.
+    Busy,
+    Interrupted,
+}
+
+/// How often a worker looks again at a unit another worker holds.
+const POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Trains a unit's runs unless they are done. With `wait`, a unit another live worker holds
+/// is waited for (and taken over, resumed from its checkpoints, if that worker dies).
+fn train_unit(unit: &TrainingUnit, req: &Request, prefix: &str, wait: bool, report: &mut Report) -> Result<Step> {
+    let done = || unit.dirs.iter().all(|d| matches!(RunFolder::new(d).state(), State::Done(_)));
+    let was_done = done();
     let cfgs: Vec<&Config> = unit.cfgs.iter().collect();
-    match runs::ensure(&cfgs, &unit.dirs, &req.options)? {
-        Trained::Done(_, t) => {
-            report.tally.add(t);
-            if !done {
-                say(format!("{prefix} trained {}", unit.name));
-            } else if req.shard.is_some() {
-                say(format!("{prefix} skipped {} (done)", unit.name));
+    let mut waiting = Waiting::new(prefix, &unit.name);
+    loop {
+        if !done() {
+            say(format!("{prefix} training {}", unit.name));
+        }
+        match runs::ensure(&cfgs, &unit.dirs, &req.options)? {
+            Trained::Done(_, t) => {
+                report.tally.add(t);
+                if t.trained + t.resumed + t.restarted > 0 {
+                    say(format!("{prefix} trained {}", unit.name));
+                } else if req.shard.is_some() && was_done {
+                    say(format!("{prefix} skipped {} (done)", unit.name));
+                }
+                return Ok(Step::Done);
+            }
+            Trained::Interrupted => return Ok(Step::Interrupted),
+            Trained::Busy if !wait => {
+                report.busy += 1;
+                say(format!("{prefix} skipped {} (locked by another worker)", unit.name));
+                return Ok(Step::Busy);
+            }
+            Trained::Busy => {
+                if !waiting.wait(req) {
+                    return Ok(Step::Interrupted);
+                }
             }
         }
-        Trained::Interrupted => return Ok(false),
-        Trained::Busy => {
-            report.busy += 1;
-            say(format!("{prefix} skipped {} (locked by another worker)", unit.name));
-            return Ok(true);
-        }
     }
-    for (dir, cfg) in unit.dirs.iter().zip(&unit.cfgs) {
+}
+
+/// Waiting for a unit that another live worker holds: one line when it starts, then a look
+/// every [`POLL`].
+struct Waiting<'a> {
+    prefix: &'a str,
+    name: &'a str,
+    said: bool,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(prefix: &'a str, name: &'a str) -> Self {
+        Waiting { prefix, name, said: false }
+    }
+
+    /// Sleeps one poll; false when Ctrl-C/SIGTERM asked to stop.
+    fn wait(&mut self, req: &Request) -> bool {
+        if !self.said {
+            say(format!("{} waiting for {} (locked by another worker)", self.prefix, self.name));
+            self.said = true;
+        }
         if req.options.stop.load(Ordering::Relaxed) {
-            return Ok(false);
+            return false;
         }
-        let folder = RunFolder::new(dir);
-        let summary = folder.summary()?;
-        let need = &needs[dir];
-        if need.available(cfg, &summary).missing(&measure::read(&folder)?).is_empty() {
-            continue;
-        }
-        let Some(_lock) = folder.try_lock()? else {
-            report.busy += 1;
-            say(format!("{prefix} skipped measuring {} (locked by another worker)", relative(req, dir)));
-            continue;
-        };
-        let device = req.device.tch().map_err(|e| anyhow!(BadInput(format!("--device: {e}"))))?;
-        let progress = req.options.progress == crate::train::Progress::Bar;
-        let (_, computed) = measure::measure_run(&folder, cfg, &summary, need, device, progress, &req.options.stop)?;
-        if computed && !req.options.stop.load(Ordering::Relaxed) {
-            report.measured += 1;
-            say(format!("{prefix} measured {}", relative(req, dir)));
+        std::thread::sleep(POLL);
+        true
+    }
+}
+
+/// Measures a run once its training unit is done (waiting for the worker that trains it).
+fn measure_unit(unit: &MeasureUnit, plan: &Plan, req: &Request, prefix: &str, report: &mut Report) -> Result<Step> {
+    let folder = RunFolder::new(&unit.dir);
+    let missing = |summary: &Summary| -> Result<bool> { Ok(!unit.needs.available(&unit.cfg, summary).missing(&measure::read(&folder)?).is_empty()) };
+    if let State::Done(s) = folder.state() {
+        if !missing(&s)? {
+            return Ok(Step::Done);
         }
     }
-    Ok(!req.options.stop.load(Ordering::Relaxed))
+    let step = train_unit(&plan.training[unit.training], req, prefix, true, report)?;
+    if step != Step::Done {
+        return Ok(step);
+    }
+    let summary = folder.summary()?;
+    let mut waiting = Waiting::new(prefix, &unit.name);
+    let _lock = loop {
+        if let Some(lock) = folder.try_lock()? {
+            break lock;
+        }
+        if !waiting.wait(req) {
+            return Ok(Step::Interrupted);
+        }
+    };
+    if !missing(&summary)? {
+        return Ok(Step::Done); // another worker measured it meanwhile
+    }
+    let device = req.device.tch().map_err(|e| anyhow!(BadInput(format!("--device: {e}"))))?;
+    let progress = req.options.progress == crate::train::Progress::Bar;
+    let (_, computed) = measure::measure_run(&folder, &unit.cfg, &summary, &unit.needs, device, progress, &req.options.stop)?;
+    if req.options.stop.load(Ordering::Relaxed) {
+        return Ok(Step::Interrupted);
+    }
+    if computed {
+        report.measured += 1;
+        say(format!("{prefix} measured {}", unit.name));
+    }
+    Ok(Step::Done)
 }
 
 fn relative(req: &Request, p: &Path) -> String {
@@ -384,34 +478,29 @@ fn noise_unit(unit: &NoiseUnit, req: &Request, prefix: &str, report: &mut Report
 }
 
 /// The units `--draw-only` would need and that are not done.
-fn missing_units(plan: &Plan, req: &Request) -> Result<Vec<String>> {
+fn missing_units(plan: &Plan) -> Result<Vec<String>> {
     let mut missing = vec![];
-    for (f, units) in plan.training.iter().enumerate() {
-        for unit in units {
-            for (dir, cfg) in unit.dirs.iter().zip(&unit.cfgs) {
-                let folder = RunFolder::new(dir);
-                let name = relative(req, dir);
-                match folder.state() {
-                    State::Done(s) => {
-                        if !plan.needs[dir].available(cfg, &s).missing(&measure::read(&folder)?).is_empty() {
-                            missing.push(format!("{name} (measurements)"));
-                        }
-                    }
-                    _ => missing.push(format!("{name} (training)")),
+    for unit in &plan.measuring {
+        let folder = RunFolder::new(&unit.dir);
+        match folder.state() {
+            State::Done(s) => {
+                if !unit.needs.available(&unit.cfg, &s).missing(&measure::read(&folder)?).is_empty() {
+                    missing.push(format!("{} (measurements)", unit.name));
                 }
             }
+            _ => missing.push(format!("{} (training)", unit.name)),
         }
-        for unit in &plan.noise[f] {
-            if measure::noise::read(&unit.dir)?.is_none() {
-                missing.push(format!("{} (noise)", unit.name));
-            }
+    }
+    for unit in &plan.noise {
+        if measure::noise::read(&unit.dir)?.is_none() {
+            missing.push(format!("{} (noise)", unit.name));
         }
     }
     Ok(missing)
 }
 
 /// Gathers one figure's runs, measurements and noise from the runs folder.
-fn figure_data(fig: &Figure, plan: &Plan, req: &Request) -> Result<FigureData> {
+fn figure_data(fig: &Figure, req: &Request) -> Result<FigureData> {
     let mut results = Vec::with_capacity(fig.plan.len());
     for (spec_run, dir) in fig.plan.iter().zip(&fig.dirs) {
         let folder = RunFolder::new(dir);
@@ -437,7 +526,6 @@ fn figure_data(fig: &Figure, plan: &Plan, req: &Request) -> Result<FigureData> {
             None => None,
         });
     }
-    let _ = plan;
     Ok(FigureData {
         id: fig.id.clone(),
         spec: fig.spec.clone(),

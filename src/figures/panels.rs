@@ -8,7 +8,7 @@ use super::{FigureData, RunResult};
 use crate::config::OptimizerKind;
 use super::spec::PanelKind;
 use std::collections::BTreeSet;
-use crate::plots::{AnyPanel, Curve, Panel, ScatterPanel, ADAM_COLOR, SGD_COLOR};
+use crate::plots::{AnyPanel, Curve, HistogramPanel, Panel, ScatterPanel, ADAM_COLOR, SGD_COLOR};
 
 /// The panel of kind `kind` for series `s`.
 pub fn panel(fig: &FigureData, kind: PanelKind, s: usize) -> AnyPanel {
@@ -84,14 +84,14 @@ fn noise(fig: &FigureData, s: usize, qq_inset: bool) -> AnyPanel {
         Some(n) => {
             let a = n.summary.hill_tail_index;
             let alpha = if a.is_finite() { format!(" (Hill α̂ = {a:.2})") } else { String::new() };
-            AnyPanel::Histogram {
+            AnyPanel::Histogram(HistogramPanel {
                 title: format!("{label}: noise at init{alpha}"),
                 x_label: "‖g_B − g‖".into(),
                 values: n.values.clone(),
                 // The paper's 100 bins hold 10 000 samples; fewer samples get fewer bins.
                 bins: (n.values.len() / 20).clamp(20, 100),
                 qq_inset,
-            }
+            })
         }
         None => AnyPanel::Blank,
     }

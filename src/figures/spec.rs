@@ -9,7 +9,7 @@
 //! [`FigureSpec::plan`] resolves a figure at one scale into run configs; everything that
 //! executes them lives in [`crate::figures`].
 use crate::config::{Config, DeviceName, Mode, OptimizerKind};
-use crate::measure::Strides;
+use crate::measure::MeasureSpec;
 use crate::BadInput;
 use anyhow::{anyhow, Result};
 use serde::Deserialize;
@@ -91,81 +91,6 @@ pub struct RunsSpec {
 
 fn one() -> i64 {
     1
-}
-
-/// What is measured on the evaluation batch of each run, and how often. A stride of `None`
-/// means "not measured". Every stride counts iterations; the final iteration is always
-/// measured when its quantity is.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MeasureSpec {
-    /// Test loss and gradient norm.
-    #[serde(default = "fifty")]
-    pub loss_every: i64,
-    /// Directional smoothness uᵀH(θ_t)u (one Hessian-vector product).
-    #[serde(default)]
-    pub smoothness_every: Option<i64>,
-    /// Directional smoothness only for t < this (Fig. 6: the first 2000 iterations).
-    #[serde(default)]
-    pub smoothness_until: Option<i64>,
-    /// Robust condition number R_med (a full Hessian per point: the expensive measurement).
-    #[serde(default)]
-    pub condition_every: Option<i64>,
-    /// Further iterations for the condition number besides the stride: the ratio table's
-    /// (750, 1250) when a coarser stride keeps the Hessians affordable (App. B).
-    #[serde(default)]
-    pub condition_at: Vec<i64>,
-    /// Also measure the condition number at iteration 0 (the same for both optimizers).
-    #[serde(default = "yes")]
-    pub condition_at_init: bool,
-    /// Stochastic-gradient noise at initialisation, per series.
-    #[serde(default)]
-    pub noise: Option<NoiseSpec>,
-}
-
-fn fifty() -> i64 {
-    50
-}
-
-fn yes() -> bool {
-    true
-}
-
-impl MeasureSpec {
-    /// The strides of the measurement pipeline.
-    pub fn strides(&self) -> Strides {
-        Strides {
-            loss_every: self.loss_every,
-            smoothness_every: self.smoothness_every,
-            smoothness_until: self.smoothness_until,
-            condition_every: self.condition_every,
-            condition_at: self.condition_at.clone(),
-            condition_at_init: self.condition_at_init,
-        }
-    }
-}
-
-impl Default for MeasureSpec {
-    fn default() -> Self {
-        MeasureSpec {
-            loss_every: 50,
-            smoothness_every: None,
-            smoothness_until: None,
-            condition_every: None,
-            condition_at: vec![],
-            condition_at_init: true,
-            noise: None,
-        }
-    }
-}
-
-/// `linattn noise` at initialisation: `samples` batches of B, `g` from `full_batch` prompts.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NoiseSpec {
-    pub seed: u32,
-    pub samples: i64,
-    pub full_batch: i64,
 }
 
 /// A row of panels. Each kind has one plot function in [`super::panels`].
@@ -550,24 +475,19 @@ quick: {iters: 10, seeds: [0], condition_every: 5}
     }
 
     #[test]
-    fn unknown_keys_are_rejected_with_their_path() {
-        let bad = MINIMAL.replace("quick: {", "quick: {itres: 3, ");
-        let e = FigureSpec::from_yaml_str(&bad).unwrap_err().to_string();
-        assert!(e.contains("quick") && e.contains("itres"), "{e}");
-    }
-
-    #[test]
-    fn a_panel_without_its_measurement_is_rejected() {
-        let bad = MINIMAL.replace("measure: {condition_every: 250}", "measure: {}");
-        let e = FigureSpec::from_yaml_str(&bad).unwrap_err().to_string();
-        assert!(e.contains("condition_every"), "{e}");
-    }
-
-    #[test]
-    fn condition_at_iterations_must_be_positive() {
-        let bad = MINIMAL.replace("measure: {condition_every: 250}", "measure: {condition_every: 250, condition_at: [750, 0]}");
-        let e = FigureSpec::from_yaml_str(&bad).unwrap_err().to_string();
-        assert!(e.contains("measure.condition_at") && e.contains("got 0"), "{e}");
+    fn a_mistyped_key_a_panel_without_its_measurement_and_a_nonpositive_iteration_are_rejected_by_name() {
+        let cases = [
+            (MINIMAL.replace("quick: {", "quick: {itres: 3, "), &["quick", "itres"][..]),
+            (MINIMAL.replace("measure: {condition_every: 250}", "measure: {}"), &["condition_every"][..]),
+            (
+                MINIMAL.replace("measure: {condition_every: 250}", "measure: {condition_every: 250, condition_at: [750, 0]}"),
+                &["measure.condition_at", "got 0"][..],
+            ),
+        ];
+        for (bad, names) in cases {
+            let e = FigureSpec::from_yaml_str(&bad).unwrap_err().to_string();
+            assert!(names.iter().all(|n| e.contains(n)), "{names:?}: {e}");
+        }
     }
 
     #[test]

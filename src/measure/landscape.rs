@@ -84,12 +84,6 @@ pub fn hessian(arch: &Arch, params: &[Tensor], batch: &Batch) -> Tensor {
     Point::new(arch, params, batch).hessian(|| {})
 }
 
-/// The exact diagonal of the Hessian. Double backward gives whole rows, so this costs as much
-/// as the full Hessian; it exists for readers who only need the diagonal.
-pub fn hessian_diag(arch: &Arch, params: &[Tensor], batch: &Batch) -> Tensor {
-    hessian(arch, params, batch).diagonal(0, 0, 1)
-}
-
 /// H·u at `params`, one Hessian-vector product.
 pub fn hvp(arch: &Arch, params: &[Tensor], batch: &Batch, u: &Tensor) -> Tensor {
     Point::new(arch, params, batch).hvp(u)

@@ -22,6 +22,7 @@ use crate::BadInput;
 use anyhow::{anyhow, Context, Result};
 use landscape::Point;
 use std::collections::{BTreeMap, BTreeSet};
+use serde::Deserialize;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tch::{Device, Tensor};
@@ -60,23 +61,72 @@ pub struct Needs {
     pub eigen: BTreeSet<i64>,
 }
 
-/// The strides and extra iterations a figure (or `analyze`) asks for.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Strides {
+/// What is measured on the evaluation batch of each run, and how often (a figure's `measure:`
+/// block). A stride of `None`
+/// means "not measured". Every stride counts iterations; the final iteration is always
+/// measured when its quantity is.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeasureSpec {
+    /// Test loss and gradient norm.
+    #[serde(default = "fifty")]
     pub loss_every: i64,
+    /// Directional smoothness uᵀH(θ_t)u (one Hessian-vector product).
+    #[serde(default)]
     pub smoothness_every: Option<i64>,
-    /// Smoothness only for t < this.
+    /// Directional smoothness only for t < this (Fig. 6: the first 2000 iterations).
+    #[serde(default)]
     pub smoothness_until: Option<i64>,
+    /// Robust condition number R_med (a full Hessian per point: the expensive measurement).
+    #[serde(default)]
     pub condition_every: Option<i64>,
-    /// Further condition-number iterations besides the stride.
+    /// Further iterations for the condition number besides the stride: the ratio table's
+    /// (750, 1250) when a coarser stride keeps the Hessians affordable (App. B).
+    #[serde(default)]
     pub condition_at: Vec<i64>,
+    /// Also measure the condition number at iteration 0 (the same for both optimizers).
+    #[serde(default = "yes")]
     pub condition_at_init: bool,
+    /// Stochastic-gradient noise at initialisation, per series.
+    #[serde(default)]
+    pub noise: Option<NoiseSpec>,
+}
+
+fn fifty() -> i64 {
+    50
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for MeasureSpec {
+    fn default() -> Self {
+        MeasureSpec {
+            loss_every: 50,
+            smoothness_every: None,
+            smoothness_until: None,
+            condition_every: None,
+            condition_at: vec![],
+            condition_at_init: true,
+            noise: None,
+        }
+    }
+}
+
+/// `linattn noise` at initialisation: `samples` batches of B, `g` from `full_batch` prompts.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoiseSpec {
+    pub seed: u32,
+    pub samples: i64,
+    pub full_batch: i64,
 }
 
 impl Needs {
     /// The strides on a run of `iters` iterations. Loss and condition number include the final
     /// step; smoothness at t needs t+1, so it stops at `iters − 1`.
-    pub fn of(m: &Strides, iters: i64) -> Needs {
+    pub fn of(m: &MeasureSpec, iters: i64) -> Needs {
         let grid = |every: i64, from: i64, to: i64| -> BTreeSet<i64> { (from..=to).filter(|t| t % every == 0).collect() };
         let mut loss = grid(m.loss_every, 0, iters);
         loss.insert(iters);
@@ -321,12 +371,12 @@ mod tests {
 
     #[test]
     fn needs_follow_the_strides_and_always_include_the_final_step() {
-        let m = Strides {
+        let m = MeasureSpec {
             loss_every: 50,
             smoothness_every: Some(10),
             smoothness_until: Some(30),
             condition_every: Some(250),
-            ..Strides::default()
+            ..MeasureSpec::default()
         };
         let n = Needs::of(&m, 120);
         assert_eq!(n.loss.iter().copied().collect::<Vec<_>>(), vec![0, 50, 100, 120]);
@@ -348,7 +398,7 @@ mod tests {
 
     #[test]
     fn condition_at_adds_iterations_to_the_stride_and_drops_those_past_the_end() {
-        let m = Strides { loss_every: 50, condition_every: Some(500), condition_at: vec![750, 1250, 5000], condition_at_init: true, ..Strides::default() };
+        let m = MeasureSpec { loss_every: 50, condition_every: Some(500), condition_at: vec![750, 1250, 5000], condition_at_init: true, ..MeasureSpec::default() };
         let n = Needs::of(&m, 2000);
         assert_eq!(n.condition.iter().copied().collect::<Vec<_>>(), vec![0, 500, 750, 1000, 1250, 1500, 2000]);
     }

@@ -174,7 +174,8 @@ pub fn run_noise(cfg: &Config, samples: i64, full_batch: i64, out: &Path, progre
     artifacts::write_atomic(&out.join(NOISE_JSON), json.as_bytes())?;
     // Short enough for one panel's width.
     let title = format!("noise at init, L={} n={} seed {}", cfg.model.layers, cfg.data.context, cfg.train.seed);
-    plots::histogram(&out.join(NOISE_PNG), &title, "‖g_B − g‖", &values, 100, true)?;
+    let panel = plots::HistogramPanel { title, x_label: "‖g_B − g‖".into(), values: values.clone(), bins: 100, qq_inset: true };
+    plots::histogram(&out.join(NOISE_PNG), &panel)?;
     Ok(summary)
 }
 

@@ -55,6 +55,17 @@ pub struct Panel {
     pub curves: Vec<Curve>,
 }
 
+/// A density histogram (area 1; 100 bins when `bins` is 0), optionally with a normal Q-Q inset
+/// in the upper right.
+#[derive(Clone, Debug, Default)]
+pub struct HistogramPanel {
+    pub title: String,
+    pub x_label: String,
+    pub values: Vec<f64>,
+    pub bins: usize,
+    pub qq_inset: bool,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct ScatterPanel {
     pub title: String,
@@ -109,10 +120,6 @@ fn render(path: &Path, size: (u32, u32), draw: impl FnOnce(&Area) -> Result<()>)
     result.with_context(ctx)
 }
 
-fn grid(n: usize, cols: usize) -> (usize, usize) {
-    let cols = cols.max(1).min(n.max(1));
-    (n.max(1).div_ceil(cols), cols)
-}
 
 // ---------------------------------------------------------------- axes and ticks
 
@@ -474,30 +481,9 @@ fn emptiest_corner(points: &[(f64, f64)], xa: &Axis, ya: &Axis, w: f64, h: f64) 
     best
 }
 
-/// Draws `panels` into a `(rows, cols)` grid of `root`; with no panels, one empty panel that
-/// says so (an empty PNG would look like a rendering failure).
-fn draw_grid<P: Default>(root: &Area, grid: (usize, usize), panels: &[P], draw: fn(&Area, &P) -> Result<()>) -> Result<()> {
-    let areas = root.split_evenly(grid);
-    if panels.is_empty() {
-        return draw(&areas[0], &P::default());
-    }
-    panels.iter().zip(&areas).try_for_each(|(p, a)| draw(a, p))
-}
 
 // ---------------------------------------------------------------- line panels
 
-/// Grid of line panels (`cols` per row), each with a legend and labelled axes; `log_y` panels use
-/// a log axis (non-positive values are skipped, bands are clamped to the axis floor).
-pub fn line_panels(path: &Path, panels: &[Panel], cols: usize) -> Result<()> {
-    let (rows, cols) = grid(panels.len(), cols);
-    render(
-        path,
-        (PANEL.0 * cols as u32, PANEL.1 * rows as u32),
-        |root| {
-            draw_grid(root, (rows, cols), panels, draw_line_panel)
-        },
-    )
-}
 
 fn draw_line_panel(area: &Area, p: &Panel) -> Result<()> {
     let xs = p
@@ -698,55 +684,14 @@ fn qq_points(values: &[f64], max: usize) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// Density histogram (area 1) with `bins` bins (0 means 100), optionally with a normal Q-Q
-/// inset in the upper right.
-pub fn histogram(
-    path: &Path,
-    title: &str,
-    x_label: &str,
-    values: &[f64],
-    bins: usize,
-    qq_inset: bool,
-) -> Result<()> {
-    render(path, PANEL, |root| {
-        draw_histogram(root, title, x_label, values, bins, qq_inset)
-    })
+/// One histogram panel as its own PNG.
+pub fn histogram(path: &Path, panel: &HistogramPanel) -> Result<()> {
+    render(path, PANEL, |root| draw_histogram(root, panel))
 }
 
-/// Grid of [`histogram`] panels, one per (title, values).
-pub fn histograms(
-    path: &Path,
-    panels: &[(String, Vec<f64>)],
-    x_label: &str,
-    bins: usize,
-    qq_inset: bool,
-    cols: usize,
-) -> Result<()> {
-    let (rows, cols) = grid(panels.len(), cols);
-    render(
-        path,
-        (PANEL.0 * cols as u32, PANEL.1 * rows as u32),
-        |root| {
-            let areas = root.split_evenly((rows, cols));
-            if panels.is_empty() {
-                return draw_histogram(&areas[0], "(no panels)", x_label, &[], bins, false);
-            }
-            panels
-                .iter()
-                .zip(&areas)
-                .try_for_each(|((t, v), a)| draw_histogram(a, t, x_label, v, bins, qq_inset))
-        },
-    )
-}
-
-fn draw_histogram(
-    area: &Area,
-    title: &str,
-    x_label: &str,
-    values: &[f64],
-    bins: usize,
-    qq_inset: bool,
-) -> Result<()> {
+fn draw_histogram(area: &Area, panel: &HistogramPanel) -> Result<()> {
+    let HistogramPanel { title, x_label, values, bins, qq_inset } = panel;
+    let (bins, qq_inset) = (*bins, *qq_inset);
     let dens = density_bins(values, if bins == 0 { 100 } else { bins });
     let (xa, ya) = match &dens {
         Some((lo, w, d)) => {
@@ -837,18 +782,6 @@ fn draw_qq(area: &Area, values: &[f64]) -> Result<()> {
 
 // ---------------------------------------------------------------- scatter with colour bar
 
-/// Grid of scatter panels whose points are coloured by `color_value` (viridis), each with a
-/// labelled colour bar on its right.
-pub fn scatter_colored(path: &Path, panels: &[ScatterPanel], cols: usize) -> Result<()> {
-    let (rows, cols) = grid(panels.len(), cols);
-    render(
-        path,
-        ((PANEL.0 + COLORBAR_W) * cols as u32, PANEL.1 * rows as u32),
-        |root| {
-            draw_grid(root, (rows, cols), panels, draw_scatter)
-        },
-    )
-}
 
 fn draw_scatter(area: &Area, p: &ScatterPanel) -> Result<()> {
     let keep: Vec<(f64, f64, f64)> = (0..p.x.len().min(p.y.len()).min(p.color_value.len()))
@@ -931,14 +864,7 @@ fn draw_scatter(area: &Area, p: &ScatterPanel) -> Result<()> {
 #[derive(Clone, Debug)]
 pub enum AnyPanel {
     Lines(Panel),
-    /// A density histogram (100 bins when `bins` is 0), optionally with a normal Q-Q inset.
-    Histogram {
-        title: String,
-        x_label: String,
-        values: Vec<f64>,
-        bins: usize,
-        qq_inset: bool,
-    },
+    Histogram(HistogramPanel),
     Scatter(ScatterPanel),
     /// An empty cell (e.g. a series without that measurement).
     Blank,
@@ -994,13 +920,7 @@ pub fn figure_grid(path: &Path, title: &str, subtitle: &str, rows: &[Vec<AnyPane
                 let area = &areas[r * cols + c];
                 match panel {
                     AnyPanel::Lines(p) => draw_line_panel(area, p)?,
-                    AnyPanel::Histogram {
-                        title,
-                        x_label,
-                        values,
-                        bins,
-                        qq_inset,
-                    } => draw_histogram(area, title, x_label, values, *bins, *qq_inset)?,
+                    AnyPanel::Histogram(p) => draw_histogram(area, p)?,
                     AnyPanel::Scatter(p) => draw_scatter(area, p)?,
                     AnyPanel::Blank => {}
                 }
@@ -1108,23 +1028,26 @@ mod tests {
         }
     }
 
+    fn hist(values: &[f64], bins: usize, qq_inset: bool) -> HistogramPanel {
+        HistogramPanel { title: "h".into(), x_label: "x".into(), values: values.to_vec(), bins, qq_inset }
+    }
+
+    /// A loss-against-iteration panel, log y.
+    fn loss_panel(title: &str, curves: Vec<Curve>) -> Panel {
+        Panel { title: title.into(), x_label: "iteration".into(), y_label: "loss".into(), log_y: true, curves }
+    }
+
     #[test]
     fn line_panels_writes_a_png_with_no_system_fonts() {
         // The ab_glyph backend only knows fonts passed to register_font: text drawing would
         // fail with FontUnavailable if the embedded font were not used.
         let d = scratch("lines");
         let p = d.join("loss.png");
-        let panel = Panel {
-            title: "Linear Transformer".into(),
-            x_label: "iteration".into(),
-            y_label: "train loss".into(),
-            log_y: true,
-            curves: vec![
-                curve("SGDM", SGD_COLOR, |t| 1.0 / (1.0 + t / 100.0)),
-                curve("Adam", ADAM_COLOR, |t| (-t / 300.0).exp() + 1e-3),
-            ],
-        };
-        line_panels(&p, &[panel], 2).unwrap();
+        let panel = loss_panel(
+            "Linear Transformer",
+            vec![curve("SGDM", SGD_COLOR, |t| 1.0 / (1.0 + t / 100.0)), curve("Adam", ADAM_COLOR, |t| (-t / 300.0).exp() + 1e-3)],
+        );
+        figure_grid(&p, "t", "s", &[vec![AnyPanel::Lines(panel)]]).unwrap();
         assert!(is_png(&p));
         let _ = std::fs::remove_dir_all(&d);
     }
@@ -1225,20 +1148,14 @@ mod tests {
     fn figure_grid_draws_mixed_rows_with_a_title() {
         let d = scratch("grid");
         let p = d.join("fig.png");
-        let loss = Panel {
-            title: "loss".into(),
-            x_label: "iteration".into(),
-            y_label: "test loss".into(),
-            log_y: true,
-            curves: vec![curve("SGD", SGD_COLOR, |t| 1.0 / (1.0 + t))],
-        };
-        let hist = AnyPanel::Histogram {
+        let loss = loss_panel("loss", vec![curve("SGD", SGD_COLOR, |t| 1.0 / (1.0 + t))]);
+        let hist = AnyPanel::Histogram(HistogramPanel {
             title: "noise".into(),
             x_label: "‖g_B − g‖".into(),
             values: (0..500).map(|i| (i % 37) as f64).collect(),
             bins: 0,
             qq_inset: true,
-        };
+        });
         let sc = ScatterPanel {
             title: "s".into(),
             x_label: "x".into(),
@@ -1284,20 +1201,13 @@ mod tests {
                 log_y,
                 curves: vec![c.clone(), empty.clone()],
             };
-            line_panels(&d.join("l.png"), &[p], 1).unwrap();
+            figure_grid(&d.join("l.png"), "t", "s", &[vec![AnyPanel::Lines(p)]]).unwrap();
         }
-        line_panels(&d.join("none.png"), &[], 3).unwrap();
-        histogram(&d.join("h.png"), "h", "x", &bad, 0, true).unwrap();
-        histogram(&d.join("h1.png"), "h", "x", &[1.0], 10, true).unwrap();
-        histograms(
-            &d.join("hs.png"),
-            &[("a".into(), vec![]), ("b".into(), bad.clone())],
-            "x",
-            100,
-            true,
-            2,
-        )
-        .unwrap();
+        figure_grid(&d.join("none.png"), "t", "s", &[vec![AnyPanel::Blank]]).unwrap();
+        histogram(&d.join("h.png"), &hist(&bad, 0, true)).unwrap();
+        histogram(&d.join("h1.png"), &hist(&[1.0], 10, true)).unwrap();
+        let hist = |values: Vec<f64>| AnyPanel::Histogram(HistogramPanel { title: "h".into(), x_label: "x".into(), values, bins: 100, qq_inset: true });
+        figure_grid(&d.join("hs.png"), "t", "s", &[vec![hist(vec![]), hist(bad.clone())]]).unwrap();
         let sp = ScatterPanel {
             title: "s".into(),
             x_label: "x".into(),
@@ -1307,7 +1217,7 @@ mod tests {
             color_value: vec![1.0; 5],
             color_label: "c".into(),
         };
-        scatter_colored(&d.join("s.png"), &[sp], 1).unwrap();
+        figure_grid(&d.join("s.png"), "t", "s", &[vec![AnyPanel::Scatter(sp)]]).unwrap();
         compare_overlay(&d.join("c.png"), &bad, &bad, &[0.0; 5], "t").unwrap();
         compare_overlay(&d.join("c0.png"), &[], &[], &[], "t").unwrap();
         compare_overlay(
@@ -1337,15 +1247,15 @@ mod tests {
     fn writes_are_atomic_no_tmp_left_behind() {
         let d = scratch("atomic");
         let p = d.join("h.png");
-        histogram(&p, "h", "x", &[1.0, 2.0, 3.0], 10, false).unwrap();
-        histogram(&p, "h", "x", &[1.0, 2.0, 4.0], 10, true).unwrap();
+        histogram(&p, &hist(&[1.0, 2.0, 3.0], 10, false)).unwrap();
+        histogram(&p, &hist(&[1.0, 2.0, 4.0], 10, true)).unwrap();
         let names: Vec<String> = std::fs::read_dir(&d)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, vec!["h.png".to_string()]);
         // A failing write (parent is a file) reports the path and leaves nothing behind.
-        let err = histogram(&p.join("x.png"), "h", "x", &[1.0], 10, false).unwrap_err();
+        let err = histogram(&p.join("x.png"), &hist(&[1.0], 10, false)).unwrap_err();
         assert!(format!("{err:#}").contains("x.png"));
         assert_eq!(std::fs::read_dir(&d).unwrap().count(), 1);
         let _ = std::fs::remove_dir_all(&d);

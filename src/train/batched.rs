@@ -11,7 +11,7 @@
 //! never mix: every operation acts on each member's slice alone, so a member that stops
 //! updating (a skipped or diverged step) leaves the others as they were. Within a step nothing
 //! is read back to the host.
-use super::driver::{Gradients, Stepper};
+use super::driver::{Gradients, Shape, Stepper};
 use crate::config::{Config, Mode, OptimizerKind};
 use crate::data::{Batch, DeviceStream};
 use crate::model::{self, Arch, Layout};
@@ -50,8 +50,7 @@ impl Member {
 
 pub struct BatchedStepper {
     arch: Arch,
-    layout: Layout,
-    device: Device,
+    shape: Shape,
     /// All members' parameters, `[K, P]`: one leaf, so the gradient, its norm, clipping and the
     /// optimizer are one tensor op each for the whole ensemble.
     theta: Tensor,
@@ -63,7 +62,6 @@ pub struct BatchedStepper {
     grad: Tensor,
     /// Batches given by [`BatchedStepper::feed`] for the next step instead of the streams'.
     fed: Option<(Batch, Option<Tensor>)>,
-    members: usize,
 }
 
 impl BatchedStepper {
@@ -107,21 +105,20 @@ impl BatchedStepper {
         Ok(BatchedStepper {
             arch,
             optimizer: Optimizer::new(&cfg.train, &rules, layout.total, device),
-            layout,
-            device,
             theta,
             stream: DeviceStream::new(cfg, &seeds, teacher, device),
             rows: (!identity).then(|| Tensor::from_slice(&rows).to_device(device)),
             grad: Tensor::new(),
             fed: None,
-            members: members.len(),
+            // A step's values wait on the device for 64 steps: the loop never waits for it.
+            shape: Shape { members: members.len(), device, layout, sync_every: 64 },
         })
     }
 
     /// Member `i`'s current parameters in `state_dict` shapes, copied to the CPU.
     pub fn member_params(&self, i: usize) -> Vec<Tensor> {
         let row = self.theta.detach().get(i as i64).to_device(Device::Cpu);
-        self.layout.unflatten(&row).into_iter().map(|t| t.copy()).collect()
+        self.shape.layout.unflatten(&row).into_iter().map(|t| t.copy()).collect()
     }
 
     /// The next step reads these batches instead of the streams': `batch` holds U streams
@@ -129,7 +126,7 @@ impl BatchedStepper {
     /// This is how a test feeds an ensemble the batches of another run.
     pub fn feed(&mut self, batch: Batch, member_rows: Option<Tensor>) {
         assert!(
-            member_rows.is_some() || batch.z.size()[0] == self.members as i64,
+            member_rows.is_some() || batch.z.size()[0] == self.shape.members as i64,
             "without member_rows the batch must hold one stream per member"
         );
         self.fed = Some((batch, member_rows));
@@ -137,20 +134,8 @@ impl BatchedStepper {
 }
 
 impl Stepper for BatchedStepper {
-    fn members(&self) -> usize {
-        self.members
-    }
-
-    fn device(&self) -> Device {
-        self.device
-    }
-
-    fn layout(&self) -> &Layout {
-        &self.layout
-    }
-
-    fn sync_every(&self) -> i64 {
-        64
+    fn shape(&self) -> &Shape {
+        &self.shape
     }
 
     fn gradients(&mut self, iter: i64) -> Gradients {
@@ -158,7 +143,7 @@ impl Stepper for BatchedStepper {
             Some(fed) => fed,
             None => (self.stream.batch(iter), self.rows.as_ref().map(|r| r.shallow_clone())),
         };
-        let params = self.layout.views(&self.theta);
+        let params = self.shape.layout.views(&self.theta);
         let losses = model::fast_losses(&self.arch, &params, &batch, rows.as_ref());
         // Members are independent, so the gradient of the sum is every member's own gradient.
         self.grad = Tensor::run_backward(&[losses.sum(self.theta.kind())], &[&self.theta], false, false)
@@ -193,14 +178,14 @@ impl Stepper for BatchedStepper {
             .iter()
             .map(|(n, t)| {
                 let kind = if n == "steps" { tch::Kind::Int64 } else { self.theta.kind() };
-                (n.clone(), t.to_kind(kind).to_device(self.device))
+                (n.clone(), t.to_kind(kind).to_device(self.shape.device))
             })
             .collect();
         if !self.optimizer.load_member_state(i as i64, &state) {
             return Err(anyhow!("its optimizer state does not fit the ensemble"));
         }
         tch::no_grad(|| {
-            let _ = self.theta.get(i as i64).copy_(&flat.to_kind(self.theta.kind()).to_device(self.device));
+            let _ = self.theta.get(i as i64).copy_(&flat.to_kind(self.theta.kind()).to_device(self.shape.device));
         });
         Ok(())
     }

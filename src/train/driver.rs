@@ -31,13 +31,19 @@ pub struct Gradients {
     pub clip_norms: Tensor,
 }
 
+/// What the driver needs to know of a stepper.
+pub struct Shape {
+    /// K, the runs that advance together.
+    pub members: usize,
+    pub device: Device,
+    pub layout: Layout,
+    /// Steps whose values may wait on the device before the host reads them.
+    pub sync_every: i64,
+}
+
 /// K runs that advance together; the faithful stepper's K is 1.
 pub trait Stepper {
-    fn members(&self) -> usize;
-    fn device(&self) -> Device;
-    fn layout(&self) -> &Layout;
-    /// Steps whose values may wait on the device before the host reads them.
-    fn sync_every(&self) -> i64;
+    fn shape(&self) -> &Shape;
     /// Forward and backward on every member's batch of iteration `iter`.
     fn gradients(&mut self, iter: i64) -> Gradients;
     /// Scales each member's gradient by `coef[k]` (if given) and updates the members where
@@ -92,9 +98,9 @@ pub fn drive(
 ) -> Result<Vec<Outcome>> {
     let started = Instant::now();
     let t = configs[0].train.clone();
-    let (k, device) = (stepper.members(), stepper.device());
+    let Shape { members: k, device, ref layout, sync_every } = *stepper.shape();
     let mut rule = NonFinite::new(t.skip_nonfinite, k as i64, device);
-    let mut recorder = Recorder::new(k, stepper.layout().total, stepper.sync_every(), configs[0].train.dtype.kind(), device);
+    let mut recorder = Recorder::new(k, layout.total, sync_every, configs[0].train.dtype.kind(), device);
     let mut iter = 0;
     match restored {
         Some(r) => {
@@ -151,7 +157,7 @@ pub fn drive(
     let flat = stepper.flat_params().to_device(Device::Cpu);
     let mut outcomes = vec![];
     for (i, f) in folders.iter().enumerate() {
-        let record = recorder.record(stepper.layout(), &snapshots, &flat, i, wall, device);
+        let record = recorder.record(&stepper.shape().layout, &snapshots, &flat, i, wall, device);
         let metrics = record.metrics.clone();
         let summary = f.finish(record).with_context(|| format!("writing {}", f.dir().display()))?;
         outcomes.push(Outcome { summary, metrics });
@@ -182,7 +188,7 @@ fn relative(from: &std::path::Path, to: &std::path::Path) -> Result<String> {
 /// Writes every member's checkpoint and its metrics so far.
 fn checkpoint(stepper: &dyn Stepper, recorder: &mut Recorder, rule: &NonFinite, folders: &[RunFolder], iter: i64) -> Result<()> {
     recorder.flush();
-    let layout = stepper.layout();
+    let layout = &stepper.shape().layout;
     let flat = stepper.flat_params().to_device(Device::Cpu);
     let snapshots = recorder.snapshots();
     let in_a_row = Vec::<i64>::try_from(&rule.in_a_row.to_device(Device::Cpu))?;

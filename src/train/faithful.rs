@@ -2,7 +2,7 @@
 //! protocol", steps 3-5), bit-identical to PyTorch on CPU. Data is drawn on the CPU generators
 //! and moved to the device, the forward is [`model::loss`], the optimizer is torch.optim's
 //! single-tensor path ([`optim::reference`]).
-use super::driver::{Gradients, Stepper};
+use super::driver::{Gradients, Shape, Stepper};
 use crate::config::{ClipMode, Config};
 use crate::data::{Batch, DataStream};
 use crate::model::{self, Arch, Layout};
@@ -13,9 +13,8 @@ use tch::{nn, Device, Tensor};
 
 pub struct FaithfulStepper {
     arch: Arch,
-    layout: Layout,
+    shape: Shape,
     clip_mode: ClipMode,
-    device: Device,
     /// Keeps the variables alive (and gives libtorch's SGD update primitive its parameters).
     _vs: nn::VarStore,
     /// Shallow handles on the VarStore's variables, in `state_dict` order.
@@ -47,7 +46,8 @@ impl FaithfulStepper {
             params.push(var);
         }
         let optimizer = Optimizer::new(&cfg.train, &vs, &params)?;
-        Ok(FaithfulStepper { arch, layout, clip_mode: cfg.train.clip_mode, device, _vs: vs, params, optimizer, data, fed: None })
+        let shape = Shape { members: 1, device, layout, sync_every: 1 };
+        Ok(FaithfulStepper { arch, shape, clip_mode: cfg.train.clip_mode, _vs: vs, params, optimizer, data, fed: None })
     }
 
     /// The next step reads `batch` instead of the stream's (tests feed runs the same batches).
@@ -62,20 +62,8 @@ impl FaithfulStepper {
 }
 
 impl Stepper for FaithfulStepper {
-    fn members(&self) -> usize {
-        1
-    }
-
-    fn device(&self) -> Device {
-        self.device
-    }
-
-    fn layout(&self) -> &Layout {
-        &self.layout
-    }
-
-    fn sync_every(&self) -> i64 {
-        1
+    fn shape(&self) -> &Shape {
+        &self.shape
     }
 
     fn gradients(&mut self, _iter: i64) -> Gradients {
@@ -114,7 +102,7 @@ impl Stepper for FaithfulStepper {
     }
 
     fn flat_params(&self) -> Tensor {
-        self.layout.flatten(&self.params).unsqueeze(0)
+        self.shape.layout.flatten(&self.params).unsqueeze(0)
     }
 
     fn member_state(&self, _i: usize) -> Vec<(String, Tensor)> {
@@ -122,11 +110,11 @@ impl Stepper for FaithfulStepper {
     }
 
     fn load_member(&mut self, _i: usize, flat: &Tensor, state: &[(String, Tensor)]) -> Result<()> {
-        let state: Vec<(String, Tensor)> = state.iter().map(|(n, t)| (n.clone(), t.to_device(self.device))).collect();
+        let state: Vec<(String, Tensor)> = state.iter().map(|(n, t)| (n.clone(), t.to_device(self.shape.device))).collect();
         if !self.optimizer.load_state(&state) {
             return Err(anyhow!("its optimizer state cannot be restored (optimizer_impl: libtorch keeps it inside libtorch)"));
         }
-        let values = self.layout.unflatten(&flat.to_device(self.device));
+        let values = self.shape.layout.unflatten(&flat.to_device(self.shape.device));
         tch::no_grad(|| {
             for (var, value) in self.params.iter_mut().zip(&values) {
                 var.copy_(value);
