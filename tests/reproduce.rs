@@ -309,12 +309,12 @@ series:
   - {id: g, label: "gamma, L = 4", settings: setting3_gamma.yaml, set: [model.layers=4, data.batch=100, train.skip_nonfinite=2], lr: {sgd: 0.02, adam: 0.1}}
 runs: {optimizers: [sgd, adam], seeds: [0], iters: 60, save_every: 20}
 measure: {loss_every: 20}
-panels: [loss]
+panels: [loss, break_points]
 quick: {}
 "#;
 
 #[test]
-fn the_summary_counts_the_steps_a_figures_runs_skipped_as_nonfinite() {
+fn a_figure_whose_runs_skip_nonfinite_steps_says_so_in_its_title_and_summary() {
     let tmp = tempdir();
     let fig = write_figure(tmp.path(), "skipping", SKIPPING);
     ok(reproduce(&fig, tmp.path()));
@@ -323,6 +323,7 @@ fn the_summary_counts_the_steps_a_figures_runs_skipped_as_nonfinite() {
     let rows = data["final_loss"].as_array().unwrap_or_else(|| panic!("{data}"));
     let skipped = |o: &str| rows.iter().find(|r| r["optimizer"] == o).unwrap()["skipped_steps"].as_u64().unwrap();
     assert_eq!((skipped("sgd"), skipped("adam")), (0, 2));
+    assert!(data["title"].as_str().unwrap().ends_with("(non-finite steps skipped: SGD 0, Adam 2)"), "{}", data["title"]);
     let md = std::fs::read_to_string(tmp.path().join("plots/summary.md")).unwrap();
     assert!(md.contains("over all seeds: gamma, L = 4 Adam: 2."), "{md}");
 }

@@ -103,6 +103,8 @@ pub struct RunResult {
     /// Steps whose loss or gradient was not finite and that the run skipped
     /// (`train.skip_nonfinite`).
     pub skipped_steps: usize,
+    /// The first iteration whose loss or gradient was not finite, if any.
+    pub first_nonfinite: Option<i64>,
 }
 
 /// The noise at initialisation of one series.
@@ -511,7 +513,8 @@ fn figure_data(fig: &Figure, req: &Request) -> Result<FigureData> {
         let rows = measure::read(&folder)?;
         let metrics = folder.metrics()?;
         let (skipped_steps, _) = io::nonfinite_steps(&metrics, summary.status == crate::run::Status::Diverged);
-        results.push(RunResult { spec: spec_run.clone(), dir: dir.clone(), summary, rows, skipped_steps });
+        let first_nonfinite = metrics.iter().find(|r| !r.is_finite()).map(|r| r.iter);
+        results.push(RunResult { spec: spec_run.clone(), dir: dir.clone(), summary, rows, skipped_steps, first_nonfinite });
     }
     let mut noise = vec![];
     for s in 0..fig.spec.series.len() {
@@ -543,13 +546,14 @@ fn draw(data: &FigureData, req: &Request, started: Instant, all_reused: bool, re
         .map_err(|e| anyhow!(BadInput(format!("plots folder {}: cannot create it ({e})", req.plots.display()))))?;
     let id = &data.id;
     let png = req.plots.join(format!("{id}.png"));
-    crate::plots::figure_grid(&png, &data.spec.title, &scale_caption(data), &panels::rows(data))?;
+    crate::plots::figure_grid(&png, &title(data), &scale_caption(data), &panels::rows(data))?;
     report.pngs.push(png.clone());
     if data.spec.lr_grid.is_some() {
         io::write_atomic(&req.plots.join("lr_grid.csv"), summary::lr_grid_csv(data).as_bytes())?;
     }
     let png_name = png.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut fs = summary::figure_summary(data, &png_name, started.elapsed().as_secs_f64(), &machine());
+    fs.title = title(data);
     if all_reused {
         // Everything was reused: the time worth reporting is the one of the invocation that
         // did the work, if its record is there (same scale).
@@ -570,6 +574,25 @@ fn draw(data: &FigureData, req: &Request, started: Instant, all_reused: bool, re
     summary::write_all(&req.plots)?;
     say(format!("[{id}] wrote {} ({:.0} s)", png.display(), started.elapsed().as_secs_f64()));
     Ok(())
+}
+
+/// The figure's title; where its runs skipped non-finite steps (a rule the authors did not
+/// have), the title says so and how many, per optimizer.
+fn title(d: &FigureData) -> String {
+    let skipped: Vec<String> = d
+        .spec
+        .runs
+        .optimizers
+        .iter()
+        .map(|&o| (o, d.runs.iter().filter(|r| r.spec.optimizer == o).map(|r| r.skipped_steps).sum::<usize>()))
+        .map(|(o, n)| format!("{} {n}", panels::optimizer_label(o).replace(" with momentum", "")))
+        .collect();
+    let any = d.runs.iter().any(|r| r.skipped_steps > 0);
+    if any {
+        format!("{} (non-finite steps skipped: {})", d.spec.title, skipped.join(", "))
+    } else {
+        d.spec.title.clone()
+    }
 }
 
 /// "quick scale: seeds [0, 1], 300 iterations".

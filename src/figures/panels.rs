@@ -20,6 +20,49 @@ pub fn panel(fig: &FigureData, kind: PanelKind, s: usize) -> AnyPanel {
         PanelKind::Smoothness => smoothness(fig, s),
         PanelKind::GradVsSmoothness => grad_vs_smoothness(fig, s),
         PanelKind::LrSweep => lr_sweep(fig, s),
+        PanelKind::BreakPoints => break_points(fig, s),
+    }
+}
+
+/// Per seed, the first iteration whose loss or gradient was not finite: where the run stops
+/// under the authors' rule (a run that skipped such steps is, up to there, the run that rule
+/// trains). Seeds whose runs never met one are named in the title.
+fn break_points(fig: &FigureData, s: usize) -> AnyPanel {
+    let label = &fig.spec.series[s].label;
+    let mut unbroken = vec![];
+    let curves = fig
+        .spec
+        .runs
+        .optimizers
+        .iter()
+        .map(|&o| {
+            let runs: Vec<&RunResult> = fig.runs_of(s, o).collect();
+            let broken: Vec<&&RunResult> = runs.iter().filter(|r| r.first_nonfinite.is_some()).collect();
+            unbroken.extend(runs.iter().filter(|r| r.first_nonfinite.is_none()).map(|r| format!("{} s{}", short(o), r.spec.seed)));
+            Curve {
+                label: format!("{} ({} of {} break)", optimizer_label(o), broken.len(), runs.len()),
+                color: color(o),
+                x: broken.iter().map(|r| r.spec.seed as f64).collect(),
+                mean: broken.iter().map(|r| r.first_nonfinite.unwrap_or_default() as f64).collect(),
+                band: None,
+                markers: true,
+            }
+        })
+        .collect();
+    let never = if unbroken.is_empty() { String::new() } else { format!("; never: {}", unbroken.join(", ")) };
+    AnyPanel::Lines(Panel {
+        title: format!("{label}: first non-finite step{never}"),
+        x_label: "seed".into(),
+        y_label: "iteration (authors' rule stops)".into(),
+        log_y: false,
+        curves,
+    })
+}
+
+fn short(o: OptimizerKind) -> &'static str {
+    match o {
+        OptimizerKind::Sgd => "SGD",
+        OptimizerKind::Adam => "Adam",
     }
 }
 
@@ -47,7 +90,7 @@ fn curves(fig: &FigureData, s: usize, field: fn(&Row) -> Option<f64>, grid: &BTr
             let runs: Vec<&RunResult> = fig.runs_of(s, o).collect();
             let (x, mean, band) = stats::seed_curve(&runs, field, grid);
             let lr = runs.first().map(|r| r.spec.lr).unwrap_or(f64::NAN);
-            Curve { label: format!("{} (lr {lr})", optimizer_label(o)), color: color(o), x, mean, band: Some(band) }
+            Curve { label: format!("{} (lr {lr})", optimizer_label(o)), color: color(o), x, mean, band: Some(band), markers: false }
         })
         .collect()
 }
@@ -140,7 +183,7 @@ fn lr_sweep(fig: &FigureData, s: usize) -> AnyPanel {
                 mean.push(p.mean.unwrap_or(f64::NAN));
                 band.push(p.std.map_or(f64::NAN, |s| s / 4.0));
             }
-            Curve { label: format!("{}{outcome}", optimizer_label(o)), color: color(o), x, mean, band: Some(band) }
+            Curve { label: format!("{}{outcome}", optimizer_label(o)), color: color(o), x, mean, band: Some(band), markers: false }
         })
         .collect();
     AnyPanel::Lines(Panel {

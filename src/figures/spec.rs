@@ -111,6 +111,9 @@ pub enum PanelKind {
     GradVsSmoothness,
     /// Final test loss against learning rate, per optimizer (the lr grid).
     LrSweep,
+    /// Per seed, the first iteration whose loss or gradient was not finite: where each run
+    /// breaks under the authors' rule (for figures whose runs skip such steps).
+    BreakPoints,
 }
 
 #[derive(Debug, Clone, Deserialize)]

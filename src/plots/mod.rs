@@ -44,6 +44,9 @@ pub struct Curve {
     pub mean: Vec<f64>,
     /// Half-width of the shaded band (e.g. std/4), drawn as mean ± band.
     pub band: Option<Vec<f64>>,
+    /// Points drawn as markers instead of joined by a line (values that are not a curve, such
+    /// as one number per seed).
+    pub markers: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -552,8 +555,13 @@ fn draw_line_panel(area: &Area, p: &Panel) -> Result<()> {
         let segs = segments(&c.x, &c.mean, &xa, &ya);
         any |= !segs.is_empty();
         let style = c.color.stroke_width(2);
-        draw_lines(&mut ch, &segs, style, false)?;
-        legend_entry(&mut ch, &c.label, style)?;
+        if c.markers {
+            let points = segs.iter().flatten().map(|&p| Circle::new(p, 5, c.color.filled()));
+            ch.draw_series(points)?.label(c.label.as_str()).legend(move |(x, y)| Circle::new((x + 10, y), 5, style.filled()));
+        } else {
+            draw_lines(&mut ch, &segs, style, false)?;
+            legend_entry(&mut ch, &c.label, style)?;
+        }
     }
     if !any {
         no_data(&ch, &xa, &ya)?;
@@ -1019,13 +1027,7 @@ mod tests {
         let x: Vec<f64> = (0..200).map(|i| i as f64 * 10.0).collect();
         let mean = x.iter().map(|&v| f(v)).collect::<Vec<_>>();
         let band = Some(mean.iter().map(|m| m * 0.2).collect());
-        Curve {
-            label: label.into(),
-            color,
-            x,
-            mean,
-            band,
-        }
+        Curve { label: label.into(), color, x, mean, band, markers: false }
     }
 
     fn hist(values: &[f64], bins: usize, qq_inset: bool) -> HistogramPanel {
@@ -1185,6 +1187,7 @@ mod tests {
             x: bad.clone(),
             mean: bad.clone(),
             band: Some(bad.clone()),
+            markers: true,
         };
         let empty = Curve {
             label: "empty".into(),
@@ -1192,6 +1195,7 @@ mod tests {
             x: vec![],
             mean: vec![],
             band: None,
+            markers: false,
         };
         for log_y in [true, false] {
             let p = Panel {
