@@ -256,7 +256,14 @@ pub fn load_all(plots: &Path) -> Result<Vec<FigureSummary>> {
         if p.extension().is_some_and(|x| x == "json") {
             let text = std::fs::read_to_string(&p)?;
             match serde_json::from_str::<FigureSummary>(&text) {
-                Ok(fs) => out.push(fs),
+                Ok(mut fs) => {
+                    // A record written before intervals existed: its per-seed ratios give them.
+                    for r in fs.ratios.iter_mut().filter_map(|r| r.ours.as_mut()).filter(|o| o.ci95.is_none()) {
+                        let v: Vec<f64> = r.per_seed.iter().map(|p| p.3).collect();
+                        r.ci95 = stats::bootstrap(v.len(), |idx| stats::resampled_mean(&v, idx));
+                    }
+                    out.push(fs)
+                }
                 Err(e) => eprintln!("linattn: warning: {} is not a figure summary ({e}); left out", p.display()),
             }
         }
@@ -623,7 +630,8 @@ pub fn write_all(plots: &Path) -> Result<()> {
     artifacts::write_atomic(&plots.join("summary.md"), markdown(&figs).as_bytes())?;
     let json = serde_json::json!({
         "conventions": {
-            "ratio": "R_med per run; R_SGD/R_Adam per seed (same seed = same init); mean and sample std (n-1) over seeds",
+            "ratio": "R_med per run; R_SGD/R_Adam per seed (same seed = same init); mean and sample std (n-1) over seeds; ci95: percentile bootstrap of the mean over seeds (10000 resamples)",
+            "loss_ratios": "Adam / SGD final test loss, mean over mean, seeds where both finished; ci95: percentile bootstrap over seeds (a seed's two runs resampled together)",
             "final_loss": "test loss on the evaluation batch (seed 99) at the last iteration; diverged runs excluded from the mean and counted",
             "noise": "Hill tail index over the top 10% of the noise norms at initialisation; kurtosis m4/m2^2",
         },
