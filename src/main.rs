@@ -122,7 +122,7 @@ enum Command {
         warmup: i64,
     },
     /// Landscape measurements of a run folder on the evaluation batch: test loss, gradient
-    /// norm, condition numbers, directional smoothness, sharpness (writes DIR/analysis.csv).
+    /// norm, condition numbers, directional smoothness, sharpness (writes DIR/measurements.csv, the file reproduce measures into).
     Analyze {
         /// A run folder written by `linattn train`.
         dir: PathBuf,
@@ -470,6 +470,7 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Command::BenchHessian { config, repeats, threads } => {
             let cfg = config.load()?;
+            set_threads(threads.map(|n| n.min(i32::MAX as usize) as i32), None)?;
             let b = linattn::tools::bench::bench_hessian(&cfg, &config.config, &config.sets, repeats, threads, progress == Progress::Bar)?;
             println!(
                 "condition number at init ({} parameters, {}, {} repeats): rust median {:.1} ms (min {:.1}, {} threads), pytorch median {:.1} ms (min {:.1}, {} threads); ratio rust/pytorch {:.3} (of the minima {:.3}); values {} vs {}",

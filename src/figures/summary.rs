@@ -5,6 +5,7 @@ use super::panels::optimizer_label;
 use super::stats::{self, GridPoint, Ratio};
 use super::FigureData;
 use super::spec::PanelKind;
+use crate::config::{Mode, OptimizerKind};
 use crate::run::io as artifacts;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -15,7 +16,7 @@ use std::path::Path;
 pub struct FinalLoss {
     pub series: String,
     pub label: String,
-    pub optimizer: String,
+    pub optimizer: OptimizerKind,
     pub lr: f64,
     /// Over the seeds that did not diverge.
     pub mean: Option<f64>,
@@ -63,7 +64,7 @@ pub struct NoiseRow {
 pub struct Correlation {
     pub series: String,
     pub label: String,
-    pub optimizer: String,
+    pub optimizer: OptimizerKind,
     pub seed: u32,
     /// Pearson r of (ln gradient norm, ln directional smoothness).
     pub r: Option<f64>,
@@ -76,7 +77,7 @@ pub struct Correlation {
 pub struct LrChoice {
     pub series: String,
     pub label: String,
-    pub optimizer: String,
+    pub optimizer: OptimizerKind,
     pub authors_lr: f64,
     pub best_lr: Option<f64>,
     pub grid: Vec<GridPoint>,
@@ -94,8 +95,8 @@ pub struct FigureSummary {
     pub scale: String,
     pub quick: bool,
     /// `fast` or `faithful`: the runs' train.mode and the measurements' forward pass.
-    #[serde(default)]
-    pub mode: String,
+    #[serde(default = "faithful")]
+    pub mode: Mode,
     pub seeds: Vec<u32>,
     pub iters: i64,
     /// This invocation's time for the figure (runs it had to train or measure, and drawing).
@@ -119,6 +120,11 @@ pub struct FigureSummary {
     pub paper_noise: Option<String>,
 }
 
+/// Records written before `mode` was recorded came from faithful runs.
+fn faithful() -> Mode {
+    Mode::Faithful
+}
+
 fn fin(v: f64) -> Option<f64> {
     v.is_finite().then_some(v)
 }
@@ -133,7 +139,7 @@ pub fn figure_summary(fig: &FigureData, png: &str, wall_time_s: f64, machine: &s
         png: png.to_string(),
         scale: fig.scale.name(),
         quick: fig.scale.quick,
-        mode: fig.res.mode.name().into(),
+        mode: fig.res.mode,
         seeds: fig.res.seeds.clone(),
         iters: fig.res.iters,
         wall_time_s,
@@ -157,7 +163,7 @@ pub fn figure_summary(fig: &FigureData, png: &str, wall_time_s: f64, machine: &s
                 out.lr_choices.push(LrChoice {
                     series: id.clone(),
                     label: label.clone(),
-                    optimizer: o.name().into(),
+                    optimizer: o,
                     authors_lr: series.lr.get(o).unwrap_or(f64::NAN),
                     best_lr: stats::best_lr(&grid),
                     grid,
@@ -170,7 +176,7 @@ pub fn figure_summary(fig: &FigureData, png: &str, wall_time_s: f64, machine: &s
             out.final_loss.push(FinalLoss {
                 series: id.clone(),
                 label: label.clone(),
-                optimizer: o.name().into(),
+                optimizer: o,
                 lr: runs.first().map(|r| r.spec.lr).unwrap_or(f64::NAN),
                 mean: fin(mean),
                 std: (n > 0).then_some(std),
@@ -223,7 +229,7 @@ pub fn figure_summary(fig: &FigureData, png: &str, wall_time_s: f64, machine: &s
                 out.correlations.push(Correlation {
                     series: id.clone(),
                     label: label.clone(),
-                    optimizer: run.spec.optimizer.name().into(),
+                    optimizer: run.spec.optimizer,
                     seed: run.spec.seed,
                     r: fin(stats::pearson(&pts.iter().map(|p| (p.1, p.2)).collect::<Vec<_>>())),
                     points: pts.len(),
@@ -302,12 +308,6 @@ fn ms(mean: Option<f64>, std: Option<f64>) -> String {
     }
 }
 
-fn opt_label(name: &str) -> &'static str {
-    match name {
-        "sgd" => optimizer_label(crate::config::OptimizerKind::Sgd),
-        _ => optimizer_label(crate::config::OptimizerKind::Adam),
-    }
-}
 
 /// `summary.md`.
 pub fn markdown(figs: &[FigureSummary]) -> String {
@@ -407,8 +407,8 @@ fn headline_overview(md: &mut String, figs: &[FigureSummary]) {
             v
         });
         for s in series {
-            let get = |o: &str| f.final_loss.iter().find(|r| r.series == s && r.optimizer == o);
-            if let (Some(sgd), Some(adam)) = (get("sgd"), get("adam")) {
+            let get = |o: OptimizerKind| f.final_loss.iter().find(|r| r.series == s && r.optimizer == o);
+            if let (Some(sgd), Some(adam)) = (get(OptimizerKind::Sgd), get(OptimizerKind::Adam)) {
                 loss.push((f, sgd, adam));
             }
         }
@@ -444,7 +444,7 @@ fn headline_overview(md: &mut String, figs: &[FigureSummary]) {
     if !corr.is_empty() {
         let _ = writeln!(md, "## Correlation of ln gradient norm and ln directional smoothness (Fig. 6)\n");
         let lines = corr.into_iter().map(|(f, c)| {
-            let run = format!("{} seed {}", opt_label(&c.optimizer), c.seed);
+            let run = format!("{} seed {}", optimizer_label(c.optimizer), c.seed);
             vec![f.id.clone(), c.label.clone(), run, or_dash(c.r), c.points.to_string()]
         });
         table(md, &["figure", "setting", "run", "Pearson r", "points"], lines);
@@ -472,7 +472,7 @@ fn lr_section(md: &mut String, f: &FigureSummary) {
         let loss = at(c.best_lr).map(|p| ms(p.mean, p.std)).unwrap_or_else(|| "—".into());
         let div: Vec<String> = c.grid.iter().filter(|p| p.diverged > 0).map(|p| lr(p.lr)).collect();
         let div = if div.is_empty() { "none".into() } else { div.join(", ") };
-        vec![c.label.clone(), opt_label(&c.optimizer).to_string(), lr(c.authors_lr), best, same, loss, div]
+        vec![c.label.clone(), optimizer_label(c.optimizer).to_string(), lr(c.authors_lr), best, same, loss, div]
     });
     table(md, &header, lines);
     let _ = writeln!(md, "\nThe figures use the authors' learning rates (their own grid's choice); this table checks it.\n");
@@ -495,7 +495,7 @@ fn figure_section(md: &mut String, f: &FigureSummary) {
     let _ = writeln!(
         md,
         "Scale: **{}** — seeds {:?}, {} iterations, {} runs, {} mode. {produced}.\n",
-        f.scale, f.seeds, f.iters, f.runs, f.mode
+        f.scale, f.seeds, f.iters, f.runs, f.mode.name()
     );
     if let Some(n) = &f.notes {
         let _ = writeln!(md, "Notes: {}\n", n.trim());
@@ -503,7 +503,7 @@ fn figure_section(md: &mut String, f: &FigureSummary) {
     if !f.final_loss.is_empty() {
         let _ = writeln!(md, "Final test loss (iteration {}), mean (std) over seeds:\n", f.iters);
         let lines = f.final_loss.iter().map(|r| {
-            let (opt, rate, loss) = (opt_label(&r.optimizer).to_string(), lr(r.lr), ms(r.mean, r.std));
+            let (opt, rate, loss) = (optimizer_label(r.optimizer).to_string(), lr(r.lr), ms(r.mean, r.std));
             vec![r.label.clone(), opt, rate, loss, r.seeds.to_string(), r.diverged.to_string()]
         });
         table(md, &["setting", "optimizer", "lr", "final test loss", "seeds", "diverged"], lines);
@@ -511,7 +511,7 @@ fn figure_section(md: &mut String, f: &FigureSummary) {
             .final_loss
             .iter()
             .filter(|r| r.skipped_steps > 0)
-            .map(|r| format!("{} {}: {}", r.label, opt_label(&r.optimizer), r.skipped_steps))
+            .map(|r| format!("{} {}: {}", r.label, optimizer_label(r.optimizer), r.skipped_steps))
             .collect();
         if !skipped.is_empty() {
             let _ = writeln!(
@@ -525,8 +525,8 @@ fn figure_section(md: &mut String, f: &FigureSummary) {
         let verdicts: Vec<String> = series
             .iter()
             .filter_map(|s| {
-                let get = |o: &str| f.final_loss.iter().find(|r| r.series == *s && r.optimizer == o).and_then(|r| r.mean);
-                let (sgd, adam) = (get("sgd")?, get("adam")?);
+                let get = |o: OptimizerKind| f.final_loss.iter().find(|r| r.series == *s && r.optimizer == o).and_then(|r| r.mean);
+                let (sgd, adam) = (get(OptimizerKind::Sgd)?, get(OptimizerKind::Adam)?);
                 let label = &f.final_loss.iter().find(|r| r.series == *s)?.label;
                 Some(format!("{label}: Adam/SGD final loss = {}", num(adam / sgd)))
             })
@@ -576,7 +576,7 @@ fn figure_section(md: &mut String, f: &FigureSummary) {
     if !f.correlations.is_empty() {
         let _ = writeln!(md, "Correlation of ln gradient norm and ln directional smoothness (Pearson r):\n");
         let lines = f.correlations.iter().map(|c| {
-            let run = format!("{} seed {}", opt_label(&c.optimizer), c.seed);
+            let run = format!("{} seed {}", optimizer_label(c.optimizer), c.seed);
             vec![c.label.clone(), run, or_dash(c.r), c.points.to_string(), c.left_out.to_string()]
         });
         table(md, &["setting", "run", "r", "points", "left out (smoothness ≤ 0)"], lines);

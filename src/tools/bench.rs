@@ -405,7 +405,8 @@ impl HessianBench {
 }
 
 /// Times both sides, one after the other (never concurrently: they would share the cores).
-/// `threads`: libtorch's intra-op threads on both sides (None: each side's default).
+/// `threads`: libtorch's intra-op threads on both sides (None: each side's default); the caller
+/// has set this process's.
 pub fn bench_hessian(
     cfg: &Config,
     config_path: &Path,
@@ -417,11 +418,8 @@ pub fn bench_hessian(
     if repeats < 1 {
         return Err(bad(format!("--repeats: must be >= 1, got {repeats}")));
     }
-    if let Some(n) = threads {
-        if n < 1 {
-            return Err(bad(format!("--threads: must be >= 1, got {n}")));
-        }
-        tch::set_num_threads(n as i32);
+    if threads.is_some_and(|n| n < 1) {
+        return Err(bad("--threads: must be >= 1".into()));
     }
     // A shared machine's load drifts: half of the Rust repetitions run before the PyTorch side
     // and half after, so that a drift does not favour the side that runs first.
