@@ -381,7 +381,10 @@ mod tests {
         let n = Needs::of(&m, 120);
         assert_eq!(n.loss.iter().copied().collect::<Vec<_>>(), vec![0, 50, 100, 120]);
         assert_eq!(n.smoothness.iter().copied().collect::<Vec<_>>(), vec![0, 10, 20]);
-        assert_eq!(n.condition.iter().copied().collect::<Vec<_>>(), vec![120]);
+        // Iteration 0 by default (the authors' plots start at range(0, max_iters, stride)[0] = 0).
+        assert_eq!(n.condition.iter().copied().collect::<Vec<_>>(), vec![0, 120]);
+        let without_init = Needs::of(&MeasureSpec { condition_at_init: false, ..m }, 120);
+        assert_eq!(without_init.condition.iter().copied().collect::<Vec<_>>(), vec![120]);
     }
 
     #[test]
