@@ -3,8 +3,20 @@
 you need"). It mirrors the authors' torch.nn code and follows docs/conventions.md op for op,
 so that on CPU the Rust side (same libtorch kernels, same generator) is bit-identical.
 
+The training step is the authors' (train.ipynb `clip_and_step`; nonlinear_regression.ipynb's
+`train_transformer` for the MLP variant), with their arithmetic, all float32 on the device:
+  grad_norm = vector_norm(cat([g.reshape(-1) for g in grads]))   the norm of the concatenated
+      gradient (one tensor `allparam`: `allparam.grad.norm()`; MLP variant: the notebook's
+      `torch.norm(torch.cat(grads))`, taken before clipping); this is the logged grad_norm.
+  clip_mode threshold, clip c > 0:  `if grad_norm > c: g.mul_(c / grad_norm)` for every g, where
+      the comparison is a float32 tensor comparison and `c / grad_norm` is Tensor.__rtruediv__,
+      i.e. `grad_norm.reciprocal() * c`, a float32 0-dim tensor (NOT c / float(grad_norm) in
+      float64; the two agree at c = 1 but not at the sphere's c = 0.1).
+  clip_mode clip_grad_norm:  torch.nn.utils.clip_grad_norm_(params, c), which takes its own norm
+      of the per-parameter norms for its coefficient `min(1, (norm + 1e-6).reciprocal() * c)`.
+
   train   --config FILE [--set K=V]... --out DIR [--device D]   (default when argv[1] is --...)
-  analyze DIR [--every K] [--vectorize]
+  analyze DIR [--every K] [--vectorize]                          (writes DIR/measurements.csv)
   noise   --config FILE [--set K=V]... --samples S [--full-batch N] [--out DIR] [--device D]
   bench   --config FILE [--set K=V]... --steps N [--warmup W] [--ensemble K] [--device D]
   bench-hessian --config FILE [--set K=V]... [--repeats R] [--threads N] [--device D]
@@ -262,8 +274,10 @@ def draw_batch(cfg, B, teacher=None):
         Xq = Xq / torch.linalg.vector_norm(Xq, dim=-1, keepdim=True)
     if setting == "gamma":  # numpy draws come after the three torch draws
         k = cfg["data"]["gamma_shape"]
-        g = np.random.gamma(k, math.sqrt(10 / k), size=(B, n))
-        gq = np.random.gamma(k, math.sqrt(10 / k), size=(B, 1))
+        # The authors' scale is `(10/shape_k)**(0.5)`: C pow(x, 0.5), which is not always
+        # math.sqrt(x) (equal for k = 0.1, where 10/k = 100.0).
+        g = np.random.gamma(k, (10 / k) ** 0.5, size=(B, n))
+        gq = np.random.gamma(k, (10 / k) ** 0.5, size=(B, 1))
         X = X * torch.from_numpy(g).float().sqrt().unsqueeze(-1)
         Xq = Xq * torch.from_numpy(gq).float().sqrt().unsqueeze(-1)
     with torch.no_grad():
@@ -275,8 +289,11 @@ def draw_batch(cfg, B, teacher=None):
     return Z, yq
 
 
-def global_norm(tensors):
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in tensors]))
+def concat_norm(tensors):
+    """Norm of the concatenated tensors: the authors' logged gradient norm (`grad.norm()` of the
+    single `allparam`, `torch.norm(torch.cat(grads))` for the MLP variant); train, analyze and
+    noise all report this one."""
+    return torch.linalg.vector_norm(torch.cat([g.reshape(-1) for g in tensors]))
 
 
 class Run:
@@ -293,6 +310,9 @@ class Run:
         if t["optimizer"] == "sgd":
             self.opt = torch.optim.SGD(self.params, lr=t["lr"], momentum=t["momentum"])
         else:
+            # train.ipynb uses AdamW(weight_decay=0); nonlinear_regression.ipynb uses Adam. With
+            # weight_decay 0 the two run the same update (AdamW is Adam with
+            # decoupled_weight_decay=True, and the decay branch is skipped at 0).
             self.opt = torch.optim.AdamW(self.params, lr=t["lr"], betas=tuple(t["betas"]),
                                          eps=t["eps"], weight_decay=0)
 
@@ -303,15 +323,21 @@ class Run:
         loss = self.model(Z.to(self.device), yq.to(self.device))
         loss.backward()
         grads = [p.grad for p in self.params]
-        gn = global_norm(grads)
+        gn = concat_norm(grads)  # float32 0-dim; logged, and the threshold clip's norm
         loss_f, gn_f = float(loss.detach()), float(gn)
         if math.isfinite(loss_f) and math.isfinite(gn_f):
             c, mode = self.cfg["train"]["clip"], self.cfg["train"]["clip_mode"]
             if c > 0 and mode == "threshold":
-                if gn_f > c:
+                # train.ipynb clip_and_step: `if norm_p > clip_threshold:
+                # grad_all.mul_(clip_threshold/norm_p)`. The comparison is float32 (c rounded to
+                # float32); `c / gn` is Tensor.__rtruediv__ = gn.reciprocal() * c, a float32
+                # 0-dim tensor that multiplies every gradient.
+                if gn > c:
+                    coef = c / gn
                     for g in grads:
-                        g.mul_(c / gn_f)  # scalar computed in float64, as the convention pins
+                        g.mul_(coef)
             elif c > 0:
+                # nonlinear_regression.ipynb: clip_grad_norm_ after the logged norm was taken.
                 torch.nn.utils.clip_grad_norm_(self.params, c)
             self.opt.step()
         self.opt.zero_grad()
@@ -472,7 +498,7 @@ def cmd_analyze(args):
         flat = theta(i)
         model.load_state_dict(unflatten(flat))
         loss = model(Z, yq)
-        gn = global_norm(torch.autograd.grad(loss, list(model.parameters())))
+        gn = concat_norm(torch.autograd.grad(loss, list(model.parameters())))
         # Default: one reverse-over-reverse row at a time (what a row-by-row Rust loop mirrors).
         # --vectorize batches the rows with vmap: several times faster for the MLP variant, equal
         # to the loop only to ~1e-7 relative.
@@ -491,9 +517,9 @@ def cmd_analyze(args):
             cond_eig, sharp = fmt(lam_abs.max() / torch.median(lam_abs), dtype), fmt(lam[-1], dtype)
         except RuntimeError:  # non-finite Hessian (diverged run)
             cond_eig, sharp = "NaN", "NaN"
-        rows.append([str(t), fmt(loss, dtype), fmt(gn, dtype), fmt(cond, dtype), ds, cond_eig, sharp])
-    write_csv(os.path.join(args.dir, "analysis.csv"),
-              "iter,test_loss,grad_norm,condition_number,dir_smoothness,condition_number_eig,sharpness",
+        rows.append([str(t), fmt(loss, dtype), fmt(gn, dtype), ds, fmt(cond, dtype), cond_eig, sharp])
+    write_csv(os.path.join(args.dir, "measurements.csv"),
+              "iter,test_loss,grad_norm,dir_smoothness,condition_number,condition_number_eig,sharpness",
               rows)
     return 0
 
@@ -521,7 +547,7 @@ def cmd_noise(args):
     for _ in range(args.samples):
         Z, yq = draw_batch(cfg, B, run.teacher)
         gb = torch.autograd.grad(model(Z.to(device), yq.to(device)), params)
-        rows.append([fmt(global_norm([a - b for a, b in zip(gb, g_full)]))])
+        rows.append([fmt(concat_norm([a - b for a, b in zip(gb, g_full)]))])
     write_csv(os.path.join(args.out, "noise.csv"), "noise", rows)
     return 0
 
@@ -615,7 +641,7 @@ def build_parser():
     config_args(p)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_train)
-    p = sub.add_parser("analyze", help="Hessian statistics of a train run directory")
+    p = sub.add_parser("analyze", help="Hessian statistics of a train run directory (writes DIR/measurements.csv)")
     p.add_argument("dir")
     p.add_argument("--every", type=int, default=1)
     p.add_argument("--vectorize", action="store_true",

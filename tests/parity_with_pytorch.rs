@@ -118,3 +118,63 @@ fn a_run_that_skips_nonfinite_steps_matches_pytorch_bit_for_bit_and_goes_on() {
         assert!(summary.replace(' ', "").contains("\"diverged_at\":36"), "{side}: {summary}");
     }
 }
+
+/// The sphere clips at 0.1 with the authors' arithmetic (train.ipynb `clip_and_step`):
+/// `if norm_p > c: grad.mul_(c / norm_p)`, where `c / norm_p` is Tensor.__rtruediv__, a float32
+/// 0-dim tensor (`norm_p.reciprocal() * c`), and the comparison is a float32 one. A loop written
+/// here from that expression, on the PyTorch side's model, batches and optimizer, must give the
+/// Rust run's final parameters bit for bit; the same loop with a float64 host coefficient
+/// `c / float(norm_p)` (which agrees with it at c = 1 only) must not.
+#[test]
+fn sphere_clip_at_0_1_is_the_authors_float32_coefficient() {
+    const SCRIPT: &str = r#"
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+import pytorch_reference as ref
+from safetensors.torch import load_file
+run_dir = sys.argv[2]
+cfg = ref.load_config(run_dir + "/config.yaml")
+final = load_file(run_dir + "/final.safetensors")["allparam"]
+c = cfg["train"]["clip"]
+
+def train(host):
+    run = ref.Run(cfg, torch.device("cpu"))
+    p = run.model.allparam
+    clipped = 0
+    for _ in range(cfg["train"]["iters"]):
+        Z, yq = ref.draw_batch(cfg, cfg["data"]["batch"], run.teacher)
+        run.model(Z, yq).backward()
+        norm_p = p.grad.norm()
+        if host:
+            if float(norm_p) > c:
+                p.grad.mul_(c / float(norm_p))
+                clipped += 1
+        elif norm_p > c:
+            p.grad.mul_(c / norm_p)
+            clipped += 1
+        run.opt.step()
+        run.opt.zero_grad()
+    return p.detach(), clipped
+
+(a, na), (b, nb) = train(False), train(True)
+print(f"authors={torch.equal(a, final)} host_f64={torch.equal(b, final)} clipped={na}")
+"#;
+    let config = experiment("settings/sphere.yaml");
+    for (opt, lr) in [("sgd", "5"), ("adam", "0.1")] {
+        let tmp = tempdir();
+        let rs = tmp.path().join("rust");
+        let sets: Vec<String> = vec![
+            format!("train.optimizer={opt}"),
+            format!("train.lr={lr}"),
+            "train.clip=0.1".into(),
+            "train.iters=50".into(),
+        ];
+        let mut c = linattn();
+        c.arg("train");
+        ok(with_config(c, &config, &sets, &rs));
+        let said = python_on_run(SCRIPT, &rs);
+        assert!(said.contains("authors=True"), "{opt} lr {lr}: the Rust run is not the authors' clip: {said}");
+        assert!(said.contains("host_f64=False"), "{opt} lr {lr}: the check does not tell the two clips apart: {said}");
+        assert!(!said.contains("clipped=0"), "{opt} lr {lr}: no step was clipped: {said}");
+    }
+}

@@ -87,3 +87,11 @@ pub fn rel_diff(a: f64, b: f64) -> f64 {
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
 }
+
+/// Runs `script` (Python source) in the venv with `argv[1]` = experiments/ (so it can import the
+/// PyTorch side) and `argv[2]` = `dir`; returns its stdout. It fails the test if the script fails.
+pub fn python_on_run(script: &str, dir: &Path) -> String {
+    let mut c = Command::new(python());
+    c.arg("-c").arg(script).arg(root().join("experiments")).arg(dir);
+    String::from_utf8_lossy(&ok(c).stdout).into_owned()
+}
