@@ -462,3 +462,50 @@ fn a_shard_is_k_of_n_with_k_from_1_to_n() {
         assert!(String::from_utf8_lossy(&o.stderr).contains("K/N"), "--shard {bad}");
     }
 }
+
+#[test]
+fn a_shard_killed_in_the_middle_and_started_again_completes_the_figure_with_the_same_data() {
+    let tmp = tempdir();
+    let two = ENSEMBLE.replace(
+        "  - {id: s1,",
+        "  - {id: s2, label: \"Setting 2, B = 100\", settings: setting2_normal_n5.yaml, set: [data.batch=100], lr: {sgd: 0.01, adam: 0.005}}\n  - {id: s1,",
+    );
+    let fig = write_figure(tmp.path(), "two", &two);
+    let single = tmp.path().join("single");
+    ok(reproduce_fast(&fig, &single));
+
+    let shared = tmp.path().join("shared");
+    let shard = |k: usize| {
+        let mut c = reproduce_fast(&fig, &shared);
+        c.arg("--shard").arg(format!("{k}/2")).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        c
+    };
+    let mut first = shard(1).spawn().unwrap();
+    let second = shard(2).spawn().unwrap();
+    // Each shard trains one of the two ensembles: wait until both have checkpointed.
+    let runs = shared.join("runs");
+    let groups = ["normal-n5-L3-d5-fast", "normal-n20-L3-d5-fast"];
+    let checkpointed = |g: &str| {
+        let dir = runs.join(g);
+        dir.exists() && std::fs::read_dir(&dir).unwrap().flatten().any(|r| r.path().join("checkpoint.safetensors").exists())
+    };
+    wait_for(|| groups.iter().all(|g| checkpointed(g)), std::time::Duration::from_secs(240));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    first.kill().unwrap(); // SIGKILL: its unit keeps a checkpoint and a free lock
+    assert!(!first.wait().unwrap().success(), "shard 1 finished before it could be killed");
+    let logs = [output(shard(1)), second.wait_with_output().unwrap()];
+    for o in &logs {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    // The killed unit was resumed from its checkpoints, by the restarted shard or by the other.
+    let resumed: usize = logs
+        .iter()
+        .filter_map(|o| stdout(o).split("resumed ").nth(1).and_then(|r| r.split(',').next()?.parse::<usize>().ok()))
+        .sum();
+    assert!(resumed > 0, "nothing resumed: {:?}", logs.iter().map(stdout).collect::<Vec<_>>());
+    let mut c = reproduce_fast(&fig, &shared);
+    c.arg("--draw-only");
+    let out = stdout(&ok(c));
+    assert!(out.contains("runs trained 0"), "the draw trains nothing: {out}");
+    assert_eq!(figure_numbers(&shared.join("plots"), "two"), figure_numbers(&single.join("plots"), "two"));
+}

@@ -423,9 +423,12 @@ fn measure_unit(unit: &MeasureUnit, plan: &Plan, req: &Request, prefix: &str, re
             return Ok(Step::Done);
         }
     }
-    let step = train_unit(&plan.training[unit.training], req, prefix, true, report)?;
-    if step != Step::Done {
-        return Ok(step);
+    let training = &plan.training[unit.training];
+    if !training.dirs.iter().all(|d| matches!(RunFolder::new(d).state(), State::Done(_))) {
+        let step = train_unit(training, req, prefix, true, report)?;
+        if step != Step::Done {
+            return Ok(step);
+        }
     }
     let summary = folder.summary()?;
     let mut waiting = Waiting::new(prefix, &unit.name);
