@@ -84,11 +84,6 @@ print("loaded", sorted(model.state_dict().keys()))
 #[test]
 fn mlp_variant_logs_the_norm_of_the_concatenated_gradient() {
     const SCRIPT: &str = r#"
-import sys, numpy as np, torch
-sys.path.insert(0, sys.argv[1])
-import pytorch_reference as ref
-run_dir = sys.argv[2]
-cfg = ref.load_config(run_dir + "/config.yaml")
 with open(run_dir + "/metrics.csv") as f:
     logged = [np.float32(l.split(",")[2]) for l in f.read().split("\n")[1:] if l]
 run = ref.Run(cfg, torch.device("cpu"))

@@ -128,12 +128,6 @@ fn a_run_that_skips_nonfinite_steps_matches_pytorch_bit_for_bit_and_goes_on() {
 #[test]
 fn sphere_clip_at_0_1_is_the_authors_float32_coefficient() {
     const SCRIPT: &str = r#"
-import sys, torch
-sys.path.insert(0, sys.argv[1])
-import pytorch_reference as ref
-from safetensors.torch import load_file
-run_dir = sys.argv[2]
-cfg = ref.load_config(run_dir + "/config.yaml")
 final = load_file(run_dir + "/final.safetensors")["allparam"]
 c = cfg["train"]["clip"]
 

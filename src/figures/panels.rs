@@ -30,25 +30,19 @@ pub fn panel(fig: &FigureData, kind: PanelKind, s: usize) -> AnyPanel {
 fn break_points(fig: &FigureData, s: usize) -> AnyPanel {
     let label = &fig.spec.series[s].label;
     let mut unbroken = vec![];
-    let curves = fig
-        .spec
-        .runs
-        .optimizers
-        .iter()
-        .map(|&o| {
-            let runs: Vec<&RunResult> = fig.runs_of(s, o).collect();
-            let broken: Vec<&&RunResult> = runs.iter().filter(|r| r.first_nonfinite.is_some()).collect();
-            unbroken.extend(runs.iter().filter(|r| r.first_nonfinite.is_none()).map(|r| format!("{} s{}", short(o), r.spec.seed)));
-            Curve {
-                label: format!("{} ({} of {} break)", optimizer_label(o), broken.len(), runs.len()),
-                color: color(o),
-                x: broken.iter().map(|r| r.spec.seed as f64).collect(),
-                mean: broken.iter().map(|r| r.first_nonfinite.unwrap_or_default() as f64).collect(),
-                band: None,
-                markers: true,
-            }
-        })
-        .collect();
+    let curves = per_optimizer(fig, |o| {
+        let runs: Vec<&RunResult> = fig.runs_of(s, o).collect();
+        let broken: Vec<&&RunResult> = runs.iter().filter(|r| r.first_nonfinite.is_some()).collect();
+        unbroken.extend(runs.iter().filter(|r| r.first_nonfinite.is_none()).map(|r| format!("{} s{}", short(o), r.spec.seed)));
+        Curve {
+            label: format!("{} ({} of {} break)", optimizer_label(o), broken.len(), runs.len()),
+            color: color(o),
+            x: broken.iter().map(|r| r.spec.seed as f64).collect(),
+            mean: broken.iter().map(|r| r.first_nonfinite.unwrap_or_default() as f64).collect(),
+            band: None,
+            markers: true,
+        }
+    });
     let never = if unbroken.is_empty() { String::new() } else { format!("; never: {}", unbroken.join(", ")) };
     AnyPanel::Lines(Panel {
         title: format!("{label}: first non-finite step{never}"),
@@ -80,19 +74,19 @@ fn color(o: OptimizerKind) -> plotters::style::RGBColor {
     }
 }
 
+/// One curve (or anything) per optimizer of the figure, in the figure's optimizer order.
+fn per_optimizer<T>(fig: &FigureData, mut curve: impl FnMut(OptimizerKind) -> T) -> Vec<T> {
+    fig.spec.runs.optimizers.iter().map(|&o| curve(o)).collect()
+}
+
 /// Mean over seeds ± std/4 of one measured quantity, one curve per optimizer.
 fn curves(fig: &FigureData, s: usize, field: fn(&Row) -> Option<f64>, grid: &BTreeSet<i64>) -> Vec<Curve> {
-    fig.spec
-        .runs
-        .optimizers
-        .iter()
-        .map(|&o| {
-            let runs: Vec<&RunResult> = fig.runs_of(s, o).collect();
-            let (x, mean, band) = stats::seed_curve(&runs, field, grid);
-            let lr = runs.first().map(|r| r.spec.lr).unwrap_or(f64::NAN);
-            Curve { label: format!("{} (lr {lr})", optimizer_label(o)), color: color(o), x, mean, band: Some(band), markers: false }
-        })
-        .collect()
+    per_optimizer(fig, |o| {
+        let runs: Vec<&RunResult> = fig.runs_of(s, o).collect();
+        let (x, mean, band) = stats::seed_curve(&runs, field, grid);
+        let lr = runs.first().map(|r| r.spec.lr).unwrap_or(f64::NAN);
+        Curve { label: format!("{} (lr {lr})", optimizer_label(o)), color: color(o), x, mean, band: Some(band), markers: false }
+    })
 }
 
 fn lines(fig: &FigureData, s: usize, y_label: &str, field: fn(&Row) -> Option<f64>, grid: &BTreeSet<i64>) -> AnyPanel {
@@ -164,28 +158,22 @@ fn grad_vs_smoothness(fig: &FigureData, s: usize) -> AnyPanel {
 /// where any seed diverged has no loss to draw (it is the worst result): the legend counts
 /// those points and the summary lists them.
 fn lr_sweep(fig: &FigureData, s: usize) -> AnyPanel {
-    let curves = fig
-        .spec
-        .runs
-        .optimizers
-        .iter()
-        .map(|&o| {
-            let grid = stats::lr_grid(fig, s, o);
-            let diverged = grid.iter().filter(|p| p.diverged > 0).count();
-            let outcome = match stats::best_lr(&grid) {
-                Some(b) if diverged > 0 => format!(": best {b}, {diverged} diverged"),
-                Some(b) => format!(": best {b}"),
-                None => format!(": all {} learning rates diverged", grid.len()),
-            };
-            let (mut x, mut mean, mut band) = (vec![], vec![], vec![]);
-            for p in &grid {
-                x.push(p.lr.log10());
-                mean.push(p.mean.unwrap_or(f64::NAN));
-                band.push(p.std.map_or(f64::NAN, |s| s / 4.0));
-            }
-            Curve { label: format!("{}{outcome}", optimizer_label(o)), color: color(o), x, mean, band: Some(band), markers: false }
-        })
-        .collect();
+    let curves = per_optimizer(fig, |o| {
+        let grid = stats::lr_grid(fig, s, o);
+        let diverged = grid.iter().filter(|p| p.diverged > 0).count();
+        let outcome = match stats::best_lr(&grid) {
+            Some(b) if diverged > 0 => format!(": best {b}, {diverged} diverged"),
+            Some(b) => format!(": best {b}"),
+            None => format!(": all {} learning rates diverged", grid.len()),
+        };
+        let (mut x, mut mean, mut band) = (vec![], vec![], vec![]);
+        for p in &grid {
+            x.push(p.lr.log10());
+            mean.push(p.mean.unwrap_or(f64::NAN));
+            band.push(p.std.map_or(f64::NAN, |s| s / 4.0));
+        }
+        Curve { label: format!("{}{outcome}", optimizer_label(o)), color: color(o), x, mean, band: Some(band), markers: false }
+    });
     AnyPanel::Lines(Panel {
         title: format!("{}: final test loss", fig.spec.series[s].label),
         x_label: "log₁₀ learning rate".into(),

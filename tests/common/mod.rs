@@ -88,10 +88,22 @@ pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
 }
 
-/// Runs `script` (Python source) in the venv with `argv[1]` = experiments/ (so it can import the
-/// PyTorch side) and `argv[2]` = `dir`; returns its stdout. It fails the test if the script fails.
+/// What every script given to [`python_on_run`] starts with: the PyTorch side imported as
+/// `ref`, safetensors' `load_file`, and the run folder's `run_dir` and `cfg`.
+const RUN_SCRIPT_PREAMBLE: &str = r#"
+import sys, numpy as np, torch
+sys.path.insert(0, sys.argv[1])
+import pytorch_reference as ref
+from safetensors.torch import load_file
+run_dir = sys.argv[2]
+cfg = ref.load_config(run_dir + "/config.yaml")
+"#;
+
+/// Runs `script` (Python source, after [`RUN_SCRIPT_PREAMBLE`]) in the venv with `argv[1]` =
+/// experiments/ (so it can import the PyTorch side) and `argv[2]` = `dir`; returns its stdout.
+/// It fails the test if the script fails.
 pub fn python_on_run(script: &str, dir: &Path) -> String {
     let mut c = Command::new(python());
-    c.arg("-c").arg(script).arg(root().join("experiments")).arg(dir);
+    c.arg("-c").arg(format!("{RUN_SCRIPT_PREAMBLE}{script}")).arg(root().join("experiments")).arg(dir);
     String::from_utf8_lossy(&ok(c).stdout).into_owned()
 }
