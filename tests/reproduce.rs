@@ -397,14 +397,19 @@ fn a_reproduce_killed_during_an_ensemble_resumes_it_and_gives_the_same_figure_da
     assert_eq!(figure_numbers(&killed.join("plots"), "ens"), figure_numbers(&whole.join("plots"), "ens"));
 }
 
+/// The ensemble figure with a second setting: two ensembles to share out, and two noise units.
+fn two_settings() -> String {
+    ENSEMBLE.replace(
+        "  - {id: s1,",
+        "  - {id: s2, label: \"Setting 2, B = 100\", settings: setting2_normal_n5.yaml, set: [data.batch=100], lr: {sgd: 0.01, adam: 0.005}}\n  - {id: s1,",
+    )
+}
+
 #[test]
 fn two_shards_started_together_do_disjoint_work_and_draw_only_gives_the_single_process_figure() {
     let tmp = tempdir();
     // Two settings, so that there are two ensembles to share out, and two noise units.
-    let two = ENSEMBLE.replace(
-        "  - {id: s1,",
-        "  - {id: s2, label: \"Setting 2, B = 100\", settings: setting2_normal_n5.yaml, set: [data.batch=100], lr: {sgd: 0.01, adam: 0.005}}\n  - {id: s1,",
-    );
+    let two = two_settings();
     let fig = write_figure(tmp.path(), "two", &two.replace("iters: 1500", "iters: 300"));
     let single = tmp.path().join("single");
     ok(reproduce_fast(&fig, &single));
@@ -466,10 +471,7 @@ fn a_shard_is_k_of_n_with_k_from_1_to_n() {
 #[test]
 fn a_shard_killed_in_the_middle_and_started_again_completes_the_figure_with_the_same_data() {
     let tmp = tempdir();
-    let two = ENSEMBLE.replace(
-        "  - {id: s1,",
-        "  - {id: s2, label: \"Setting 2, B = 100\", settings: setting2_normal_n5.yaml, set: [data.batch=100], lr: {sgd: 0.01, adam: 0.005}}\n  - {id: s1,",
-    );
+    let two = two_settings();
     let fig = write_figure(tmp.path(), "two", &two);
     let single = tmp.path().join("single");
     ok(reproduce_fast(&fig, &single));
