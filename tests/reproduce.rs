@@ -328,21 +328,44 @@ fn a_figure_whose_runs_skip_nonfinite_steps_says_so_in_its_title_and_summary() {
     assert!(md.contains("over all seeds: gamma, L = 4 Adam: 2."), "{md}");
 }
 
-/// A figure whose fast runs (12: 6 seeds × SGD/Adam) train as one ensemble for long enough to
-/// be killed in the middle, with a noise unit.
-const ENSEMBLE: &str = r#"
-title: "tiny ensemble figure"
+/// A figure with two settings whose fast runs (6 each: 3 seeds × SGD/Adam) train as two
+/// ensembles, long enough to be killed in the middle (a checkpoint every 250 iterations), with
+/// two noise units: two ensembles to share out between shards.
+const TWO: &str = r#"
+title: "tiny two-setting ensemble figure"
 paper: "none: a test"
 series:
+  - {id: s2, label: "Setting 2, B = 100", settings: setting2_normal_n5.yaml, set: [data.batch=100], lr: {sgd: 0.01, adam: 0.005}}
   - {id: s1, label: "Setting 1, B = 100", settings: setting1_normal_n20.yaml, set: [data.batch=100], lr: {sgd: 0.02, adam: 0.02}}
-runs: {optimizers: [sgd, adam], seeds: [0, 1, 2, 3, 4, 5], iters: 1500, save_every: 50}
+runs: {optimizers: [sgd, adam], seeds: [0, 1, 2], iters: 1000, save_every: 50}
 measure:
   loss_every: 250
-  condition_every: 750
+  condition_every: 1000
   noise: {seed: 1, samples: 20, full_batch: 500}
 panels: [loss, noise, condition]
 quick: {}
 "#;
+
+/// The [`TWO`] figure reproduced by one process: its figure file and its work folder. Made
+/// once for every test of this binary that compares against it (the tests share a process),
+/// under cargo's folder for test files; a folder left by an earlier process is removed.
+fn two_single() -> &'static (PathBuf, PathBuf) {
+    static SINGLE: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
+    SINGLE.get_or_init(|| {
+        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        for old in std::fs::read_dir(&base).unwrap().flatten() {
+            if old.file_name().to_string_lossy().starts_with("reproduce-two-") {
+                let _ = std::fs::remove_dir_all(old.path());
+            }
+        }
+        let dir = base.join(format!("reproduce-two-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fig = write_figure(&dir, "two", TWO);
+        let work = dir.join("single");
+        ok(reproduce_fast(&fig, &work));
+        (fig, work)
+    })
+}
 
 /// The figure's numbers without what measures time or the machine.
 fn figure_numbers(plots: &Path, id: &str) -> serde_json::Value {
@@ -379,44 +402,28 @@ fn any_checkpoint(runs: &Path) -> bool {
 
 #[test]
 fn a_reproduce_killed_during_an_ensemble_resumes_it_and_gives_the_same_figure_data() {
+    let (fig, single) = two_single();
     let tmp = tempdir();
-    let fig = write_figure(tmp.path(), "ens", ENSEMBLE);
-    let whole = tmp.path().join("whole");
-    ok(reproduce_fast(&fig, &whole));
-
     let killed = tmp.path().join("killed");
-    let mut c = reproduce_fast(&fig, &killed);
+    let mut c = reproduce_fast(fig, &killed);
     c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
     let mut child = c.spawn().unwrap();
     wait_for(|| any_checkpoint(&killed.join("runs")), std::time::Duration::from_secs(120));
     std::thread::sleep(std::time::Duration::from_millis(300));
-    child.kill().unwrap(); // SIGKILL
+    child.kill().unwrap(); // SIGKILL, during the first setting's ensemble
     assert!(!child.wait().unwrap().success(), "the figure finished before it could be killed");
-    let out = stdout(&ok(reproduce_fast(&fig, &killed)));
-    assert!(out.contains("resumed 12") && out.contains("runs trained 0"), "the ensemble resumed instead of training again: {out}");
-    assert_eq!(figure_numbers(&killed.join("plots"), "ens"), figure_numbers(&whole.join("plots"), "ens"));
-}
-
-/// The ensemble figure with a second setting: two ensembles to share out, and two noise units.
-fn two_settings() -> String {
-    ENSEMBLE.replace(
-        "  - {id: s1,",
-        "  - {id: s2, label: \"Setting 2, B = 100\", settings: setting2_normal_n5.yaml, set: [data.batch=100], lr: {sgd: 0.01, adam: 0.005}}\n  - {id: s1,",
-    )
+    let out = stdout(&ok(reproduce_fast(fig, &killed)));
+    assert!(out.contains("resumed 6,") && out.contains("restarted 0"), "the ensemble resumed instead of training again: {out}");
+    assert_eq!(figure_numbers(&killed.join("plots"), "two"), figure_numbers(&single.join("plots"), "two"));
 }
 
 #[test]
 fn two_shards_started_together_do_disjoint_work_and_draw_only_gives_the_single_process_figure() {
+    let (fig, single) = two_single();
     let tmp = tempdir();
-    // Two settings, so that there are two ensembles to share out, and two noise units.
-    let two = two_settings();
-    let fig = write_figure(tmp.path(), "two", &two.replace("iters: 1500", "iters: 300"));
-    let single = tmp.path().join("single");
-    ok(reproduce_fast(&fig, &single));
-
     let shared = tmp.path().join("shared");
     // Nothing trained yet: --draw-only names the missing units and exits 4.
-    let mut c = reproduce_fast(&fig, &shared);
+    let mut c = reproduce_fast(fig, &shared);
     c.arg("--draw-only");
     let o = output(c);
     assert_eq!(o.status.code(), Some(4), "{}", String::from_utf8_lossy(&o.stderr));
@@ -425,7 +432,7 @@ fn two_shards_started_together_do_disjoint_work_and_draw_only_gives_the_single_p
     let workers: Vec<std::process::Child> = [1, 2]
         .iter()
         .map(|k| {
-            let mut c = reproduce_fast(&fig, &shared);
+            let mut c = reproduce_fast(fig, &shared);
             c.arg("--shard").arg(format!("{k}/2")).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
             c.spawn().unwrap()
         })
@@ -449,7 +456,7 @@ fn two_shards_started_together_do_disjoint_work_and_draw_only_gives_the_single_p
     }
     assert_eq!(done(&logs[0], "trained").len() + done(&logs[1], "trained").len(), 2, "two ensembles: {logs:?}");
     assert!(!shared.join("plots").exists(), "a shard draws nothing");
-    let mut c = reproduce_fast(&fig, &shared);
+    let mut c = reproduce_fast(fig, &shared);
     c.arg("--draw-only");
     ok(c);
     assert_eq!(figure_numbers(&shared.join("plots"), "two"), figure_numbers(&single.join("plots"), "two"));
@@ -470,15 +477,11 @@ fn a_shard_is_k_of_n_with_k_from_1_to_n() {
 
 #[test]
 fn a_shard_killed_in_the_middle_and_started_again_completes_the_figure_with_the_same_data() {
+    let (fig, single) = two_single();
     let tmp = tempdir();
-    let two = two_settings();
-    let fig = write_figure(tmp.path(), "two", &two);
-    let single = tmp.path().join("single");
-    ok(reproduce_fast(&fig, &single));
-
     let shared = tmp.path().join("shared");
     let shard = |k: usize| {
-        let mut c = reproduce_fast(&fig, &shared);
+        let mut c = reproduce_fast(fig, &shared);
         c.arg("--shard").arg(format!("{k}/2")).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
         c
     };
@@ -505,9 +508,45 @@ fn a_shard_killed_in_the_middle_and_started_again_completes_the_figure_with_the_
         .filter_map(|o| stdout(o).split("resumed ").nth(1).and_then(|r| r.split(',').next()?.parse::<usize>().ok()))
         .sum();
     assert!(resumed > 0, "nothing resumed: {:?}", logs.iter().map(stdout).collect::<Vec<_>>());
-    let mut c = reproduce_fast(&fig, &shared);
+    let mut c = reproduce_fast(fig, &shared);
     c.arg("--draw-only");
     let out = stdout(&ok(c));
     assert!(out.contains("runs trained 0"), "the draw trains nothing: {out}");
     assert_eq!(figure_numbers(&shared.join("plots"), "two"), figure_numbers(&single.join("plots"), "two"));
+}
+
+#[test]
+fn a_shard_measures_the_runs_it_can_while_another_worker_holds_a_training_unit() {
+    let tmp = tempdir();
+    let fig = write_figure(tmp.path(), "two", &TWO.replace("iters: 1000", "iters: 100"));
+    let work = tmp.path().join("work");
+    let mut c = reproduce_fast(&fig, &work);
+    c.arg("--draw-only");
+    let missing = String::from_utf8_lossy(&output(c).stderr).into_owned();
+    // Stand in for a live worker training Setting 2: hold the lock of one of its runs.
+    let held = missing
+        .split(|c| c == ':' || c == ';')
+        .map(str::trim)
+        .find_map(|u| u.strip_suffix(" (training)").filter(|u| u.starts_with("normal-n5-")))
+        .unwrap_or_else(|| panic!("no Setting 2 run among the missing units: {missing}"));
+    let lock = linattn::run::RunFolder::new(work.join("runs").join(held)).try_lock().unwrap().expect("a free lock");
+
+    let mut c = reproduce_fast(&fig, &work);
+    c.arg("--shard").arg("1/1").stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let shard = c.spawn().unwrap();
+    // The shard owns every unit: it must train and measure Setting 1 instead of waiting.
+    let setting1 = work.join("runs/normal-n20-L3-d5-fast");
+    let measured = |dir: &Path| {
+        dir.exists() && std::fs::read_dir(dir).unwrap().flatten().filter(|r| r.path().join("measurements.csv").exists()).count() == 6
+    };
+    wait_for(|| measured(&setting1), std::time::Duration::from_secs(240));
+    assert!(!work.join("runs").join(held).join("metrics.csv").exists(), "the held unit was trained");
+    drop(lock);
+    let o = shard.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{log}");
+    assert!(log.contains("is another worker's to train; measuring"), "{log}");
+    let mut c = reproduce_fast(&fig, &work);
+    c.arg("--draw-only");
+    assert!(stdout(&ok(c)).contains("runs trained 0"));
 }

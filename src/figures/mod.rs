@@ -311,9 +311,16 @@ pub fn reproduce(req: &Request) -> Result<Report> {
             // for it below.
             let wait = req.shard.is_none();
             for unit in plan.training.iter().filter(|u| u.figure == f && ours(&u.name)) {
-                if train_unit(unit, req, &prefix, wait, &mut report)? == Step::Interrupted {
-                    report.interrupted = true;
-                    return Ok(report);
+                match train_unit(unit, req, &prefix, wait, &mut report)? {
+                    Step::Interrupted => {
+                        report.interrupted = true;
+                        return Ok(report);
+                    }
+                    Step::Busy => {
+                        report.busy += 1;
+                        say(format!("{prefix} skipped {} (locked by another worker)", unit.name));
+                    }
+                    Step::Done => {}
                 }
             }
             for unit in plan.noise.iter().filter(|u| u.figure == f && ours(&u.name)) {
@@ -323,8 +330,25 @@ pub fn reproduce(req: &Request) -> Result<Report> {
                     return Ok(report);
                 }
             }
+            // A shard first measures what it can start now (training a free unit itself) and
+            // leaves the runs another worker is training for last, so that it never idles
+            // while a unit nobody holds is waiting.
+            let mut deferred = Vec::new();
             for unit in plan.measuring.iter().filter(|u| u.figure == f && ours(&u.name)) {
-                if measure_unit(unit, &plan, req, &prefix, &mut report)? == Step::Interrupted {
+                match measure_unit(unit, &plan, req, &prefix, wait, &mut report)? {
+                    Step::Interrupted => {
+                        report.interrupted = true;
+                        return Ok(report);
+                    }
+                    Step::Busy => {
+                        say(format!("{prefix} {} is another worker's to train; measuring {} later", plan.training[unit.training].name, unit.name));
+                        deferred.push(unit);
+                    }
+                    Step::Done => {}
+                }
+            }
+            for unit in deferred {
+                if measure_unit(unit, &plan, req, &prefix, true, &mut report)? == Step::Interrupted {
                     report.interrupted = true;
                     return Ok(report);
                 }
@@ -359,7 +383,7 @@ fn train_unit(unit: &TrainingUnit, req: &Request, prefix: &str, wait: bool, repo
     let cfgs: Vec<&Config> = unit.cfgs.iter().collect();
     let mut waiting = Waiting::new(prefix, &unit.name);
     loop {
-        if !done() {
+        if !done() && !waiting.said {
             say(format!("{prefix} training {}", unit.name));
         }
         match runs::ensure(&cfgs, &unit.dirs, &req.options)? {
@@ -373,11 +397,7 @@ fn train_unit(unit: &TrainingUnit, req: &Request, prefix: &str, wait: bool, repo
                 return Ok(Step::Done);
             }
             Trained::Interrupted => return Ok(Step::Interrupted),
-            Trained::Busy if !wait => {
-                report.busy += 1;
-                say(format!("{prefix} skipped {} (locked by another worker)", unit.name));
-                return Ok(Step::Busy);
-            }
+            Trained::Busy if !wait => return Ok(Step::Busy),
             Trained::Busy => {
                 if !waiting.wait(req) {
                     return Ok(Step::Interrupted);
@@ -414,8 +434,9 @@ impl<'a> Waiting<'a> {
     }
 }
 
-/// Measures a run once its training unit is done (waiting for the worker that trains it).
-fn measure_unit(unit: &MeasureUnit, plan: &Plan, req: &Request, prefix: &str, report: &mut Report) -> Result<Step> {
+/// Measures a run once its training unit is done: trains that unit if nobody holds it, and
+/// waits for the worker that does with `wait` (otherwise returns [`Step::Busy`]).
+fn measure_unit(unit: &MeasureUnit, plan: &Plan, req: &Request, prefix: &str, wait: bool, report: &mut Report) -> Result<Step> {
     let folder = RunFolder::new(&unit.dir);
     let missing = |summary: &Summary| -> Result<bool> { Ok(!unit.needs.available(&unit.cfg, summary).missing(&measure::read(&folder)?).is_empty()) };
     if let State::Done(s) = folder.state() {
@@ -425,7 +446,7 @@ fn measure_unit(unit: &MeasureUnit, plan: &Plan, req: &Request, prefix: &str, re
     }
     let training = &plan.training[unit.training];
     if !training.dirs.iter().all(|d| matches!(RunFolder::new(d).state(), State::Done(_))) {
-        let step = train_unit(training, req, prefix, true, report)?;
+        let step = train_unit(training, req, prefix, wait, report)?;
         if step != Step::Done {
             return Ok(step);
         }
