@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end test of scripts/slurm/ on a private one-node Slurm cluster on this machine:
-# submit.sh runs fig2_setting1 --quick as an array of 2 shards plus a dependent draw job; the
+# submit.sh runs fig2_setting1 --quick --iters 300 as an array of 2 shards plus a dependent
+# draw job (300 iterations: the path under test is the same, at a quarter of the cost); the
 # figure data must equal those of one process without --shard, and no unit may be trained by
 # two shards.
 #
@@ -249,7 +250,7 @@ say "cluster up: node $node with $cpus CPUs, slurmctld on $addr:$ctld_port, slur
 # --- Submit the sharded figure and wait ----------------------------------------------------
 cd "$T"
 jobs_submitted=1
-out="$(LINATTN_SLURM_LOGS="$T/slurm-logs" bash "$here/submit.sh" fig2_setting1 --quick --shards 2 \
+out="$(LINATTN_SLURM_LOGS="$T/slurm-logs" bash "$here/submit.sh" fig2_setting1 --quick --iters 300 --shards 2 \
   --runs "$T/runs" --plots "$T/plots" 2>"$T/log/submit.err")" ||
   { cat "$T/log/submit.err" >&2; fail "submit.sh failed"; }
 array_id="$(printf '%s\n' "$out" | sed -n 's/^array job \([0-9][0-9]*\)$/\1/p')"
@@ -308,7 +309,7 @@ say "no unit trained twice ($trained trained by the 2 shards)"
 
 # --- One process without --shard, same figure ----------------------------------------------
 # --threads 1: the shards ran with --cpus-per-task 1, i.e. --threads 1.
-"$LINATTN_BIN" reproduce fig2_setting1 --quick --runs "$T/single-runs" --plots "$T/single-plots" \
+"$LINATTN_BIN" reproduce fig2_setting1 --quick --iters 300 --runs "$T/single-runs" --plots "$T/single-plots" \
   --threads 1 >"$T/single.log" 2>&1 || { tail -n 20 "$T/single.log" >&2; fail "the single-process reproduce failed"; }
 say "single process done ($((SECONDS - started)) s)"
 

@@ -2,12 +2,13 @@
 # Submit `linattn reproduce FIG...` to Slurm as N shards plus one job that draws.
 #
 # Usage:
-#   scripts/slurm/submit.sh FIG... [--shards N] [--quick] [--device D] [--runs DIR]
-#       [--plots DIR] [--cpus-per-task C] [--gpu] [--partition P]
+#   scripts/slurm/submit.sh FIG... [--shards N] [--quick] [--iters N] [--seeds 0,1,2]
+#       [--device D] [--runs DIR] [--plots DIR] [--cpus-per-task C] [--gpu] [--partition P]
 #
 #   FIG...             figure ids or figure YAML files, as for `linattn reproduce` (none: all)
 #   --shards N         array tasks, each running `--shard K/N` (default 4)
 #   --quick            the figures' quick scale
+#   --iters N, --seeds L  override every figure's iterations or seeds, as for reproduce
 #   --device D         training device (cpu, cuda, cuda:0, ...); --gpu alone implies cuda
 #   --runs DIR         shared runs folder (default: runs in the current directory)
 #   --plots DIR        plots folder (default: plots, or plots/quick with --quick)
@@ -50,6 +51,8 @@ absolute() {
 figs=()
 shards=4
 quick=0
+iters=""
+seeds=""
 device=""
 runs=""
 plots=""
@@ -65,7 +68,7 @@ while [ $# -gt 0 ]; do
     *) name="$opt"; value=""; has_inline=0 ;;
   esac
   case "$name" in
-    --shards | --device | --runs | --plots | --cpus-per-task | --partition)
+    --shards | --iters | --seeds | --device | --runs | --plots | --cpus-per-task | --partition)
       if [ "$has_inline" = 0 ]; then
         [ $# -ge 2 ] || usage_error "$name needs a value"
         value="$2"
@@ -76,6 +79,8 @@ while [ $# -gt 0 ]; do
       [ -n "$value" ] || usage_error "$name needs a non-empty value"
       case "$name" in
         --shards) shards="$value" ;;
+        --iters) iters="$value" ;;
+        --seeds) seeds="$value" ;;
         --device) device="$value" ;;
         --runs) runs="$value" ;;
         --plots) plots="$value" ;;
@@ -128,6 +133,9 @@ mkdir -p "$logs" "$runs"
 # The arguments both jobs pass on to `linattn reproduce`.
 common=("${figs[@]}")
 if [ "$quick" = 1 ]; then common+=(--quick); fi
+# The draw job must plan the very units the shards did: both get the same overrides.
+if [ -n "$iters" ]; then common+=(--iters "$iters"); fi
+if [ -n "$seeds" ]; then common+=(--seeds "$seeds"); fi
 common+=(--runs "$runs" --plots "$plots")
 shard_args=("${common[@]}")
 if [ -n "$device" ]; then shard_args+=(--device "$device"); fi
