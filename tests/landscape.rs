@@ -167,7 +167,10 @@ fn analyze_matches_the_pytorch_side_for_sgd_and_adam() {
             format!("train.optimizer={optimizer}"),
             "train.lr=0.02".to_string(),
             "train.seed=0".to_string(),
-            "train.iters=300".to_string(),
+            "train.iters=100".to_string(),
+            // A smaller evaluation batch (the run's batch): a Hessian costs in proportion to it,
+            // and the claim, the same measurement on both sides, does not depend on its size.
+            "data.batch=200".to_string(),
         ];
         let (rs, py) = (tmp.path().join("rust"), tmp.path().join("torch"));
         let mut c = single_threaded(linattn());
@@ -187,12 +190,12 @@ fn analyze_matches_the_pytorch_side_for_sgd_and_adam() {
         let (a, b) = (read_analysis(&rs), read_analysis(&py));
         let mut keys: Vec<&i64> = a.keys().collect();
         keys.sort();
-        assert_eq!(keys, [&0, &50, &100, &150, &200, &250, &300], "{optimizer}: rows");
+        assert_eq!(keys, [&0, &50, &100], "{optimizer}: rows");
         let checks: [(&str, &[i64]); 4] = [
-            ("test_loss", &[0, 50, 100, 150, 200, 250, 300]),
-            ("condition_number", &[0, 100, 200, 300]),
-            ("dir_smoothness", &[0, 50, 100, 200]),
-            ("grad_norm", &[0, 50, 100, 200]),
+            ("test_loss", &[0, 50, 100]),
+            ("condition_number", &[0, 100]),
+            ("dir_smoothness", &[0, 50]),
+            ("grad_norm", &[0, 50, 100]),
         ];
         for (column, iters) in checks {
             let mut worst = 0f64;
@@ -211,8 +214,8 @@ fn analyze_matches_the_pytorch_side_for_sgd_and_adam() {
             report.push(format!("{optimizer:<4} {column:<16} max rel diff {worst:.2e} (not asserted)"));
         }
         // The last step has no t+1: an empty field on both sides.
-        assert_eq!(a[&300]["dir_smoothness"], None);
-        assert_eq!(b[&300]["dir_smoothness"], None);
+        assert_eq!(a[&100]["dir_smoothness"], None);
+        assert_eq!(b[&100]["dir_smoothness"], None);
     }
     println!("{}", report.join("\n"));
 }
@@ -231,7 +234,7 @@ fn noise_matches_the_pytorch_side_on_the_first_300_samples() {
     let sets = vec!["train.seed=1".to_string()];
     let (rs, py) = (tmp.path().join("rust"), tmp.path().join("torch"));
     for (mut c, out) in [(single_threaded(linattn()), &rs), (single_threaded(reference()), &py)] {
-        c.arg("noise").args(["--samples", "300", "--full-batch", "100000"]);
+        c.arg("noise").args(["--samples", "300", "--full-batch", "20000"]);
         ok(with_config(c, &config, &sets, out));
     }
     let (a, b) = (read_noise(&rs), read_noise(&py));

@@ -70,13 +70,14 @@ fn run_case(case: &Case, seed: u32, iters: i64) -> (usize, usize, f64) {
 #[test]
 fn rust_run_is_bit_identical_to_pytorch_on_cpu() {
     let mut report = Vec::new();
-    for case in CASES {
-        for seed in [0, 1] {
-            let (rows, identical, worst) = run_case(case, seed, 300);
-            report.push(format!("{:<22} seed {seed}: {identical}/{rows} rows bit-identical, max rel diff {worst:.3e}", case.name));
-            assert!(worst <= 1e-6, "{} seed {seed}: train_loss/grad_norm differ by {worst:e} relative", case.name);
-            assert_eq!(identical, rows, "{} seed {seed}: within tolerance but not bit-identical", case.name);
-        }
+    // One seed per case, alternating, so that both seeds' initialisations and data streams are
+    // covered at half the cost of running every case twice.
+    for (i, case) in CASES.iter().enumerate() {
+        let seed = (i % 2) as u32;
+        let (rows, identical, worst) = run_case(case, seed, 300);
+        report.push(format!("{:<22} seed {seed}: {identical}/{rows} rows bit-identical, max rel diff {worst:.3e}", case.name));
+        assert!(worst <= 1e-6, "{} seed {seed}: train_loss/grad_norm differ by {worst:e} relative", case.name);
+        assert_eq!(identical, rows, "{} seed {seed}: within tolerance but not bit-identical", case.name);
     }
     println!("{}", report.join("\n"));
 }

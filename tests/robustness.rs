@@ -154,19 +154,19 @@ fn kill_and_resume(sets: &[&str], extra: &[&str], folders: &[&str]) {
 
 #[test]
 fn sigkill_then_resume_of_a_faithful_run_gives_byte_identical_files() {
-    kill_and_resume(&["train.iters=3000"], &[], &[""]);
+    kill_and_resume(&["train.iters=1200"], &[], &[""]);
 }
 
 #[test]
 fn sigkill_then_resume_of_a_fast_run_gives_byte_identical_files() {
-    kill_and_resume(&["train.iters=6000", "train.mode=fast"], &[], &[""]);
+    kill_and_resume(&["train.iters=2500", "train.mode=fast"], &[], &[""]);
 }
 
 #[test]
 fn sigkill_then_resume_of_a_12_member_ensemble_gives_byte_identical_files() {
     let members: Vec<String> = (0..6).flat_map(|s| [format!("sgd-seed{s}"), format!("adam-seed{s}")]).collect();
     let folders: Vec<&str> = members.iter().map(String::as_str).collect();
-    kill_and_resume(&["train.iters=1500"], &["--seeds", "0,1,2,3,4,5", "--optimizers", "sgd,adam"], &folders);
+    kill_and_resume(&["train.iters=800"], &["--seeds", "0,1,2,3,4,5", "--optimizers", "sgd,adam"], &folders);
 }
 
 /// Starts `train` with `sets` (and no periodic checkpoint), sends SIGTERM half a second after
@@ -193,8 +193,8 @@ fn sigterm_during(out: &Path, sets: &[&str]) {
 fn sigterm_checkpoints_exits_130_and_resume_completes_the_run() {
     let tmp = tempdir();
     let (whole, stopped) = (tmp.path().join("whole"), tmp.path().join("stopped"));
-    ok(train_cmd(&whole, &["train.iters=1500", "train.optimizer=adam"]));
-    sigterm_during(&stopped, &["train.iters=1500", "train.optimizer=adam"]);
+    ok(train_cmd(&whole, &["train.iters=800", "train.optimizer=adam"]));
+    sigterm_during(&stopped, &["train.iters=800", "train.optimizer=adam"]);
     let mut resume = linattn();
     resume.arg("train").arg("--resume").arg(&stopped);
     ok(resume);
