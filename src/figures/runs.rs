@@ -175,11 +175,12 @@ pub fn ensure(cfgs: &[&Config], dirs: &[PathBuf], opts: &Options) -> Result<Trai
         }
         match train::checkpointed_group(f.dir()) {
             Ok(group) => {
-                tally.resumed += folders.iter().filter(|g| group.contains(g)).count();
                 match train::resume(f.dir(), opts) {
                     Ok(outcomes) if outcomes.iter().any(|o| o.summary.status == Status::Interrupted) => return Ok(Trained::Interrupted),
-                    Ok(_) => {}
+                    Ok(_) => tally.resumed += folders.iter().filter(|g| group.contains(g)).count(),
                     Err(e) if busy(&e) => return Ok(Trained::Busy),
+                    // Another worker finished it between the look at its state and the lock.
+                    Err(_) if matches!(f.state(), State::Done(_)) => {}
                     Err(e) => return Err(e),
                 }
             }
@@ -187,7 +188,11 @@ pub fn ensure(cfgs: &[&Config], dirs: &[PathBuf], opts: &Options) -> Result<Trai
             Err(_) => {
                 check_config(f.dir(), cfgs[i])?;
                 let Some(_lock) = f.try_lock()? else { return Ok(Trained::Busy) };
-                f.clear();
+                // Another worker may have finished it (and removed its checkpoint) since the look
+                // at its state: a finished run is never cleared.
+                if !matches!(f.state(), State::Done(_)) {
+                    f.clear();
+                }
             }
         }
     }
