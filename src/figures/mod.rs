@@ -580,8 +580,10 @@ fn draw(data: &FigureData, req: &Request, started: Instant, all_reused: bool, re
     fs.title = title(data);
     if all_reused {
         // Everything was reused: the time worth reporting is the one of the invocation that
-        // did the work, if its record is there (same scale).
-        match summary::load_all(&req.plots)?.into_iter().find(|o| o.id == fs.id && o.scale == fs.scale) {
+        // did the work, if its record is there: same scale, and the same runs (their final
+        // losses), not an older figure of the same name made from other settings.
+        let same_runs = |o: &summary::FigureSummary| serde_json::to_value(&o.final_loss).ok() == serde_json::to_value(&fs.final_loss).ok();
+        match summary::load_all(&req.plots)?.into_iter().find(|o| o.id == fs.id && o.scale == fs.scale && same_runs(o)) {
             Some(old) => {
                 fs.wall_time_s = old.wall_time_s;
                 fs.machine = old.machine;
