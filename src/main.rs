@@ -64,6 +64,11 @@ enum Command {
         /// With --seeds: the optimizers of the ensemble (default: the config's).
         #[arg(long, value_enum, value_delimiter = ',', requires = "seeds")]
         optimizers: Option<Vec<OptimizerKind>>,
+        /// With --seeds: learning rates of the ensemble (default: the config's), each run into
+        /// OUT/<optimizer>-lr<lr>-seed<s>/. A probe over rates costs about one run of a small
+        /// model, since an ensemble's step costs about what one run's step does.
+        #[arg(long, value_delimiter = ',', requires = "seeds")]
+        lrs: Option<Vec<f64>>,
         /// libtorch intra-op threads (default: 1 for the fast path of small models, where one
         /// thread is faster, else libtorch's default).
         #[arg(long)]
@@ -280,7 +285,7 @@ fn run(cli: Cli) -> Result<i32> {
     let progress = if std::io::stderr().is_terminal() { Progress::Bar } else { Progress::Lines };
     let options = linattn::train::Options { progress, stop: stop_flag()?, ..Default::default() };
     match cli.command {
-        Command::Train { config, sets, out, resume, force, checkpoint_every, seeds, optimizers, threads } => {
+        Command::Train { config, sets, out, resume, force, checkpoint_every, seeds, optimizers, lrs, threads } => {
             let opts = linattn::train::Options { force, checkpoint_every, ..options };
             if checkpoint_every < 0 {
                 return Err(anyhow::anyhow!(BadInput(format!("--checkpoint-every: must be >= 0, got {checkpoint_every}"))));
@@ -314,13 +319,22 @@ fn run(cli: Cli) -> Result<i32> {
                     }
                     cfg.train.mode = Mode::Fast;
                     let optimizers = optimizers.unwrap_or_else(|| vec![cfg.train.optimizer]);
+                    if let Some(bad) = lrs.iter().flatten().find(|lr| !(**lr > 0.0 && lr.is_finite())) {
+                        return Err(anyhow::anyhow!(BadInput(format!("--lrs: every learning rate must be > 0, got {bad}"))));
+                    }
+                    let rates = lrs.clone().unwrap_or_else(|| vec![cfg.train.lr]);
                     let members: Vec<linattn::train::Member> = seeds
                         .iter()
                         .flat_map(|&seed| optimizers.iter().map(move |&optimizer| (seed, optimizer)))
-                        .map(|(seed, optimizer)| linattn::train::Member { seed, optimizer, lr: cfg.train.lr })
+                        .flat_map(|(seed, optimizer)| rates.iter().map(move |&lr| linattn::train::Member { seed, optimizer, lr }))
                         .collect();
-                    let outs: Vec<PathBuf> =
-                        members.iter().map(|m| out.join(format!("{}-seed{}", m.optimizer.name(), m.seed))).collect();
+                    let outs: Vec<PathBuf> = members
+                        .iter()
+                        .map(|m| match lrs {
+                            Some(_) => out.join(format!("{}-lr{}-seed{}", m.optimizer.name(), m.lr, m.seed)),
+                            None => out.join(format!("{}-seed{}", m.optimizer.name(), m.seed)),
+                        })
+                        .collect();
                     set_threads(threads, linattn::train::preferred_threads(&cfg, members.len()))?;
                     let outcomes = linattn::train::train_ensemble(&cfg, &members, &outs, &opts)?;
                     Ok(report_training(&outs.into_iter().zip(outcomes).collect::<Vec<_>>(), true))

@@ -392,3 +392,39 @@ fn a_member_diverges_at_its_nonfinite_step_one_past_skip_nonfinite_in_a_row() {
         assert_eq!(ens.stepper.flat_params().equal(&before), scale.is_nan(), "step {t} updates only when finite");
     }
 }
+
+#[test]
+fn train_with_lrs_trains_one_member_per_rate_each_following_its_solo_run_at_that_rate() {
+    let tmp = tempdir();
+    let out = tmp.path().join("probe");
+    let mut c = linattn();
+    c.args(["train", "--seeds", "0,1", "--optimizers", "sgd,adam", "--lrs", "0.02,0.005"]);
+    let sets: Vec<String> = ["data.batch=100", "train.iters=20"].iter().map(|s| s.to_string()).collect();
+    ok(with_config(c, &experiment("settings/setting1_normal_n20.yaml"), &sets, &out));
+    let mut names: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    let want = ["adam-lr0.005-seed0", "adam-lr0.005-seed1", "adam-lr0.02-seed0", "adam-lr0.02-seed1",
+        "sgd-lr0.005-seed0", "sgd-lr0.005-seed1", "sgd-lr0.02-seed0", "sgd-lr0.02-seed1"];
+    assert_eq!(names, want);
+    for (name, lr) in [("sgd-lr0.005-seed1", 0.005), ("adam-lr0.02-seed0", 0.02)] {
+        let member = out.join(name);
+        assert_eq!(RunFolder::new(&member).config().unwrap().train.lr, lr, "{name}");
+        let solo = tmp.path().join(format!("solo-{name}"));
+        let mut c = linattn();
+        c.arg("train");
+        ok(with_config(c, &member.join("config.yaml"), &[], &solo));
+        for (x, y) in metrics(&member).iter().zip(&metrics(&solo)) {
+            assert!(rel_f(x.1 as f64, y.1 as f64) < 1e-5, "{name}, iteration {}: {x:?} vs {y:?}", x.0);
+        }
+    }
+    // The two rates are two runs: same seed, same first batch, other trajectories.
+    let (a, b) = (metrics(&out.join("sgd-lr0.02-seed0")), metrics(&out.join("sgd-lr0.005-seed0")));
+    assert_eq!(a[0], b[0]);
+    assert_ne!(a[19], b[19]);
+
+    let mut c = linattn();
+    c.args(["train", "--seeds", "0", "--lrs", "0.01,0"]);
+    let o = output(with_config(c, &experiment("settings/setting1_normal_n20.yaml"), &[], &tmp.path().join("bad")));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--lrs"));
+}
