@@ -1,106 +1,202 @@
 """Probe: which learning rates and initialisation scales keep every seed of a deep model
 finite under the authors' rule (the first non-finite loss or gradient ends a run).
 
-Each initialisation scale is one batched ensemble of `linattn train` (fast mode, float32, the
-figure's data): optimizers x learning rates x seeds, trained together, since an ensemble's
-step costs about what one run's step does for these small models. An ensemble is resumable:
-a finished one is read back, an interrupted one resumes from its checkpoint.
+A probe point is (optimizer, learning rate, init scale); its seeds train as one batched
+ensemble of `linattn train` (fast mode, float32, the figure's data). A point fails as soon
+as one seed breaks, so by default the ensemble is stopped there (SIGTERM: it checkpoints and
+can be resumed) and the other seeds' iterations so far are recorded; `--all-seeds` lets every
+seed run to its own break. Points run `--jobs` at a time, and the probe is resumable: a
+finished point is read back, an interrupted one resumes from its checkpoint.
 
-Writes one CSV row per run (name, init_std, lr, optimizer, seed, status, the iteration where it
-broke, the median batch loss of its last 500 iterations) and prints, per optimizer and init
-scale, the largest learning rate at which every seed ran all iterations.
+Points are given in the order to run them, largest learning rate first: once a point keeps
+every seed finite, the later points of that optimizer are not run, since the figure wants the
+largest such rate (and the largest init scale).
+
+Writes one CSV row per run: name, init_std, lr, optimizer, seed, status (completed, broke,
+or stopped: stopped because another seed of the point broke), iterations run, the iteration
+where it broke, the median batch loss of its last 500 iterations.
 
     python3 experiments/probe_divergence.py --name L8 --set model.layers=8 \
-        --lrs 0.0005,0.0001 --inits 0.05,0.01 --out runs/probe-L8 --csv probe-L8.csv
+        --points adam:0.0001:0.05,sgd:0.0005:0.05 --out runs/probe-L8 --csv probe-L8.csv
+    python3 experiments/probe_divergence.py collect runs/probe-L8 runs/ --csv all.csv
+
+`collect` writes one row per run folder it finds (a probe's, or a figure's runs folder):
+its depth, dims, init scale, optimizer, lr, seed, iterations run, status, the first
+non-finite step (where the authors' rule stops it) and how many non-finite steps it met.
 """
 import argparse
 import csv
 import json
 import math
 import os
+import signal
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def finished(folder: Path) -> bool:
+def metrics(folder: Path):
+    try:
+        with open(folder / "metrics.csv") as f:
+            return [(int(r["iter"]), float(r["train_loss"]), float(r["grad_norm"])) for r in csv.DictReader(f)]
+    except (FileNotFoundError, ValueError, KeyError):
+        return []
+
+
+def status(folder: Path):
     f = folder / "summary.json"
-    return f.exists() and json.loads(f.read_text())["status"] in ("completed", "diverged")
+    return json.loads(f.read_text())["status"] if f.exists() else None
 
 
-def read_run(folder: Path):
-    summary = json.loads((folder / "summary.json").read_text())
-    with open(folder / "metrics.csv") as f:
-        losses = [float(r["train_loss"]) for r in csv.DictReader(f)]
-    tail = [v for v in losses[-500:] if math.isfinite(v)]
-    return summary, (statistics.median(tail) if tail else float("nan"))
+def broke_at(rows):
+    return next((i for i, l, g in rows if not (math.isfinite(l) and math.isfinite(g))), None)
 
 
-def ensemble(args, init, out: Path):
-    """Trains (or resumes, or reads back) the ensemble of one init scale; returns its rows."""
-    folders = {(o, lr, s): out / f"{o}-lr{lr}-seed{s}" for o in args.optimizers for lr in args.lrs for s in args.seeds}
-    if not all(finished(f) for f in folders.values()):
-        ckpt = next((f for f in folders.values() if (f / "checkpoint.safetensors").exists()), None)
+class Point:
+    def __init__(self, args, text):
+        o, lr, init = text.split(":")
+        self.args, self.optimizer, self.lr, self.init = args, o, float(lr), float(init)
+        self.out = Path(args.out) / f"{o}-lr{self.lr}-init{self.init}"
+        self.folders = {s: self.out / f"{o}-seed{s}" for s in args.seeds}
+        self.proc = None
+
+    def broken(self):
+        return any(broke_at(metrics(f)) is not None for f in self.folders.values())
+
+    def settled(self):
+        """Done: every seed finished, or (stopping at the first break) one seed broke."""
+        states = [status(f) for f in self.folders.values()]
+        if all(s in ("completed", "diverged") for s in states):
+            return True
+        return not self.args.all_seeds and self.broken() and self.proc is None
+
+    def survived(self):
+        return all(status(f) == "completed" for f in self.folders.values())
+
+    def start(self):
+        ckpt = next((f for f in self.folders.values() if (f / "checkpoint.safetensors").exists()), None)
         if ckpt is not None:
-            cmd = [args.bin, "train", "--resume", str(ckpt)]
+            cmd = [self.args.bin, "train", "--resume", str(ckpt)]
         else:
-            cmd = [args.bin, "train", "--config", args.config, "--out", str(out), "--force",
-                   "--seeds", ",".join(map(str, args.seeds)), "--optimizers", ",".join(args.optimizers),
-                   "--lrs", ",".join(map(str, args.lrs)), "--checkpoint-every", str(args.checkpoint_every),
-                   "--set", "train.mode=fast", "--set", f"train.iters={args.iters}",
-                   "--set", f"train.save_every={args.iters}", "--set", f"model.init_std={init}"]
-            for s in args.set:
+            cmd = [self.args.bin, "train", "--config", self.args.config, "--out", str(self.out), "--force",
+                   "--seeds", ",".join(map(str, self.args.seeds)), "--optimizers", self.optimizer,
+                   "--checkpoint-every", str(self.args.checkpoint_every),
+                   "--set", "train.mode=fast", "--set", f"train.iters={self.args.iters}",
+                   "--set", f"train.save_every={self.args.iters}", "--set", f"train.lr={self.lr}",
+                   "--set", f"model.init_std={self.init}"]
+            for s in self.args.set:
                 cmd += ["--set", s]
         print("probe:", " ".join(cmd), flush=True)
-        rc = subprocess.run(cmd, stdout=subprocess.DEVNULL).returncode
-        if rc not in (0, 3):  # 3: some run diverged, which is what we measure
-            sys.exit(f"probe: {' '.join(cmd)} exited {rc}")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+
+    def poll(self):
+        """True while the ensemble runs; stops it at the first break unless --all-seeds."""
+        if self.proc.poll() is not None:
+            self.proc = None
+            return False
+        if not self.args.all_seeds and self.broken():
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait()
+            self.proc = None
+            return False
+        return True
+
+    def rows(self):
+        out = []
+        for s, f in self.folders.items():
+            m = metrics(f)
+            b = broke_at(m)
+            tail = [l for _, l, _ in m[-500:] if math.isfinite(l)]
+            state = "broke" if b is not None else ("completed" if status(f) == "completed" else "stopped")
+            out.append({"name": self.args.name, "init_std": self.init, "lr": self.lr, "optimizer": self.optimizer,
+                        "seed": s, "status": state, "iters_run": len(m), "broke_at": "" if b is None else b,
+                        "median_loss_last500": f"{statistics.median(tail):.4g}" if tail else ""})
+        return out
+
+
+def collect(roots, path):
+    """One row per run folder found under `roots` (probe points, killed probes, a figure's
+    runs folder), read from its own config.yaml, metrics.csv and summary.json."""
+    import yaml
     rows = []
-    for (o, lr, s), f in folders.items():
-        summary, tail = read_run(f)
-        rows.append({
-            "name": args.name, "init_std": init, "lr": lr, "optimizer": o, "seed": s,
-            "status": summary["status"], "diverged_at": summary.get("diverged_at") or "",
-            "median_loss_last500": f"{tail:.4g}",
-        })
-    return rows
+    for root in roots:
+        for cfg_file in sorted(Path(root).rglob("config.yaml")):
+            folder = cfg_file.parent
+            cfg = yaml.safe_load(cfg_file.read_text())
+            m = metrics(folder)
+            b = broke_at(m)
+            tail = [l for _, l, _ in m[-500:] if math.isfinite(l)]
+            st = status(folder)
+            skip = cfg["train"].get("skip_nonfinite", 0)
+            nonfinite = sum(1 for _, l, g in m if not (math.isfinite(l) and math.isfinite(g)))
+            rows.append({
+                "layers": cfg["model"]["layers"], "dim": cfg["model"]["dim"], "context": cfg["data"]["context"],
+                "init_std": cfg["model"]["init_std"], "optimizer": cfg["train"]["optimizer"], "lr": cfg["train"]["lr"],
+                "seed": cfg["train"]["seed"], "iters": cfg["train"]["iters"], "iters_run": len(m),
+                "status": st if st in ("completed", "diverged") else "stopped",
+                "first_nonfinite": "" if b is None else b, "skip_nonfinite": skip, "nonfinite_steps": nonfinite,
+                "median_loss_last500": f"{statistics.median(tail):.4g}" if tail else "",
+            })
+    rows.sort(key=lambda r: (r["layers"], r["dim"], r["optimizer"], -r["lr"], -r["init_std"], r["seed"]))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
 
 
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "collect":
+        p = argparse.ArgumentParser(description="one CSV row per run folder under ROOTS")
+        p.add_argument("cmd")
+        p.add_argument("roots", nargs="+")
+        p.add_argument("--csv", required=True)
+        a = p.parse_args()
+        return collect(a.roots, a.csv)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--name", required=True)
     p.add_argument("--config", default=str(ROOT / "experiments/settings/setting1_normal_n20.yaml"))
     p.add_argument("--set", action="append", default=[])
-    p.add_argument("--lrs", required=True)
-    p.add_argument("--inits", default="0.05")
-    p.add_argument("--optimizers", default="sgd,adam")
+    p.add_argument("--points", required=True, help="optimizer:lr:init_std,... in the order to run them")
     p.add_argument("--seeds", default="0,1,2,3,4,5")
     p.add_argument("--iters", type=int, default=10000)
-    p.add_argument("--checkpoint-every", type=int, default=1000)
+    p.add_argument("--checkpoint-every", type=int, default=250)
+    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--all-seeds", action="store_true")
     p.add_argument("--bin", default=str(ROOT / "target/release/linattn"))
     p.add_argument("--out", required=True)
     p.add_argument("--csv", required=True)
     args = p.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
-    args.optimizers = args.optimizers.split(",")
-    args.lrs = sorted((float(v) for v in args.lrs.split(",")), reverse=True)
-    rows = []
-    for init in (float(v) for v in args.inits.split(",")):
-        got = ensemble(args, init, Path(args.out) / f"init{init}")
-        rows += got
+    points = [Point(args, t) for t in args.points.split(",")]
+    todo = [q for q in points if not q.settled()]
+    running = []
+    while todo or running:
+        while todo and len(running) < args.jobs:
+            q = todo.pop(0)
+            if any(r.optimizer == q.optimizer and r.survived() for r in points):
+                print(f"probe: {q.optimizer} lr {q.lr} init {q.init} not run: an earlier point already keeps every seed finite")
+                continue
+            q.start()
+            running.append(q)
+        time.sleep(5)
+        running = [q for q in running if q.poll()]
+        rows = [r for q in points for r in q.rows() if q.out.exists()]
         tmp = Path(args.csv + ".tmp")
         with open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
         os.replace(tmp, args.csv)
-        for o in args.optimizers:
-            kept = [lr for lr in args.lrs if all(r["status"] == "completed" for r in got if r["optimizer"] == o and r["lr"] == lr)]
-            print(f"probe {args.name} {o} init {init}: " +
-                  (f"every seed finite at lr {', '.join(map(str, kept))}" if kept else "no lr kept every seed finite"), flush=True)
+    for q in (q for q in points if q.out.exists()):
+        rows = q.rows()
+        broke = [r for r in rows if r["status"] == "broke"]
+        print(f"probe {args.name} {q.optimizer} lr {q.lr} init {q.init}: " +
+              (f"broke (seed {broke[0]['seed']} at {broke[0]['broke_at']})" if broke else
+               "every seed finite" if all(r["status"] == "completed" for r in rows) else "unfinished"), flush=True)
 
 
 if __name__ == "__main__":
