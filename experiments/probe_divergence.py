@@ -134,6 +134,7 @@ def collect(roots, path):
             skip = cfg["train"].get("skip_nonfinite", 0)
             nonfinite = sum(1 for _, l, g in m if not (math.isfinite(l) and math.isfinite(g)))
             rows.append({
+                "run": str(folder.relative_to(Path(root).parent)),
                 "layers": cfg["model"]["layers"], "dim": cfg["model"]["dim"], "context": cfg["data"]["context"],
                 "init_std": cfg["model"]["init_std"], "optimizer": cfg["train"]["optimizer"], "lr": cfg["train"]["lr"],
                 "seed": cfg["train"]["seed"], "iters": cfg["train"]["iters"], "iters_run": len(m),
