@@ -12,9 +12,8 @@ Points are given in the order to run them, largest learning rate first: once a p
 every seed finite, the later points of that optimizer are not run, since the figure wants the
 largest such rate (and the largest init scale).
 
-Writes one CSV row per run: name, init_std, lr, optimizer, seed, status (completed, broke,
-or stopped: stopped because another seed of the point broke), iterations run, the iteration
-where it broke, the median batch loss of its last 500 iterations.
+Writes one CSV row per run, the same row as `collect` below; status "stopped" is a seed cut
+short because another seed of its point broke.
 
     python3 experiments/probe_divergence.py --name L8 --set model.layers=8 \
         --points adam:0.0001:0.05,sgd:0.0005:0.05 --out runs/probe-L8 --csv probe-L8.csv
@@ -106,47 +105,44 @@ class Point:
         return True
 
     def rows(self):
-        out = []
-        for s, f in self.folders.items():
-            m = metrics(f)
-            b = broke_at(m)
-            tail = [l for _, l, _ in m[-500:] if math.isfinite(l)]
-            state = "broke" if b is not None else ("completed" if status(f) == "completed" else "stopped")
-            out.append({"name": self.args.name, "init_std": self.init, "lr": self.lr, "optimizer": self.optimizer,
-                        "seed": s, "status": state, "iters_run": len(m), "broke_at": "" if b is None else b,
-                        "median_loss_last500": f"{statistics.median(tail):.4g}" if tail else ""})
-        return out
+        return [run_row(f, Path(self.args.out)) for f in self.folders.values() if (f / "config.yaml").exists()]
+
+
+def run_row(folder: Path, root: Path):
+    """One run folder as a table row, read from its own config.yaml, metrics.csv, summary.json."""
+    import yaml
+    cfg = yaml.safe_load((folder / "config.yaml").read_text())
+    m = metrics(folder)
+    b = broke_at(m)
+    tail = [l for _, l, _ in m[-500:] if math.isfinite(l)]
+    st = status(folder)
+    return {
+        "run": str(folder.relative_to(root.parent)),
+        "layers": cfg["model"]["layers"], "dim": cfg["model"]["dim"], "context": cfg["data"]["context"],
+        "init_std": cfg["model"]["init_std"], "optimizer": cfg["train"]["optimizer"], "lr": cfg["train"]["lr"],
+        "seed": cfg["train"]["seed"], "iters": cfg["train"]["iters"], "iters_run": len(m),
+        "status": st if st in ("completed", "diverged") else "stopped",
+        "first_nonfinite": "" if b is None else b, "skip_nonfinite": cfg["train"].get("skip_nonfinite", 0),
+        "nonfinite_steps": sum(1 for _, l, g in m if not (math.isfinite(l) and math.isfinite(g))),
+        "median_loss_last500": f"{statistics.median(tail):.4g}" if tail else "",
+    }
+
+
+def write_csv(rows, path):
+    tmp = Path(str(path) + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
 
 
 def collect(roots, path):
     """One row per run folder found under `roots` (probe points, killed probes, a figure's
-    runs folder), read from its own config.yaml, metrics.csv and summary.json."""
-    import yaml
-    rows = []
-    for root in roots:
-        for cfg_file in sorted(Path(root).rglob("config.yaml")):
-            folder = cfg_file.parent
-            cfg = yaml.safe_load(cfg_file.read_text())
-            m = metrics(folder)
-            b = broke_at(m)
-            tail = [l for _, l, _ in m[-500:] if math.isfinite(l)]
-            st = status(folder)
-            skip = cfg["train"].get("skip_nonfinite", 0)
-            nonfinite = sum(1 for _, l, g in m if not (math.isfinite(l) and math.isfinite(g)))
-            rows.append({
-                "run": str(folder.relative_to(Path(root).parent)),
-                "layers": cfg["model"]["layers"], "dim": cfg["model"]["dim"], "context": cfg["data"]["context"],
-                "init_std": cfg["model"]["init_std"], "optimizer": cfg["train"]["optimizer"], "lr": cfg["train"]["lr"],
-                "seed": cfg["train"]["seed"], "iters": cfg["train"]["iters"], "iters_run": len(m),
-                "status": st if st in ("completed", "diverged") else "stopped",
-                "first_nonfinite": "" if b is None else b, "skip_nonfinite": skip, "nonfinite_steps": nonfinite,
-                "median_loss_last500": f"{statistics.median(tail):.4g}" if tail else "",
-            })
+    runs folder)."""
+    rows = [run_row(c.parent, Path(root)) for root in roots for c in sorted(Path(root).rglob("config.yaml"))]
     rows.sort(key=lambda r: (r["layers"], r["dim"], r["optimizer"], -r["lr"], -r["init_std"], r["seed"]))
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(rows, path)
 
 
 def main():
@@ -185,18 +181,16 @@ def main():
             running.append(q)
         time.sleep(5)
         running = [q for q in running if q.poll()]
-        rows = [r for q in points for r in q.rows() if q.out.exists()]
-        tmp = Path(args.csv + ".tmp")
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-        os.replace(tmp, args.csv)
-    for q in (q for q in points if q.out.exists()):
+        rows = [r for q in points for r in q.rows()]
+        if rows:
+            write_csv(rows, args.csv)
+    for q in points:
         rows = q.rows()
-        broke = [r for r in rows if r["status"] == "broke"]
+        broke = [r for r in rows if r["first_nonfinite"] != ""]
+        if not rows:
+            continue  # not run (said above)
         print(f"probe {args.name} {q.optimizer} lr {q.lr} init {q.init}: " +
-              (f"broke (seed {broke[0]['seed']} at {broke[0]['broke_at']})" if broke else
+              (f"broke (seed {broke[0]['seed']} at {broke[0]['first_nonfinite']})" if broke else
                "every seed finite" if all(r["status"] == "completed" for r in rows) else "unfinished"), flush=True)
 
 

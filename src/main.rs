@@ -65,8 +65,8 @@ enum Command {
         #[arg(long, value_enum, value_delimiter = ',', requires = "seeds")]
         optimizers: Option<Vec<OptimizerKind>>,
         /// With --seeds: learning rates of the ensemble (default: the config's), each run into
-        /// OUT/<optimizer>-lr<lr>-seed<s>/. A probe over rates costs about one run of a small
-        /// model, since an ensemble's step costs about what one run's step does.
+        /// OUT/<optimizer>-lr<lr>-seed<s>/. The runs share the fixed cost of each operation, not
+        /// the arithmetic: at L = 8 an ensemble's step grows about linearly with its members.
         #[arg(long, value_delimiter = ',', requires = "seeds")]
         lrs: Option<Vec<f64>>,
         /// libtorch intra-op threads (default: 1 for the fast path of small models, where one
