@@ -516,7 +516,7 @@ fn a_shard_killed_in_the_middle_and_started_again_completes_the_figure_with_the_
 }
 
 #[test]
-fn a_shard_measures_the_runs_it_can_while_another_worker_holds_a_training_unit() {
+fn a_shard_measures_the_runs_it_can_while_another_worker_holds_a_training_unit_and_names_that_unit_only_once_it_trains_it() {
     let tmp = tempdir();
     let fig = write_figure(tmp.path(), "two", &TWO.replace("iters: 1000", "iters: 100"));
     let work = tmp.path().join("work");
@@ -545,7 +545,10 @@ fn a_shard_measures_the_runs_it_can_while_another_worker_holds_a_training_unit()
     let o = shard.wait_with_output().unwrap();
     let log = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{log}");
-    assert!(log.contains("is another worker's to train; measuring"), "{log}");
+    assert!(log.contains("is another worker's for now; measuring it later"), "{log}");
+    // The held unit is announced as trained by this worker only once the other has let go.
+    let (waiting, training) = (log.find("waiting for "), log.find("training normal-n5-"));
+    assert!(waiting.is_some() && training.is_some() && waiting < training, "{log}");
     let mut c = reproduce_fast(&fig, &work);
     c.arg("--draw-only");
     assert!(stdout(&ok(c)).contains("runs trained 0"));

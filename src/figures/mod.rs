@@ -301,58 +301,9 @@ pub fn reproduce(req: &Request) -> Result<Report> {
     for (f, fig) in plan.figures.iter().enumerate() {
         let started = Instant::now();
         let work_before = report.work();
-        if !req.draw_only {
-            let prefix = match req.shard {
-                Some(s) => format!("shard {}/{}:", s.index, s.count),
-                None => format!("[{}]", fig.id),
-            };
-            let ours = |name: &str| req.shard.is_none_or(|s| s.owns(name));
-            // A shard leaves a training unit another worker holds to it; its measurements wait
-            // for it below.
-            let wait = req.shard.is_none();
-            for unit in plan.training.iter().filter(|u| u.figure == f && ours(&u.name)) {
-                match train_unit(unit, req, &prefix, wait, &mut report)? {
-                    Step::Interrupted => {
-                        report.interrupted = true;
-                        return Ok(report);
-                    }
-                    Step::Busy => {
-                        report.busy += 1;
-                        say(format!("{prefix} skipped {} (locked by another worker)", unit.name));
-                    }
-                    Step::Done => {}
-                }
-            }
-            for unit in plan.noise.iter().filter(|u| u.figure == f && ours(&u.name)) {
-                noise_unit(unit, req, &prefix, &mut report)?;
-                if req.options.stop.load(Ordering::Relaxed) {
-                    report.interrupted = true;
-                    return Ok(report);
-                }
-            }
-            // A shard first measures what it can start now (training a free unit itself) and
-            // leaves the runs another worker is training for last, so that it never idles
-            // while a unit nobody holds is waiting.
-            let mut deferred = Vec::new();
-            for unit in plan.measuring.iter().filter(|u| u.figure == f && ours(&u.name)) {
-                match measure_unit(unit, &plan, req, &prefix, wait, &mut report)? {
-                    Step::Interrupted => {
-                        report.interrupted = true;
-                        return Ok(report);
-                    }
-                    Step::Busy => {
-                        say(format!("{prefix} {} is another worker's to train; measuring {} later", plan.training[unit.training].name, unit.name));
-                        deferred.push(unit);
-                    }
-                    Step::Done => {}
-                }
-            }
-            for unit in deferred {
-                if measure_unit(unit, &plan, req, &prefix, true, &mut report)? == Step::Interrupted {
-                    report.interrupted = true;
-                    return Ok(report);
-                }
-            }
+        if !req.draw_only && work_figure(f, fig, &plan, req, &mut report)? == Step::Interrupted {
+            report.interrupted = true;
+            return Ok(report);
         }
         if req.shard.is_some() {
             continue;
@@ -361,6 +312,68 @@ pub fn reproduce(req: &Request) -> Result<Report> {
         draw(&data, req, started, report.work() == work_before, &mut report)?;
     }
     Ok(report)
+}
+
+/// Trains and measures what figure `f` needs and this worker owns. [`Step::Interrupted`] when
+/// Ctrl-C/SIGTERM stopped it; rerunning the same command continues.
+fn work_figure(f: usize, fig: &Figure, plan: &Plan, req: &Request, report: &mut Report) -> Result<Step> {
+    let prefix = match req.shard {
+        Some(s) => format!("shard {}/{}:", s.index, s.count),
+        None => format!("[{}]", fig.id),
+    };
+    let ours = |name: &str| req.shard.is_none_or(|s| s.owns(name));
+    // A shard leaves a training unit another worker holds to it; its measurements wait
+    // for it below.
+    let wait = req.shard.is_none();
+    for unit in plan.training.iter().filter(|u| u.figure == f && ours(&u.name)) {
+        match train_unit(unit, req, &prefix, wait, report)? {
+            Step::Interrupted => return Ok(Step::Interrupted),
+            Step::Busy => {
+                report.busy += 1;
+                say(format!("{prefix} skipped {} (locked by another worker)", unit.name));
+            }
+            Step::Done => {}
+        }
+    }
+    for unit in plan.noise.iter().filter(|u| u.figure == f && ours(&u.name)) {
+        noise_unit(unit, req, &prefix, report)?;
+        if req.options.stop.load(Ordering::Relaxed) {
+            return Ok(Step::Interrupted);
+        }
+    }
+    // A shard first measures what it can start now (training a free unit itself) and leaves
+    // the runs another worker is training or measuring for last, so that it never idles while
+    // a unit nobody holds is waiting.
+    let mut deferred = Vec::new();
+    for unit in plan.measuring.iter().filter(|u| u.figure == f && ours(&u.name)) {
+        match measure_unit(unit, plan, req, &prefix, wait, report)? {
+            Step::Interrupted => return Ok(Step::Interrupted),
+            Step::Busy => {
+                say(format!("{prefix} {} is another worker's for now; measuring it later", unit.name));
+                deferred.push(unit);
+            }
+            Step::Done => {}
+        }
+    }
+    // Then each pass takes whichever of them has become free, so that one long unit of
+    // another worker does not hold up the rest.
+    let what = format!("{} runs", deferred.len());
+    let mut waiting = Waiting::new(&prefix, &what);
+    while !deferred.is_empty() {
+        let mut busy = vec![];
+        for unit in deferred {
+            match measure_unit(unit, plan, req, &prefix, false, report)? {
+                Step::Interrupted => return Ok(Step::Interrupted),
+                Step::Busy => busy.push(unit),
+                Step::Done => {}
+            }
+        }
+        deferred = busy;
+        if !deferred.is_empty() && !waiting.wait(req) {
+            return Ok(Step::Interrupted);
+        }
+    }
+    Ok(Step::Done)
 }
 
 /// How a unit ended.
@@ -382,9 +395,13 @@ fn train_unit(unit: &TrainingUnit, req: &Request, prefix: &str, wait: bool, repo
     let was_done = done();
     let cfgs: Vec<&Config> = unit.cfgs.iter().collect();
     let mut waiting = Waiting::new(prefix, &unit.name);
+    let mut said = false;
     loop {
-        if !done() && !waiting.said {
+        // Said only when no other worker holds the unit (looked at just before `ensure` takes
+        // the locks itself), so that a log never names a unit as trained by two workers.
+        if !said && !done() && free(&unit.dirs)? {
             say(format!("{prefix} training {}", unit.name));
+            said = true;
         }
         match runs::ensure(&cfgs, &unit.dirs, &req.options)? {
             Trained::Done(_, t) => {
@@ -405,6 +422,13 @@ fn train_unit(unit: &TrainingUnit, req: &Request, prefix: &str, wait: bool, repo
             }
         }
     }
+}
+
+/// Whether no other live worker holds any of these run folders.
+fn free(dirs: &[PathBuf]) -> Result<bool> {
+    // A folder that does not exist yet is nobody's (and looking must not create it).
+    let locks = dirs.iter().filter(|d| d.exists()).map(|d| RunFolder::new(d).try_lock()).collect::<Result<Vec<_>>>()?;
+    Ok(locks.iter().all(Option::is_some))
 }
 
 /// Waiting for a unit that another live worker holds: one line when it starts, then a look
@@ -456,6 +480,9 @@ fn measure_unit(unit: &MeasureUnit, plan: &Plan, req: &Request, prefix: &str, wa
     let _lock = loop {
         if let Some(lock) = folder.try_lock()? {
             break lock;
+        }
+        if !wait {
+            return Ok(Step::Busy);
         }
         if !waiting.wait(req) {
             return Ok(Step::Interrupted);
@@ -582,8 +609,8 @@ fn draw(data: &FigureData, req: &Request, started: Instant, all_reused: bool, re
         // Everything was reused: the time worth reporting is the one of the invocation that
         // did the work, if its record is there: same scale, and the same runs (their final
         // losses), not an older figure of the same name made from other settings.
-        let same_runs = |o: &summary::FigureSummary| serde_json::to_value(&o.final_loss).ok() == serde_json::to_value(&fs.final_loss).ok();
-        match summary::load_all(&req.plots)?.into_iter().find(|o| o.id == fs.id && o.scale == fs.scale && same_runs(o)) {
+        // (serde_json writes an f64 so that it reads back to the same bits.)
+        match summary::load_all(&req.plots)?.into_iter().find(|o| o.id == fs.id && o.scale == fs.scale && o.final_loss == fs.final_loss) {
             Some(old) => {
                 fs.wall_time_s = old.wall_time_s;
                 fs.machine = old.machine;
