@@ -33,7 +33,13 @@ fn break_points(fig: &FigureData, s: usize) -> AnyPanel {
     let curves = per_optimizer(fig, |o| {
         let runs: Vec<&RunResult> = fig.runs_of(s, o).collect();
         let broken: Vec<&&RunResult> = runs.iter().filter(|r| r.first_nonfinite.is_some()).collect();
-        unbroken.extend(runs.iter().filter(|r| r.first_nonfinite.is_none()).map(|r| format!("{} s{}", short(o), r.spec.seed)));
+        // One entry per optimizer, short enough for a panel title: "SGD s0, s3" or "Adam all 6".
+        let seeds: Vec<String> = runs.iter().filter(|r| r.first_nonfinite.is_none()).map(|r| format!("s{}", r.spec.seed)).collect();
+        if seeds.len() == runs.len() && !runs.is_empty() {
+            unbroken.push(format!("{} all {}", short(o), runs.len()));
+        } else if !seeds.is_empty() {
+            unbroken.push(format!("{} {}", short(o), seeds.join(", ")));
+        }
         Curve {
             label: format!("{} ({} of {} break)", optimizer_label(o), broken.len(), runs.len()),
             color: color(o),
@@ -43,7 +49,7 @@ fn break_points(fig: &FigureData, s: usize) -> AnyPanel {
             markers: true,
         }
     });
-    let never = if unbroken.is_empty() { String::new() } else { format!("; never: {}", unbroken.join(", ")) };
+    let never = if unbroken.is_empty() { String::new() } else { format!("; never: {}", unbroken.join("; ")) };
     AnyPanel::Lines(Panel {
         title: format!("{label}: first non-finite step{never}"),
         x_label: "seed".into(),
