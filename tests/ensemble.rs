@@ -136,10 +136,14 @@ fn ensemble_vs_solo(sets: &[&str], iters: i64, solo: Solo) -> (f64, f64, f64) {
 /// The claim of the ensemble: batching changes nothing but rounding. Against the solo fast
 /// runs (the same arithmetic, one member at a time) on the same batches.
 fn member_follows_solo_run(sets: &[&str], iters: i64) {
+    member_follows_solo_run_within(sets, iters, 1e-5);
+}
+
+fn member_follows_solo_run_within(sets: &[&str], iters: i64, tol: f64) {
     let (loss, norm, param) = ensemble_vs_solo(sets, iters, Solo::Fast);
-    assert!(loss < 1e-5, "loss differs by {loss:e}");
-    assert!(norm < 1e-5, "gradient norm differs by {norm:e}");
-    assert!(param < 1e-5, "parameters differ by {param:e}");
+    assert!(loss < tol, "loss differs by {loss:e}");
+    assert!(norm < tol, "gradient norm differs by {norm:e}");
+    assert!(param < tol, "parameters differ by {param:e}");
 }
 
 #[test]
@@ -156,7 +160,11 @@ fn ensemble_member_follows_its_solo_run_with_clipping_active() {
 
 #[test]
 fn ensemble_member_follows_its_solo_run_mlp_variant() {
-    member_follows_solo_run(
+    // The MLP's extra reductions round differently in a batch: over 30 steps the gradient norm
+    // differed by at most 1e-5 on an AVX2 CPU, but by 1.6e-5 on an AVX512 one (loss 5.9e-6,
+    // parameters 1.2e-6), whose kernels sum in another order: float32 rounding grown over 30
+    // steps, so this variant gets 5e-5.
+    member_follows_solo_run_within(
         &[
             "data.batch=200",
             "data.setting=mlp_teacher",
@@ -166,6 +174,7 @@ fn ensemble_member_follows_its_solo_run_mlp_variant() {
             "train.clip_mode=clip_grad_norm",
         ],
         30,
+        5e-5,
     );
 }
 
