@@ -2,6 +2,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use linattn::config::{Config, DeviceName, Mode, OptimizerKind};
+use linattn::measure::noise::NoiseOutcome;
 use linattn::run::{FolderBusy, Status};
 use linattn::tools::bench::BenchMode;
 use linattn::train::{Outcome, Progress};
@@ -468,7 +469,13 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Command::Noise { config, samples, full_batch, out } => {
             let cfg = config.load()?;
-            let s = linattn::measure::noise::run_noise(&cfg, samples, full_batch, &out, progress == Progress::Bar)?;
+            let s = match linattn::measure::noise::run_noise(&cfg, samples, full_batch, &out, progress == Progress::Bar, &options.stop)? {
+                NoiseOutcome::Done(s) => s,
+                NoiseOutcome::Interrupted { measured } => {
+                    eprintln!("linattn: interrupted after {measured} of {samples} batches; run the same command again to continue");
+                    return Ok(exit::INTERRUPTED);
+                }
+            };
             println!(
                 "noise over {} batches of {}: mean {:.6} std {:.6} kurtosis {:.3} Hill tail index {:.3} (k = {}); wrote {}",
                 s.count,

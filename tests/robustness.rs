@@ -259,3 +259,88 @@ fn resume_of_a_folder_that_is_not_a_run_is_bad_input() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("not a linattn run folder"), "{}", stderr(&o));
 }
+
+// ----------------------------------------------------------------------------- noise
+
+fn noise_cmd(out: &Path, sets: &[&str], samples: usize) -> Command {
+    let mut c = linattn();
+    c.arg("noise").args(["--samples", &samples.to_string(), "--full-batch", "2000"]);
+    let sets: Vec<String> = SMALL.iter().chain(sets).map(|s| s.to_string()).collect();
+    with_config(c, &experiment("settings/setting1_normal_n20.yaml"), &sets, out)
+}
+
+/// Values in a partial noise file (a key line, a header, then one value per line).
+fn partial_values(dir: &Path) -> usize {
+    std::fs::read_to_string(dir.join("noise.partial.csv")).map(|t| t.lines().count().saturating_sub(2)).unwrap_or(0)
+}
+
+/// Starts a noise measurement into `out` and waits until its partial file holds more than
+/// `more_than` values.
+fn noise_until_partial(out: &Path, samples: usize, more_than: usize) -> std::process::Child {
+    let mut c = noise_cmd(out, &[], samples);
+    c.stdout(Stdio::null()).stderr(Stdio::piped());
+    let child = c.spawn().unwrap();
+    let start = Instant::now();
+    while partial_values(out) <= more_than {
+        assert!(start.elapsed() < Duration::from_secs(120), "the partial file never grew past {more_than} values");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
+}
+
+/// noise.json without its wall time, which a resumed measurement counts anew.
+fn noise_json(dir: &Path) -> serde_json::Value {
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("noise.json")).unwrap()).unwrap();
+    v.as_object_mut().unwrap().remove("wall_time_s");
+    v
+}
+
+#[test]
+fn a_noise_measurement_stopped_by_sigterm_and_then_sigkill_resumes_to_byte_identical_values() {
+    let samples = 3000;
+    let tmp = tempdir();
+    let (whole, killed) = (tmp.path().join("whole"), tmp.path().join("killed"));
+    ok(noise_cmd(&whole, &[], samples));
+
+    // SIGTERM: the values so far are written at once, and the exit code says "interrupted".
+    let child = noise_until_partial(&killed, samples, 0);
+    std::thread::sleep(Duration::from_millis(150));
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    assert!(stderr(&o).contains("run the same command again"), "{}", stderr(&o));
+    let kept = partial_values(&killed);
+    assert!(kept > 0 && kept < samples, "{kept} values kept");
+    assert!(!killed.join("noise.json").exists());
+
+    // SIGKILL after the resumed run has written more: only the periodic writes survive.
+    let mut child = noise_until_partial(&killed, samples, kept);
+    child.kill().unwrap();
+    assert!(!child.wait().unwrap().success(), "the measurement finished before it could be killed");
+
+    ok(noise_cmd(&killed, &[], samples));
+    assert_eq!(std::fs::read(killed.join("noise.csv")).unwrap(), std::fs::read(whole.join("noise.csv")).unwrap());
+    assert_eq!(noise_json(&killed), noise_json(&whole));
+    assert!(!killed.join("noise.partial.csv").exists(), "the partial file outlived the measurement");
+}
+
+#[test]
+fn a_noise_partial_file_of_another_config_is_not_resumed_from() {
+    let tmp = tempdir();
+    let (whole, other) = (tmp.path().join("whole"), tmp.path().join("other"));
+    ok(noise_cmd(&whole, &[], 200));
+    // Values of seed 2, killed midway, then the same folder measured for seed 0.
+    let mut c = noise_cmd(&other, &["train.seed=2"], 3000);
+    c.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = c.spawn().unwrap();
+    let start = Instant::now();
+    while partial_values(&other) == 0 {
+        assert!(start.elapsed() < Duration::from_secs(120), "no partial file appeared");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let o = ok(noise_cmd(&other, &[], 200));
+    assert!(stderr(&o).contains("another config; starting over"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(other.join("noise.csv")).unwrap(), std::fs::read(whole.join("noise.csv")).unwrap());
+}

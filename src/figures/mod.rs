@@ -24,7 +24,7 @@ pub mod stats;
 pub mod summary;
 
 use crate::config::{Config, DeviceName, OptimizerKind};
-use crate::measure::{self, noise::NoiseSummary, Needs, Rows};
+use crate::measure::{self, noise::{NoiseOutcome, NoiseSummary}, Needs, Rows};
 use crate::run::{io, RunFolder, State, Summary};
 use crate::train::Options;
 use crate::BadInput;
@@ -524,9 +524,17 @@ fn noise_unit(unit: &NoiseUnit, req: &Request, prefix: &str, report: &mut Report
     say(format!("{prefix} noise {}: {} batches", unit.name, unit.samples));
     let mut cfg = unit.cfg.clone();
     cfg.train.device = req.device;
-    measure::noise::run_noise(&cfg, unit.samples, unit.full_batch, &unit.dir, req.options.progress == crate::train::Progress::Bar)?;
-    report.noise_computed += 1;
-    say(format!("{prefix} measured {}", unit.name));
+    let progress = req.options.progress == crate::train::Progress::Bar;
+    match measure::noise::run_noise(&cfg, unit.samples, unit.full_batch, &unit.dir, progress, &req.options.stop)? {
+        NoiseOutcome::Done(_) => {
+            report.noise_computed += 1;
+            say(format!("{prefix} measured {}", unit.name));
+        }
+        NoiseOutcome::Interrupted { measured } => {
+            // The caller sees the stop flag and reports the interruption.
+            say(format!("{prefix} interrupted {} after {measured} of {} batches", unit.name, unit.samples));
+        }
+    }
     Ok(())
 }
 

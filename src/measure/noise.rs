@@ -15,6 +15,7 @@ use anyhow::{anyhow, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use tch::Tensor;
 
@@ -52,6 +53,7 @@ pub struct NoiseSummary {
     pub hill_tail_index: f64,
     /// k = ⌊count/10⌋, the top 10 % of the sample (at least 1; at most count−1).
     pub hill_k: usize,
+    /// Seconds of the invocation that finished the measurement (a resumed one counts its own).
     pub wall_time_s: f64,
 }
 
@@ -97,8 +99,64 @@ fn bad(msg: String) -> anyhow::Error {
     anyhow!(BadInput(msg))
 }
 
-/// `linattn noise`: writes `noise.csv`, `noise.json` and `noise.png` into `out`.
-pub fn run_noise(cfg: &Config, samples: i64, full_batch: i64, out: &Path, progress: bool) -> Result<NoiseSummary> {
+/// The values measured so far while a measurement runs, so that a killed one resumes where it
+/// stopped: g is computed again (about 1% of the work at the paper's sizes) and the stream
+/// skips the batches already measured, so the result is bit-identical to an unbroken run.
+pub const NOISE_PARTIAL: &str = "noise.partial.csv";
+
+/// How many batches between two writes of [`NOISE_PARTIAL`] (about a minute for Fig. 5's model
+/// on one CPU thread); Ctrl-C or SIGTERM writes it at once.
+const PARTIAL_EVERY: usize = 100;
+
+/// What [`run_noise`] ended with.
+pub enum NoiseOutcome {
+    Done(NoiseSummary),
+    /// Stopped by the stop flag; the values so far are in [`NOISE_PARTIAL`].
+    Interrupted { measured: usize },
+}
+
+/// What the values depend on: the model, the data, the seed and device, and g's batch. A
+/// partial file written under another key is not resumed from.
+fn resume_key(cfg: &Config, full_batch: i64) -> Result<String> {
+    let key = serde_json::json!({
+        "model": cfg.model, "data": cfg.data, "seed": cfg.train.seed,
+        "device": cfg.train.device, "full_batch": full_batch,
+    });
+    Ok(format!("# {}", serde_json::to_string(&key)?))
+}
+
+/// The values of a partial file written under `key`; none when there is no such file or it was
+/// written under another key (then the measurement starts over and says so).
+fn read_partial(path: &Path, key: &str) -> Result<Vec<f32>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let mut lines = text.lines();
+    if lines.next() != Some(key) || lines.next() != Some("noise") {
+        eprintln!("noise: {} was written for another config; starting over", path.display());
+        return Ok(vec![]);
+    }
+    lines
+        .map(|l| l.parse::<f32>().map_err(|e| anyhow!(BadInput(format!("{}: bad value {l:?} ({e})", path.display())))))
+        .collect()
+}
+
+fn csv_of(header: &str, values: &[f32]) -> String {
+    let mut csv = String::with_capacity(header.len() + 12 * (values.len() + 1));
+    csv.push_str(header);
+    for v in values {
+        csv.push_str(&fmt_f32(*v));
+        csv.push('\n');
+    }
+    csv
+}
+
+/// `linattn noise`: writes `noise.csv`, `noise.json` and `noise.png` into `out`. Resumes from
+/// the values of an interrupted measurement of the same config in `out`, and stops at the next
+/// batch once `stop` is set.
+pub fn run_noise(cfg: &Config, samples: i64, full_batch: i64, out: &Path, progress: bool, stop: &AtomicBool) -> Result<NoiseOutcome> {
     if samples < 1 {
         return Err(bad(format!("--samples: must be >= 1, got {samples}")));
     }
@@ -108,6 +166,11 @@ pub fn run_noise(cfg: &Config, samples: i64, full_batch: i64, out: &Path, progre
     std::fs::create_dir_all(out)
         .map_err(|e| bad(format!("output folder {}: cannot create it ({e})", out.display())))?;
     let started = Instant::now();
+    let (key, partial) = (resume_key(cfg, full_batch)?, out.join(NOISE_PARTIAL));
+    let mut noise = read_partial(&partial, &key)?;
+    // A longer measurement's first values are this one's.
+    noise.truncate(samples as usize);
+    let save = |values: &[f32]| artifacts::write_atomic(&partial, csv_of(&format!("{key}\nnoise\n"), values).as_bytes());
     // Teacher (own seed) → seed(train.seed) → init → batches: the order a training run starts in.
     let device = cfg.train.device.tch().map_err(|e| bad(format!("config key train.device: {e}")))?;
     let arch = Arch::from_config(cfg);
@@ -123,6 +186,9 @@ pub fn run_noise(cfg: &Config, samples: i64, full_batch: i64, out: &Path, progre
     let full = data.draw(full_batch);
     let mut g: Option<Vec<Tensor>> = None;
     for c in 0..chunks {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(NoiseOutcome::Interrupted { measured: noise.len() });
+        }
         let (start, len) = (c * b, b.min(full_batch - c * b));
         let chunk = Batch { z: full.z.narrow(0, start, len), y_query: full.y_query.narrow(0, start, len) }
             .to_device(device);
@@ -137,23 +203,25 @@ pub fn run_noise(cfg: &Config, samples: i64, full_batch: i64, out: &Path, progre
     let g = g.expect("full_batch >= 1 gives at least one chunk");
     drop(full);
 
-    let mut noise = Vec::with_capacity(samples as usize);
-    for _ in 0..samples {
+    data.skip(noise.len() as i64);
+    bar.inc(noise.len() as u64);
+    while noise.len() < samples as usize {
+        if stop.load(Ordering::Relaxed) {
+            save(&noise)?;
+            return Ok(NoiseOutcome::Interrupted { measured: noise.len() });
+        }
         let batch = data.next_batch();
         let gb = Tensor::run_backward(&[model::loss(&arch, &params, &batch)], &params, false, false);
         let diff: Vec<Tensor> = gb.iter().zip(&g).map(|(a, x)| a - x).collect();
         noise.push(optim::gradient_norm(&diff).double_value(&[]) as f32);
+        if noise.len() % PARTIAL_EVERY == 0 {
+            save(&noise)?;
+        }
         bar.inc(1);
     }
     bar.finish_and_clear();
 
-    let mut csv = String::with_capacity(12 * (noise.len() + 1));
-    csv.push_str("noise\n");
-    for v in &noise {
-        csv.push_str(&fmt_f32(*v));
-        csv.push('\n');
-    }
-    artifacts::write_atomic(&out.join(NOISE_CSV), csv.as_bytes())?;
+    artifacts::write_atomic(&out.join(NOISE_CSV), csv_of("noise\n", &noise).as_bytes())?;
     let values: Vec<f64> = noise.iter().map(|&v| v as f64).collect();
     let (mean, std, quantiles, kurtosis, hill_tail_index, hill_k) = summarize(&values);
     let summary = NoiseSummary {
@@ -176,7 +244,10 @@ pub fn run_noise(cfg: &Config, samples: i64, full_batch: i64, out: &Path, progre
     let title = format!("noise at init, L={} n={} seed {}", cfg.model.layers, cfg.data.context, cfg.train.seed);
     let panel = plots::HistogramPanel { title, x_label: "‖g_B − g‖".into(), values: values.clone(), bins: 100, qq_inset: true };
     plots::histogram(&out.join(NOISE_PNG), &panel)?;
-    Ok(summary)
+    // noise.json marks the measurement done, so the partial values are no longer needed.
+    std::fs::remove_file(&partial).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+        .with_context(|| format!("removing {}", partial.display()))?;
+    Ok(NoiseOutcome::Done(summary))
 }
 
 /// The noise of a folder written by [`run_noise`]: the values and their summary; None when the
