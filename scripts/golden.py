@@ -4,8 +4,10 @@
   golden.py record --bin BIN --out DIR         run the golden set with BIN into DIR
   golden.py digest DIR > MANIFEST              normalised digests of DIR's outputs
   golden.py check --bin BIN [--manifest M]     record into a temporary folder and compare with M
-                                               (default tests/golden/manifest.json); exit 1 on a
-                                               difference, naming every file that differs
+                                               (default: the tests/golden/manifest*.json recorded
+                                               on this kind of machine); exit 1 on a difference,
+                                               naming every file that differs, and exit 3 when no
+                                               manifest was recorded on this kind of machine
   golden.py compare DIR_A DIR_B                compare two recorded folders file by file
   golden.py same-data A.json B.json            whether two figure data JSONs hold the same numbers
                                                (exit 1 naming the first difference)
@@ -23,6 +25,7 @@ order or file name (analysis.csv and measurements.csv are the same measurements)
 data JSON may gain keys; every key the manifest holds must keep its value.
 """
 import argparse
+import glob
 import hashlib
 import json
 import os
@@ -231,7 +234,7 @@ def main():
     d.add_argument("dir")
     c = sub.add_parser("check")
     c.add_argument("--bin", required=True)
-    c.add_argument("--manifest", default=os.path.join(ROOT, "tests", "golden", "manifest.json"))
+    c.add_argument("--manifest", help="default: the tests/golden/manifest*.json recorded on this kind of machine")
     c.add_argument("--keep", help="record into this folder and keep it")
     s = sub.add_parser("same-data")
     s.add_argument("a")
@@ -256,13 +259,24 @@ def main():
         print("\n".join(lines) if lines else "golden: identical")
         sys.exit(1 if lines else 0)
     else:
-        with open(a.manifest) as f:
-            manifest = json.load(f)
         here = machine()
-        if manifest["recorded_on"] != here:
-            # Other kernels (another CPU capability, another torch) round differently.
-            print(f"golden: skipped: the manifest was recorded on {manifest['recorded_on']}, this is {here}")
-            return
+        paths = [a.manifest] if a.manifest else sorted(glob.glob(os.path.join(ROOT, "tests", "golden", "manifest*.json")))
+        manifests = []
+        for path in paths:
+            with open(path) as f:
+                manifests.append((path, json.load(f)))
+        mine = [(path, m) for path, m in manifests if m["recorded_on"] == here]
+        if not mine:
+            # Other kernels (another CPU capability, another torch) round differently, so a
+            # manifest of another machine cannot be compared with: say so, and fail, since
+            # nothing was checked.
+            seen = "; ".join(f"{os.path.relpath(path, ROOT)}: {m['recorded_on']}" for path, m in manifests)
+            sys.stderr.write(f"golden: not checked: no manifest was recorded on this kind of machine ({here}); "
+                             f"there are {seen}. Record one with a trusted binary: golden.py record, then "
+                             f"golden.py digest DIR > tests/golden/manifest-<cpu capability>.json\n")
+            sys.exit(3)
+        path, manifest = mine[0]
+        print(f"golden: comparing with {os.path.relpath(path, ROOT)}")
         out = a.keep or tempfile.mkdtemp(prefix="linattn-golden-")
         try:
             record(a.bin, out)
