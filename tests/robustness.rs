@@ -344,3 +344,80 @@ fn a_noise_partial_file_of_another_config_is_not_resumed_from() {
     assert!(stderr(&o).contains("another config; starting over"), "{}", stderr(&o));
     assert_eq!(std::fs::read(other.join("noise.csv")).unwrap(), std::fs::read(whole.join("noise.csv")).unwrap());
 }
+
+// ----------------------------------------------------------------------------- ensemble checkpoints
+
+const ENSEMBLE: &[&str] = &["--seeds", "0,1", "--optimizers", "sgd,adam"];
+const MEMBERS: [&str; 4] = ["sgd-seed0", "adam-seed0", "sgd-seed1", "adam-seed1"];
+const ENSEMBLE_SETS: &[&str] = &["train.iters=800"];
+
+/// Trains the 4-member ensemble into `out` and stops it with SIGTERM (a whole checkpoint is
+/// written) once its checkpoints hold more than `past` iterations; returns their iteration.
+fn ensemble_stopped_past(out: &Path, past: usize) -> usize {
+    let mut c = train_cmd(out, ENSEMBLE_SETS);
+    c.args(ENSEMBLE).args(["--checkpoint-every", "50"]).stdout(Stdio::null()).stderr(Stdio::null());
+    let child = c.spawn().unwrap();
+    let first = out.join(MEMBERS[0]);
+    let start = Instant::now();
+    let rows = |d: &Path| if d.join("metrics.csv").exists() { metrics(d).len() } else { 0 };
+    while rows(&first) <= past {
+        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint past {past} in {}", out.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "the ensemble was not interrupted");
+    let at = metrics(&first).len();
+    for m in MEMBERS {
+        assert_eq!(metrics(&out.join(m)).len(), at, "{m}");
+    }
+    at
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    assert!(Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap().success());
+}
+
+/// A kill can land between two members' checkpoint writes. Both halves of such a cut are built
+/// here from two whole checkpoints of the same ensemble (iterations i1 < i2): every resume must
+/// end byte-identical to an uninterrupted ensemble.
+#[test]
+fn an_ensemble_killed_between_its_members_checkpoint_writes_resumes_to_byte_identical_files() {
+    let tmp = tempdir();
+    let t = tmp.path();
+    let whole = t.join("whole");
+    let mut c = train_cmd(&whole, ENSEMBLE_SETS);
+    c.args(ENSEMBLE);
+    ok(c);
+    let (old, new) = (t.join("old"), t.join("new"));
+    let i1 = ensemble_stopped_past(&old, 0);
+    let i2 = ensemble_stopped_past(&new, i1);
+    assert!(i2 > i1);
+    let next = |dir: &Path, m: &str| dir.join(m).join("checkpoint.next.safetensors");
+    let ckpt = |dir: &Path, m: &str| dir.join(m).join("checkpoint.safetensors");
+    // Cut in the first phase: two members have written their next checkpoint, two have not.
+    let first_phase = t.join("first_phase");
+    copy_dir(&old, &first_phase);
+    for m in &MEMBERS[..2] {
+        std::fs::copy(ckpt(&new, m), next(&first_phase, m)).unwrap();
+    }
+    // Cut in the second phase: two members' next checkpoints are renamed in place, two not yet.
+    let second_phase = t.join("second_phase");
+    copy_dir(&old, &second_phase);
+    for (k, m) in MEMBERS.iter().enumerate() {
+        let to = if k < 2 { ckpt(&second_phase, m) } else { next(&second_phase, m) };
+        std::fs::copy(ckpt(&new, m), to).unwrap();
+    }
+    for dir in [&first_phase, &second_phase] {
+        let mut resume = linattn();
+        resume.arg("train").arg("--resume").arg(dir.join(MEMBERS[3]));
+        ok(resume);
+        for m in MEMBERS {
+            for file in ["metrics.csv", "final.safetensors", "trajectory.safetensors"] {
+                let (a, b) = (dir.join(m).join(file), whole.join(m).join(file));
+                assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "{}: resumed {file} differs", dir.join(m).display());
+            }
+            assert!(!next(dir, m).exists() && !ckpt(dir, m).exists(), "{m}: a checkpoint outlived the run");
+        }
+    }
+}

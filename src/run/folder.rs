@@ -24,6 +24,9 @@ use tch::Tensor;
 
 const CONFIG: &str = "config.yaml";
 const CHECKPOINT: &str = "checkpoint.safetensors";
+/// An ensemble's next checkpoint, written for every member before any is renamed onto its
+/// checkpoint, so that a kill never leaves members checkpointed at different iterations.
+const CHECKPOINT_NEXT: &str = "checkpoint.next.safetensors";
 const METRICS: &str = "metrics.csv";
 const TRAJECTORY: &str = "trajectory.safetensors";
 const FINAL: &str = "final.safetensors";
@@ -33,7 +36,7 @@ const LOCK: &str = ".linattn.lock";
 
 /// What a run writes, and what is measured on its trajectory: clearing a folder removes them
 /// all, since measurements of an old trajectory must never be reused for a new one.
-const RUN_FILES: &[&str] = &[CONFIG, CHECKPOINT, METRICS, TRAJECTORY, FINAL, SUMMARY, MEASUREMENTS];
+const RUN_FILES: &[&str] = &[CONFIG, CHECKPOINT, CHECKPOINT_NEXT, METRICS, TRAJECTORY, FINAL, SUMMARY, MEASUREMENTS];
 
 /// Where a run folder stands.
 #[derive(Debug)]
@@ -194,8 +197,27 @@ impl RunFolder {
         }
     }
 
-    pub fn write_checkpoint(&self, named: &[(String, Tensor)]) -> Result<()> {
-        io::write_safetensors(&self.dir.join(CHECKPOINT), named)
+    /// First phase of a checkpoint: the new state beside the current checkpoint.
+    pub fn write_checkpoint_next(&self, named: &[(String, Tensor)]) -> Result<()> {
+        io::write_safetensors(&self.dir.join(CHECKPOINT_NEXT), named)
+    }
+
+    pub fn has_checkpoint_next(&self) -> bool {
+        self.dir.join(CHECKPOINT_NEXT).exists()
+    }
+
+    pub fn read_checkpoint_next(&self) -> Result<Vec<(String, Tensor)>> {
+        io::read_safetensors(&self.dir.join(CHECKPOINT_NEXT))
+    }
+
+    /// Second phase: the next checkpoint becomes the checkpoint (an atomic rename).
+    pub fn promote_checkpoint_next(&self) -> Result<()> {
+        let (next, cur) = (self.dir.join(CHECKPOINT_NEXT), self.dir.join(CHECKPOINT));
+        std::fs::rename(&next, &cur).with_context(|| format!("renaming {} onto {}", next.display(), cur.display()))
+    }
+
+    pub fn discard_checkpoint_next(&self) {
+        let _ = std::fs::remove_file(self.dir.join(CHECKPOINT_NEXT));
     }
 
     pub fn read_checkpoint(&self) -> Result<Vec<(String, Tensor)>> {
@@ -208,6 +230,7 @@ impl RunFolder {
 
     pub fn remove_checkpoint(&self) {
         let _ = std::fs::remove_file(self.dir.join(CHECKPOINT));
+        let _ = std::fs::remove_file(self.dir.join(CHECKPOINT_NEXT));
     }
 
     /// The metrics so far, while the run trains (readable at every checkpoint).

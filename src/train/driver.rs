@@ -217,7 +217,14 @@ fn checkpoint(stepper: &dyn Stepper, recorder: &mut Recorder, rule: &NonFinite, 
         named.push(("metrics.grad_norm".into(), Tensor::from_slice(&rows.iter().map(|r| r.grad_norm).collect::<Vec<_>>())));
         named.push(("trajectory.step".into(), Tensor::from_slice(&recorder.saved_steps)));
         named.push(("trajectory.flat".into(), snapshots.select(1, i as i64)));
-        f.write_checkpoint(&named).with_context(|| format!("checkpointing {}", f.dir().display()))?;
+        f.write_checkpoint_next(&named).with_context(|| format!("checkpointing {}", f.dir().display()))?;
+    }
+    // Only once every member's next checkpoint is written are they renamed in place: a kill
+    // before this point leaves every member at the old iteration, one after it leaves every
+    // member either renamed or with its next checkpoint, which resume then renames
+    // (crate::train::settle_checkpoints).
+    for (f, rows) in folders.iter().zip(&recorder.rows) {
+        f.promote_checkpoint_next()?;
         f.write_metrics(rows)?;
     }
     Ok(())
@@ -235,6 +242,13 @@ pub struct MemberCheckpoint {
     pub snapshots: Tensor,
     pub in_a_row: i64,
     pub active: bool,
+}
+
+/// The iteration and ensemble record of a checkpoint's tensors.
+pub fn iter_and_composition(saved: &[(String, Tensor)]) -> Result<(i64, Composition)> {
+    let get = |name: &str| saved.iter().find(|(n, _)| n == name).map(|(_, t)| t.shallow_clone()).ok_or_else(|| anyhow!("has no tensor {name:?}"));
+    let json = Vec::<u8>::try_from(&get("ensemble")?)?;
+    Ok((get("iter")?.int64_value(&[0]), serde_json::from_slice(&json).context("its ensemble record")?))
 }
 
 impl MemberCheckpoint {

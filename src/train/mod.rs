@@ -128,10 +128,57 @@ pub fn train_ensemble(cfg: &Config, members: &[Member], outs: &[PathBuf], opts: 
     drive(&mut stepper, &configs, &folders, None, opts)
 }
 
+/// Finishes or undoes a checkpoint that a kill cut short (see the driver's `checkpoint`): if
+/// every member of `dir`'s ensemble holds the new iteration (as its next checkpoint, or already
+/// renamed), the next checkpoints are renamed in place; otherwise they are dropped, and every
+/// member stays at the checkpoint before.
+pub fn settle_checkpoints(dir: &Path) -> Result<()> {
+    let bad = |f: &RunFolder, e: anyhow::Error| anyhow!(BadInput(format!("{}: {e:#}", f.dir().display())));
+    // (iteration, ensemble) of a member's next checkpoint and of its checkpoint.
+    let next = |f: &RunFolder| -> Result<Option<(i64, driver::Composition)>> {
+        if !f.has_checkpoint_next() {
+            return Ok(None);
+        }
+        Ok(Some(driver::iter_and_composition(&f.read_checkpoint_next().map_err(|e| bad(f, e))?).map_err(|e| bad(f, e))?))
+    };
+    let current = |f: &RunFolder| -> Result<Option<(i64, driver::Composition)>> {
+        if !f.has_checkpoint() {
+            return Ok(None);
+        }
+        Ok(Some(driver::iter_and_composition(&f.read_checkpoint().map_err(|e| bad(f, e))?).map_err(|e| bad(f, e))?))
+    };
+    let folder = RunFolder::new(dir);
+    let Some((_, composition)) = next(&folder)?.or(current(&folder)?) else { return Ok(()) };
+    let folders: Vec<RunFolder> = composition.members.iter().map(|rel| RunFolder::new(normalize(&dir.join(rel)))).collect();
+    if !folders.iter().any(RunFolder::has_checkpoint_next) {
+        return Ok(());
+    }
+    let _locks: Vec<FolderLock> = folders.iter().map(RunFolder::lock).collect::<Result<_>>()?;
+    let nexts: Vec<Option<i64>> = folders.iter().map(|f| Ok(next(f)?.map(|n| n.0))).collect::<Result<_>>()?;
+    let Some(new_iter) = nexts.iter().flatten().copied().max() else { return Ok(()) };
+    let mut complete = true;
+    for (f, n) in folders.iter().zip(&nexts) {
+        let at = match n {
+            Some(i) => Some(*i),
+            None => current(f)?.map(|c| c.0),
+        };
+        complete &= at == Some(new_iter);
+    }
+    for (f, n) in folders.iter().zip(&nexts) {
+        match (n, complete) {
+            (None, _) => {}
+            (Some(_), true) => f.promote_checkpoint_next()?,
+            (Some(_), false) => f.discard_checkpoint_next(),
+        }
+    }
+    Ok(())
+}
+
 /// The run folders of the ensemble that `dir`'s checkpoint belongs to, in order (one folder
 /// for a run trained alone). Bad input when `dir` has no checkpoint, or a member's checkpoint is
 /// missing or at another iteration.
 pub fn checkpointed_group(dir: &Path) -> Result<Vec<RunFolder>> {
+    settle_checkpoints(dir)?;
     let folder = RunFolder::new(dir);
     let cfg = folder.config()?;
     let layout = Layout::new(&Arch::from_config(&cfg));
@@ -173,6 +220,7 @@ pub fn resume(dir: &Path, opts: &Options) -> Result<Vec<Outcome>> {
     if let State::Done(s) = folder.state() {
         return Err(anyhow!(BadInput(format!("{}: the run already ended ({:?}); nothing to resume", dir.display(), s.status))));
     }
+    settle_checkpoints(dir)?;
     if !folder.has_checkpoint() {
         return Ok(vec![train(&cfg, dir, &Options { force: true, ..opts.clone() })?]);
     }
