@@ -56,6 +56,7 @@ fn break_points(fig: &FigureData, s: usize) -> AnyPanel {
         y_label: "iteration (authors' rule stops)".into(),
         log_y: false,
         curves,
+        empty_text: Some("no run breaks".into()),
     })
 }
 
@@ -102,6 +103,7 @@ fn lines(fig: &FigureData, s: usize, y_label: &str, field: fn(&Row) -> Option<f6
         y_label: y_label.into(),
         log_y: true,
         curves: curves(fig, s, field, grid),
+        empty_text: None,
     })
 }
 
@@ -186,6 +188,7 @@ fn lr_sweep(fig: &FigureData, s: usize) -> AnyPanel {
         y_label: "final test loss".into(),
         log_y: true,
         curves,
+        empty_text: None,
     })
 }
 

@@ -56,6 +56,10 @@ pub struct Panel {
     pub y_label: String,
     pub log_y: bool,
     pub curves: Vec<Curve>,
+    /// What the panel says when no curve has a point to draw (None: "no finite data"). A panel
+    /// of events, such as the break points, is empty because nothing happened, not because
+    /// the values were not finite.
+    pub empty_text: Option<String>,
 }
 
 /// A density histogram (area 1; 100 bins when `bins` is 0), optionally with a normal Q-Q inset
@@ -389,12 +393,16 @@ fn chart<'a, 'b>(
 }
 
 fn no_data(ch: &Chart, xa: &Axis, ya: &Axis) -> Result<()> {
+    say_empty(ch, xa, ya, "no finite data")
+}
+
+fn say_empty(ch: &Chart, xa: &Axis, ya: &Axis, text: &str) -> Result<()> {
     let grey = BLACK.mix(0.5);
     let style = TextStyle::from((FONT, 18).into_font())
         .color(&grey)
         .pos(Pos::new(HPos::Center, VPos::Center));
     ch.plotting_area().draw(&Text::new(
-        "no finite data",
+        text,
         ((xa.lo + xa.hi) / 2.0, (ya.lo + ya.hi) / 2.0),
         style,
     ))?;
@@ -564,7 +572,7 @@ fn draw_line_panel(area: &Area, p: &Panel) -> Result<()> {
         }
     }
     if !any {
-        no_data(&ch, &xa, &ya)?;
+        say_empty(&ch, &xa, &ya, p.empty_text.as_deref().unwrap_or("no finite data"))?;
     }
     if !p.curves.is_empty() {
         draw_legend_at(&mut ch, corner.0)?;
@@ -1036,7 +1044,7 @@ mod tests {
 
     /// A loss-against-iteration panel, log y.
     fn loss_panel(title: &str, curves: Vec<Curve>) -> Panel {
-        Panel { title: title.into(), x_label: "iteration".into(), y_label: "loss".into(), log_y: true, curves }
+        Panel { title: title.into(), x_label: "iteration".into(), y_label: "loss".into(), log_y: true, curves, empty_text: None }
     }
 
     #[test]
@@ -1204,6 +1212,7 @@ mod tests {
                 y_label: "y".into(),
                 log_y,
                 curves: vec![c.clone(), empty.clone()],
+                empty_text: None,
             };
             figure_grid(&d.join("l.png"), "t", "s", &[vec![AnyPanel::Lines(p)]]).unwrap();
         }
