@@ -56,7 +56,7 @@ pub struct Panel {
     pub y_label: String,
     pub log_y: bool,
     pub curves: Vec<Curve>,
-    /// What the panel says when no curve has a point to draw (None: "no finite data"). A panel
+    /// What the panel says when no curve has a point to draw (None: [`NO_FINITE_DATA`]). A panel
     /// of events, such as the break points, is empty because nothing happened, not because
     /// the values were not finite.
     pub empty_text: Option<String>,
@@ -392,8 +392,11 @@ fn chart<'a, 'b>(
     Ok(ch)
 }
 
+/// What an empty panel says unless it names its own reason ([`Panel::empty_text`]).
+const NO_FINITE_DATA: &str = "no finite data";
+
 fn no_data(ch: &Chart, xa: &Axis, ya: &Axis) -> Result<()> {
-    say_empty(ch, xa, ya, "no finite data")
+    say_empty(ch, xa, ya, NO_FINITE_DATA)
 }
 
 fn say_empty(ch: &Chart, xa: &Axis, ya: &Axis, text: &str) -> Result<()> {
@@ -572,7 +575,7 @@ fn draw_line_panel(area: &Area, p: &Panel) -> Result<()> {
         }
     }
     if !any {
-        say_empty(&ch, &xa, &ya, p.empty_text.as_deref().unwrap_or("no finite data"))?;
+        say_empty(&ch, &xa, &ya, p.empty_text.as_deref().unwrap_or(NO_FINITE_DATA))?;
     }
     if !p.curves.is_empty() {
         draw_legend_at(&mut ch, corner.0)?;
