@@ -315,7 +315,9 @@ fn bad(msg: String) -> anyhow::Error {
 /// YAML, so `--set train.betas=[0.9,0.99]` and `--set model.attention=softmax` both work.
 pub fn apply_override(tree: &mut serde_yaml::Value, assignment: &str) -> Result<()> {
     let (key, raw) = assignment.split_once('=').ok_or_else(|| {
-        bad(format!("--set {assignment:?}: expected section.key=value, e.g. train.lr=0.01"))
+        bad(format!(
+            "--set {assignment:?}: expected section.key=value, e.g. train.lr=0.01"
+        ))
     })?;
     let parts: Vec<&str> = key.trim().split('.').collect();
     if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
@@ -323,8 +325,11 @@ pub fn apply_override(tree: &mut serde_yaml::Value, assignment: &str) -> Result<
             "--set {assignment:?}: the key must be section.key (e.g. train.lr), got {key:?}"
         )));
     }
-    let value: serde_yaml::Value = serde_yaml::from_str(raw)
-        .map_err(|e| bad(format!("--set {assignment:?}: the value is not valid YAML: {e}")))?;
+    let value: serde_yaml::Value = serde_yaml::from_str(raw).map_err(|e| {
+        bad(format!(
+            "--set {assignment:?}: the value is not valid YAML: {e}"
+        ))
+    })?;
     if tree.is_null() {
         *tree = serde_yaml::Value::Mapping(Default::default());
     }
@@ -335,7 +340,10 @@ pub fn apply_override(tree: &mut serde_yaml::Value, assignment: &str) -> Result<
         .entry(parts[0].into())
         .or_insert_with(|| serde_yaml::Value::Mapping(Default::default()));
     let section = section.as_mapping_mut().ok_or_else(|| {
-        bad(format!("--set {assignment:?}: config key {} is not a section", parts[0]))
+        bad(format!(
+            "--set {assignment:?}: config key {} is not a section",
+            parts[0]
+        ))
     })?;
     section.insert(parts[1].into(), value);
     Ok(())
@@ -346,13 +354,12 @@ impl Config {
     pub fn load(path: &Path, overrides: &[String]) -> Result<Config> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| bad(format!("config file {}: {e}", path.display())))?;
-        Self::from_yaml_str(&text, overrides)
-            .map_err(|e| match e.downcast::<BadInput>() {
-                // --set problems are about the command line, not the file.
-                Ok(BadInput(m)) if m.starts_with("--set") => bad(m),
-                Ok(BadInput(m)) => bad(format!("{}: {m}", path.display())),
-                Err(e) => e,
-            })
+        Self::from_yaml_str(&text, overrides).map_err(|e| match e.downcast::<BadInput>() {
+            // --set problems are about the command line, not the file.
+            Ok(BadInput(m)) if m.starts_with("--set") => bad(m),
+            Ok(BadInput(m)) => bad(format!("{}: {m}", path.display())),
+            Err(e) => e,
+        })
     }
 
     pub fn from_yaml_str(text: &str, overrides: &[String]) -> Result<Config> {
@@ -376,32 +383,113 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         let (m, d, t) = (&self.model, &self.data, &self.train);
         let mut checks: Vec<(bool, &str, String)> = vec![
-            (m.layers >= 1, "model.layers", format!("must be >= 1, got {}", m.layers)),
-            (m.heads >= 1, "model.heads", format!("must be >= 1, got {}", m.heads)),
-            (m.dim >= 1, "model.dim", format!("must be >= 1, got {}", m.dim)),
-            (m.init_std >= 0.0 && m.init_std.is_finite(), "model.init_std", format!("must be >= 0, got {}", m.init_std)),
-            (m.mlp_hidden >= 0, "model.mlp_hidden", format!("must be >= 0, got {}", m.mlp_hidden)),
-            (d.context >= 1, "data.context", format!("must be >= 1, got {}", d.context)),
-            (d.batch >= 1, "data.batch", format!("must be >= 1, got {}", d.batch)),
-            (d.gamma_shape > 0.0 && d.gamma_shape.is_finite(), "data.gamma_shape", format!("must be > 0, got {}", d.gamma_shape)),
-            (d.teacher_hidden >= 1, "data.teacher_hidden", format!("must be >= 1, got {}", d.teacher_hidden)),
-            (t.lr > 0.0 && t.lr.is_finite(), "train.lr", format!("must be > 0, got {}", t.lr)),
-            ((0.0..1.0).contains(&t.momentum), "train.momentum", format!("must be in [0, 1), got {}", t.momentum)),
-            ((0.0..1.0).contains(&t.betas[0]), "train.betas", format!("each beta must be in [0, 1), got {}", t.betas[0])),
-            ((0.0..1.0).contains(&t.betas[1]), "train.betas", format!("each beta must be in [0, 1), got {}", t.betas[1])),
-            (t.eps > 0.0 && t.eps.is_finite(), "train.eps", format!("must be > 0, got {}", t.eps)),
-            (t.clip >= 0.0 && t.clip.is_finite(), "train.clip", format!("must be >= 0 (0 disables clipping), got {}", t.clip)),
-            (t.iters >= 1, "train.iters", format!("must be >= 1, got {}", t.iters)),
-            (t.save_every >= 1, "train.save_every", format!("must be >= 1, got {}", t.save_every)),
-            (t.skip_nonfinite >= 0, "train.skip_nonfinite", format!("must be >= 0 (0: the first non-finite step diverges), got {}", t.skip_nonfinite)),
+            (
+                m.layers >= 1,
+                "model.layers",
+                format!("must be >= 1, got {}", m.layers),
+            ),
+            (
+                m.heads >= 1,
+                "model.heads",
+                format!("must be >= 1, got {}", m.heads),
+            ),
+            (
+                m.dim >= 1,
+                "model.dim",
+                format!("must be >= 1, got {}", m.dim),
+            ),
+            (
+                m.init_std >= 0.0 && m.init_std.is_finite(),
+                "model.init_std",
+                format!("must be >= 0, got {}", m.init_std),
+            ),
+            (
+                m.mlp_hidden >= 0,
+                "model.mlp_hidden",
+                format!("must be >= 0, got {}", m.mlp_hidden),
+            ),
+            (
+                d.context >= 1,
+                "data.context",
+                format!("must be >= 1, got {}", d.context),
+            ),
+            (
+                d.batch >= 1,
+                "data.batch",
+                format!("must be >= 1, got {}", d.batch),
+            ),
+            (
+                d.gamma_shape > 0.0 && d.gamma_shape.is_finite(),
+                "data.gamma_shape",
+                format!("must be > 0, got {}", d.gamma_shape),
+            ),
+            (
+                d.teacher_hidden >= 1,
+                "data.teacher_hidden",
+                format!("must be >= 1, got {}", d.teacher_hidden),
+            ),
+            (
+                t.lr > 0.0 && t.lr.is_finite(),
+                "train.lr",
+                format!("must be > 0, got {}", t.lr),
+            ),
+            (
+                (0.0..1.0).contains(&t.momentum),
+                "train.momentum",
+                format!("must be in [0, 1), got {}", t.momentum),
+            ),
+            (
+                (0.0..1.0).contains(&t.betas[0]),
+                "train.betas",
+                format!("each beta must be in [0, 1), got {}", t.betas[0]),
+            ),
+            (
+                (0.0..1.0).contains(&t.betas[1]),
+                "train.betas",
+                format!("each beta must be in [0, 1), got {}", t.betas[1]),
+            ),
+            (
+                t.eps > 0.0 && t.eps.is_finite(),
+                "train.eps",
+                format!("must be > 0, got {}", t.eps),
+            ),
+            (
+                t.clip >= 0.0 && t.clip.is_finite(),
+                "train.clip",
+                format!("must be >= 0 (0 disables clipping), got {}", t.clip),
+            ),
+            (
+                t.iters >= 1,
+                "train.iters",
+                format!("must be >= 1, got {}", t.iters),
+            ),
+            (
+                t.save_every >= 1,
+                "train.save_every",
+                format!("must be >= 1, got {}", t.save_every),
+            ),
+            (
+                t.skip_nonfinite >= 0,
+                "train.skip_nonfinite",
+                format!(
+                    "must be >= 0 (0: the first non-finite step diverges), got {}",
+                    t.skip_nonfinite
+                ),
+            ),
         ];
         // One layer holds B×(n+1)×(n+1) attention scores; refuse what cannot fit in memory
         // before libtorch fails to allocate it.
-        let scores = (d.batch as f64) * (d.context as f64 + 1.0) * (d.context.max(m.dim) as f64 + 1.0);
+        let scores =
+            (d.batch as f64) * (d.context as f64 + 1.0) * (d.context.max(m.dim) as f64 + 1.0);
         checks.push((
             scores <= 4e9,
             "data.batch",
-            format!("batch {} × context {} is too large for one step ({:.0} GB per layer)", d.batch, d.context, scores * 4.0 / 1e9),
+            format!(
+                "batch {} × context {} is too large for one step ({:.0} GB per layer)",
+                d.batch,
+                d.context,
+                scores * 4.0 / 1e9
+            ),
         ));
         checks.push((
             (m.layers as f64) * (m.heads as f64) * (m.dim as f64 + 1.0).powi(2) <= 1e9,
@@ -423,14 +511,15 @@ impl Config {
                 return Err(bad(format!("config key {key}: {msg}")));
             }
         }
-        t.device.tch().map_err(|e| bad(format!("config key train.device: {e}")))?;
+        t.device
+            .tch()
+            .map_err(|e| bad(format!("config key train.device: {e}")))?;
         Ok(())
     }
 
     pub fn to_yaml(&self) -> String {
         serde_yaml::to_string(self).expect("a Config always serializes")
     }
-
 }
 
 #[cfg(test)]
@@ -439,7 +528,10 @@ mod tests {
 
     fn msg(r: Result<Config>) -> String {
         let e = r.unwrap_err();
-        assert!(e.downcast_ref::<BadInput>().is_some(), "not a BadInput: {e:#}");
+        assert!(
+            e.downcast_ref::<BadInput>().is_some(),
+            "not a BadInput: {e:#}"
+        );
         e.to_string()
     }
 
@@ -468,7 +560,11 @@ mod tests {
     fn set_overrides_parse_yaml_values() {
         let c = Config::from_yaml_str(
             "train: {lr: 0.1}",
-            &["train.lr=0.5".into(), "train.betas=[0.8, 0.99]".into(), "data.setting=gamma".into()],
+            &[
+                "train.lr=0.5".into(),
+                "train.betas=[0.8, 0.99]".into(),
+                "data.setting=gamma".into(),
+            ],
         )
         .unwrap();
         assert_eq!(c.train.lr, 0.5);

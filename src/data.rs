@@ -19,7 +19,10 @@ pub struct Batch {
 
 impl Batch {
     pub fn to_device(&self, device: Device) -> Batch {
-        Batch { z: self.z.to_device(device), y_query: self.y_query.to_device(device) }
+        Batch {
+            z: self.z.to_device(device),
+            y_query: self.y_query.to_device(device),
+        }
     }
 
     /// The batch in `kind` (the same tensors, not a copy, when it already is).
@@ -27,7 +30,10 @@ impl Batch {
         if self.z.kind() == kind {
             return self;
         }
-        Batch { z: self.z.to_kind(kind), y_query: self.y_query.to_kind(kind) }
+        Batch {
+            z: self.z.to_kind(kind),
+            y_query: self.y_query.to_kind(kind),
+        }
     }
 }
 
@@ -43,8 +49,19 @@ pub struct DataStream {
 impl DataStream {
     /// `numpy` is the generator returned by [`rng::seed_both`] for this run; the torch CPU
     /// generator is the one that was seeded with it.
-    pub fn new(cfg: &Config, teacher: Option<Mlp>, numpy: LegacyRandomState, device: Device) -> Self {
-        DataStream { cfg: cfg.data.clone(), dim: cfg.model.dim, numpy, teacher, device }
+    pub fn new(
+        cfg: &Config,
+        teacher: Option<Mlp>,
+        numpy: LegacyRandomState,
+        device: Device,
+    ) -> Self {
+        DataStream {
+            cfg: cfg.data.clone(),
+            dim: cfg.model.dim,
+            numpy,
+            teacher,
+            device,
+        }
     }
 
     /// Draws the next batch of `batch` prompts on the CPU generators and moves it to the
@@ -65,7 +82,8 @@ impl DataStream {
     /// numbers do not depend on the training device.
     pub fn draw(&mut self, b: i64) -> Batch {
         let (n, d) = (self.cfg.context, self.dim);
-        let normal = |shape: &[i64]| Tensor::empty(shape, (Kind::Float, Device::Cpu)).normal_(0.0, 1.0);
+        let normal =
+            |shape: &[i64]| Tensor::empty(shape, (Kind::Float, Device::Cpu)).normal_(0.0, 1.0);
         // Linear settings draw W, X, X_query; the MLP experiments draw X, X_query, W.
         let (w, mut x, mut xq) = if self.cfg.setting == Setting::MlpTeacher {
             let x = normal(&[b, n, d]);
@@ -99,15 +117,25 @@ impl DataStream {
         let y = Tensor::einsum("bni,bi->bn", &[&features, &w], None::<i64>);
         let y_query = Tensor::einsum("bni,bi->bn", &[&features_q, &w], None::<i64>).select(1, 0);
         let tokens = Tensor::cat(&[x, y.unsqueeze(-1)], -1);
-        let query = Tensor::cat(&[xq, Tensor::zeros([b, 1, 1], (Kind::Float, Device::Cpu))], -1);
-        Batch { z: Tensor::cat(&[tokens, query], 1), y_query }
+        let query = Tensor::cat(
+            &[xq, Tensor::zeros([b, 1, 1], (Kind::Float, Device::Cpu))],
+            -1,
+        );
+        Batch {
+            z: Tensor::cat(&[tokens, query], 1),
+            y_query,
+        }
     }
 
     fn gamma_tensor(&mut self, shape: f64, scale: f64, size: &[i64]) -> Tensor {
         let count = size.iter().product::<i64>() as usize;
         // numpy draws float64; the authors cast to float32 (round to nearest), as `as f32` does.
-        let values: Vec<f32> =
-            self.numpy.gamma_fill(shape, scale, count).into_iter().map(|v| v as f32).collect();
+        let values: Vec<f32> = self
+            .numpy
+            .gamma_fill(shape, scale, count)
+            .into_iter()
+            .map(|v| v as f32)
+            .collect();
         Tensor::from_slice(&values).reshape(size)
     }
 }
@@ -119,9 +147,12 @@ fn unit_rows(x: &Tensor) -> Tensor {
 /// The evaluation batch: B prompts drawn once after re-seeding both generators with
 /// `eval_seed` (the teacher, if any, is built first with its own seed).
 pub fn eval_batch(cfg: &Config, device: Device) -> Batch {
-    let teacher = (cfg.data.setting == Setting::MlpTeacher).then(|| Mlp::teacher(&cfg.data, cfg.model.dim));
+    let teacher =
+        (cfg.data.setting == Setting::MlpTeacher).then(|| Mlp::teacher(&cfg.data, cfg.model.dim));
     let numpy = rng::seed_both(cfg.data.eval_seed);
-    DataStream::new(cfg, teacher, numpy, device).next_batch().to_kind(cfg.train.dtype.kind())
+    DataStream::new(cfg, teacher, numpy, device)
+        .next_batch()
+        .to_kind(cfg.train.dtype.kind())
 }
 
 /// The fast mode's data: one stream per seed, drawn directly on the training device.
@@ -197,6 +228,10 @@ impl DeviceStream {
         let y = (features * &w).sum_dim_intlist([-1i64].as_slice(), true, None::<Kind>); // [U, B, n+1, 1]
         let z = Tensor::cat(&[&x, &y], -1);
         let _ = z.select(2, n).select(-1, d).fill_(0.0);
-        Batch { z, y_query: y.select(2, n).squeeze_dim(-1) }.to_kind(self.kind)
+        Batch {
+            z,
+            y_query: y.select(2, n).squeeze_dim(-1),
+        }
+        .to_kind(self.kind)
     }
 }

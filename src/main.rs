@@ -13,7 +13,11 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 #[derive(Parser)]
-#[command(name = "linattn", version, about = "Linear Transformers on in-context regression (Ahn et al., ICLR 2024)")]
+#[command(
+    name = "linattn",
+    version,
+    about = "Linear Transformers on in-context regression (Ahn et al., ICLR 2024)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -100,7 +104,12 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         warmup: i64,
         /// Modes to measure, comma-separated.
-        #[arg(long, value_enum, value_delimiter = ',', default_value = "faithful,fast,ensemble")]
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "faithful,fast,ensemble"
+        )]
         modes: Vec<BenchMode>,
         /// Device for both sides (overrides train.device).
         #[arg(long)]
@@ -224,7 +233,9 @@ fn stop_flag() -> Result<Arc<AtomicBool>> {
 fn set_threads(given: Option<i32>, preferred: Option<i32>) -> Result<()> {
     if let Some(n) = given {
         if n < 1 {
-            return Err(anyhow::anyhow!(BadInput(format!("--threads: must be >= 1, got {n}"))));
+            return Err(anyhow::anyhow!(BadInput(format!(
+                "--threads: must be >= 1, got {n}"
+            ))));
         }
     }
     if let Some(n) = given.or(preferred) {
@@ -234,7 +245,8 @@ fn set_threads(given: Option<i32>, preferred: Option<i32>) -> Result<()> {
 }
 
 fn device(d: DeviceName, flag: &str) -> Result<tch::Device> {
-    d.tch().map_err(|e| anyhow::anyhow!(BadInput(format!("{flag}: {e}"))))
+    d.tch()
+        .map_err(|e| anyhow::anyhow!(BadInput(format!("{flag}: {e}"))))
 }
 
 /// The exit code and lines of a finished `train` (one outcome per run folder).
@@ -246,15 +258,25 @@ fn report_training(outcomes: &[(PathBuf, Outcome)], fast: bool) -> i32 {
         match outcome.summary.status {
             Status::Interrupted | Status::Running => {
                 let how = if fast && outcome.metrics.is_empty() {
-                    format!("nothing to keep; run the same command again with --force ({})", out.display())
+                    format!(
+                        "nothing to keep; run the same command again with --force ({})",
+                        out.display()
+                    )
                 } else {
                     format!("continue with: linattn train --resume {}", out.display())
                 };
-                eprintln!("linattn: interrupted after {} iterations; {how}", outcome.summary.iters_done);
+                eprintln!(
+                    "linattn: interrupted after {} iterations; {how}",
+                    outcome.summary.iters_done
+                );
                 code = exit::INTERRUPTED;
             }
             Status::Diverged => {
-                let in_a_row = if trailing > 1 { format!(", {trailing} steps in a row") } else { String::new() };
+                let in_a_row = if trailing > 1 {
+                    format!(", {trailing} steps in a row")
+                } else {
+                    String::new()
+                };
                 eprintln!(
                     "linattn: run diverged at iteration {} (loss or gradient not finite{in_a_row}); {} kept",
                     outcome.summary.diverged_at.unwrap_or_default(),
@@ -266,7 +288,11 @@ fn report_training(outcomes: &[(PathBuf, Outcome)], fast: bool) -> i32 {
             }
             Status::Completed => {
                 if let Some(r) = outcome.metrics.last() {
-                    let skipped = if skipped > 0 { format!(" ({skipped} non-finite steps skipped)") } else { String::new() };
+                    let skipped = if skipped > 0 {
+                        format!(" ({skipped} non-finite steps skipped)")
+                    } else {
+                        String::new()
+                    };
                     println!(
                         "done: {} iterations in {:.1} s{skipped}, last train_loss {} grad_norm {}; wrote {}",
                         outcome.summary.iters_done,
@@ -283,17 +309,44 @@ fn report_training(outcomes: &[(PathBuf, Outcome)], fast: bool) -> i32 {
 }
 
 fn run(cli: Cli) -> Result<i32> {
-    let progress = if std::io::stderr().is_terminal() { Progress::Bar } else { Progress::Lines };
-    let options = linattn::train::Options { progress, stop: stop_flag()?, ..Default::default() };
+    let progress = if std::io::stderr().is_terminal() {
+        Progress::Bar
+    } else {
+        Progress::Lines
+    };
+    let options = linattn::train::Options {
+        progress,
+        stop: stop_flag()?,
+        ..Default::default()
+    };
     match cli.command {
-        Command::Train { config, sets, out, resume, force, checkpoint_every, seeds, optimizers, lrs, threads } => {
-            let opts = linattn::train::Options { force, checkpoint_every, ..options };
+        Command::Train {
+            config,
+            sets,
+            out,
+            resume,
+            force,
+            checkpoint_every,
+            seeds,
+            optimizers,
+            lrs,
+            threads,
+        } => {
+            let opts = linattn::train::Options {
+                force,
+                checkpoint_every,
+                ..options
+            };
             if checkpoint_every < 0 {
-                return Err(anyhow::anyhow!(BadInput(format!("--checkpoint-every: must be >= 0, got {checkpoint_every}"))));
+                return Err(anyhow::anyhow!(BadInput(format!(
+                    "--checkpoint-every: must be >= 0, got {checkpoint_every}"
+                ))));
             }
             if let Some(dir) = resume {
                 let cfg = linattn::run::RunFolder::new(&dir).config()?;
-                let group = linattn::train::checkpointed_group(&dir).map(|g| g.len()).unwrap_or(1);
+                let group = linattn::train::checkpointed_group(&dir)
+                    .map(|g| g.len())
+                    .unwrap_or(1);
                 set_threads(threads, linattn::train::preferred_threads(&cfg, group))?;
                 let folders: Vec<PathBuf> = match linattn::train::checkpointed_group(&dir) {
                     Ok(g) => g.iter().map(|f| f.dir().to_path_buf()).collect(),
@@ -301,53 +354,103 @@ fn run(cli: Cli) -> Result<i32> {
                 };
                 let outcomes = linattn::train::resume(&dir, &opts)?;
                 if folders.len() > 1 {
-                    eprintln!("linattn: resumed the ensemble of {} runs that {} belongs to", folders.len(), dir.display());
+                    eprintln!(
+                        "linattn: resumed the ensemble of {} runs that {} belongs to",
+                        folders.len(),
+                        dir.display()
+                    );
                 }
                 let fast = cfg.train.mode == Mode::Fast;
-                return Ok(report_training(&folders.into_iter().zip(outcomes).collect::<Vec<_>>(), fast));
+                return Ok(report_training(
+                    &folders.into_iter().zip(outcomes).collect::<Vec<_>>(),
+                    fast,
+                ));
             }
-            let (config, out) = (config.expect("clap requires --config"), out.expect("clap requires --out"));
+            let (config, out) = (
+                config.expect("clap requires --config"),
+                out.expect("clap requires --out"),
+            );
             let mut cfg = Config::load(&config, &sets)?;
             match seeds {
                 None => {
                     set_threads(threads, linattn::train::preferred_threads(&cfg, 1))?;
                     let outcome = linattn::train::train(&cfg, &out, &opts)?;
-                    Ok(report_training(&[(out, outcome)], cfg.train.mode == Mode::Fast))
+                    Ok(report_training(
+                        &[(out, outcome)],
+                        cfg.train.mode == Mode::Fast,
+                    ))
                 }
                 Some(seeds) => {
                     if seeds.is_empty() {
-                        return Err(anyhow::anyhow!(BadInput("--seeds: give at least one seed".into())));
+                        return Err(anyhow::anyhow!(BadInput(
+                            "--seeds: give at least one seed".into()
+                        )));
                     }
                     cfg.train.mode = Mode::Fast;
                     let optimizers = optimizers.unwrap_or_else(|| vec![cfg.train.optimizer]);
-                    if let Some(bad) = lrs.iter().flatten().find(|lr| !(**lr > 0.0 && lr.is_finite())) {
-                        return Err(anyhow::anyhow!(BadInput(format!("--lrs: every learning rate must be > 0, got {bad}"))));
+                    if let Some(bad) = lrs
+                        .iter()
+                        .flatten()
+                        .find(|lr| !(**lr > 0.0 && lr.is_finite()))
+                    {
+                        return Err(anyhow::anyhow!(BadInput(format!(
+                            "--lrs: every learning rate must be > 0, got {bad}"
+                        ))));
                     }
                     let rates = lrs.clone().unwrap_or_else(|| vec![cfg.train.lr]);
                     let members: Vec<linattn::train::Member> = seeds
                         .iter()
-                        .flat_map(|&seed| optimizers.iter().map(move |&optimizer| (seed, optimizer)))
-                        .flat_map(|(seed, optimizer)| rates.iter().map(move |&lr| linattn::train::Member { seed, optimizer, lr }))
+                        .flat_map(|&seed| {
+                            optimizers.iter().map(move |&optimizer| (seed, optimizer))
+                        })
+                        .flat_map(|(seed, optimizer)| {
+                            rates.iter().map(move |&lr| linattn::train::Member {
+                                seed,
+                                optimizer,
+                                lr,
+                            })
+                        })
                         .collect();
                     let outs: Vec<PathBuf> = members
                         .iter()
                         .map(|m| match lrs {
-                            Some(_) => out.join(format!("{}-lr{}-seed{}", m.optimizer.name(), m.lr, m.seed)),
+                            Some(_) => out.join(format!(
+                                "{}-lr{}-seed{}",
+                                m.optimizer.name(),
+                                m.lr,
+                                m.seed
+                            )),
                             None => out.join(format!("{}-seed{}", m.optimizer.name(), m.seed)),
                         })
                         .collect();
-                    set_threads(threads, linattn::train::preferred_threads(&cfg, members.len()))?;
+                    set_threads(
+                        threads,
+                        linattn::train::preferred_threads(&cfg, members.len()),
+                    )?;
                     let outcomes = linattn::train::train_ensemble(&cfg, &members, &outs, &opts)?;
-                    Ok(report_training(&outs.into_iter().zip(outcomes).collect::<Vec<_>>(), true))
+                    Ok(report_training(
+                        &outs.into_iter().zip(outcomes).collect::<Vec<_>>(),
+                        true,
+                    ))
                 }
             }
         }
-        Command::Bench { mut config, steps, warmup, modes, device, repeats, threads, passive_wait } => {
+        Command::Bench {
+            mut config,
+            steps,
+            warmup,
+            modes,
+            device,
+            repeats,
+            threads,
+            passive_wait,
+        } => {
             if let Some(d) = &device {
                 config.sets.push(format!("train.device={d}"));
             }
             let cfg = config.load()?;
-            let exe = std::env::current_exe().map_err(|e| anyhow::anyhow!("cannot find the linattn binary: {e}"))?;
+            let exe = std::env::current_exe()
+                .map_err(|e| anyhow::anyhow!("cannot find the linattn binary: {e}"))?;
             let device = device.map(|d| d.to_string());
             let req = linattn::tools::bench::BenchRequest {
                 config: &config.config,
@@ -364,44 +467,89 @@ fn run(cli: Cli) -> Result<i32> {
             linattn::tools::bench::run(&cfg, &req)?;
             Ok(exit::OK)
         }
-        Command::BenchWorker { config, mode, steps, warmup } => {
+        Command::BenchWorker {
+            config,
+            mode,
+            steps,
+            warmup,
+        } => {
             let cfg = config.load()?;
             if steps < 1 || warmup < 0 {
-                return Err(BadInput("bench-worker: --steps must be >= 1 and --warmup >= 0".into()).into());
+                return Err(BadInput(
+                    "bench-worker: --steps must be >= 1 and --warmup >= 0".into(),
+                )
+                .into());
             }
             // The thread count `linattn train` would use for this mode.
             let mut as_trained = cfg.clone();
-            as_trained.train.mode = if mode == BenchMode::Faithful { Mode::Faithful } else { Mode::Fast };
-            let members = if mode == BenchMode::Ensemble { linattn::tools::bench::ENSEMBLE_RUNS } else { 1 };
-            set_threads(None, linattn::train::preferred_threads(&as_trained, members))?;
+            as_trained.train.mode = if mode == BenchMode::Faithful {
+                Mode::Faithful
+            } else {
+                Mode::Fast
+            };
+            let members = if mode == BenchMode::Ensemble {
+                linattn::tools::bench::ENSEMBLE_RUNS
+            } else {
+                1
+            };
+            set_threads(
+                None,
+                linattn::train::preferred_threads(&as_trained, members),
+            )?;
             let m = linattn::tools::bench::worker(&cfg, mode, steps, warmup)?;
             println!("{}", serde_json::to_string(&m)?);
             Ok(exit::OK)
         }
-        Command::Reproduce { figures, quick, device, runs, plots, experiments, iters, seeds, threads, mode, shard, draw_only } => {
+        Command::Reproduce {
+            figures,
+            quick,
+            device,
+            runs,
+            plots,
+            experiments,
+            iters,
+            seeds,
+            threads,
+            mode,
+            shard,
+            draw_only,
+        } => {
             if iters.is_some_and(|i| i < 1) {
                 return Err(anyhow::anyhow!(BadInput("--iters: must be >= 1".into())));
             }
             if seeds.as_ref().is_some_and(|s| s.is_empty()) {
-                return Err(anyhow::anyhow!(BadInput("--seeds: give at least one seed".into())));
+                return Err(anyhow::anyhow!(BadInput(
+                    "--seeds: give at least one seed".into()
+                )));
             }
             self::device(device, "--device")?;
             set_threads(Some(threads), None)?;
             let req = linattn::figures::Request {
                 figures,
-                scale: linattn::figures::spec::Scale { quick, iters, seeds, mode },
+                scale: linattn::figures::spec::Scale {
+                    quick,
+                    iters,
+                    seeds,
+                    mode,
+                },
                 device,
                 runs,
-                plots: plots.unwrap_or_else(|| PathBuf::from(if quick { "plots/quick" } else { "plots" })),
+                plots: plots
+                    .unwrap_or_else(|| PathBuf::from(if quick { "plots/quick" } else { "plots" })),
                 experiments,
-                options: linattn::train::Options { checkpoint_every: 250, ..options },
+                options: linattn::train::Options {
+                    checkpoint_every: 250,
+                    ..options
+                },
                 shard,
                 draw_only,
             };
             let started = std::time::Instant::now();
             let report = linattn::figures::reproduce(&req)?;
             let t = report.tally;
-            let who = shard.map(|s| format!(" (shard {}/{})", s.index, s.count)).unwrap_or_default();
+            let who = shard
+                .map(|s| format!(" (shard {}/{})", s.index, s.count))
+                .unwrap_or_default();
             println!(
                 "reproduce{who}: runs trained {}, reused {}, resumed {}, restarted {}; ensembles trained {}; runs measured {}; noise computed {}; units left to other workers {}; {:.0} s",
                 t.trained,
@@ -418,7 +566,9 @@ fn run(cli: Cli) -> Result<i32> {
                 println!("wrote {}", p.display());
             }
             if report.interrupted {
-                eprintln!("linattn: interrupted; run the same command again to continue where it stopped");
+                eprintln!(
+                    "linattn: interrupted; run the same command again to continue where it stopped"
+                );
                 return Ok(exit::INTERRUPTED);
             }
             if shard.is_some() {
@@ -428,12 +578,23 @@ fn run(cli: Cli) -> Result<i32> {
             }
             Ok(exit::OK)
         }
-        Command::Compare { mut config, out, tolerance, device } => {
+        Command::Compare {
+            mut config,
+            out,
+            tolerance,
+            device,
+        } => {
             if let Some(d) = device {
                 config.sets.push(format!("train.device={d}"));
             }
             let cfg = config.load()?;
-            let c = linattn::tools::compare::compare(&cfg, &config.config, &config.sets, &out, &options)?;
+            let c = linattn::tools::compare::compare(
+                &cfg,
+                &config.config,
+                &config.sets,
+                &out,
+                &options,
+            )?;
             println!(
                 "compared {} iterations: largest relative difference {:e} (train_loss/grad_norm {:e}, final parameters {:e}); bit-identical: {}",
                 c.iters,
@@ -451,9 +612,18 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Command::Analyze { dir, every, device } => {
             let device = device.map(|d| self::device(d, "--device")).transpose()?;
-            let rows = linattn::measure::analyze(&dir, every, device, progress == Progress::Bar, &options.stop)?;
+            let rows = linattn::measure::analyze(
+                &dir,
+                every,
+                device,
+                progress == Progress::Bar,
+                &options.stop,
+            )?;
             let path = linattn::run::RunFolder::new(&dir).measurements_path();
-            let f = |v: Option<f64>| v.map(|v| (v as f32).to_string()).unwrap_or_else(|| "-".into());
+            let f = |v: Option<f64>| {
+                v.map(|v| (v as f32).to_string())
+                    .unwrap_or_else(|| "-".into())
+            };
             match rows.last() {
                 Some((t, r)) => println!(
                     "analyzed {} steps; at iteration {t}: test_loss {} condition_number {} sharpness {}; wrote {}",
@@ -467,9 +637,21 @@ fn run(cli: Cli) -> Result<i32> {
             }
             Ok(exit::OK)
         }
-        Command::Noise { config, samples, full_batch, out } => {
+        Command::Noise {
+            config,
+            samples,
+            full_batch,
+            out,
+        } => {
             let cfg = config.load()?;
-            let s = match linattn::measure::noise::run_noise(&cfg, samples, full_batch, &out, progress == Progress::Bar, &options.stop)? {
+            let s = match linattn::measure::noise::run_noise(
+                &cfg,
+                samples,
+                full_batch,
+                &out,
+                progress == Progress::Bar,
+                &options.stop,
+            )? {
                 NoiseOutcome::Done(s) => s,
                 NoiseOutcome::Interrupted { measured } => {
                     eprintln!("linattn: interrupted after {measured} of {samples} batches; run the same command again to continue");
@@ -489,10 +671,21 @@ fn run(cli: Cli) -> Result<i32> {
             );
             Ok(exit::OK)
         }
-        Command::BenchHessian { config, repeats, threads } => {
+        Command::BenchHessian {
+            config,
+            repeats,
+            threads,
+        } => {
             let cfg = config.load()?;
             set_threads(threads.map(|n| n.min(i32::MAX as usize) as i32), None)?;
-            let b = linattn::tools::bench::bench_hessian(&cfg, &config.config, &config.sets, repeats, threads, progress == Progress::Bar)?;
+            let b = linattn::tools::bench::bench_hessian(
+                &cfg,
+                &config.config,
+                &config.sets,
+                repeats,
+                threads,
+                progress == Progress::Bar,
+            )?;
             println!(
                 "condition number at init ({} parameters, {}, {} repeats): rust median {:.1} ms (min {:.1}, {} threads), pytorch median {:.1} ms (min {:.1}, {} threads); ratio rust/pytorch {:.3} (of the minima {:.3}); values {} vs {}",
                 b.num_params,
@@ -529,7 +722,11 @@ fn panic_line(payload: &(dyn std::any::Any + Send)) -> String {
         .map(String::as_str)
         .or_else(|| payload.downcast_ref::<&str>().copied())
         .unwrap_or("unknown panic");
-    text.lines().find(|l| !l.trim().is_empty()).unwrap_or("unknown panic").trim().to_string()
+    text.lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("unknown panic")
+        .trim()
+        .to_string()
 }
 
 fn main() {
@@ -552,18 +749,29 @@ fn main() {
                 .filter(|l| !l.is_empty())
                 .collect();
             let what = what.join(" ");
-            eprintln!("linattn: error: {} (see linattn --help)", what.trim_start_matches("error: "));
+            eprintln!(
+                "linattn: error: {} (see linattn --help)",
+                what.trim_start_matches("error: ")
+            );
             std::process::exit(exit::BAD_INPUT);
         }
     };
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli))).unwrap_or_else(|payload| {
-        Err(anyhow::anyhow!("internal error: {}", panic_line(payload.as_ref())))
-    });
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli)))
+        .unwrap_or_else(|payload| {
+            Err(anyhow::anyhow!(
+                "internal error: {}",
+                panic_line(payload.as_ref())
+            ))
+        });
     let code = match result {
         Ok(code) => code,
         Err(e) => {
-            let incomplete = e.chain().any(|c| c.downcast_ref::<linattn::figures::Incomplete>().is_some());
-            let bad = e.chain().any(|c| c.downcast_ref::<BadInput>().is_some() || c.downcast_ref::<FolderBusy>().is_some());
+            let incomplete = e
+                .chain()
+                .any(|c| c.downcast_ref::<linattn::figures::Incomplete>().is_some());
+            let bad = e.chain().any(|c| {
+                c.downcast_ref::<BadInput>().is_some() || c.downcast_ref::<FolderBusy>().is_some()
+            });
             let msg = match e.chain().find_map(|c| c.downcast_ref::<BadInput>()) {
                 Some(b) => b.to_string(),
                 None => format!("{e:#}"),

@@ -77,7 +77,12 @@ impl LegacyRandomState {
                 .wrapping_mul(prev ^ (prev >> 30))
                 .wrapping_add(i as u32);
         }
-        LegacyRandomState { key, pos: N, has_gauss: false, gauss: 0.0 }
+        LegacyRandomState {
+            key,
+            pos: N,
+            has_gauss: false,
+            gauss: 0.0,
+        }
     }
 
     /// Regenerate the whole 624-word block (standard MT19937 twist).
@@ -211,7 +216,13 @@ mod tests {
     #[test]
     fn mt19937_seed_5489_matches_published_reference_outputs() {
         let mut r = LegacyRandomState::new(5489);
-        let want = [3_499_211_612u32, 581_869_302, 3_890_346_734, 3_586_334_585, 545_404_204];
+        let want = [
+            3_499_211_612u32,
+            581_869_302,
+            3_890_346_734,
+            3_586_334_585,
+            545_404_204,
+        ];
         for w in want {
             assert_eq!(r.next_u32(), w);
         }
@@ -234,7 +245,9 @@ mod tests {
         let xs: Vec<f64> = (0..2000).map(|_| a.random_sample()).collect();
         assert!(xs.iter().all(|&x| (0.0..1.0).contains(&x)));
         let mut b = LegacyRandomState::new(42);
-        assert!(xs.iter().all(|&x| x.to_bits() == b.random_sample().to_bits()));
+        assert!(xs
+            .iter()
+            .all(|&x| x.to_bits() == b.random_sample().to_bits()));
     }
 
     #[test]
@@ -251,7 +264,10 @@ mod tests {
         for &k in &[0.1, 0.5, 1.0, 2.5, 7.0] {
             let n = 200_000;
             let m = r.gamma_fill(k, 2.0, n).iter().sum::<f64>() / n as f64;
-            assert!((m - 2.0 * k).abs() < 0.05 * (2.0 * k).max(1.0), "k={k} mean={m}");
+            assert!(
+                (m - 2.0 * k).abs() < 0.05 * (2.0 * k).max(1.0),
+                "k={k} mean={m}"
+            );
         }
     }
 }

@@ -6,15 +6,36 @@ use common::*;
 #[test]
 fn bench_prints_both_sides_and_the_ratio_for_every_mode() {
     let mut c = linattn();
-    c.args(["bench", "--config"]).arg(experiment("settings/setting1_normal_n20.yaml"));
-    c.args(["--set", "data.batch=50", "--steps", "3", "--warmup", "1", "--modes", "faithful,fast,ensemble"]);
+    c.args(["bench", "--config"])
+        .arg(experiment("settings/setting1_normal_n20.yaml"));
+    c.args([
+        "--set",
+        "data.batch=50",
+        "--steps",
+        "3",
+        "--warmup",
+        "1",
+        "--modes",
+        "faithful,fast,ensemble",
+    ]);
     let o = ok(c);
     let out = String::from_utf8_lossy(&o.stdout);
     for mode in ["faithful", "fast", "ensemble"] {
-        let line = out.lines().find(|l| l.starts_with(mode)).unwrap_or_else(|| panic!("no {mode} row in:\n{out}"));
-        let numbers: Vec<f64> = line.split_whitespace().skip(1).take(3).map(|x| x.parse().unwrap()).collect();
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(mode))
+            .unwrap_or_else(|| panic!("no {mode} row in:\n{out}"));
+        let numbers: Vec<f64> = line
+            .split_whitespace()
+            .skip(1)
+            .take(3)
+            .map(|x| x.parse().unwrap())
+            .collect();
         assert!(numbers.iter().all(|x| x.is_finite() && *x > 0.0), "{line}");
-        assert!((numbers[0] / numbers[1] - numbers[2]).abs() < 0.01 * numbers[2] + 0.01, "ratio = pytorch/rust: {line}");
+        assert!(
+            (numbers[0] / numbers[1] - numbers[2]).abs() < 0.01 * numbers[2] + 0.01,
+            "ratio = pytorch/rust: {line}"
+        );
     }
     assert!(out.contains("peak resident memory: rust fast run"), "{out}");
 }
@@ -22,8 +43,14 @@ fn bench_prints_both_sides_and_the_ratio_for_every_mode() {
 #[test]
 fn bench_rejects_an_unknown_mode_as_bad_input() {
     let mut c = linattn();
-    c.args(["bench", "--config"]).arg(experiment("settings/setting1_normal_n20.yaml"));
+    c.args(["bench", "--config"])
+        .arg(experiment("settings/setting1_normal_n20.yaml"));
     c.args(["--modes", "faithful,turbo"]);
     let o = output(c);
-    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }

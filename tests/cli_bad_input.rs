@@ -10,17 +10,38 @@ fn train_with(yaml: &str, sets: &[&str]) -> (Option<i32>, String) {
     std::fs::write(&cfg, yaml).unwrap();
     let mut c = linattn();
     c.arg("train");
-    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).chain(["train.iters=2".to_string()]).collect();
+    let sets: Vec<String> = sets
+        .iter()
+        .map(|s| s.to_string())
+        .chain(["train.iters=2".to_string()])
+        .collect();
     let o = output(with_config(c, &cfg, &sets, &tmp.path().join("out")));
-    (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 fn assert_bad_input(yaml: &str, sets: &[&str], must_name: &str) {
     let (code, stderr) = train_with(yaml, sets);
-    assert_eq!(code, Some(2), "{yaml:?} {sets:?}: expected exit 2, stderr: {stderr}");
-    assert_eq!(stderr.trim_end().lines().count(), 1, "{yaml:?} {sets:?}: not one line: {stderr}");
-    assert!(stderr.contains(must_name), "{yaml:?} {sets:?}: the message does not name {must_name:?}: {stderr}");
-    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
+    assert_eq!(
+        code,
+        Some(2),
+        "{yaml:?} {sets:?}: expected exit 2, stderr: {stderr}"
+    );
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "{yaml:?} {sets:?}: not one line: {stderr}"
+    );
+    assert!(
+        stderr.contains(must_name),
+        "{yaml:?} {sets:?}: the message does not name {must_name:?}: {stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -66,7 +87,12 @@ fn missing_config_file_exits_2_naming_the_file() {
     let tmp = tempdir();
     let mut c = linattn();
     c.arg("train");
-    let o = output(with_config(c, Path::new("/nonexistent/c.yaml"), &[], &tmp.path().join("o")));
+    let o = output(with_config(
+        c,
+        Path::new("/nonexistent/c.yaml"),
+        &[],
+        &tmp.path().join("o"),
+    ));
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/c.yaml"));
 }

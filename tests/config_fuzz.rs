@@ -6,13 +6,32 @@ use proptest::prelude::*;
 
 fn key() -> impl Strategy<Value = String> {
     prop_oneof![
-        Just("model.layers"), Just("model.heads"), Just("model.dim"), Just("model.init_std"),
-        Just("model.parametrization"), Just("model.attention"), Just("model.mlp_hidden"),
-        Just("data.setting"), Just("data.context"), Just("data.batch"), Just("data.gamma_shape"),
-        Just("data.eval_seed"), Just("train.optimizer"), Just("train.lr"), Just("train.betas"),
-        Just("train.clip"), Just("train.clip_mode"), Just("train.mode"), Just("train.iters"),
-        Just("train.seed"), Just("train.device"), Just("train.save_every"), Just("train.skip_nonfinite"), Just("train.dtype"),
-        Just("train.nope"), Just("x.y"),
+        Just("model.layers"),
+        Just("model.heads"),
+        Just("model.dim"),
+        Just("model.init_std"),
+        Just("model.parametrization"),
+        Just("model.attention"),
+        Just("model.mlp_hidden"),
+        Just("data.setting"),
+        Just("data.context"),
+        Just("data.batch"),
+        Just("data.gamma_shape"),
+        Just("data.eval_seed"),
+        Just("train.optimizer"),
+        Just("train.lr"),
+        Just("train.betas"),
+        Just("train.clip"),
+        Just("train.clip_mode"),
+        Just("train.mode"),
+        Just("train.iters"),
+        Just("train.seed"),
+        Just("train.device"),
+        Just("train.save_every"),
+        Just("train.skip_nonfinite"),
+        Just("train.dtype"),
+        Just("train.nope"),
+        Just("x.y"),
     ]
     .prop_map(str::to_string)
 }
@@ -34,7 +53,10 @@ fn value() -> impl Strategy<Value = String> {
 
 fn check(r: anyhow::Result<Config>) {
     if let Err(e) = r {
-        assert!(e.downcast_ref::<BadInput>().is_some(), "not reported as bad input: {e:#}");
+        assert!(
+            e.downcast_ref::<BadInput>().is_some(),
+            "not reported as bad input: {e:#}"
+        );
         assert!(!e.to_string().is_empty());
     }
 }

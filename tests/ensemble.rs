@@ -21,13 +21,27 @@ struct Stepped<S: Stepper> {
 
 impl<S: Stepper> Stepped<S> {
     fn new(stepper: S, cfg: &Config) -> Self {
-        let rule = NonFinite::new(cfg.train.skip_nonfinite, stepper.shape().members as i64, Device::Cpu);
-        Stepped { stepper, rule, cfg: cfg.clone(), iter: 0 }
+        let rule = NonFinite::new(
+            cfg.train.skip_nonfinite,
+            stepper.shape().members as i64,
+            Device::Cpu,
+        );
+        Stepped {
+            stepper,
+            rule,
+            cfg: cfg.clone(),
+            iter: 0,
+        }
     }
 
     /// One step as the driver takes it; (losses, grad norms) per member.
     fn step(&mut self) -> (Vec<f64>, Vec<f64>) {
-        let g = train::step(&mut self.stepper, &mut self.rule, &self.cfg.train, self.iter);
+        let g = train::step(
+            &mut self.stepper,
+            &mut self.rule,
+            &self.cfg.train,
+            self.iter,
+        );
         self.iter += 1;
         let v = |t: &Tensor| Vec::<f64>::try_from(t.to_kind(tch::Kind::Double)).unwrap();
         (v(&g.losses), v(&g.norms))
@@ -39,7 +53,10 @@ impl<S: Stepper> Stepped<S> {
 }
 
 fn ensemble(cfg: &Config, members: &[Member]) -> Stepped<BatchedStepper> {
-    Stepped::new(BatchedStepper::start(cfg, members, Device::Cpu).unwrap(), cfg)
+    Stepped::new(
+        BatchedStepper::start(cfg, members, Device::Cpu).unwrap(),
+        cfg,
+    )
 }
 
 fn config(sets: &[&str]) -> Config {
@@ -57,10 +74,26 @@ fn rel_f(a: f64, b: f64) -> f64 {
 
 fn members() -> Vec<Member> {
     vec![
-        Member { seed: 0, optimizer: OptimizerKind::Sgd, lr: 0.02 },
-        Member { seed: 0, optimizer: OptimizerKind::Adam, lr: 0.02 },
-        Member { seed: 1, optimizer: OptimizerKind::Sgd, lr: 0.01 },
-        Member { seed: 2, optimizer: OptimizerKind::Adam, lr: 0.005 },
+        Member {
+            seed: 0,
+            optimizer: OptimizerKind::Sgd,
+            lr: 0.02,
+        },
+        Member {
+            seed: 0,
+            optimizer: OptimizerKind::Adam,
+            lr: 0.02,
+        },
+        Member {
+            seed: 1,
+            optimizer: OptimizerKind::Sgd,
+            lr: 0.01,
+        },
+        Member {
+            seed: 2,
+            optimizer: OptimizerKind::Adam,
+            lr: 0.005,
+        },
     ]
 }
 
@@ -92,7 +125,10 @@ fn ensemble_vs_solo(sets: &[&str], iters: i64, solo: Solo) -> (f64, f64, f64) {
         match solo {
             Solo::Faithful => {
                 for b in &bs {
-                    run.stepper.feed(Batch { z: b.z.shallow_clone(), y_query: b.y_query.shallow_clone() });
+                    run.stepper.feed(Batch {
+                        z: b.z.shallow_clone(),
+                        y_query: b.y_query.shallow_clone(),
+                    });
                     let (l, n) = run.step();
                     rows.push((l[0], n[0]));
                     params.push(run.stepper.flat_params().get(0).copy());
@@ -101,7 +137,13 @@ fn ensemble_vs_solo(sets: &[&str], iters: i64, solo: Solo) -> (f64, f64, f64) {
             Solo::Fast => {
                 let mut one = ensemble(&cfg, &[*m]);
                 for b in &bs {
-                    one.stepper.feed(Batch { z: b.z.unsqueeze(0), y_query: b.y_query.unsqueeze(0) }, None);
+                    one.stepper.feed(
+                        Batch {
+                            z: b.z.unsqueeze(0),
+                            y_query: b.y_query.unsqueeze(0),
+                        },
+                        None,
+                    );
                     let (l, n) = one.step();
                     rows.push((l[0], n[0]));
                     params.push(one.stepper.flat_params().get(0).copy());
@@ -118,13 +160,22 @@ fn ensemble_vs_solo(sets: &[&str], iters: i64, solo: Solo) -> (f64, f64, f64) {
     for t in 0..iters as usize {
         let z: Vec<&Tensor> = batches.iter().map(|b| &b[t].z).collect();
         let y: Vec<&Tensor> = batches.iter().map(|b| &b[t].y_query).collect();
-        ens.stepper.feed(Batch { z: Tensor::stack(&z, 0), y_query: Tensor::stack(&y, 0) }, None);
+        ens.stepper.feed(
+            Batch {
+                z: Tensor::stack(&z, 0),
+                y_query: Tensor::stack(&y, 0),
+            },
+            None,
+        );
         let (losses, norms) = ens.step();
         for i in 0..members.len() {
             let (loss, norm) = solo_losses[i][t];
             worst_loss = worst_loss.max(rel_f(losses[i], loss));
             worst_norm = worst_norm.max(rel_f(norms[i], norm));
-            worst_param = worst_param.max(rel(&ens.stepper.flat_params().get(i as i64), &solo_params[i][t]));
+            worst_param = worst_param.max(rel(
+                &ens.stepper.flat_params().get(i as i64),
+                &solo_params[i][t],
+            ));
         }
     }
     println!(
@@ -183,7 +234,10 @@ fn ensemble_member_follows_its_solo_run_mlp_variant() {
 /// contraction order, step after step.
 #[test]
 fn ensemble_member_stays_close_to_the_faithful_run() {
-    for sets in [&["data.batch=200"][..], &["data.batch=200", "train.clip=0.05"]] {
+    for sets in [
+        &["data.batch=200"][..],
+        &["data.batch=200", "train.clip=0.05"],
+    ] {
         let (loss, _, param) = ensemble_vs_solo(sets, 40, Solo::Faithful);
         assert!(param < 1e-5, "{sets:?}: parameters differ by {param:e}");
         assert!(loss < 1e-5, "{sets:?}: loss differs by {loss:e}");
@@ -209,21 +263,40 @@ fn a_diverging_member_stops_and_the_others_go_on_as_their_solo_fast_runs() {
     let tmp = tempdir();
     let cfg = config(&["data.batch=200", "train.iters=40", "train.save_every=10"]);
     let mut members = members();
-    members.push(Member { seed: 3, optimizer: OptimizerKind::Sgd, lr: 1e4 });
-    let outs: Vec<PathBuf> = (0..members.len()).map(|i| tmp.path().join(format!("m{i}"))).collect();
+    members.push(Member {
+        seed: 3,
+        optimizer: OptimizerKind::Sgd,
+        lr: 1e4,
+    });
+    let outs: Vec<PathBuf> = (0..members.len())
+        .map(|i| tmp.path().join(format!("m{i}")))
+        .collect();
     let outcomes = train::train_ensemble(&cfg, &members, &outs, &Options::default()).unwrap();
 
     let bad = &outcomes[4];
-    let t = bad.summary.diverged_at.expect("lr 1e4 diverges, clipped or not");
+    let t = bad
+        .summary
+        .diverged_at
+        .expect("lr 1e4 diverges, clipped or not");
     assert_eq!(bad.summary.status, Status::Diverged);
-    assert_eq!(bad.metrics.len() as i64, t + 1, "rows up to and including the diverged iteration");
+    assert_eq!(
+        bad.metrics.len() as i64,
+        t + 1,
+        "rows up to and including the diverged iteration"
+    );
     let last = bad.metrics.last().unwrap();
     assert!(!(last.train_loss.is_finite() && last.grad_norm.is_finite()));
     let traj = Tensor::read_safetensors(outs[4].join("trajectory.safetensors")).unwrap();
     let steps = Vec::<i64>::try_from(&traj.iter().find(|(n, _)| n == "step").unwrap().1).unwrap();
-    assert!(steps.iter().all(|&s| s <= t), "no snapshot after the divergence: {steps:?}");
+    assert!(
+        steps.iter().all(|&s| s <= t),
+        "no snapshot after the divergence: {steps:?}"
+    );
     let final_params = Tensor::read_safetensors(outs[4].join("final.safetensors")).unwrap();
-    assert!(bool::try_from(final_params[0].1.isfinite().all()).unwrap(), "a diverged member keeps its last finite parameters");
+    assert!(
+        bool::try_from(final_params[0].1.isfinite().all()).unwrap(),
+        "a diverged member keeps its last finite parameters"
+    );
 
     // Every other member completed, and its folder is what `linattn train` writes for its
     // config in fast mode: the solo run reads the same device stream.
@@ -238,26 +311,49 @@ fn a_diverging_member_stops_and_the_others_go_on_as_their_solo_fast_runs() {
         let (a, b) = (metrics(&outs[i]), metrics(&solo_dir));
         assert_eq!(a.len(), 40);
         for (x, y) in a.iter().zip(&b) {
-            assert!(rel_f(x.1 as f64, y.1 as f64) < 1e-5 && rel_f(x.2 as f64, y.2 as f64) < 1e-5, "member {i}, iteration {}: {x:?} vs {y:?}", x.0);
+            assert!(
+                rel_f(x.1 as f64, y.1 as f64) < 1e-5 && rel_f(x.2 as f64, y.2 as f64) < 1e-5,
+                "member {i}, iteration {}: {x:?} vs {y:?}",
+                x.0
+            );
         }
         let fa = Tensor::read_safetensors(outs[i].join("final.safetensors")).unwrap();
         let fb = Tensor::read_safetensors(solo_dir.join("final.safetensors")).unwrap();
-        assert!(rel(&fa[0].1, &fb[0].1) < 1e-5, "member {i}: final parameters differ");
+        assert!(
+            rel(&fa[0].1, &fb[0].1) < 1e-5,
+            "member {i}: final parameters differ"
+        );
     }
 }
 
 #[test]
-fn a_stopped_ensemble_checkpoints_every_member_and_resuming_one_member_finishes_them_all_byte_identically() {
+fn a_stopped_ensemble_checkpoints_every_member_and_resuming_one_member_finishes_them_all_byte_identically(
+) {
     let tmp = tempdir();
     let cfg = config(&["data.batch=20", "train.iters=30", "train.mode=fast"]);
-    let folders = |name: &str| -> Vec<PathBuf> { (0..members().len()).map(|i| tmp.path().join(name).join(format!("m{i}"))).collect() };
+    let folders = |name: &str| -> Vec<PathBuf> {
+        (0..members().len())
+            .map(|i| tmp.path().join(name).join(format!("m{i}")))
+            .collect()
+    };
     let (stopped, whole) = (folders("stopped"), folders("whole"));
     // Ctrl-C before the first step: the signal handler has set the flag.
-    let stop = Options { stop: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)), ..Options::default() };
-    for (o, out) in train::train_ensemble(&cfg, &members(), &stopped, &stop).unwrap().iter().zip(&stopped) {
+    let stop = Options {
+        stop: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        ..Options::default()
+    };
+    for (o, out) in train::train_ensemble(&cfg, &members(), &stopped, &stop)
+        .unwrap()
+        .iter()
+        .zip(&stopped)
+    {
         assert_eq!(o.summary.status, Status::Interrupted);
         assert_eq!(o.summary.iters_done, 0);
-        assert!(matches!(RunFolder::new(out).state(), State::Resumable), "{}", out.display());
+        assert!(
+            matches!(RunFolder::new(out).state(), State::Resumable),
+            "{}",
+            out.display()
+        );
     }
     // Resuming any member resumes the ensemble its checkpoint names.
     let outcomes = train::resume(&stopped[2], &Options::default()).unwrap();
@@ -265,22 +361,50 @@ fn a_stopped_ensemble_checkpoints_every_member_and_resuming_one_member_finishes_
     train::train_ensemble(&cfg, &members(), &whole, &Options::default()).unwrap();
     for (a, b) in stopped.iter().zip(&whole) {
         for file in ["metrics.csv", "final.safetensors", "trajectory.safetensors"] {
-            assert_eq!(std::fs::read(a.join(file)).unwrap(), std::fs::read(b.join(file)).unwrap(), "{}: {file}", a.display());
+            assert_eq!(
+                std::fs::read(a.join(file)).unwrap(),
+                std::fs::read(b.join(file)).unwrap(),
+                "{}: {file}",
+                a.display()
+            );
         }
-        assert!(!a.join("checkpoint.safetensors").exists(), "a finished run keeps no checkpoint");
+        assert!(
+            !a.join("checkpoint.safetensors").exists(),
+            "a finished run keeps no checkpoint"
+        );
     }
 }
 
 #[test]
 fn the_paper_models_fast_path_prefers_one_thread_and_training_leaves_the_thread_count_alone() {
     let small = config(&["train.mode=fast"]);
-    assert_eq!(train::preferred_threads(&small, 12), Some(1), "the paper's small linear model trains fastest on one thread");
-    assert_eq!(train::preferred_threads(&config(&["train.mode=faithful"]), 1), None);
-    assert_eq!(train::preferred_threads(&config(&["train.mode=fast", "model.dim=20"]), 1), None, "large matrices use GEMMs");
+    assert_eq!(
+        train::preferred_threads(&small, 12),
+        Some(1),
+        "the paper's small linear model trains fastest on one thread"
+    );
+    assert_eq!(
+        train::preferred_threads(&config(&["train.mode=faithful"]), 1),
+        None
+    );
+    assert_eq!(
+        train::preferred_threads(&config(&["train.mode=fast", "model.dim=20"]), 1),
+        None,
+        "large matrices use GEMMs"
+    );
     tch::set_num_threads(2);
     let tmp = tempdir();
-    train::train(&config(&["train.mode=fast", "train.iters=3", "data.batch=20"]), &tmp.path().join("r"), &Options::default()).unwrap();
-    assert_eq!(tch::get_num_threads(), 2, "the engine never changes the caller's thread count");
+    train::train(
+        &config(&["train.mode=fast", "train.iters=3", "data.batch=20"]),
+        &tmp.path().join("r"),
+        &Options::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        tch::get_num_threads(),
+        2,
+        "the engine never changes the caller's thread count"
+    );
 }
 
 fn float64(cfg: &Config) -> Config {
@@ -291,50 +415,112 @@ fn float64(cfg: &Config) -> Config {
 }
 
 #[test]
-fn a_float64_ensemble_starts_from_the_float32_init_draws_the_same_data_and_stays_within_1e_4_of_it() {
+fn a_float64_ensemble_starts_from_the_float32_init_draws_the_same_data_and_stays_within_1e_4_of_it()
+{
     let cfg = config(&["data.batch=200", "train.mode=fast"]);
-    let (mut single, mut double) = (ensemble(&cfg, &members()), ensemble(&float64(&cfg), &members()));
+    let (mut single, mut double) = (
+        ensemble(&cfg, &members()),
+        ensemble(&float64(&cfg), &members()),
+    );
     assert_eq!(double.stepper.flat_params().kind(), tch::Kind::Double);
-    assert!(single.stepper.flat_params().to_kind(tch::Kind::Double).equal(&double.stepper.flat_params()), "the float32 init, widened");
+    assert!(
+        single
+            .stepper
+            .flat_params()
+            .to_kind(tch::Kind::Double)
+            .equal(&double.stepper.flat_params()),
+        "the float32 init, widened"
+    );
     for t in 0..30 {
         let (a, b) = (single.step().0, double.step().0);
         for i in 0..members().len() {
-            assert!(rel_f(a[i], b[i]) < 1e-4, "iteration {t}, member {i}: loss {} (float32) against {} (float64)", a[i], b[i]);
+            assert!(
+                rel_f(a[i], b[i]) < 1e-4,
+                "iteration {t}, member {i}: loss {} (float32) against {} (float64)",
+                a[i],
+                b[i]
+            );
         }
     }
-    let gap = rel(&single.stepper.flat_params().to_kind(tch::Kind::Double), &double.stepper.flat_params());
+    let gap = rel(
+        &single.stepper.flat_params().to_kind(tch::Kind::Double),
+        &double.stepper.flat_params(),
+    );
     assert!(gap < 1e-4, "parameters after 30 steps differ by {gap:e}");
 }
 
 #[test]
 fn a_batch_whose_loss_overflows_float32_diverges_a_float32_run_but_not_a_float64_run() {
     let cfg = config(&["data.batch=20", "train.mode=fast"]);
-    let member = [Member { seed: 0, optimizer: OptimizerKind::Adam, lr: 0.01 }];
+    let member = [Member {
+        seed: 0,
+        optimizer: OptimizerKind::Adam,
+        lr: 0.01,
+    }];
     // Large prompts: the output of three cubic layers grows like the 27th power of the prompt.
     let eval = linattn::data::eval_batch(&cfg, Device::Cpu);
     let scale = 100.0;
-    let huge = Batch { z: (&eval.z * scale).unsqueeze(0), y_query: (&eval.y_query * scale).unsqueeze(0) };
+    let huge = Batch {
+        z: (&eval.z * scale).unsqueeze(0),
+        y_query: (&eval.y_query * scale).unsqueeze(0),
+    };
     let loss_of = |c: &Config| {
         let mut ens = ensemble(c, &member);
-        let batch = Batch { z: huge.z.shallow_clone(), y_query: huge.y_query.shallow_clone() }.to_kind(c.train.dtype.kind());
+        let batch = Batch {
+            z: huge.z.shallow_clone(),
+            y_query: huge.y_query.shallow_clone(),
+        }
+        .to_kind(c.train.dtype.kind());
         ens.stepper.feed(batch, None);
         let (losses, norms) = ens.step();
-        (ens.diverged()[0], linattn::run::MetricsRow { iter: 0, train_loss: losses[0], grad_norm: norms[0] })
+        (
+            ens.diverged()[0],
+            linattn::run::MetricsRow {
+                iter: 0,
+                train_loss: losses[0],
+                grad_norm: norms[0],
+            },
+        )
     };
     let (single_diverged, single_row) = loss_of(&cfg);
-    assert!(single_diverged, "float32 loss {} should overflow", single_row.train_loss);
+    assert!(
+        single_diverged,
+        "float32 loss {} should overflow",
+        single_row.train_loss
+    );
     let (double_diverged, double_row) = loss_of(&float64(&cfg));
-    assert!(!double_diverged, "float64 loss {} is finite", double_row.train_loss);
-    assert!(double_row.train_loss > f32::MAX as f64, "the batch's loss {} lies beyond float32", double_row.train_loss);
+    assert!(
+        !double_diverged,
+        "float64 loss {} is finite",
+        double_row.train_loss
+    );
+    assert!(
+        double_row.train_loss > f32::MAX as f64,
+        "the batch's loss {} lies beyond float32",
+        double_row.train_loss
+    );
 
     // metrics.csv keeps such a value exactly, and a float32 value as float32 writes it.
     let tmp = tempdir();
     let path = tmp.path().join("metrics.csv");
-    let rows = [double_row, linattn::run::MetricsRow { iter: 1, train_loss: 0.1f32 as f64, grad_norm: 3.0e-7f32 as f64 }];
+    let rows = [
+        double_row,
+        linattn::run::MetricsRow {
+            iter: 1,
+            train_loss: 0.1f32 as f64,
+            grad_norm: 3.0e-7f32 as f64,
+        },
+    ];
     let text = linattn::run::io::metrics_csv(&rows);
-    assert!(text.ends_with("\n1,0.1,0.0000003\n"), "float32 values are written as float32 writes them: {text}");
+    assert!(
+        text.ends_with("\n1,0.1,0.0000003\n"),
+        "float32 values are written as float32 writes them: {text}"
+    );
     std::fs::write(&path, text).unwrap();
-    assert_eq!(linattn::run::io::read_metrics(&path).unwrap(), rows.to_vec());
+    assert_eq!(
+        linattn::run::io::read_metrics(&path).unwrap(),
+        rows.to_vec()
+    );
 }
 
 /// One stream per batch, `[U, B, n+1, d+1]`: the eval batch scaled by each factor (NaN poisons
@@ -342,7 +528,10 @@ fn a_batch_whose_loss_overflows_float32_diverges_a_float32_run_but_not_a_float64
 fn scaled_streams(eval: &Batch, scales: &[f64]) -> Batch {
     let z: Vec<Tensor> = scales.iter().map(|&s| &eval.z * s).collect();
     let y: Vec<Tensor> = scales.iter().map(|&s| &eval.y_query * s).collect();
-    Batch { z: Tensor::stack(&z, 0), y_query: Tensor::stack(&y, 0) }
+    Batch {
+        z: Tensor::stack(&z, 0),
+        y_query: Tensor::stack(&y, 0),
+    }
 }
 
 #[test]
@@ -361,14 +550,22 @@ fn a_skipped_nonfinite_step_leaves_each_member_as_if_its_batch_had_never_been_dr
         (vec![nan, good[2]], [0, 0, 1, 1]),
     ];
     for (t, (scales, r)) in plan.iter().enumerate() {
-        skipped.stepper.feed(scaled_streams(&eval, scales), Some(rows(*r)));
+        skipped
+            .stepper
+            .feed(scaled_streams(&eval, scales), Some(rows(*r)));
         let finite: Vec<bool> = skipped.step().0.iter().map(|l| l.is_finite()).collect();
         let poisoned: Vec<bool> = r.iter().map(|&i| scales[i as usize].is_nan()).collect();
-        assert_eq!(finite, poisoned.iter().map(|p| !p).collect::<Vec<_>>(), "step {t}");
+        assert_eq!(
+            finite,
+            poisoned.iter().map(|p| !p).collect::<Vec<_>>(),
+            "step {t}"
+        );
     }
     let mut clean = ensemble(&cfg, &members());
     for s in good {
-        clean.stepper.feed(scaled_streams(&eval, &[s]), Some(rows([0, 0, 0, 0])));
+        clean
+            .stepper
+            .feed(scaled_streams(&eval, &[s]), Some(rows([0, 0, 0, 0])));
         clean.step();
     }
     let (a, b) = (skipped.stepper.flat_params(), clean.stepper.flat_params());
@@ -379,17 +576,25 @@ fn a_skipped_nonfinite_step_leaves_each_member_as_if_its_batch_had_never_been_dr
     );
     // And the next update, which reads the optimizer state, agrees too.
     for e in [&mut skipped, &mut clean] {
-        e.stepper.feed(scaled_streams(&eval, &[0.9]), Some(rows([0, 0, 0, 0])));
+        e.stepper
+            .feed(scaled_streams(&eval, &[0.9]), Some(rows([0, 0, 0, 0])));
         e.step();
     }
-    assert!(skipped.stepper.flat_params().equal(&clean.stepper.flat_params()));
+    assert!(skipped
+        .stepper
+        .flat_params()
+        .equal(&clean.stepper.flat_params()));
 }
 
 #[test]
 fn a_member_diverges_at_its_nonfinite_step_one_past_skip_nonfinite_in_a_row() {
     let cfg = config(&["data.batch=50", "train.mode=fast", "train.skip_nonfinite=2"]);
     let eval = linattn::data::eval_batch(&cfg, Device::Cpu);
-    let member = [Member { seed: 0, optimizer: OptimizerKind::Adam, lr: 0.01 }];
+    let member = [Member {
+        seed: 0,
+        optimizer: OptimizerKind::Adam,
+        lr: 0.01,
+    }];
     let mut ens = ensemble(&cfg, &member);
     let nan = f64::NAN;
     // Two in a row are skipped, a finite step resets the count, the third in a row diverges.
@@ -398,7 +603,11 @@ fn a_member_diverges_at_its_nonfinite_step_one_past_skip_nonfinite_in_a_row() {
         ens.stepper.feed(scaled_streams(&eval, &[scale]), None);
         ens.step();
         assert_eq!(ens.diverged()[0], t == 5, "after step {t}");
-        assert_eq!(ens.stepper.flat_params().equal(&before), scale.is_nan(), "step {t} updates only when finite");
+        assert_eq!(
+            ens.stepper.flat_params().equal(&before),
+            scale.is_nan(),
+            "step {t} updates only when finite"
+        );
     }
 }
 
@@ -407,33 +616,76 @@ fn train_with_lrs_trains_one_member_per_rate_each_following_its_solo_run_at_that
     let tmp = tempdir();
     let out = tmp.path().join("probe");
     let mut c = linattn();
-    c.args(["train", "--seeds", "0,1", "--optimizers", "sgd,adam", "--lrs", "0.02,0.005"]);
-    let sets: Vec<String> = ["data.batch=100", "train.iters=20"].iter().map(|s| s.to_string()).collect();
-    ok(with_config(c, &experiment("settings/setting1_normal_n20.yaml"), &sets, &out));
-    let mut names: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    c.args([
+        "train",
+        "--seeds",
+        "0,1",
+        "--optimizers",
+        "sgd,adam",
+        "--lrs",
+        "0.02,0.005",
+    ]);
+    let sets: Vec<String> = ["data.batch=100", "train.iters=20"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    ok(with_config(
+        c,
+        &experiment("settings/setting1_normal_n20.yaml"),
+        &sets,
+        &out,
+    ));
+    let mut names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     names.sort();
-    let want = ["adam-lr0.005-seed0", "adam-lr0.005-seed1", "adam-lr0.02-seed0", "adam-lr0.02-seed1",
-        "sgd-lr0.005-seed0", "sgd-lr0.005-seed1", "sgd-lr0.02-seed0", "sgd-lr0.02-seed1"];
+    let want = [
+        "adam-lr0.005-seed0",
+        "adam-lr0.005-seed1",
+        "adam-lr0.02-seed0",
+        "adam-lr0.02-seed1",
+        "sgd-lr0.005-seed0",
+        "sgd-lr0.005-seed1",
+        "sgd-lr0.02-seed0",
+        "sgd-lr0.02-seed1",
+    ];
     assert_eq!(names, want);
     for (name, lr) in [("sgd-lr0.005-seed1", 0.005), ("adam-lr0.02-seed0", 0.02)] {
         let member = out.join(name);
-        assert_eq!(RunFolder::new(&member).config().unwrap().train.lr, lr, "{name}");
+        assert_eq!(
+            RunFolder::new(&member).config().unwrap().train.lr,
+            lr,
+            "{name}"
+        );
         let solo = tmp.path().join(format!("solo-{name}"));
         let mut c = linattn();
         c.arg("train");
         ok(with_config(c, &member.join("config.yaml"), &[], &solo));
         for (x, y) in metrics(&member).iter().zip(&metrics(&solo)) {
-            assert!(rel_f(x.1 as f64, y.1 as f64) < 1e-5, "{name}, iteration {}: {x:?} vs {y:?}", x.0);
+            assert!(
+                rel_f(x.1 as f64, y.1 as f64) < 1e-5,
+                "{name}, iteration {}: {x:?} vs {y:?}",
+                x.0
+            );
         }
     }
     // The two rates are two runs: same seed, same first batch, other trajectories.
-    let (a, b) = (metrics(&out.join("sgd-lr0.02-seed0")), metrics(&out.join("sgd-lr0.005-seed0")));
+    let (a, b) = (
+        metrics(&out.join("sgd-lr0.02-seed0")),
+        metrics(&out.join("sgd-lr0.005-seed0")),
+    );
     assert_eq!(a[0], b[0]);
     assert_ne!(a[19], b[19]);
 
     let mut c = linattn();
     c.args(["train", "--seeds", "0", "--lrs", "0.01,0"]);
-    let o = output(with_config(c, &experiment("settings/setting1_normal_n20.yaml"), &[], &tmp.path().join("bad")));
+    let o = output(with_config(
+        c,
+        &experiment("settings/setting1_normal_n20.yaml"),
+        &[],
+        &tmp.path().join("bad"),
+    ));
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--lrs"));
 }

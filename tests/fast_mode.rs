@@ -24,7 +24,13 @@ fn batch_and_params(cfg: &Config, init_std: f64, kind: Kind) -> (Batch, Vec<Tens
         .map(|p| p.to_kind(kind).set_requires_grad(true))
         .collect();
     let b = DataStream::new(cfg, teacher, numpy, Device::Cpu).next_batch();
-    (Batch { z: b.z.to_kind(kind), y_query: b.y_query.to_kind(kind) }, params)
+    (
+        Batch {
+            z: b.z.to_kind(kind),
+            y_query: b.y_query.to_kind(kind),
+        },
+        params,
+    )
 }
 
 fn rel(a: &Tensor, b: &Tensor) -> f64 {
@@ -46,7 +52,11 @@ fn fast_vs_faithful(cfg: &Config, init_std: f64, kind: Kind) -> (f64, f64) {
         faithful.double_value(&[])
     );
     let loss_rel = rel(&fast, &faithful);
-    let grad_rel = g_fast.iter().zip(&g_faithful).map(|(a, b)| rel(a, b)).fold(0.0, f64::max);
+    let grad_rel = g_fast
+        .iter()
+        .zip(&g_faithful)
+        .map(|(a, b)| rel(a, b))
+        .fold(0.0, f64::max);
     (loss_rel, grad_rel)
 }
 
@@ -58,8 +68,14 @@ fn check(name: &str, sets: &[&str], large_std: f64) {
         let (loss32, grad32) = fast_vs_faithful(&cfg, init_std, Kind::Float);
         let (loss64, grad64) = fast_vs_faithful(&cfg, init_std, Kind::Double);
         println!("{name} (init std {init_std}): float32 loss {loss32:.2e} grad {grad32:.2e}; float64 loss {loss64:.2e} grad {grad64:.2e}");
-        assert!(loss32 < 1e-5 && grad32 < 1e-5, "{name}, init std {init_std}: float32 loss rel {loss32:e}, gradient rel {grad32:e}");
-        assert!(loss64 < 1e-12 && grad64 < 1e-12, "{name}, init std {init_std}: float64 loss rel {loss64:e}, gradient rel {grad64:e}");
+        assert!(
+            loss32 < 1e-5 && grad32 < 1e-5,
+            "{name}, init std {init_std}: float32 loss rel {loss32:e}, gradient rel {grad32:e}"
+        );
+        assert!(
+            loss64 < 1e-12 && grad64 < 1e-12,
+            "{name}, init std {init_std}: float64 loss rel {loss64:e}, gradient rel {grad64:e}"
+        );
     }
 }
 
@@ -70,25 +86,57 @@ fn fast_forward_matches_faithful_restricted_paper_default() {
 
 #[test]
 fn fast_forward_matches_faithful_restricted_multi_head_heavy_tailed() {
-    check("restricted, H=3, gamma", &["data.batch=256", "model.heads=3", "data.setting=gamma"], 0.3);
+    check(
+        "restricted, H=3, gamma",
+        &["data.batch=256", "model.heads=3", "data.setting=gamma"],
+        0.3,
+    );
 }
 
 #[test]
 fn fast_forward_matches_faithful_full_parametrization_multi_head() {
-    check("full, H=2, L=4", &["data.batch=256", "model.heads=2", "model.layers=4", "model.parametrization=full"], 0.1);
+    check(
+        "full, H=2, L=4",
+        &[
+            "data.batch=256",
+            "model.heads=2",
+            "model.layers=4",
+            "model.parametrization=full",
+        ],
+        0.1,
+    );
 }
 
 #[test]
 fn fast_forward_matches_faithful_softmax() {
-    check("softmax restricted, H=2", &["data.batch=256", "model.heads=2", "model.attention=softmax"], 0.3);
-    check("softmax full, L=1", &["data.batch=256", "model.layers=1", "model.attention=softmax", "model.parametrization=full"], 0.3);
+    check(
+        "softmax restricted, H=2",
+        &["data.batch=256", "model.heads=2", "model.attention=softmax"],
+        0.3,
+    );
+    check(
+        "softmax full, L=1",
+        &[
+            "data.batch=256",
+            "model.layers=1",
+            "model.attention=softmax",
+            "model.parametrization=full",
+        ],
+        0.3,
+    );
 }
 
 #[test]
 fn fast_forward_matches_faithful_mlp_variant() {
     check(
         "MLP variant",
-        &["data.batch=256", "data.setting=mlp_teacher", "model.parametrization=full", "model.mlp_hidden=30", "model.init_std=0.1"],
+        &[
+            "data.batch=256",
+            "data.setting=mlp_teacher",
+            "model.parametrization=full",
+            "model.mlp_hidden=30",
+            "model.init_std=0.1",
+        ],
         0.3,
     );
 }
@@ -97,9 +145,31 @@ fn fast_forward_matches_faithful_mlp_variant() {
 #[test]
 fn fast_forward_matches_faithful_one_layer_and_large_dims() {
     check("restricted, L=1", &["data.batch=64", "model.layers=1"], 0.3);
-    check("restricted, n=60 (G from a GEMM, then prompt-last)", &["data.batch=64", "data.context=60"], 0.3);
-    check("full, H=2, d=12", &["data.batch=64", "model.dim=12", "model.heads=2", "model.parametrization=full"], 0.08);
-    check("restricted, L=8 d=20 n=60", &["data.batch=64", "model.layers=8", "model.dim=20", "data.context=60"], 0.08);
+    check(
+        "restricted, n=60 (G from a GEMM, then prompt-last)",
+        &["data.batch=64", "data.context=60"],
+        0.3,
+    );
+    check(
+        "full, H=2, d=12",
+        &[
+            "data.batch=64",
+            "model.dim=12",
+            "model.heads=2",
+            "model.parametrization=full",
+        ],
+        0.08,
+    );
+    check(
+        "restricted, L=8 d=20 n=60",
+        &[
+            "data.batch=64",
+            "model.layers=8",
+            "model.dim=20",
+            "data.context=60",
+        ],
+        0.08,
+    );
 }
 
 #[test]
@@ -108,7 +178,10 @@ fn device_stream_draws_well_formed_prompts_that_depend_only_on_seed_and_iteratio
     let (n, d) = (cfg.data.context, cfg.model.dim);
     let alone = DeviceStream::new(&cfg, &[7], None, Device::Cpu).batch(3);
     let among = DeviceStream::new(&cfg, &[1, 7, 2], None, Device::Cpu).batch(3);
-    assert!(alone.z.get(0).equal(&among.z.get(1)), "a stream must not depend on the streams drawn beside it");
+    assert!(
+        alone.z.get(0).equal(&among.z.get(1)),
+        "a stream must not depend on the streams drawn beside it"
+    );
     assert!(alone.y_query.get(0).equal(&among.y_query.get(1)));
     let next = DeviceStream::new(&cfg, &[7], None, Device::Cpu).batch(4);
     assert!(!alone.z.equal(&next.z), "iterations must differ");
@@ -116,22 +189,43 @@ fn device_stream_draws_well_formed_prompts_that_depend_only_on_seed_and_iteratio
     let z = alone.z.get(0);
     assert_eq!(z.size(), vec![4000, n + 1, d + 1]);
     let x = z.narrow(2, 0, d);
-    let (mean, var) = (x.mean(Kind::Float).double_value(&[]), x.var(true).double_value(&[]));
-    assert!(mean.abs() < 0.01 && (var - 1.0).abs() < 0.01, "x ~ N(0, I): mean {mean}, var {var}");
-    assert_eq!(z.select(1, n).select(1, d).abs().max().double_value(&[]), 0.0, "the query's label is hidden");
+    let (mean, var) = (
+        x.mean(Kind::Float).double_value(&[]),
+        x.var(true).double_value(&[]),
+    );
+    assert!(
+        mean.abs() < 0.01 && (var - 1.0).abs() < 0.01,
+        "x ~ N(0, I): mean {mean}, var {var}"
+    );
+    assert_eq!(
+        z.select(1, n).select(1, d).abs().max().double_value(&[]),
+        0.0,
+        "the query's label is hidden"
+    );
     // y_i = <w, x_i> for one w per prompt: the labels lie in the span of the covariates.
     let labels = z.narrow(1, 0, n).select(2, d); // [B, n]
-    let w = x.narrow(1, 0, n).linalg_lstsq(&labels.unsqueeze(-1), None::<f64>, "gelsy").0; // [B, d, 1]
+    let w = x
+        .narrow(1, 0, n)
+        .linalg_lstsq(&labels.unsqueeze(-1), None::<f64>, "gelsy")
+        .0; // [B, d, 1]
     let fitted = x.matmul(&w).squeeze_dim(-1); // [B, n+1]
     assert!(rel(&fitted.narrow(1, 0, n), &labels) < 1e-4);
-    assert!(rel(&fitted.select(1, n), &alone.y_query.get(0)) < 1e-4, "y_query = <w, x_query>");
+    assert!(
+        rel(&fitted.select(1, n), &alone.y_query.get(0)) < 1e-4,
+        "y_query = <w, x_query>"
+    );
 }
 
 #[test]
 fn fast_mode_train_writes_a_run_folder_and_learns() {
     let tmp = tempdir();
     let config = experiment("settings/setting1_normal_n20.yaml");
-    let sets = ["train.mode=fast".to_string(), "train.iters=300".into(), "data.batch=500".into(), "train.save_every=100".into()];
+    let sets = [
+        "train.mode=fast".to_string(),
+        "train.iters=300".into(),
+        "data.batch=500".into(),
+        "train.save_every=100".into(),
+    ];
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     for dir in [&a, &b] {
         let mut c = linattn();
@@ -143,8 +237,16 @@ fn fast_mode_train_writes_a_run_folder_and_learns() {
     assert_eq!(rows, metrics(&b), "a fast run is deterministic");
     let mean = |r: &[(i64, f32, f32)]| r.iter().map(|x| x.1 as f64).sum::<f64>() / r.len() as f64;
     let (first, last) = (mean(&rows[..20]), mean(&rows[280..]));
-    assert!(last < 0.5 * first, "the loss must fall: first 20 iterations {first}, last 20 {last}");
-    for f in ["config.yaml", "trajectory.safetensors", "final.safetensors", "summary.json"] {
+    assert!(
+        last < 0.5 * first,
+        "the loss must fall: first 20 iterations {first}, last 20 {last}"
+    );
+    for f in [
+        "config.yaml",
+        "trajectory.safetensors",
+        "final.safetensors",
+        "summary.json",
+    ] {
         assert!(a.join(f).exists(), "{f} missing");
     }
     let resolved = linattn::run::RunFolder::new(&a).config().unwrap();

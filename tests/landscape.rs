@@ -13,7 +13,15 @@ use tch::{Device, Kind, Tensor};
 // ----------------------------------------------------------------------------- exactness
 
 fn small_arch(parametrization: Parametrization, attention: Attention, mlp_hidden: i64) -> Arch {
-    Arch { layers: 2, heads: 2, dim: 3, context: 4, parametrization, attention, mlp_hidden }
+    Arch {
+        layers: 2,
+        heads: 2,
+        dim: 3,
+        context: 4,
+        parametrization,
+        attention,
+        mlp_hidden,
+    }
 }
 
 /// The architectures every exactness test runs on: the paper's model, softmax attention and
@@ -33,10 +41,23 @@ fn problem(arch: &Arch) -> (Vec<Tensor>, Batch) {
     tch::set_num_threads(1);
     tch::manual_seed(11);
     let opts = (Kind::Double, Device::Cpu);
-    let params = arch.param_specs().iter().map(|(_, s)| Tensor::randn(s.as_slice(), opts) * 0.3).collect();
+    let params = arch
+        .param_specs()
+        .iter()
+        .map(|(_, s)| Tensor::randn(s.as_slice(), opts) * 0.3)
+        .collect();
     let z = Tensor::randn([6, arch.context + 1, arch.dim + 1], opts);
-    let _ = z.narrow(1, arch.context, 1).narrow(2, arch.dim, 1).fill_(0.0);
-    (params, Batch { z, y_query: Tensor::randn([6], opts) })
+    let _ = z
+        .narrow(1, arch.context, 1)
+        .narrow(2, arch.dim, 1)
+        .fill_(0.0);
+    (
+        params,
+        Batch {
+            z,
+            y_query: Tensor::randn([6], opts),
+        },
+    )
 }
 
 /// The Hessian by central differences of the autograd gradient, column by column.
@@ -62,7 +83,9 @@ fn finite_difference_hessian(arch: &Arch, params: &[Tensor], batch: &Batch) -> T
 /// Largest `|a − b| / max(|b|, floor)` over the entries; the floor keeps entries that are
 /// zero by structure from dividing by ~0.
 fn max_rel(a: &Tensor, b: &Tensor, floor: f64) -> f64 {
-    ((a - b).abs() / b.abs().clamp_min(floor)).max().double_value(&[])
+    ((a - b).abs() / b.abs().clamp_min(floor))
+        .max()
+        .double_value(&[])
 }
 
 #[test]
@@ -76,9 +99,15 @@ fn the_exact_hessian_and_its_diagonal_match_finite_differences() {
         let rel = max_rel(&exact, &fd, 1e-3);
         let diag = max_rel(&exact.diagonal(0, 0, 1), &fd.diagonal(0, 0, 1), 1e-3);
         println!("{arch:?}: full Hessian ({p}x{p}), max rel diff {rel:.2e}, diagonal {diag:.2e}");
-        assert!(rel < 1e-5 && diag < 1e-5, "{arch:?}: Hessian differs from finite differences by {rel:e} relative");
+        assert!(
+            rel < 1e-5 && diag < 1e-5,
+            "{arch:?}: Hessian differs from finite differences by {rel:e} relative"
+        );
         let asym = max_rel(&exact, &exact.transpose(0, 1), 1e-3);
-        assert!(asym < 1e-10, "{arch:?}: Hessian is not symmetric ({asym:e})");
+        assert!(
+            asym < 1e-10,
+            "{arch:?}: Hessian is not symmetric ({asym:e})"
+        );
     }
 }
 
@@ -92,7 +121,10 @@ fn the_fast_forward_gives_the_same_hessian_as_the_faithful_one() {
         // float64: only the contraction order differs, so the two agree to rounding.
         let rel = max_rel(&fast, &faithful, 1e-3);
         println!("{arch:?}: fast against faithful Hessian, max rel diff {rel:.2e}");
-        assert!(rel < 1e-10, "{arch:?}: the fast forward's Hessian differs by {rel:e} relative");
+        assert!(
+            rel < 1e-10,
+            "{arch:?}: the fast forward's Hessian differs by {rel:e} relative"
+        );
     }
 }
 
@@ -104,7 +136,10 @@ fn hessian_vector_product_equals_hessian_times_u() {
         let u = Tensor::randn([arch.num_params()], (Kind::Double, Device::Cpu));
         let hu = landscape::hvp(&arch, &params, &batch, &u);
         let rel = max_rel(&hu, &h.mv(&u), 1e-6);
-        assert!(rel < 1e-10, "{arch:?}: HVP differs from H·u by {rel:e} relative");
+        assert!(
+            rel < 1e-10,
+            "{arch:?}: HVP differs from H·u by {rel:e} relative"
+        );
 
         // The directional smoothness is uᵀHu with u the normalised step between two points.
         let next: Vec<Tensor> = params.iter().map(|p| p + p.randn_like() * 0.01).collect();
@@ -114,8 +149,16 @@ fn hessian_vector_product_equals_hessian_times_u() {
         let expected = unit.dot(&h.mv(&unit)).double_value(&[]);
         let point = Point::new(&arch, &params, &batch);
         let got = point.directional_smoothness(&layout.flatten(&next));
-        assert!(rel_diff(got, expected) < 1e-10, "{arch:?}: smoothness {got} vs uᵀHu {expected}");
-        assert!(point.directional_smoothness(&layout.flatten(&params)).is_nan(), "a zero step has no direction");
+        assert!(
+            rel_diff(got, expected) < 1e-10,
+            "{arch:?}: smoothness {got} vs uᵀHu {expected}"
+        );
+        assert!(
+            point
+                .directional_smoothness(&layout.flatten(&params))
+                .is_nan(),
+            "a zero step has no direction"
+        );
     }
 }
 
@@ -140,7 +183,12 @@ fn single_threaded(mut c: std::process::Command) -> std::process::Command {
 fn read_analysis(dir: &Path) -> HashMap<i64, HashMap<String, Option<f64>>> {
     let text = std::fs::read_to_string(dir.join("measurements.csv")).expect("measurements.csv");
     let mut lines = text.lines();
-    let header: Vec<String> = lines.next().expect("a header").split(',').map(String::from).collect();
+    let header: Vec<String> = lines
+        .next()
+        .expect("a header")
+        .split(',')
+        .map(String::from)
+        .collect();
     assert_eq!(
         header.join(","),
         "iter,test_loss,grad_norm,dir_smoothness,condition_number,condition_number_eig,sharpness",
@@ -150,8 +198,11 @@ fn read_analysis(dir: &Path) -> HashMap<i64, HashMap<String, Option<f64>>> {
     lines
         .map(|l| {
             let f: Vec<&str> = l.split(',').collect();
-            let row: HashMap<String, Option<f64>> =
-                header.iter().zip(&f).map(|(k, v)| (k.clone(), (!v.is_empty()).then(|| v.parse().unwrap()))).collect();
+            let row: HashMap<String, Option<f64>> = header
+                .iter()
+                .zip(&f)
+                .map(|(k, v)| (k.clone(), (!v.is_empty()).then(|| v.parse().unwrap())))
+                .collect();
             (f[0].parse().unwrap(), row)
         })
         .collect()
@@ -200,18 +251,27 @@ fn analyze_matches_the_pytorch_side_for_sgd_and_adam() {
         for (column, iters) in checks {
             let mut worst = 0f64;
             for t in iters {
-                let x = a[t][column].unwrap_or_else(|| panic!("{optimizer}: rust {column} empty at {t}"));
-                let y = b[t][column].unwrap_or_else(|| panic!("{optimizer}: pytorch {column} empty at {t}"));
+                let x = a[t][column]
+                    .unwrap_or_else(|| panic!("{optimizer}: rust {column} empty at {t}"));
+                let y = b[t][column]
+                    .unwrap_or_else(|| panic!("{optimizer}: pytorch {column} empty at {t}"));
                 let r = rel_diff(x, y);
                 assert!(r <= 1e-4, "{optimizer}: {column} at iteration {t}: rust {x} vs pytorch {y} ({r:e} relative)");
                 worst = worst.max(r);
             }
-            report.push(format!("{optimizer:<4} {column:<16} max rel diff {worst:.2e}"));
+            report.push(format!(
+                "{optimizer:<4} {column:<16} max rel diff {worst:.2e}"
+            ));
         }
         // Beyond the acceptance: the eigenvalue quantities, reported, not asserted.
         for column in ["condition_number_eig", "sharpness"] {
-            let worst = keys.iter().map(|t| rel_diff(a[t][column].unwrap(), b[t][column].unwrap())).fold(0f64, f64::max);
-            report.push(format!("{optimizer:<4} {column:<16} max rel diff {worst:.2e} (not asserted)"));
+            let worst = keys
+                .iter()
+                .map(|t| rel_diff(a[t][column].unwrap(), b[t][column].unwrap()))
+                .fold(0f64, f64::max);
+            report.push(format!(
+                "{optimizer:<4} {column:<16} max rel diff {worst:.2e} (not asserted)"
+            ));
         }
         // The last step has no t+1: an empty field on both sides.
         assert_eq!(a[&100]["dir_smoothness"], None);
@@ -233,8 +293,12 @@ fn noise_matches_the_pytorch_side_on_the_first_300_samples() {
     let config = experiment("settings/setting1_normal_n20.yaml");
     let sets = vec!["train.seed=1".to_string()];
     let (rs, py) = (tmp.path().join("rust"), tmp.path().join("torch"));
-    for (mut c, out) in [(single_threaded(linattn()), &rs), (single_threaded(reference()), &py)] {
-        c.arg("noise").args(["--samples", "300", "--full-batch", "20000"]);
+    for (mut c, out) in [
+        (single_threaded(linattn()), &rs),
+        (single_threaded(reference()), &py),
+    ] {
+        c.arg("noise")
+            .args(["--samples", "300", "--full-batch", "20000"]);
         ok(with_config(c, &config, &sets, out));
     }
     let (a, b) = (read_noise(&rs), read_noise(&py));
@@ -243,14 +307,25 @@ fn noise_matches_the_pytorch_side_on_the_first_300_samples() {
     let mut identical = 0;
     for (i, (x, y)) in a.iter().zip(&b).enumerate() {
         let r = rel_diff(*x, *y);
-        assert!(r <= 1e-5, "sample {i}: rust {x} vs pytorch {y} ({r:e} relative)");
+        assert!(
+            r <= 1e-5,
+            "sample {i}: rust {x} vs pytorch {y} ({r:e} relative)"
+        );
         worst = worst.max(r);
         identical += (x == y) as usize;
     }
     println!("noise: {identical}/300 samples identical, max rel diff {worst:.2e}");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(rs.join("noise.json")).unwrap()).unwrap();
-    for key in ["count", "mean", "std", "quantiles", "kurtosis", "hill_tail_index", "hill_k"] {
+    for key in [
+        "count",
+        "mean",
+        "std",
+        "quantiles",
+        "kurtosis",
+        "hill_tail_index",
+        "hill_k",
+    ] {
         assert!(!json[key].is_null(), "noise.json lacks {key}: {json}");
     }
     assert_eq!(json["count"], 300);
@@ -273,9 +348,21 @@ fn analyze_rejects_a_folder_that_is_not_a_run() {
         c.arg("analyze").arg(&dir);
         let o = output(c);
         let stderr = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(2), "{}: expected exit 2, stderr: {stderr}", dir.display());
-        assert_eq!(stderr.trim_end().lines().count(), 1, "not one line: {stderr}");
-        assert!(stderr.contains(must_name), "the message does not name {must_name:?}: {stderr}");
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "{}: expected exit 2, stderr: {stderr}",
+            dir.display()
+        );
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "not one line: {stderr}"
+        );
+        assert!(
+            stderr.contains(must_name),
+            "the message does not name {must_name:?}: {stderr}"
+        );
         assert!(!stderr.contains("panicked"), "{stderr}");
         assert!(!dir.join("measurements.csv").exists());
     }

@@ -10,7 +10,11 @@ fn root() -> PathBuf {
 /// The top-level modules in lib.rs's order.
 fn layers() -> Vec<String> {
     let lib = std::fs::read_to_string(root().join("lib.rs")).unwrap();
-    lib.lines().filter_map(|l| l.strip_prefix("pub mod ")).filter_map(|l| l.strip_suffix(';')).map(String::from).collect()
+    lib.lines()
+        .filter_map(|l| l.strip_prefix("pub mod "))
+        .filter_map(|l| l.strip_suffix(';'))
+        .map(String::from)
+        .collect()
 }
 
 /// Every .rs file of a top-level module (`src/m.rs` or `src/m/**.rs`).
@@ -40,7 +44,10 @@ fn crate_references(path: &Path, known: &[String]) -> Vec<String> {
     let mut found = vec![];
     for (i, _) in text.match_indices("crate::") {
         let rest = &text[i + "crate::".len()..];
-        let name: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
         if known.contains(&name) && !found.contains(&name) {
             found.push(name);
         }
@@ -48,7 +55,11 @@ fn crate_references(path: &Path, known: &[String]) -> Vec<String> {
         if rest.starts_with('{') {
             let group: String = rest.chars().skip(1).take_while(|c| *c != '}').collect();
             for part in group.split(',') {
-                let name: String = part.trim().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                let name: String = part
+                    .trim()
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
                 if known.contains(&name) && !found.contains(&name) {
                     found.push(name);
                 }
@@ -62,24 +73,39 @@ fn crate_references(path: &Path, known: &[String]) -> Vec<String> {
 fn every_module_imports_only_modules_declared_before_it_so_there_are_no_cycles() {
     let layers = layers();
     assert!(layers.len() >= 10, "lib.rs declares the layers: {layers:?}");
-    let rank: BTreeMap<&str, usize> = layers.iter().enumerate().map(|(i, m)| (m.as_str(), i)).collect();
+    let rank: BTreeMap<&str, usize> = layers
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.as_str(), i))
+        .collect();
     let mut violations = vec![];
     for module in &layers {
         for file in files_of(module) {
             for used in crate_references(&file, &layers) {
                 if used != *module && rank[used.as_str()] > rank[module.as_str()] {
-                    violations.push(format!("{} (layer {module}) uses crate::{used}, a higher layer", file.display()));
+                    violations.push(format!(
+                        "{} (layer {module}) uses crate::{used}, a higher layer",
+                        file.display()
+                    ));
                 }
             }
         }
     }
-    assert!(violations.is_empty(), "imports that reach up:\n{}", violations.join("\n"));
+    assert!(
+        violations.is_empty(),
+        "imports that reach up:\n{}",
+        violations.join("\n")
+    );
 }
 
 #[test]
 fn the_layering_check_sees_a_reference_that_reaches_up() {
     let tmp = std::env::temp_dir().join(format!("linattn-layering-{}.rs", std::process::id()));
-    std::fs::write(&tmp, "use crate::{config, figures::spec};\nfn f() { crate::train::drive(); }\n").unwrap();
+    std::fs::write(
+        &tmp,
+        "use crate::{config, figures::spec};\nfn f() { crate::train::drive(); }\n",
+    )
+    .unwrap();
     let known: Vec<String> = ["config", "train", "figures"].map(String::from).to_vec();
     let mut got = crate_references(&tmp, &known);
     got.sort();

@@ -19,28 +19,60 @@ fn mlp_variant_matches_pytorch_on_cpu_for_adam_and_sgd() {
     // One seed per optimizer, a different one each, as in tests/parity_with_pytorch.rs.
     for (opt, lr, seed) in [("adam", "0.01", 0), ("sgd", "0.05", 1)] {
         let tmp = tempdir();
-        let sets: Vec<String> =
-            vec![format!("train.optimizer={opt}"), format!("train.lr={lr}"), format!("train.seed={seed}"), "train.iters=200".into()];
+        let sets: Vec<String> = vec![
+            format!("train.optimizer={opt}"),
+            format!("train.lr={lr}"),
+            format!("train.seed={seed}"),
+            "train.iters=200".into(),
+        ];
         let (rs, py) = both_sides(&sets, tmp.path());
         let a = tch::Tensor::read_safetensors(rs.join("trajectory.safetensors")).unwrap();
         let b = tch::Tensor::read_safetensors(py.join("trajectory.safetensors")).unwrap();
         for (name, t) in &a {
-            let u = &b.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("torch lacks {name}")).1;
-            assert!(t.get(0).equal(&u.get(0)), "{opt} seed {seed}: initial {name} differs");
+            let u = &b
+                .iter()
+                .find(|(n, _)| n == name)
+                .unwrap_or_else(|| panic!("torch lacks {name}"))
+                .1;
+            assert!(
+                t.get(0).equal(&u.get(0)),
+                "{opt} seed {seed}: initial {name} differs"
+            );
         }
         let (ma, mb) = (metrics(&rs), metrics(&py));
         assert_eq!(ma.len(), 200);
         assert_eq!(mb.len(), 200);
         for (x, y) in ma.iter().zip(&mb) {
             let worst = rel_diff(x.1 as f64, y.1 as f64).max(rel_diff(x.2 as f64, y.2 as f64));
-            assert!(worst <= 1e-6, "{opt} seed {seed} iter {}: rel diff {worst:e}", x.0);
+            assert!(
+                worst <= 1e-6,
+                "{opt} seed {seed} iter {}: rel diff {worst:e}",
+                x.0
+            );
             // Bit for bit, the logged gradient norm (the norm of the concatenated gradient,
             // taken before clip_grad_norm_) included.
-            assert_eq!(x.1.to_bits(), y.1.to_bits(), "{opt} seed {seed} iter {}: train_loss {} vs {}", x.0, x.1, y.1);
-            assert_eq!(x.2.to_bits(), y.2.to_bits(), "{opt} seed {seed} iter {}: grad_norm {} vs {}", x.0, x.2, y.2);
+            assert_eq!(
+                x.1.to_bits(),
+                y.1.to_bits(),
+                "{opt} seed {seed} iter {}: train_loss {} vs {}",
+                x.0,
+                x.1,
+                y.1
+            );
+            assert_eq!(
+                x.2.to_bits(),
+                y.2.to_bits(),
+                "{opt} seed {seed} iter {}: grad_norm {} vs {}",
+                x.0,
+                x.2,
+                y.2
+            );
         }
         let read = |dir: &std::path::Path| std::fs::read(dir.join("final.safetensors")).unwrap();
-        assert!(read(&rs) == read(&py), "{opt} seed {seed}: final.safetensors differ");
+        assert!(
+            read(&rs) == read(&py),
+            "{opt} seed {seed}: final.safetensors differ"
+        );
     }
 }
 
@@ -71,7 +103,10 @@ print("loaded", sorted(model.state_dict().keys()))
     c.arg("-c").arg(script);
     let o = ok(c);
     let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(stdout.contains("mlp.0.weight") && stdout.contains("allparam"), "{stdout}");
+    assert!(
+        stdout.contains("mlp.0.weight") && stdout.contains("allparam"),
+        "{stdout}"
+    );
 }
 
 /// The logged `grad_norm` of the MLP variant is the authors' (nonlinear_regression.ipynb,
@@ -105,12 +140,22 @@ print(f"rows={len(logged)} concat={concat} nested={nested}")
         let tmp = tempdir();
         let config = experiment("settings/mlp_variant.yaml");
         let rs = tmp.path().join("rust");
-        let sets: Vec<String> = vec![format!("train.optimizer={opt}"), format!("train.lr={lr}"), "train.iters=60".into()];
+        let sets: Vec<String> = vec![
+            format!("train.optimizer={opt}"),
+            format!("train.lr={lr}"),
+            "train.iters=60".into(),
+        ];
         let mut c = linattn();
         c.arg("train");
         ok(with_config(c, &config, &sets, &rs));
         let said = python_on_run(SCRIPT, &rs);
-        assert!(said.contains("rows=60 concat=60 "), "{opt}: the logged grad_norm is not the authors' norm: {said}");
-        assert!(!said.contains("nested=60"), "{opt}: the check does not tell the two norms apart: {said}");
+        assert!(
+            said.contains("rows=60 concat=60 "),
+            "{opt}: the logged grad_norm is not the authors' norm: {said}"
+        );
+        assert!(
+            !said.contains("nested=60"),
+            "{opt}: the check does not tell the two norms apart: {said}"
+        );
     }
 }

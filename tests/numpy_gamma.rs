@@ -60,7 +60,11 @@ fn numpy_draws(body: &str) -> Vec<f64> {
 fn assert_bits_equal(ours: &[f64], theirs: &[f64], what: &str) {
     assert_eq!(ours.len(), theirs.len(), "{what}: length");
     for (i, (a, b)) in ours.iter().zip(theirs).enumerate() {
-        assert_eq!(a.to_bits(), b.to_bits(), "{what}: index {i}: ours {a:e} numpy {b:e}");
+        assert_eq!(
+            a.to_bits(),
+            b.to_bits(),
+            "{what}: index {i}: ours {a:e} numpy {b:e}"
+        );
     }
 }
 
@@ -80,7 +84,10 @@ fn hex(x: f64) -> String {
     let bits = x.to_bits();
     let exp = ((bits >> 52) & 0x7ff) as i64 - 1023;
     let mant = bits & ((1u64 << 52) - 1);
-    assert!(x > 0.0 && exp > -1023, "hex() only for positive normal numbers");
+    assert!(
+        x > 0.0 && exp > -1023,
+        "hex() only for positive normal numbers"
+    );
     format!("0x1.{mant:013x}p{exp}")
 }
 

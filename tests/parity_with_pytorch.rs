@@ -12,17 +12,61 @@ struct Case {
 /// The runs of the core acceptance: every data setting with both optimizers at the authors'
 /// learning rates, two other depths, and the full parametrization.
 const CASES: &[Case] = &[
-    Case { name: "normal n=20 sgd", config: "settings/setting1_normal_n20.yaml", sets: &["train.optimizer=sgd", "train.lr=0.02"] },
-    Case { name: "normal n=20 adam", config: "settings/setting1_normal_n20.yaml", sets: &["train.optimizer=adam", "train.lr=0.02"] },
-    Case { name: "normal n=5 sgd", config: "settings/setting2_normal_n5.yaml", sets: &["train.optimizer=sgd", "train.lr=0.01"] },
-    Case { name: "normal n=5 adam", config: "settings/setting2_normal_n5.yaml", sets: &["train.optimizer=adam", "train.lr=0.005"] },
-    Case { name: "sphere sgd", config: "settings/sphere.yaml", sets: &["train.optimizer=sgd", "train.lr=5", "train.clip=0.1"] },
-    Case { name: "sphere adam", config: "settings/sphere.yaml", sets: &["train.optimizer=adam", "train.lr=0.1", "train.clip=0.1"] },
-    Case { name: "gamma sgd", config: "settings/setting3_gamma.yaml", sets: &["train.optimizer=sgd", "train.lr=0.02"] },
-    Case { name: "gamma adam", config: "settings/setting3_gamma.yaml", sets: &["train.optimizer=adam", "train.lr=0.02"] },
-    Case { name: "L=2", config: "settings/setting1_normal_n20.yaml", sets: &["model.layers=2"] },
-    Case { name: "L=6", config: "settings/setting1_normal_n20.yaml", sets: &["model.layers=6"] },
-    Case { name: "full parametrization", config: "settings/setting1_normal_n20.yaml", sets: &["model.parametrization=full", "train.optimizer=adam"] },
+    Case {
+        name: "normal n=20 sgd",
+        config: "settings/setting1_normal_n20.yaml",
+        sets: &["train.optimizer=sgd", "train.lr=0.02"],
+    },
+    Case {
+        name: "normal n=20 adam",
+        config: "settings/setting1_normal_n20.yaml",
+        sets: &["train.optimizer=adam", "train.lr=0.02"],
+    },
+    Case {
+        name: "normal n=5 sgd",
+        config: "settings/setting2_normal_n5.yaml",
+        sets: &["train.optimizer=sgd", "train.lr=0.01"],
+    },
+    Case {
+        name: "normal n=5 adam",
+        config: "settings/setting2_normal_n5.yaml",
+        sets: &["train.optimizer=adam", "train.lr=0.005"],
+    },
+    Case {
+        name: "sphere sgd",
+        config: "settings/sphere.yaml",
+        sets: &["train.optimizer=sgd", "train.lr=5", "train.clip=0.1"],
+    },
+    Case {
+        name: "sphere adam",
+        config: "settings/sphere.yaml",
+        sets: &["train.optimizer=adam", "train.lr=0.1", "train.clip=0.1"],
+    },
+    Case {
+        name: "gamma sgd",
+        config: "settings/setting3_gamma.yaml",
+        sets: &["train.optimizer=sgd", "train.lr=0.02"],
+    },
+    Case {
+        name: "gamma adam",
+        config: "settings/setting3_gamma.yaml",
+        sets: &["train.optimizer=adam", "train.lr=0.02"],
+    },
+    Case {
+        name: "L=2",
+        config: "settings/setting1_normal_n20.yaml",
+        sets: &["model.layers=2"],
+    },
+    Case {
+        name: "L=6",
+        config: "settings/setting1_normal_n20.yaml",
+        sets: &["model.layers=6"],
+    },
+    Case {
+        name: "full parametrization",
+        config: "settings/setting1_normal_n20.yaml",
+        sets: &["model.parametrization=full", "train.optimizer=adam"],
+    },
 ];
 
 fn initial_params(dir: &std::path::Path) -> Vec<(String, Tensor)> {
@@ -51,7 +95,11 @@ fn run_case(case: &Case, seed: u32, iters: i64) -> (usize, usize, f64) {
     assert_eq!(a.len(), b.len());
     for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
         assert_eq!(na, nb);
-        assert!(ta.equal(tb), "{} seed {seed}: initial {na} differs", case.name);
+        assert!(
+            ta.equal(tb),
+            "{} seed {seed}: initial {na} differs",
+            case.name
+        );
     }
     let (ra, rb) = (metrics(&rs), metrics(&py));
     assert_eq!(ra.len(), rb.len(), "{}: row counts differ", case.name);
@@ -62,7 +110,9 @@ fn run_case(case: &Case, seed: u32, iters: i64) -> (usize, usize, f64) {
         if x.1.to_bits() == y.1.to_bits() && x.2.to_bits() == y.2.to_bits() {
             identical += 1;
         }
-        worst = worst.max(rel_diff(x.1 as f64, y.1 as f64)).max(rel_diff(x.2 as f64, y.2 as f64));
+        worst = worst
+            .max(rel_diff(x.1 as f64, y.1 as f64))
+            .max(rel_diff(x.2 as f64, y.2 as f64));
     }
     (ra.len(), identical, worst)
 }
@@ -75,9 +125,20 @@ fn rust_run_is_bit_identical_to_pytorch_on_cpu() {
     for (i, case) in CASES.iter().enumerate() {
         let seed = (i % 2) as u32;
         let (rows, identical, worst) = run_case(case, seed, 300);
-        report.push(format!("{:<22} seed {seed}: {identical}/{rows} rows bit-identical, max rel diff {worst:.3e}", case.name));
-        assert!(worst <= 1e-6, "{} seed {seed}: train_loss/grad_norm differ by {worst:e} relative", case.name);
-        assert_eq!(identical, rows, "{} seed {seed}: within tolerance but not bit-identical", case.name);
+        report.push(format!(
+            "{:<22} seed {seed}: {identical}/{rows} rows bit-identical, max rel diff {worst:.3e}",
+            case.name
+        ));
+        assert!(
+            worst <= 1e-6,
+            "{} seed {seed}: train_loss/grad_norm differ by {worst:e} relative",
+            case.name
+        );
+        assert_eq!(
+            identical, rows,
+            "{} seed {seed}: within tolerance but not bit-identical",
+            case.name
+        );
     }
     println!("{}", report.join("\n"));
 }
@@ -89,11 +150,17 @@ fn a_run_that_skips_nonfinite_steps_matches_pytorch_bit_for_bit_and_goes_on() {
     let tmp = tempdir();
     let config = experiment("settings/setting3_gamma.yaml");
     let sets = |skip: u32| -> Vec<String> {
-        ["model.layers=4", "data.batch=100", "train.optimizer=adam", "train.lr=0.1", "train.iters=60"]
-            .iter()
-            .map(|s| s.to_string())
-            .chain([format!("train.skip_nonfinite={skip}")])
-            .collect()
+        [
+            "model.layers=4",
+            "data.batch=100",
+            "train.optimizer=adam",
+            "train.lr=0.1",
+            "train.iters=60",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([format!("train.skip_nonfinite={skip}")])
+        .collect()
     };
     let read = |dir: &std::path::Path, name: &str| std::fs::read(dir.join(name)).unwrap();
     let (rs, py) = (tmp.path().join("rust"), tmp.path().join("torch"));
@@ -101,22 +168,50 @@ fn a_run_that_skips_nonfinite_steps_matches_pytorch_bit_for_bit_and_goes_on() {
     train.arg("train");
     let o = ok(with_config(train, &config, &sets(2), &rs));
     let said = String::from_utf8_lossy(&o.stdout);
-    assert!(said.contains("60 iterations") && said.contains("(2 non-finite steps skipped)"), "{said}");
+    assert!(
+        said.contains("60 iterations") && said.contains("(2 non-finite steps skipped)"),
+        "{said}"
+    );
     let mut reference_train = reference();
     reference_train.arg("train");
     ok(with_config(reference_train, &config, &sets(2), &py));
-    assert_eq!(read(&rs, "metrics.csv"), read(&py, "metrics.csv"), "every row, the skipped ones too");
-    assert_eq!(read(&rs, "final.safetensors"), read(&py, "final.safetensors"));
-    let skipped: Vec<i64> = metrics(&rs).iter().filter(|r| !(r.1.is_finite() && r.2.is_finite())).map(|r| r.0).collect();
+    assert_eq!(
+        read(&rs, "metrics.csv"),
+        read(&py, "metrics.csv"),
+        "every row, the skipped ones too"
+    );
+    assert_eq!(
+        read(&rs, "final.safetensors"),
+        read(&py, "final.safetensors")
+    );
+    let skipped: Vec<i64> = metrics(&rs)
+        .iter()
+        .filter(|r| !(r.1.is_finite() && r.2.is_finite()))
+        .map(|r| r.0)
+        .collect();
     assert_eq!(skipped, [36, 40], "the overflowing batches");
 
     // Without skipping (the default) both sides stop at the first one, exit code 3.
     for (side, mut c) in [("rust", linattn()), ("torch", reference())] {
         c.arg("train");
-        let out = output(with_config(c, &config, &sets(0), &tmp.path().join(format!("{side}0"))));
-        assert_eq!(out.status.code(), Some(3), "{side}: {}", String::from_utf8_lossy(&out.stderr));
-        let summary = std::fs::read_to_string(tmp.path().join(format!("{side}0/summary.json"))).unwrap();
-        assert!(summary.replace(' ', "").contains("\"diverged_at\":36"), "{side}: {summary}");
+        let out = output(with_config(
+            c,
+            &config,
+            &sets(0),
+            &tmp.path().join(format!("{side}0")),
+        ));
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{side}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let summary =
+            std::fs::read_to_string(tmp.path().join(format!("{side}0/summary.json"))).unwrap();
+        assert!(
+            summary.replace(' ', "").contains("\"diverged_at\":36"),
+            "{side}: {summary}"
+        );
     }
 }
 
@@ -168,8 +263,17 @@ print(f"authors={torch.equal(a, final)} host_f64={torch.equal(b, final)} clipped
         c.arg("train");
         ok(with_config(c, &config, &sets, &rs));
         let said = python_on_run(SCRIPT, &rs);
-        assert!(said.contains("authors=True"), "{opt} lr {lr}: the Rust run is not the authors' clip: {said}");
-        assert!(said.contains("host_f64=False"), "{opt} lr {lr}: the check does not tell the two clips apart: {said}");
-        assert!(!said.contains("clipped=0"), "{opt} lr {lr}: no step was clipped: {said}");
+        assert!(
+            said.contains("authors=True"),
+            "{opt} lr {lr}: the Rust run is not the authors' clip: {said}"
+        );
+        assert!(
+            said.contains("host_f64=False"),
+            "{opt} lr {lr}: the check does not tell the two clips apart: {said}"
+        );
+        assert!(
+            !said.contains("clipped=0"),
+            "{opt} lr {lr}: no step was clipped: {said}"
+        );
     }
 }

@@ -86,23 +86,61 @@ fn run_folders(runs: &Path) -> Vec<PathBuf> {
 fn every_figure_yaml_parses_and_names_existing_settings() {
     let experiments = root().join("experiments");
     let ids = figures::figure_ids(&experiments).unwrap();
-    for want in ["fig2_setting1", "fig2_setting2", "fig2_setting3", "fig4", "fig5", "fig6", "fig7", "fig8", "appB", "lr_grid"] {
-        assert!(ids.iter().any(|i| i == want), "experiments/figures/{want}.yaml is missing");
+    for want in [
+        "fig2_setting1",
+        "fig2_setting2",
+        "fig2_setting3",
+        "fig4",
+        "fig5",
+        "fig6",
+        "fig7",
+        "fig8",
+        "appB",
+        "lr_grid",
+    ] {
+        assert!(
+            ids.iter().any(|i| i == want),
+            "experiments/figures/{want}.yaml is missing"
+        );
     }
     for id in ids {
         let path = experiments.join("figures").join(format!("{id}.yaml"));
         let spec = FigureSpec::load(&path).unwrap_or_else(|e| panic!("{id}: {e:#}"));
         for s in &spec.series {
             let settings = experiments.join("settings").join(&s.settings);
-            assert!(settings.is_file(), "{id}: series {} names {} which does not exist", s.id, settings.display());
+            assert!(
+                settings.is_file(),
+                "{id}: series {} names {} which does not exist",
+                s.id,
+                settings.display()
+            );
         }
         for quick in [false, true] {
-            let res = spec.resolve(&Scale { quick, ..Default::default() });
-            let runs = spec.plan(&experiments.join("settings"), &res, linattn::config::DeviceName::Cpu).unwrap_or_else(|e| panic!("{id}: {e:#}"));
+            let res = spec.resolve(&Scale {
+                quick,
+                ..Default::default()
+            });
+            let runs = spec
+                .plan(
+                    &experiments.join("settings"),
+                    &res,
+                    linattn::config::DeviceName::Cpu,
+                )
+                .unwrap_or_else(|e| panic!("{id}: {e:#}"));
             assert!(!runs.is_empty(), "{id}: no runs");
             if spec.lr_grid.is_some() && !quick {
-                let per = runs.iter().filter(|r| r.series == 0 && r.optimizer == linattn::config::OptimizerKind::Sgd && r.seed == res.seeds[0]).count();
-                assert_eq!(per, 10, "{id}: the paper-scale grid has 10 learning rates per optimizer and setting");
+                let per = runs
+                    .iter()
+                    .filter(|r| {
+                        r.series == 0
+                            && r.optimizer == linattn::config::OptimizerKind::Sgd
+                            && r.seed == res.seeds[0]
+                    })
+                    .count();
+                assert_eq!(
+                    per, 10,
+                    "{id}: the paper-scale grid has 10 learning rates per optimizer and setting"
+                );
             }
         }
     }
@@ -119,13 +157,24 @@ fn tiny_reproduce_draws_the_png_and_summary_then_reuses_its_runs() {
     let png = std::fs::read(plots.join("tiny.png")).expect("tiny.png");
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000);
     let md = std::fs::read_to_string(plots.join("summary.md")).unwrap();
-    assert!(md.contains("tiny") && md.contains("R_SGD / R_Adam") && md.contains("1.58 (0.41)"), "{md}");
-    assert!(md.contains("Scale: paper") || md.contains("Scale: **paper"), "{md}");
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(plots.join("summary.json")).unwrap()).unwrap();
+    assert!(
+        md.contains("tiny") && md.contains("R_SGD / R_Adam") && md.contains("1.58 (0.41)"),
+        "{md}"
+    );
+    assert!(
+        md.contains("Scale: paper") || md.contains("Scale: **paper"),
+        "{md}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(plots.join("summary.json")).unwrap())
+            .unwrap();
     let f = &json["figures"][0];
     assert_eq!(f["id"], "tiny");
     assert_eq!(f["ratios"][0]["iter"], 3);
-    assert_eq!(f["ratios"][0]["ours"]["n"], 2, "a ratio per seed, both seeds: {f}");
+    assert_eq!(
+        f["ratios"][0]["ours"]["n"], 2,
+        "a ratio per seed, both seeds: {f}"
+    );
     assert!(f["noise"][0]["hill_tail_index"].is_number(), "{f}");
     assert!(f["correlations"][0]["points"].as_u64().unwrap() > 0, "{f}");
 
@@ -133,19 +182,39 @@ fn tiny_reproduce_draws_the_png_and_summary_then_reuses_its_runs() {
     assert_eq!(runs.len(), 4);
     let mtime = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
     let before: Vec<_> = runs.iter().map(|r| mtime(&r.join("metrics.csv"))).collect();
-    let measured_before: Vec<_> = runs.iter().map(|r| mtime(&r.join("measurements.csv"))).collect();
+    let measured_before: Vec<_> = runs
+        .iter()
+        .map(|r| mtime(&r.join("measurements.csv")))
+        .collect();
     let o = ok(reproduce(&fig, tmp.path()));
     let out = stdout(&o);
-    assert!(out.contains("runs trained 0, reused 4") && out.contains("runs measured 0") && out.contains("noise computed 0"), "{out}");
+    assert!(
+        out.contains("runs trained 0, reused 4")
+            && out.contains("runs measured 0")
+            && out.contains("noise computed 0"),
+        "{out}"
+    );
     let after: Vec<_> = runs.iter().map(|r| mtime(&r.join("metrics.csv"))).collect();
-    let measured_after: Vec<_> = runs.iter().map(|r| mtime(&r.join("measurements.csv"))).collect();
+    let measured_after: Vec<_> = runs
+        .iter()
+        .map(|r| mtime(&r.join("measurements.csv")))
+        .collect();
     assert_eq!(before, after, "a finished run was trained again");
-    assert_eq!(measured_before, measured_after, "a finished measurement was computed again");
+    assert_eq!(
+        measured_before, measured_after,
+        "a finished measurement was computed again"
+    );
     let figure_json = |plots: &Path| -> serde_json::Value {
-        let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(plots.join("summary.json")).unwrap()).unwrap();
+        let j: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(plots.join("summary.json")).unwrap())
+                .unwrap();
         j["figures"][0].clone()
     };
-    assert_eq!(figure_json(&plots)["all_reused"], false, "the first invocation's time is kept");
+    assert_eq!(
+        figure_json(&plots)["all_reused"],
+        false,
+        "the first invocation's time is kept"
+    );
 
     // Drawn into a fresh plots folder from the same runs (as after runs split over processes):
     // the summary says the work was reused instead of timing the drawing as the figure's cost.
@@ -153,13 +222,20 @@ fn tiny_reproduce_draws_the_png_and_summary_then_reuses_its_runs() {
     ok(reproduce_into(&fig, tmp.path(), &fresh));
     assert_eq!(figure_json(&fresh)["all_reused"], true);
     let md = std::fs::read_to_string(fresh.join("summary.md")).unwrap();
-    assert!(md.contains("reused from the runs folder") && !md.contains("Produced in"), "{md}");
+    assert!(
+        md.contains("reused from the runs folder") && !md.contains("Produced in"),
+        "{md}"
+    );
 }
 
 /// Reproduces the tiny figure with `command`, then removes the summary.json of the runs
 /// `broken` (what a process killed before the end of a run leaves) and reproduces it again.
 /// Returns the run folders and the second invocation's output.
-fn break_runs_and_reproduce_again(tmp: &Path, command: fn(&Path, &Path) -> Command, broken: &[usize]) -> (Vec<PathBuf>, String) {
+fn break_runs_and_reproduce_again(
+    tmp: &Path,
+    command: fn(&Path, &Path) -> Command,
+    broken: &[usize],
+) -> (Vec<PathBuf>, String) {
     let fig = write_figure(tmp, "tiny", TINY);
     ok(command(&fig, tmp));
     let runs = run_folders(&tmp.join("runs"));
@@ -174,7 +250,10 @@ fn break_runs_and_reproduce_again(tmp: &Path, command: fn(&Path, &Path) -> Comma
 fn a_run_left_without_its_summary_is_trained_again_and_the_rest_reused() {
     let tmp = tempdir();
     let (runs, out) = break_runs_and_reproduce_again(tmp.path(), reproduce, &[0]);
-    assert!(out.contains("reused 3") && out.contains("restarted 1"), "{out}");
+    assert!(
+        out.contains("reused 3") && out.contains("restarted 1"),
+        "{out}"
+    );
     assert!(runs[0].join("summary.json").exists());
 }
 
@@ -185,7 +264,8 @@ fn reproduce_fast(figure: &Path, work: &Path) -> Command {
 }
 
 fn wall_time(run: &Path) -> f64 {
-    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
     summary["wall_time_s"].as_f64().unwrap()
 }
 
@@ -194,7 +274,10 @@ fn fast_runs_of_one_setting_train_as_one_ensemble_and_a_second_invocation_reuses
     let tmp = tempdir();
     let fig = write_figure(tmp.path(), "tiny", TINY);
     let out = stdout(&ok(reproduce_fast(&fig, tmp.path())));
-    assert!(out.contains("runs trained 4, reused 0") && out.contains("ensembles trained 1;"), "{out}");
+    assert!(
+        out.contains("runs trained 4, reused 0") && out.contains("ensembles trained 1;"),
+        "{out}"
+    );
     let runs = run_folders(&tmp.path().join("runs"));
     assert_eq!(runs.len(), 4);
     // An ensemble writes its own wall time into every member's summary.
@@ -203,21 +286,42 @@ fn fast_runs_of_one_setting_train_as_one_ensemble_and_a_second_invocation_reuses
     // Each member's folder holds the config its name was made from.
     for r in &runs {
         let cfg = linattn::run::RunFolder::new(r).config().unwrap();
-        assert_eq!(linattn::figures::runs::run_dir(&tmp.path().join("runs"), &cfg), *r);
+        assert_eq!(
+            linattn::figures::runs::run_dir(&tmp.path().join("runs"), &cfg),
+            *r
+        );
     }
 
     let out = stdout(&ok(reproduce_fast(&fig, tmp.path())));
-    assert!(out.contains("runs trained 0, reused 4") && out.contains("ensembles trained 0;") && out.contains("runs measured 0"), "{out}");
-    assert_eq!(walls, runs.iter().map(|r| wall_time(r)).collect::<Vec<_>>(), "a finished run was trained again");
+    assert!(
+        out.contains("runs trained 0, reused 4")
+            && out.contains("ensembles trained 0;")
+            && out.contains("runs measured 0"),
+        "{out}"
+    );
+    assert_eq!(
+        walls,
+        runs.iter().map(|r| wall_time(r)).collect::<Vec<_>>(),
+        "a finished run was trained again"
+    );
 }
 
 #[test]
 fn a_fast_run_left_without_its_summary_is_trained_again_and_the_rest_reused() {
     let tmp = tempdir();
     let (runs, out) = break_runs_and_reproduce_again(tmp.path(), reproduce_fast, &[1, 2]);
-    assert!(out.contains("reused 2") && out.contains("restarted 2") && out.contains("ensembles trained 1;"), "{out}");
+    assert!(
+        out.contains("reused 2")
+            && out.contains("restarted 2")
+            && out.contains("ensembles trained 1;"),
+        "{out}"
+    );
     assert!(runs.iter().all(|r| r.join("summary.json").exists()));
-    assert_eq!(wall_time(&runs[1]), wall_time(&runs[2]), "the two broken runs trained together");
+    assert_eq!(
+        wall_time(&runs[1]),
+        wall_time(&runs[2]),
+        "the two broken runs trained together"
+    );
 }
 
 #[test]
@@ -225,9 +329,15 @@ fn a_fast_lr_grid_trains_as_one_ensemble_and_its_diverged_member_is_a_result() {
     let tmp = tempdir();
     let fig = write_figure(tmp.path(), "grid", GRID);
     let out = stdout(&ok(reproduce_fast(&fig, tmp.path())));
-    assert!(out.contains("runs trained 6") && out.contains("ensembles trained 1;"), "{out}");
+    assert!(
+        out.contains("runs trained 6") && out.contains("ensembles trained 1;"),
+        "{out}"
+    );
     let csv = std::fs::read_to_string(tmp.path().join("plots/lr_grid.csv")).unwrap();
-    let sgd_huge = csv.lines().find(|l| l.starts_with("s1,sgd,20000,")).unwrap_or_else(|| panic!("no sgd lr 20000 row:\n{csv}"));
+    let sgd_huge = csv
+        .lines()
+        .find(|l| l.starts_with("s1,sgd,20000,"))
+        .unwrap_or_else(|| panic!("no sgd lr 20000 row:\n{csv}"));
     assert!(sgd_huge.contains(",diverged,inf,"), "{sgd_huge}");
     let out = stdout(&ok(reproduce_fast(&fig, tmp.path())));
     assert!(out.contains("runs trained 0, reused 6"), "{out}");
@@ -240,11 +350,15 @@ fn quick_scale_uses_the_quick_block() {
     let mut c = reproduce(&fig, tmp.path());
     c.arg("--quick");
     ok(c);
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("plots/summary.json")).unwrap()).unwrap();
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("plots/summary.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(json["figures"][0]["iters"], 4);
     assert_eq!(json["figures"][0]["quick"], true);
-    assert!(std::fs::read_to_string(tmp.path().join("plots/summary.md")).unwrap().contains("Scale: quick"));
+    assert!(std::fs::read_to_string(tmp.path().join("plots/summary.md"))
+        .unwrap()
+        .contains("Scale: quick"));
 }
 
 #[test]
@@ -254,29 +368,59 @@ fn a_diverging_lr_in_the_grid_is_recorded_as_worst_not_a_crash() {
     let o = ok(reproduce(&fig, tmp.path()));
     assert!(stdout(&o).contains("runs trained 6"), "{}", stdout(&o));
     let csv = std::fs::read_to_string(tmp.path().join("plots/lr_grid.csv")).unwrap();
-    let sgd_huge = csv.lines().find(|l| l.starts_with("s1,sgd,20000,")).unwrap_or_else(|| panic!("no sgd lr 20000 row:\n{csv}"));
-    assert!(sgd_huge.contains(",diverged,inf,") && sgd_huge.ends_with(",false"), "{sgd_huge}");
-    let choices: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("plots/lr_grid.json")).unwrap()).unwrap();
-    let sgd = choices.as_array().unwrap().iter().find(|c| c["optimizer"] == "sgd").unwrap();
+    let sgd_huge = csv
+        .lines()
+        .find(|l| l.starts_with("s1,sgd,20000,"))
+        .unwrap_or_else(|| panic!("no sgd lr 20000 row:\n{csv}"));
+    assert!(
+        sgd_huge.contains(",diverged,inf,") && sgd_huge.ends_with(",false"),
+        "{sgd_huge}"
+    );
+    let choices: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("plots/lr_grid.json")).unwrap(),
+    )
+    .unwrap();
+    let sgd = choices
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["optimizer"] == "sgd")
+        .unwrap();
     let best = sgd["best_lr"].as_f64().unwrap();
     assert!(best == 0.01 || best == 0.02, "{sgd}");
-    let huge = sgd["grid"].as_array().unwrap().iter().find(|p| p["lr"] == 20000.0).unwrap();
+    let huge = sgd["grid"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["lr"] == 20000.0)
+        .unwrap();
     assert!(huge["mean"].is_null() && huge["diverged"] == 1, "{huge}");
     assert!(tmp.path().join("plots/grid.png").exists());
-    assert!(std::fs::read_to_string(tmp.path().join("plots/summary.md")).unwrap().contains("Learning-rate selection"));
+    assert!(std::fs::read_to_string(tmp.path().join("plots/summary.md"))
+        .unwrap()
+        .contains("Learning-rate selection"));
 }
 
 #[test]
 fn an_unknown_figure_exits_2_naming_it() {
     let tmp = tempdir();
     let mut c = linattn();
-    c.arg("reproduce").arg("fig99").arg("--runs").arg(tmp.path().join("r")).arg("--plots").arg(tmp.path().join("p"));
+    c.arg("reproduce")
+        .arg("fig99")
+        .arg("--runs")
+        .arg(tmp.path().join("r"))
+        .arg("--plots")
+        .arg(tmp.path().join("p"));
     c.current_dir(root());
     let o = output(c);
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("fig99") && err.contains("fig2_setting1") && err.trim_end().lines().count() == 1, "{err}");
+    assert!(
+        err.contains("fig99")
+            && err.contains("fig2_setting1")
+            && err.trim_end().lines().count() == 1,
+        "{err}"
+    );
 }
 
 #[test]
@@ -318,12 +462,27 @@ fn a_figure_whose_runs_skip_nonfinite_steps_says_so_in_its_title_and_summary() {
     let tmp = tempdir();
     let fig = write_figure(tmp.path(), "skipping", SKIPPING);
     ok(reproduce(&fig, tmp.path()));
-    let data: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("plots/data/skipping.json")).unwrap()).unwrap();
-    let rows = data["final_loss"].as_array().unwrap_or_else(|| panic!("{data}"));
-    let skipped = |o: &str| rows.iter().find(|r| r["optimizer"] == o).unwrap()["skipped_steps"].as_u64().unwrap();
+    let data: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("plots/data/skipping.json")).unwrap(),
+    )
+    .unwrap();
+    let rows = data["final_loss"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{data}"));
+    let skipped = |o: &str| {
+        rows.iter().find(|r| r["optimizer"] == o).unwrap()["skipped_steps"]
+            .as_u64()
+            .unwrap()
+    };
     assert_eq!((skipped("sgd"), skipped("adam")), (0, 2));
-    assert!(data["title"].as_str().unwrap().ends_with("(non-finite steps skipped: SGD 0, Adam 2)"), "{}", data["title"]);
+    assert!(
+        data["title"]
+            .as_str()
+            .unwrap()
+            .ends_with("(non-finite steps skipped: SGD 0, Adam 2)"),
+        "{}",
+        data["title"]
+    );
     let md = std::fs::read_to_string(tmp.path().join("plots/summary.md")).unwrap();
     assert!(md.contains("over all seeds: gamma, L = 4 Adam: 2."), "{md}");
 }
@@ -354,7 +513,11 @@ fn two_single() -> &'static (PathBuf, PathBuf) {
     SINGLE.get_or_init(|| {
         let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
         for old in std::fs::read_dir(&base).unwrap().flatten() {
-            if old.file_name().to_string_lossy().starts_with("reproduce-two-") {
+            if old
+                .file_name()
+                .to_string_lossy()
+                .starts_with("reproduce-two-")
+            {
                 let _ = std::fs::remove_dir_all(old.path());
             }
         }
@@ -381,8 +544,10 @@ fn figure_numbers(plots: &Path, id: &str) -> serde_json::Value {
             _ => {}
         }
     }
-    let mut v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(plots.join("data").join(format!("{id}.json"))).unwrap()).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(plots.join("data").join(format!("{id}.json"))).unwrap(),
+    )
+    .unwrap();
     strip(&mut v);
     v
 }
@@ -397,7 +562,10 @@ fn wait_for(what: impl Fn() -> bool, limit: std::time::Duration) {
 
 /// Whether any run folder under `runs` holds a checkpoint.
 fn any_checkpoint(runs: &Path) -> bool {
-    runs.exists() && run_folders(runs).iter().any(|r| r.join("checkpoint.safetensors").exists())
+    runs.exists()
+        && run_folders(runs)
+            .iter()
+            .any(|r| r.join("checkpoint.safetensors").exists())
 }
 
 #[test]
@@ -406,15 +574,28 @@ fn a_reproduce_killed_during_an_ensemble_resumes_it_and_gives_the_same_figure_da
     let tmp = tempdir();
     let killed = tmp.path().join("killed");
     let mut c = reproduce_fast(fig, &killed);
-    c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    c.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
     let mut child = c.spawn().unwrap();
-    wait_for(|| any_checkpoint(&killed.join("runs")), std::time::Duration::from_secs(120));
+    wait_for(
+        || any_checkpoint(&killed.join("runs")),
+        std::time::Duration::from_secs(120),
+    );
     std::thread::sleep(std::time::Duration::from_millis(300));
     child.kill().unwrap(); // SIGKILL, during the first setting's ensemble
-    assert!(!child.wait().unwrap().success(), "the figure finished before it could be killed");
+    assert!(
+        !child.wait().unwrap().success(),
+        "the figure finished before it could be killed"
+    );
     let out = stdout(&ok(reproduce_fast(fig, &killed)));
-    assert!(out.contains("resumed 6,") && out.contains("restarted 0"), "the ensemble resumed instead of training again: {out}");
-    assert_eq!(figure_numbers(&killed.join("plots"), "two"), figure_numbers(&single.join("plots"), "two"));
+    assert!(
+        out.contains("resumed 6,") && out.contains("restarted 0"),
+        "the ensemble resumed instead of training again: {out}"
+    );
+    assert_eq!(
+        figure_numbers(&killed.join("plots"), "two"),
+        figure_numbers(&single.join("plots"), "two")
+    );
 }
 
 #[test]
@@ -426,14 +607,22 @@ fn two_shards_started_together_do_disjoint_work_and_draw_only_gives_the_single_p
     let mut c = reproduce_fast(fig, &shared);
     c.arg("--draw-only");
     let o = output(c);
-    assert_eq!(o.status.code(), Some(4), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(String::from_utf8_lossy(&o.stderr).contains("(training)"));
 
     let workers: Vec<std::process::Child> = [1, 2]
         .iter()
         .map(|k| {
             let mut c = reproduce_fast(fig, &shared);
-            c.arg("--shard").arg(format!("{k}/2")).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+            c.arg("--shard")
+                .arg(format!("{k}/2"))
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
             c.spawn().unwrap()
         })
         .collect();
@@ -447,19 +636,34 @@ fn two_shards_started_together_do_disjoint_work_and_draw_only_gives_the_single_p
         .collect();
     // Every unit is trained or measured by exactly one shard.
     let done = |log: &str, verb: &str| -> Vec<String> {
-        log.lines().filter_map(|l| l.split_once(&format!(" {verb} ")).map(|(_, u)| u.to_string())).collect()
+        log.lines()
+            .filter_map(|l| {
+                l.split_once(&format!(" {verb} "))
+                    .map(|(_, u)| u.to_string())
+            })
+            .collect()
     };
     for verb in ["trained", "measured"] {
         let (a, b) = (done(&logs[0], verb), done(&logs[1], verb));
-        assert!(a.iter().all(|u| !b.contains(u)), "{verb} by both shards: {a:?} / {b:?}");
+        assert!(
+            a.iter().all(|u| !b.contains(u)),
+            "{verb} by both shards: {a:?} / {b:?}"
+        );
         assert!(!(a.is_empty() && b.is_empty()), "nothing {verb}");
     }
-    assert_eq!(done(&logs[0], "trained").len() + done(&logs[1], "trained").len(), 2, "two ensembles: {logs:?}");
+    assert_eq!(
+        done(&logs[0], "trained").len() + done(&logs[1], "trained").len(),
+        2,
+        "two ensembles: {logs:?}"
+    );
     assert!(!shared.join("plots").exists(), "a shard draws nothing");
     let mut c = reproduce_fast(fig, &shared);
     c.arg("--draw-only");
     ok(c);
-    assert_eq!(figure_numbers(&shared.join("plots"), "two"), figure_numbers(&single.join("plots"), "two"));
+    assert_eq!(
+        figure_numbers(&shared.join("plots"), "two"),
+        figure_numbers(&single.join("plots"), "two")
+    );
 }
 
 #[test]
@@ -471,7 +675,10 @@ fn a_shard_is_k_of_n_with_k_from_1_to_n() {
         c.arg("--shard").arg(bad);
         let o = output(c);
         assert_eq!(o.status.code(), Some(2), "--shard {bad}");
-        assert!(String::from_utf8_lossy(&o.stderr).contains("K/N"), "--shard {bad}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("K/N"),
+            "--shard {bad}"
+        );
     }
 }
 
@@ -482,7 +689,10 @@ fn a_shard_killed_in_the_middle_and_started_again_completes_the_figure_with_the_
     let shared = tmp.path().join("shared");
     let shard = |k: usize| {
         let mut c = reproduce_fast(fig, &shared);
-        c.arg("--shard").arg(format!("{k}/2")).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        c.arg("--shard")
+            .arg(format!("{k}/2"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
         c
     };
     let mut first = shard(1).spawn().unwrap();
@@ -492,12 +702,22 @@ fn a_shard_killed_in_the_middle_and_started_again_completes_the_figure_with_the_
     let groups = ["normal-n5-L3-d5-fast", "normal-n20-L3-d5-fast"];
     let checkpointed = |g: &str| {
         let dir = runs.join(g);
-        dir.exists() && std::fs::read_dir(&dir).unwrap().flatten().any(|r| r.path().join("checkpoint.safetensors").exists())
+        dir.exists()
+            && std::fs::read_dir(&dir)
+                .unwrap()
+                .flatten()
+                .any(|r| r.path().join("checkpoint.safetensors").exists())
     };
-    wait_for(|| groups.iter().all(|g| checkpointed(g)), std::time::Duration::from_secs(240));
+    wait_for(
+        || groups.iter().all(|g| checkpointed(g)),
+        std::time::Duration::from_secs(240),
+    );
     std::thread::sleep(std::time::Duration::from_millis(300));
     first.kill().unwrap(); // SIGKILL: its unit keeps a checkpoint and a free lock
-    assert!(!first.wait().unwrap().success(), "shard 1 finished before it could be killed");
+    assert!(
+        !first.wait().unwrap().success(),
+        "shard 1 finished before it could be killed"
+    );
     let logs = [output(shard(1)), second.wait_with_output().unwrap()];
     for o in &logs {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -505,18 +725,34 @@ fn a_shard_killed_in_the_middle_and_started_again_completes_the_figure_with_the_
     // The killed unit was resumed from its checkpoints, by the restarted shard or by the other.
     let resumed: usize = logs
         .iter()
-        .filter_map(|o| stdout(o).split("resumed ").nth(1).and_then(|r| r.split(',').next()?.parse::<usize>().ok()))
+        .filter_map(|o| {
+            stdout(o)
+                .split("resumed ")
+                .nth(1)
+                .and_then(|r| r.split(',').next()?.parse::<usize>().ok())
+        })
         .sum();
-    assert!(resumed > 0, "nothing resumed: {:?}", logs.iter().map(stdout).collect::<Vec<_>>());
+    assert!(
+        resumed > 0,
+        "nothing resumed: {:?}",
+        logs.iter().map(stdout).collect::<Vec<_>>()
+    );
     let mut c = reproduce_fast(fig, &shared);
     c.arg("--draw-only");
     let out = stdout(&ok(c));
-    assert!(out.contains("runs trained 0"), "the draw trains nothing: {out}");
-    assert_eq!(figure_numbers(&shared.join("plots"), "two"), figure_numbers(&single.join("plots"), "two"));
+    assert!(
+        out.contains("runs trained 0"),
+        "the draw trains nothing: {out}"
+    );
+    assert_eq!(
+        figure_numbers(&shared.join("plots"), "two"),
+        figure_numbers(&single.join("plots"), "two")
+    );
 }
 
 #[test]
-fn a_shard_measures_the_runs_it_can_while_another_worker_holds_a_training_unit_and_names_that_unit_only_once_it_trains_it() {
+fn a_shard_measures_the_runs_it_can_while_another_worker_holds_a_training_unit_and_names_that_unit_only_once_it_trains_it(
+) {
     let tmp = tempdir();
     let fig = write_figure(tmp.path(), "two", &TWO.replace("iters: 1000", "iters: 100"));
     let work = tmp.path().join("work");
@@ -527,28 +763,52 @@ fn a_shard_measures_the_runs_it_can_while_another_worker_holds_a_training_unit_a
     let held = missing
         .split(|c| c == ':' || c == ';')
         .map(str::trim)
-        .find_map(|u| u.strip_suffix(" (training)").filter(|u| u.starts_with("normal-n5-")))
+        .find_map(|u| {
+            u.strip_suffix(" (training)")
+                .filter(|u| u.starts_with("normal-n5-"))
+        })
         .unwrap_or_else(|| panic!("no Setting 2 run among the missing units: {missing}"));
-    let lock = linattn::run::RunFolder::new(work.join("runs").join(held)).try_lock().unwrap().expect("a free lock");
+    let lock = linattn::run::RunFolder::new(work.join("runs").join(held))
+        .try_lock()
+        .unwrap()
+        .expect("a free lock");
 
     let mut c = reproduce_fast(&fig, &work);
-    c.arg("--shard").arg("1/1").stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    c.arg("--shard")
+        .arg("1/1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     let shard = c.spawn().unwrap();
     // The shard owns every unit: it must train and measure Setting 1 instead of waiting.
     let setting1 = work.join("runs/normal-n20-L3-d5-fast");
     let measured = |dir: &Path| {
-        dir.exists() && std::fs::read_dir(dir).unwrap().flatten().filter(|r| r.path().join("measurements.csv").exists()).count() == 6
+        dir.exists()
+            && std::fs::read_dir(dir)
+                .unwrap()
+                .flatten()
+                .filter(|r| r.path().join("measurements.csv").exists())
+                .count()
+                == 6
     };
     wait_for(|| measured(&setting1), std::time::Duration::from_secs(240));
-    assert!(!work.join("runs").join(held).join("metrics.csv").exists(), "the held unit was trained");
+    assert!(
+        !work.join("runs").join(held).join("metrics.csv").exists(),
+        "the held unit was trained"
+    );
     drop(lock);
     let o = shard.wait_with_output().unwrap();
     let log = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{log}");
-    assert!(log.contains("is another worker's for now; measuring it later"), "{log}");
+    assert!(
+        log.contains("is another worker's for now; measuring it later"),
+        "{log}"
+    );
     // The held unit is announced as trained by this worker only once the other has let go.
     let (waiting, training) = (log.find("waiting for "), log.find("training normal-n5-"));
-    assert!(waiting.is_some() && training.is_some() && waiting < training, "{log}");
+    assert!(
+        waiting.is_some() && training.is_some() && waiting < training,
+        "{log}"
+    );
     let mut c = reproduce_fast(&fig, &work);
     c.arg("--draw-only");
     assert!(stdout(&ok(c)).contains("runs trained 0"));

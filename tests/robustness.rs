@@ -11,7 +11,12 @@ fn train_cmd(out: &Path, sets: &[&str]) -> Command {
     let mut c = linattn();
     c.arg("train");
     let sets: Vec<String> = SMALL.iter().chain(sets).map(|s| s.to_string()).collect();
-    with_config(c, &experiment("settings/setting1_normal_n20.yaml"), &sets, out)
+    with_config(
+        c,
+        &experiment("settings/setting1_normal_n20.yaml"),
+        &sets,
+        out,
+    )
 }
 
 fn stderr(o: &std::process::Output) -> String {
@@ -21,7 +26,11 @@ fn stderr(o: &std::process::Output) -> String {
 fn wait_for_checkpoint(dir: &Path, deadline: Duration) {
     let start = Instant::now();
     while !dir.join("checkpoint.safetensors").exists() {
-        assert!(start.elapsed() < deadline, "no checkpoint appeared in {}", dir.display());
+        assert!(
+            start.elapsed() < deadline,
+            "no checkpoint appeared in {}",
+            dir.display()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -30,16 +39,26 @@ fn wait_for_checkpoint(dir: &Path, deadline: Duration) {
 fn a_diverging_run_stops_keeps_every_row_and_exits_3() {
     let tmp = tempdir();
     let out = tmp.path().join("run");
-    let o = output(train_cmd(&out, &["train.lr=1e6", "train.clip=0", "train.iters=500"]));
+    let o = output(train_cmd(
+        &out,
+        &["train.lr=1e6", "train.clip=0", "train.iters=500"],
+    ));
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(stderr(&o).contains("diverged at iteration"));
-    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["status"], "diverged");
     let at = summary["diverged_at"].as_i64().unwrap();
     let rows = metrics(&out);
-    assert_eq!(rows.len() as i64, at + 1, "metrics.csv keeps every row up to the diverged one");
+    assert_eq!(
+        rows.len() as i64,
+        at + 1,
+        "metrics.csv keeps every row up to the diverged one"
+    );
     assert!(!rows.last().unwrap().1.is_finite() || !rows.last().unwrap().2.is_finite());
-    assert!(rows[..rows.len() - 1].iter().all(|r| r.1.is_finite() && r.2.is_finite()));
+    assert!(rows[..rows.len() - 1]
+        .iter()
+        .all(|r| r.1.is_finite() && r.2.is_finite()));
 }
 
 #[test]
@@ -50,16 +69,38 @@ fn a_run_skipping_nonfinite_steps_diverges_after_more_than_k_in_a_row_and_says_h
     let out = tmp.path().join("run");
     let mut c = linattn();
     c.arg("train");
-    let sets: Vec<String> = ["model.layers=6", "data.batch=100", "train.optimizer=adam", "train.lr=0.1", "train.iters=300", "train.skip_nonfinite=3"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    let o = output(with_config(c, &experiment("settings/setting3_gamma.yaml"), &sets, &out));
+    let sets: Vec<String> = [
+        "model.layers=6",
+        "data.batch=100",
+        "train.optimizer=adam",
+        "train.lr=0.1",
+        "train.iters=300",
+        "train.skip_nonfinite=3",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let o = output(with_config(
+        c,
+        &experiment("settings/setting3_gamma.yaml"),
+        &sets,
+        &out,
+    ));
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
-    assert!(stderr(&o).contains("diverged at iteration 37 (loss or gradient not finite, 4 steps in a row)"), "{}", stderr(&o));
+    assert!(
+        stderr(&o)
+            .contains("diverged at iteration 37 (loss or gradient not finite, 4 steps in a row)"),
+        "{}",
+        stderr(&o)
+    );
     let rows = metrics(&out);
     assert_eq!(rows.len(), 38);
-    assert!(rows[34..].iter().all(|r| !(r.1.is_finite() && r.2.is_finite())), "the last 4 rows are the non-finite ones");
+    assert!(
+        rows[34..]
+            .iter()
+            .all(|r| !(r.1.is_finite() && r.2.is_finite())),
+        "the last 4 rows are the non-finite ones"
+    );
 }
 
 #[test]
@@ -71,7 +112,11 @@ fn reusing_a_run_folder_is_refused_without_force_or_resume() {
     let o = output(train_cmd(&out, &["train.iters=5"]));
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--force"), "{}", stderr(&o));
-    assert_eq!(std::fs::read(out.join("metrics.csv")).unwrap(), before, "the old run is untouched");
+    assert_eq!(
+        std::fs::read(out.join("metrics.csv")).unwrap(),
+        before,
+        "the old run is untouched"
+    );
     let mut forced = train_cmd(&out, &["train.iters=5"]);
     forced.arg("--force");
     ok(forced);
@@ -87,14 +132,21 @@ fn a_forced_retrain_drops_the_measurements_of_the_old_trajectory() {
     let mut forced = train_cmd(&out, &["train.iters=5"]);
     forced.arg("--force");
     ok(forced);
-    assert!(!out.join("measurements.csv").exists(), "reproduce and analyze would reuse them for the new run");
+    assert!(
+        !out.join("measurements.csv").exists(),
+        "reproduce and analyze would reuse them for the new run"
+    );
 }
 
 #[test]
 fn a_second_process_writing_into_the_same_folder_is_refused() {
     let tmp = tempdir();
     let out = tmp.path().join("run");
-    let mut first = train_cmd(&out, &["train.iters=100000"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut first = train_cmd(&out, &["train.iters=100000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     wait_for_checkpoint_or_config(&out);
     let mut second = train_cmd(&out, &["train.iters=10"]);
     second.arg("--force");
@@ -102,7 +154,11 @@ fn a_second_process_writing_into_the_same_folder_is_refused() {
     first.kill().unwrap();
     let _ = first.wait();
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("another linattn process"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("another linattn process"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 fn wait_for_checkpoint_or_config(dir: &Path) {
@@ -125,7 +181,11 @@ fn kill_and_resume(sets: &[&str], extra: &[&str], folders: &[&str]) {
     ok(c);
 
     let mut child = train_cmd(&killed, sets);
-    child.args(extra).args(["--checkpoint-every", "50"]).stdout(Stdio::null()).stderr(Stdio::null());
+    child
+        .args(extra)
+        .args(["--checkpoint-every", "50"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     let mut child = child.spawn().unwrap();
     let first = killed.join(folders[0]);
     wait_for_checkpoint(&first, Duration::from_secs(120));
@@ -133,20 +193,37 @@ fn kill_and_resume(sets: &[&str], extra: &[&str], folders: &[&str]) {
         std::thread::sleep(Duration::from_millis(20));
     }
     let rows = metrics(&first);
-    assert!(child.try_wait().unwrap().is_none(), "the run finished before its metrics could be read mid-run");
-    assert!(!rows.is_empty() && rows.len() % 50 == 0, "metrics.csv while training holds the rows up to a checkpoint: {}", rows.len());
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the run finished before its metrics could be read mid-run"
+    );
+    assert!(
+        !rows.is_empty() && rows.len() % 50 == 0,
+        "metrics.csv while training holds the rows up to a checkpoint: {}",
+        rows.len()
+    );
     std::thread::sleep(Duration::from_millis(300));
     child.kill().unwrap(); // SIGKILL
     let status = child.wait().unwrap();
-    assert!(!status.success(), "the run finished before it could be killed");
+    assert!(
+        !status.success(),
+        "the run finished before it could be killed"
+    );
 
     let mut resume = linattn();
-    resume.arg("train").arg("--resume").arg(killed.join(folders[folders.len() - 1]));
+    resume
+        .arg("train")
+        .arg("--resume")
+        .arg(killed.join(folders[folders.len() - 1]));
     ok(resume);
     for f in folders {
         let (a, b) = (killed.join(f), whole.join(f));
         for file in ["metrics.csv", "final.safetensors", "trajectory.safetensors"] {
-            assert_eq!(std::fs::read(a.join(file)).unwrap(), std::fs::read(b.join(file)).unwrap(), "{f}: resumed {file} differs");
+            assert_eq!(
+                std::fs::read(a.join(file)).unwrap(),
+                std::fs::read(b.join(file)).unwrap(),
+                "{f}: resumed {file} differs"
+            );
         }
         assert!(!a.join("checkpoint.safetensors").exists());
     }
@@ -164,9 +241,15 @@ fn sigkill_then_resume_of_a_fast_run_gives_byte_identical_files() {
 
 #[test]
 fn sigkill_then_resume_of_a_12_member_ensemble_gives_byte_identical_files() {
-    let members: Vec<String> = (0..6).flat_map(|s| [format!("sgd-seed{s}"), format!("adam-seed{s}")]).collect();
+    let members: Vec<String> = (0..6)
+        .flat_map(|s| [format!("sgd-seed{s}"), format!("adam-seed{s}")])
+        .collect();
     let folders: Vec<&str> = members.iter().map(String::as_str).collect();
-    kill_and_resume(&["train.iters=800"], &["--seeds", "0,1,2,3,4,5", "--optimizers", "sgd,adam"], &folders);
+    kill_and_resume(
+        &["train.iters=800"],
+        &["--seeds", "0,1,2,3,4,5", "--optimizers", "sgd,adam"],
+        &folders,
+    );
 }
 
 /// Starts `train` with `sets` (and no periodic checkpoint), sends SIGTERM half a second after
@@ -174,14 +257,25 @@ fn sigkill_then_resume_of_a_12_member_ensemble_gives_byte_identical_files() {
 /// `interrupted` summary next to its checkpoint.
 fn sigterm_during(out: &Path, sets: &[&str]) {
     let mut child = train_cmd(out, sets);
-    child.args(["--checkpoint-every", "0"]).stdout(Stdio::null()).stderr(Stdio::piped());
+    child
+        .args(["--checkpoint-every", "0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     let child = child.spawn().unwrap();
     wait_for_checkpoint_or_config(out);
     std::thread::sleep(Duration::from_millis(500));
     let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
     let o = child.wait_with_output().unwrap();
-    assert_ne!(o.status.code(), Some(0), "the run finished before SIGTERM arrived");
+    assert_ne!(
+        o.status.code(),
+        Some(0),
+        "the run finished before SIGTERM arrived"
+    );
     assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
     assert!(stderr(&o).contains("--resume"), "{}", stderr(&o));
     let summary = std::fs::read_to_string(out.join("summary.json")).unwrap();
@@ -193,18 +287,27 @@ fn sigterm_during(out: &Path, sets: &[&str]) {
 fn sigterm_checkpoints_exits_130_and_resume_completes_the_run() {
     let tmp = tempdir();
     let (whole, stopped) = (tmp.path().join("whole"), tmp.path().join("stopped"));
-    ok(train_cmd(&whole, &["train.iters=800", "train.optimizer=adam"]));
+    ok(train_cmd(
+        &whole,
+        &["train.iters=800", "train.optimizer=adam"],
+    ));
     sigterm_during(&stopped, &["train.iters=800", "train.optimizer=adam"]);
     let mut resume = linattn();
     resume.arg("train").arg("--resume").arg(&stopped);
     ok(resume);
-    assert_eq!(std::fs::read(stopped.join("metrics.csv")).unwrap(), std::fs::read(whole.join("metrics.csv")).unwrap());
+    assert_eq!(
+        std::fs::read(stopped.join("metrics.csv")).unwrap(),
+        std::fs::read(whole.join("metrics.csv")).unwrap()
+    );
 }
 
 #[test]
 fn sigterm_stops_a_fast_run_with_exit_130_and_a_checkpoint_to_resume_from() {
     let tmp = tempdir();
-    sigterm_during(&tmp.path().join("fast"), &["train.iters=200000", "train.mode=fast"]);
+    sigterm_during(
+        &tmp.path().join("fast"),
+        &["train.iters=200000", "train.mode=fast"],
+    );
 }
 
 #[test]
@@ -212,7 +315,9 @@ fn a_truncated_or_mismatched_checkpoint_is_bad_input() {
     let tmp = tempdir();
     let out = tmp.path().join("run");
     let mut c = train_cmd(&out, &["train.iters=100000"]);
-    c.args(["--checkpoint-every", "50"]).stdout(Stdio::null()).stderr(Stdio::null());
+    c.args(["--checkpoint-every", "50"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     let mut child = c.spawn().unwrap();
     wait_for_checkpoint(&out, Duration::from_secs(120));
     child.kill().unwrap();
@@ -236,7 +341,11 @@ fn a_truncated_or_mismatched_checkpoint_is_bad_input() {
     resume.arg("train").arg("--resume").arg(&out);
     let o = output(resume);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("checkpoint.safetensors"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("checkpoint.safetensors"),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(stderr(&o).trim_end().lines().count(), 1);
 }
 
@@ -257,21 +366,33 @@ fn resume_of_a_folder_that_is_not_a_run_is_bad_input() {
     resume.arg("train").arg("--resume").arg(tmp.path());
     let o = output(resume);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("not a linattn run folder"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("not a linattn run folder"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 // ----------------------------------------------------------------------------- noise
 
 fn noise_cmd(out: &Path, sets: &[&str], samples: usize) -> Command {
     let mut c = linattn();
-    c.arg("noise").args(["--samples", &samples.to_string(), "--full-batch", "2000"]);
+    c.arg("noise")
+        .args(["--samples", &samples.to_string(), "--full-batch", "2000"]);
     let sets: Vec<String> = SMALL.iter().chain(sets).map(|s| s.to_string()).collect();
-    with_config(c, &experiment("settings/setting1_normal_n20.yaml"), &sets, out)
+    with_config(
+        c,
+        &experiment("settings/setting1_normal_n20.yaml"),
+        &sets,
+        out,
+    )
 }
 
 /// Values in a partial noise file (a key line, a header, then one value per line).
 fn partial_values(dir: &Path) -> usize {
-    std::fs::read_to_string(dir.join("noise.partial.csv")).map(|t| t.lines().count().saturating_sub(2)).unwrap_or(0)
+    std::fs::read_to_string(dir.join("noise.partial.csv"))
+        .map(|t| t.lines().count().saturating_sub(2))
+        .unwrap_or(0)
 }
 
 /// Starts a noise measurement into `out` and waits until its partial file holds more than
@@ -282,7 +403,10 @@ fn noise_until_partial(out: &Path, samples: usize, more_than: usize) -> std::pro
     let child = c.spawn().unwrap();
     let start = Instant::now();
     while partial_values(out) <= more_than {
-        assert!(start.elapsed() < Duration::from_secs(120), "the partial file never grew past {more_than} values");
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the partial file never grew past {more_than} values"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     child
@@ -290,7 +414,8 @@ fn noise_until_partial(out: &Path, samples: usize, more_than: usize) -> std::pro
 
 /// noise.json without its wall time, which a resumed measurement counts anew.
 fn noise_json(dir: &Path) -> serde_json::Value {
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("noise.json")).unwrap()).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("noise.json")).unwrap()).unwrap();
     v.as_object_mut().unwrap().remove("wall_time_s");
     v
 }
@@ -305,10 +430,18 @@ fn a_noise_measurement_stopped_by_sigterm_and_then_sigkill_resumes_to_byte_ident
     // SIGTERM: the values so far are written at once, and the exit code says "interrupted".
     let child = noise_until_partial(&killed, samples, 0);
     std::thread::sleep(Duration::from_millis(150));
-    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
     let o = child.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
-    assert!(stderr(&o).contains("run the same command again"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("run the same command again"),
+        "{}",
+        stderr(&o)
+    );
     let kept = partial_values(&killed);
     assert!(kept > 0 && kept < samples, "{kept} values kept");
     assert!(!killed.join("noise.json").exists());
@@ -316,12 +449,21 @@ fn a_noise_measurement_stopped_by_sigterm_and_then_sigkill_resumes_to_byte_ident
     // SIGKILL after the resumed run has written more: only the periodic writes survive.
     let mut child = noise_until_partial(&killed, samples, kept);
     child.kill().unwrap();
-    assert!(!child.wait().unwrap().success(), "the measurement finished before it could be killed");
+    assert!(
+        !child.wait().unwrap().success(),
+        "the measurement finished before it could be killed"
+    );
 
     ok(noise_cmd(&killed, &[], samples));
-    assert_eq!(std::fs::read(killed.join("noise.csv")).unwrap(), std::fs::read(whole.join("noise.csv")).unwrap());
+    assert_eq!(
+        std::fs::read(killed.join("noise.csv")).unwrap(),
+        std::fs::read(whole.join("noise.csv")).unwrap()
+    );
     assert_eq!(noise_json(&killed), noise_json(&whole));
-    assert!(!killed.join("noise.partial.csv").exists(), "the partial file outlived the measurement");
+    assert!(
+        !killed.join("noise.partial.csv").exists(),
+        "the partial file outlived the measurement"
+    );
 }
 
 #[test]
@@ -335,14 +477,24 @@ fn a_noise_partial_file_of_another_config_is_not_resumed_from() {
     let mut child = c.spawn().unwrap();
     let start = Instant::now();
     while partial_values(&other) == 0 {
-        assert!(start.elapsed() < Duration::from_secs(120), "no partial file appeared");
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no partial file appeared"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     child.kill().unwrap();
     child.wait().unwrap();
     let o = ok(noise_cmd(&other, &[], 200));
-    assert!(stderr(&o).contains("another config; starting over"), "{}", stderr(&o));
-    assert_eq!(std::fs::read(other.join("noise.csv")).unwrap(), std::fs::read(whole.join("noise.csv")).unwrap());
+    assert!(
+        stderr(&o).contains("another config; starting over"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        std::fs::read(other.join("noise.csv")).unwrap(),
+        std::fs::read(whole.join("noise.csv")).unwrap()
+    );
 }
 
 // ----------------------------------------------------------------------------- ensemble checkpoints
@@ -355,18 +507,39 @@ const ENSEMBLE_SETS: &[&str] = &["train.iters=800"];
 /// written) once its checkpoints hold more than `past` iterations; returns their iteration.
 fn ensemble_stopped_past(out: &Path, past: usize) -> usize {
     let mut c = train_cmd(out, ENSEMBLE_SETS);
-    c.args(ENSEMBLE).args(["--checkpoint-every", "50"]).stdout(Stdio::null()).stderr(Stdio::null());
+    c.args(ENSEMBLE)
+        .args(["--checkpoint-every", "50"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     let child = c.spawn().unwrap();
     let first = out.join(MEMBERS[0]);
     let start = Instant::now();
-    let rows = |d: &Path| if d.join("metrics.csv").exists() { metrics(d).len() } else { 0 };
+    let rows = |d: &Path| {
+        if d.join("metrics.csv").exists() {
+            metrics(d).len()
+        } else {
+            0
+        }
+    };
     while rows(&first) <= past {
-        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint past {past} in {}", out.display());
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no checkpoint past {past} in {}",
+            out.display()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
     let o = child.wait_with_output().unwrap();
-    assert_eq!(o.status.code(), Some(130), "the ensemble was not interrupted");
+    assert_eq!(
+        o.status.code(),
+        Some(130),
+        "the ensemble was not interrupted"
+    );
     let at = metrics(&first).len();
     for m in MEMBERS {
         assert_eq!(metrics(&out.join(m)).len(), at, "{m}");
@@ -375,7 +548,13 @@ fn ensemble_stopped_past(out: &Path, past: usize) -> usize {
 }
 
 fn copy_dir(from: &Path, to: &Path) {
-    assert!(Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap().success());
+    assert!(Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap()
+        .success());
 }
 
 /// A kill can land between two members' checkpoint writes. Both halves of such a cut are built
@@ -405,19 +584,34 @@ fn an_ensemble_killed_between_its_members_checkpoint_writes_resumes_to_byte_iden
     let second_phase = t.join("second_phase");
     copy_dir(&old, &second_phase);
     for (k, m) in MEMBERS.iter().enumerate() {
-        let to = if k < 2 { ckpt(&second_phase, m) } else { next(&second_phase, m) };
+        let to = if k < 2 {
+            ckpt(&second_phase, m)
+        } else {
+            next(&second_phase, m)
+        };
         std::fs::copy(ckpt(&new, m), to).unwrap();
     }
     for dir in [&first_phase, &second_phase] {
         let mut resume = linattn();
-        resume.arg("train").arg("--resume").arg(dir.join(MEMBERS[3]));
+        resume
+            .arg("train")
+            .arg("--resume")
+            .arg(dir.join(MEMBERS[3]));
         ok(resume);
         for m in MEMBERS {
             for file in ["metrics.csv", "final.safetensors", "trajectory.safetensors"] {
                 let (a, b) = (dir.join(m).join(file), whole.join(m).join(file));
-                assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "{}: resumed {file} differs", dir.join(m).display());
+                assert_eq!(
+                    std::fs::read(&a).unwrap(),
+                    std::fs::read(&b).unwrap(),
+                    "{}: resumed {file} differs",
+                    dir.join(m).display()
+                );
             }
-            assert!(!next(dir, m).exists() && !ckpt(dir, m).exists(), "{m}: a checkpoint outlived the run");
+            assert!(
+                !next(dir, m).exists() && !ckpt(dir, m).exists(),
+                "{m}: a checkpoint outlived the run"
+            );
         }
     }
 }

@@ -25,11 +25,17 @@ fn slurm_array_of_two_shards_reproduces_the_single_process_figure() {
         script.display(),
         out.status.code()
     );
-    match stdout.lines().find(|l| l.starts_with("slurm selftest: skipped:")) {
+    match stdout
+        .lines()
+        .find(|l| l.starts_with("slurm selftest: skipped:"))
+    {
         Some(skip) => println!("{skip}"),
         None => {
             let last = stdout.lines().last().unwrap_or("");
-            assert!(last.starts_with("slurm selftest: passed"), "unexpected last line {last:?}:\n{stdout}\n{stderr}");
+            assert!(
+                last.starts_with("slurm selftest: passed"),
+                "unexpected last line {last:?}:\n{stdout}\n{stderr}"
+            );
             println!("{last}");
         }
     }

@@ -24,7 +24,11 @@ pub mod stats;
 pub mod summary;
 
 use crate::config::{Config, DeviceName, OptimizerKind};
-use crate::measure::{self, noise::{NoiseOutcome, NoiseSummary}, Needs, Rows};
+use crate::measure::{
+    self,
+    noise::{NoiseOutcome, NoiseSummary},
+    Needs, Rows,
+};
 use crate::run::{io, RunFolder, State, Summary};
 use crate::train::Options;
 use crate::BadInput;
@@ -49,7 +53,9 @@ impl std::str::FromStr for Shard {
         let parse = || -> Option<Shard> {
             let (k, n) = s.split_once('/')?;
             let (index, count) = (k.trim().parse().ok()?, n.trim().parse().ok()?);
-            (1..=count).contains(&index).then_some(Shard { index, count })
+            (1..=count)
+                .contains(&index)
+                .then_some(Shard { index, count })
         };
         parse().ok_or_else(|| format!("expected K/N with 1 <= K <= N, e.g. 1/4, got {s:?}"))
     }
@@ -88,7 +94,12 @@ pub struct Incomplete(pub Vec<String>);
 
 impl std::fmt::Display for Incomplete {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} units are not done, so nothing was drawn: {}", self.0.len(), self.0.join("; "))
+        write!(
+            f,
+            "{} units are not done, so nothing was drawn: {}",
+            self.0.len(),
+            self.0.join("; ")
+        )
     }
 }
 
@@ -130,7 +141,9 @@ pub struct FigureData {
 impl FigureData {
     /// The runs of series `s` with optimizer `o` (every lr of a grid).
     pub fn runs_of(&self, s: usize, o: OptimizerKind) -> impl Iterator<Item = &RunResult> {
-        self.runs.iter().filter(move |r| r.spec.series == s && r.spec.optimizer == o)
+        self.runs
+            .iter()
+            .filter(move |r| r.spec.series == s && r.spec.optimizer == o)
     }
 }
 
@@ -150,22 +163,35 @@ pub struct Report {
 
 impl Report {
     fn work(&self) -> usize {
-        self.tally.trained + self.tally.resumed + self.tally.restarted + self.measured + self.noise_computed
+        self.tally.trained
+            + self.tally.resumed
+            + self.tally.restarted
+            + self.measured
+            + self.noise_computed
     }
 }
 
 /// The machine, for the record: cores, CPU model and the load average now.
 pub fn machine() -> String {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|t| t.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     let load = std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|t| t.split_whitespace().next().map(String::from))
         .unwrap_or_else(|| "?".into());
-    format!("{cores} cores ({model}), {} threads for libtorch, load average {load} at the end", tch::get_num_threads())
+    format!(
+        "{cores} cores ({model}), {} threads for libtorch, load average {load} at the end",
+        tch::get_num_threads()
+    )
 }
 
 /// One status line on stderr (also into logs: the progress bars only draw on a terminal).
@@ -220,7 +246,11 @@ struct Plan {
 
 fn plan(req: &Request) -> Result<Plan> {
     let experiments = spec::experiments_dir(req.experiments.as_deref());
-    let names = if req.figures.is_empty() { spec::figure_ids(&experiments)? } else { req.figures.clone() };
+    let names = if req.figures.is_empty() {
+        spec::figure_ids(&experiments)?
+    } else {
+        req.figures.clone()
+    };
     let mut figures = vec![];
     // Every figure is read first, so that a typo is reported before hours of training.
     for name in &names {
@@ -230,12 +260,26 @@ fn plan(req: &Request) -> Result<Plan> {
         let plan = spec
             .plan(&experiments.join("settings"), &res, req.device)
             .map_err(|e| anyhow!(BadInput(format!("figure file {}: {e}", path.display()))))?;
-        let dirs = plan.iter().map(|r| runs::run_dir(&req.runs, &r.cfg)).collect();
+        let dirs = plan
+            .iter()
+            .map(|r| runs::run_dir(&req.runs, &r.cfg))
+            .collect();
         let needs = Needs::of(&res.measure, res.iters);
-        figures.push(Figure { id, spec, res, plan, dirs, needs });
+        figures.push(Figure {
+            id,
+            spec,
+            res,
+            plan,
+            dirs,
+            needs,
+        });
     }
     let relative = |p: &Path| p.strip_prefix(&req.runs).unwrap_or(p).display().to_string();
-    let (mut training, mut measuring, mut noise): (Vec<TrainingUnit>, Vec<MeasureUnit>, Vec<NoiseUnit>) = (vec![], vec![], vec![]);
+    let (mut training, mut measuring, mut noise): (
+        Vec<TrainingUnit>,
+        Vec<MeasureUnit>,
+        Vec<NoiseUnit>,
+    ) = (vec![], vec![], vec![]);
     for (f, fig) in figures.iter().enumerate() {
         let cfgs: Vec<&Config> = fig.plan.iter().map(|r| &r.cfg).collect();
         for (i, dir) in fig.dirs.iter().enumerate() {
@@ -252,11 +296,17 @@ fn plan(req: &Request) -> Result<Plan> {
             }
         }
         // A run belongs to the training unit of the first figure that needs it.
-        let unclaimed: Vec<usize> = (0..fig.plan.len()).filter(|&i| !training.iter().any(|u| u.dirs.contains(&fig.dirs[i]))).collect();
+        let unclaimed: Vec<usize> = (0..fig.plan.len())
+            .filter(|&i| !training.iter().any(|u| u.dirs.contains(&fig.dirs[i])))
+            .collect();
         for batch in runs::batches(&cfgs, &unclaimed) {
             let first = relative(&fig.dirs[batch[0]]);
             // No spaces: logs name units as one word.
-            let name = if batch.len() == 1 { first } else { format!("{first}+{}", batch.len() - 1) };
+            let name = if batch.len() == 1 {
+                first
+            } else {
+                format!("{first}+{}", batch.len() - 1)
+            };
             training.push(TrainingUnit {
                 name,
                 figure: f,
@@ -266,31 +316,62 @@ fn plan(req: &Request) -> Result<Plan> {
         }
         if let Some(n) = fig.res.measure.noise {
             for s in 0..fig.spec.series.len() {
-                let base = fig.plan.iter().find(|r| r.series == s).ok_or_else(|| anyhow!("figure {}: series {s} has no runs", fig.id))?;
+                let base = fig
+                    .plan
+                    .iter()
+                    .find(|r| r.series == s)
+                    .ok_or_else(|| anyhow!("figure {}: series {s} has no runs", fig.id))?;
                 let cfg = runs::noise_config(&base.cfg, n.seed);
                 let dir = runs::noise_dir(&req.runs, &cfg, n.samples, n.full_batch);
                 if !noise.iter().any(|u| u.dir == dir) {
-                    noise.push(NoiseUnit { name: relative(&dir), figure: f, cfg, samples: n.samples, full_batch: n.full_batch, dir });
+                    noise.push(NoiseUnit {
+                        name: relative(&dir),
+                        figure: f,
+                        cfg,
+                        samples: n.samples,
+                        full_batch: n.full_batch,
+                        dir,
+                    });
                 }
             }
         }
     }
     for m in &mut measuring {
-        m.training = training.iter().position(|u| u.dirs.contains(&m.dir)).expect("every run has a training unit");
+        m.training = training
+            .iter()
+            .position(|u| u.dirs.contains(&m.dir))
+            .expect("every run has a training unit");
     }
-    Ok(Plan { figures, training, measuring, noise })
+    Ok(Plan {
+        figures,
+        training,
+        measuring,
+        noise,
+    })
 }
 
 /// Runs the request; see the module documentation.
 pub fn reproduce(req: &Request) -> Result<Report> {
     let plan = plan(req)?;
-    std::fs::create_dir_all(&req.runs)
-        .map_err(|e| anyhow!(BadInput(format!("runs folder {}: cannot create it ({e})", req.runs.display()))))?;
+    std::fs::create_dir_all(&req.runs).map_err(|e| {
+        anyhow!(BadInput(format!(
+            "runs folder {}: cannot create it ({e})",
+            req.runs.display()
+        )))
+    })?;
     let mut report = Report::default();
     if let Some(shard) = req.shard {
-        let names = plan.training.iter().map(|u| &u.name).chain(plan.measuring.iter().map(|u| &u.name)).chain(plan.noise.iter().map(|u| &u.name));
+        let names = plan
+            .training
+            .iter()
+            .map(|u| &u.name)
+            .chain(plan.measuring.iter().map(|u| &u.name))
+            .chain(plan.noise.iter().map(|u| &u.name));
         let (mine, all) = names.fold((0, 0), |(m, a), n| (m + shard.owns(n) as usize, a + 1));
-        say(format!("shard {}/{}: {mine} of {all} units (training, measuring, noise) are this shard's", shard.index, shard.count));
+        say(format!(
+            "shard {}/{}: {mine} of {all} units (training, measuring, noise) are this shard's",
+            shard.index, shard.count
+        ));
     }
     if req.draw_only {
         let missing = missing_units(&plan)?;
@@ -309,14 +390,26 @@ pub fn reproduce(req: &Request) -> Result<Report> {
             continue;
         }
         let data = figure_data(fig, req)?;
-        draw(&data, req, started, report.work() == work_before, &mut report)?;
+        draw(
+            &data,
+            req,
+            started,
+            report.work() == work_before,
+            &mut report,
+        )?;
     }
     Ok(report)
 }
 
 /// Trains and measures what figure `f` needs and this worker owns. [`Step::Interrupted`] when
 /// Ctrl-C/SIGTERM stopped it; rerunning the same command continues.
-fn work_figure(f: usize, fig: &Figure, plan: &Plan, req: &Request, report: &mut Report) -> Result<Step> {
+fn work_figure(
+    f: usize,
+    fig: &Figure,
+    plan: &Plan,
+    req: &Request,
+    report: &mut Report,
+) -> Result<Step> {
     let prefix = match req.shard {
         Some(s) => format!("shard {}/{}:", s.index, s.count),
         None => format!("[{}]", fig.id),
@@ -325,12 +418,19 @@ fn work_figure(f: usize, fig: &Figure, plan: &Plan, req: &Request, report: &mut 
     // A shard leaves a training unit another worker holds to it; its measurements wait
     // for it below.
     let wait = req.shard.is_none();
-    for unit in plan.training.iter().filter(|u| u.figure == f && ours(&u.name)) {
+    for unit in plan
+        .training
+        .iter()
+        .filter(|u| u.figure == f && ours(&u.name))
+    {
         match train_unit(unit, req, &prefix, wait, report)? {
             Step::Interrupted => return Ok(Step::Interrupted),
             Step::Busy => {
                 report.busy += 1;
-                say(format!("{prefix} skipped {} (locked by another worker)", unit.name));
+                say(format!(
+                    "{prefix} skipped {} (locked by another worker)",
+                    unit.name
+                ));
             }
             Step::Done => {}
         }
@@ -345,11 +445,18 @@ fn work_figure(f: usize, fig: &Figure, plan: &Plan, req: &Request, report: &mut 
     // the runs another worker is training or measuring for last, so that it never idles while
     // a unit nobody holds is waiting.
     let mut deferred = Vec::new();
-    for unit in plan.measuring.iter().filter(|u| u.figure == f && ours(&u.name)) {
+    for unit in plan
+        .measuring
+        .iter()
+        .filter(|u| u.figure == f && ours(&u.name))
+    {
         match measure_unit(unit, plan, req, &prefix, wait, report)? {
             Step::Interrupted => return Ok(Step::Interrupted),
             Step::Busy => {
-                say(format!("{prefix} {} is another worker's for now; measuring it later", unit.name));
+                say(format!(
+                    "{prefix} {} is another worker's for now; measuring it later",
+                    unit.name
+                ));
                 deferred.push(unit);
             }
             Step::Done => {}
@@ -390,8 +497,18 @@ const POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Trains a unit's runs unless they are done. With `wait`, a unit another live worker holds
 /// is waited for (and taken over, resumed from its checkpoints, if that worker dies).
-fn train_unit(unit: &TrainingUnit, req: &Request, prefix: &str, wait: bool, report: &mut Report) -> Result<Step> {
-    let done = || unit.dirs.iter().all(|d| matches!(RunFolder::new(d).state(), State::Done(_)));
+fn train_unit(
+    unit: &TrainingUnit,
+    req: &Request,
+    prefix: &str,
+    wait: bool,
+    report: &mut Report,
+) -> Result<Step> {
+    let done = || {
+        unit.dirs
+            .iter()
+            .all(|d| matches!(RunFolder::new(d).state(), State::Done(_)))
+    };
     let was_done = done();
     let cfgs: Vec<&Config> = unit.cfgs.iter().collect();
     let mut waiting = Waiting::new(prefix, &unit.name);
@@ -427,7 +544,11 @@ fn train_unit(unit: &TrainingUnit, req: &Request, prefix: &str, wait: bool, repo
 /// Whether no other live worker holds any of these run folders.
 fn free(dirs: &[PathBuf]) -> Result<bool> {
     // A folder that does not exist yet is nobody's (and looking must not create it).
-    let locks = dirs.iter().filter(|d| d.exists()).map(|d| RunFolder::new(d).try_lock()).collect::<Result<Vec<_>>>()?;
+    let locks = dirs
+        .iter()
+        .filter(|d| d.exists())
+        .map(|d| RunFolder::new(d).try_lock())
+        .collect::<Result<Vec<_>>>()?;
     Ok(locks.iter().all(Option::is_some))
 }
 
@@ -441,13 +562,20 @@ struct Waiting<'a> {
 
 impl<'a> Waiting<'a> {
     fn new(prefix: &'a str, name: &'a str) -> Self {
-        Waiting { prefix, name, said: false }
+        Waiting {
+            prefix,
+            name,
+            said: false,
+        }
     }
 
     /// Sleeps one poll; false when Ctrl-C/SIGTERM asked to stop.
     fn wait(&mut self, req: &Request) -> bool {
         if !self.said {
-            say(format!("{} waiting for {} (locked by another worker)", self.prefix, self.name));
+            say(format!(
+                "{} waiting for {} (locked by another worker)",
+                self.prefix, self.name
+            ));
             self.said = true;
         }
         if req.options.stop.load(Ordering::Relaxed) {
@@ -460,16 +588,33 @@ impl<'a> Waiting<'a> {
 
 /// Measures a run once its training unit is done: trains that unit if nobody holds it, and
 /// waits for the worker that does with `wait` (otherwise returns [`Step::Busy`]).
-fn measure_unit(unit: &MeasureUnit, plan: &Plan, req: &Request, prefix: &str, wait: bool, report: &mut Report) -> Result<Step> {
+fn measure_unit(
+    unit: &MeasureUnit,
+    plan: &Plan,
+    req: &Request,
+    prefix: &str,
+    wait: bool,
+    report: &mut Report,
+) -> Result<Step> {
     let folder = RunFolder::new(&unit.dir);
-    let missing = |summary: &Summary| -> Result<bool> { Ok(!unit.needs.available(&unit.cfg, summary).missing(&measure::read(&folder)?).is_empty()) };
+    let missing = |summary: &Summary| -> Result<bool> {
+        Ok(!unit
+            .needs
+            .available(&unit.cfg, summary)
+            .missing(&measure::read(&folder)?)
+            .is_empty())
+    };
     if let State::Done(s) = folder.state() {
         if !missing(&s)? {
             return Ok(Step::Done);
         }
     }
     let training = &plan.training[unit.training];
-    if !training.dirs.iter().all(|d| matches!(RunFolder::new(d).state(), State::Done(_))) {
+    if !training
+        .dirs
+        .iter()
+        .all(|d| matches!(RunFolder::new(d).state(), State::Done(_)))
+    {
         let step = train_unit(training, req, prefix, wait, report)?;
         if step != Step::Done {
             return Ok(step);
@@ -491,9 +636,20 @@ fn measure_unit(unit: &MeasureUnit, plan: &Plan, req: &Request, prefix: &str, wa
     if !missing(&summary)? {
         return Ok(Step::Done); // another worker measured it meanwhile
     }
-    let device = req.device.tch().map_err(|e| anyhow!(BadInput(format!("--device: {e}"))))?;
+    let device = req
+        .device
+        .tch()
+        .map_err(|e| anyhow!(BadInput(format!("--device: {e}"))))?;
     let progress = req.options.progress == crate::train::Progress::Bar;
-    let (_, computed) = measure::measure_run(&folder, &unit.cfg, &summary, &unit.needs, device, progress, &req.options.stop)?;
+    let (_, computed) = measure::measure_run(
+        &folder,
+        &unit.cfg,
+        &summary,
+        &unit.needs,
+        device,
+        progress,
+        &req.options.stop,
+    )?;
     if req.options.stop.load(Ordering::Relaxed) {
         return Ok(Step::Interrupted);
     }
@@ -518,21 +674,37 @@ fn noise_unit(unit: &NoiseUnit, req: &Request, prefix: &str, report: &mut Report
     let folder = RunFolder::new(&unit.dir);
     let Some(_lock) = folder.try_lock()? else {
         report.busy += 1;
-        say(format!("{prefix} skipped {} (locked by another worker)", unit.name));
+        say(format!(
+            "{prefix} skipped {} (locked by another worker)",
+            unit.name
+        ));
         return Ok(());
     };
-    say(format!("{prefix} noise {}: {} batches", unit.name, unit.samples));
+    say(format!(
+        "{prefix} noise {}: {} batches",
+        unit.name, unit.samples
+    ));
     let mut cfg = unit.cfg.clone();
     cfg.train.device = req.device;
     let progress = req.options.progress == crate::train::Progress::Bar;
-    match measure::noise::run_noise(&cfg, unit.samples, unit.full_batch, &unit.dir, progress, &req.options.stop)? {
+    match measure::noise::run_noise(
+        &cfg,
+        unit.samples,
+        unit.full_batch,
+        &unit.dir,
+        progress,
+        &req.options.stop,
+    )? {
         NoiseOutcome::Done(_) => {
             report.noise_computed += 1;
             say(format!("{prefix} measured {}", unit.name));
         }
         NoiseOutcome::Interrupted { measured } => {
             // The caller sees the stop flag and reports the interruption.
-            say(format!("{prefix} interrupted {} after {measured} of {} batches", unit.name, unit.samples));
+            say(format!(
+                "{prefix} interrupted {} after {measured} of {} batches",
+                unit.name, unit.samples
+            ));
         }
     }
     Ok(())
@@ -545,7 +717,12 @@ fn missing_units(plan: &Plan) -> Result<Vec<String>> {
         let folder = RunFolder::new(&unit.dir);
         match folder.state() {
             State::Done(s) => {
-                if !unit.needs.available(&unit.cfg, &s).missing(&measure::read(&folder)?).is_empty() {
+                if !unit
+                    .needs
+                    .available(&unit.cfg, &s)
+                    .missing(&measure::read(&folder)?)
+                    .is_empty()
+                {
                     missing.push(format!("{} (measurements)", unit.name));
                 }
             }
@@ -566,23 +743,45 @@ fn figure_data(fig: &Figure, req: &Request) -> Result<FigureData> {
     for (spec_run, dir) in fig.plan.iter().zip(&fig.dirs) {
         let folder = RunFolder::new(dir);
         let State::Done(summary) = folder.state() else {
-            return Err(anyhow::Error::new(Incomplete(vec![format!("{} (training)", relative(req, dir))])));
+            return Err(anyhow::Error::new(Incomplete(vec![format!(
+                "{} (training)",
+                relative(req, dir)
+            )])));
         };
         runs::check_config(dir, &spec_run.cfg)?;
         let rows = measure::read(&folder)?;
         let metrics = folder.metrics()?;
-        let (skipped_steps, _) = io::nonfinite_steps(&metrics, summary.status == crate::run::Status::Diverged);
+        let (skipped_steps, _) =
+            io::nonfinite_steps(&metrics, summary.status == crate::run::Status::Diverged);
         let first_nonfinite = metrics.iter().find(|r| !r.is_finite()).map(|r| r.iter);
-        results.push(RunResult { spec: spec_run.clone(), dir: dir.clone(), summary, rows, skipped_steps, first_nonfinite });
+        results.push(RunResult {
+            spec: spec_run.clone(),
+            dir: dir.clone(),
+            summary,
+            rows,
+            skipped_steps,
+            first_nonfinite,
+        });
     }
     let mut noise = vec![];
     for s in 0..fig.spec.series.len() {
         noise.push(match fig.res.measure.noise {
             Some(n) => {
-                let base = &fig.plan.iter().find(|r| r.series == s).expect("every series has runs").cfg;
-                let dir = runs::noise_dir(&req.runs, &runs::noise_config(base, n.seed), n.samples, n.full_batch);
-                let (values, summary) = measure::noise::read(&dir)?
-                    .ok_or_else(|| anyhow::Error::new(Incomplete(vec![format!("{} (noise)", relative(req, &dir))])))?;
+                let base = &fig
+                    .plan
+                    .iter()
+                    .find(|r| r.series == s)
+                    .expect("every series has runs")
+                    .cfg;
+                let dir = runs::noise_dir(
+                    &req.runs,
+                    &runs::noise_config(base, n.seed),
+                    n.samples,
+                    n.full_batch,
+                );
+                let (values, summary) = measure::noise::read(&dir)?.ok_or_else(|| {
+                    anyhow::Error::new(Incomplete(vec![format!("{} (noise)", relative(req, &dir))]))
+                })?;
                 Some(Noise { values, summary })
             }
             None => None,
@@ -600,25 +799,50 @@ fn figure_data(fig: &Figure, req: &Request) -> Result<FigureData> {
 }
 
 /// Draws one figure and rebuilds the summary.
-fn draw(data: &FigureData, req: &Request, started: Instant, all_reused: bool, report: &mut Report) -> Result<()> {
-    std::fs::create_dir_all(&req.plots)
-        .map_err(|e| anyhow!(BadInput(format!("plots folder {}: cannot create it ({e})", req.plots.display()))))?;
+fn draw(
+    data: &FigureData,
+    req: &Request,
+    started: Instant,
+    all_reused: bool,
+    report: &mut Report,
+) -> Result<()> {
+    std::fs::create_dir_all(&req.plots).map_err(|e| {
+        anyhow!(BadInput(format!(
+            "plots folder {}: cannot create it ({e})",
+            req.plots.display()
+        )))
+    })?;
     let id = &data.id;
     let png = req.plots.join(format!("{id}.png"));
-    crate::plots::figure_grid(&png, &title(data), &scale_caption(data), &panels::rows(data))?;
+    crate::plots::figure_grid(
+        &png,
+        &title(data),
+        &scale_caption(data),
+        &panels::rows(data),
+    )?;
     report.pngs.push(png.clone());
     if data.spec.lr_grid.is_some() {
-        io::write_atomic(&req.plots.join("lr_grid.csv"), summary::lr_grid_csv(data).as_bytes())?;
+        io::write_atomic(
+            &req.plots.join("lr_grid.csv"),
+            summary::lr_grid_csv(data).as_bytes(),
+        )?;
     }
-    let png_name = png.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let mut fs = summary::figure_summary(data, &png_name, started.elapsed().as_secs_f64(), &machine());
+    let png_name = png
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut fs =
+        summary::figure_summary(data, &png_name, started.elapsed().as_secs_f64(), &machine());
     fs.title = title(data);
     if all_reused {
         // Everything was reused: the time worth reporting is the one of the invocation that
         // did the work, if its record is there: same scale, and the same runs (their final
         // losses), not an older figure of the same name made from other settings.
         // (serde_json writes an f64 so that it reads back to the same bits.)
-        match summary::load_all(&req.plots)?.into_iter().find(|o| o.id == fs.id && o.scale == fs.scale && o.final_loss == fs.final_loss) {
+        match summary::load_all(&req.plots)?
+            .into_iter()
+            .find(|o| o.id == fs.id && o.scale == fs.scale && o.final_loss == fs.final_loss)
+        {
             Some(old) => {
                 fs.wall_time_s = old.wall_time_s;
                 fs.machine = old.machine;
@@ -633,7 +857,11 @@ fn draw(data: &FigureData, req: &Request, started: Instant, all_reused: bool, re
     }
     summary::save(&req.plots, &fs)?;
     summary::write_all(&req.plots)?;
-    say(format!("[{id}] wrote {} ({:.0} s)", png.display(), started.elapsed().as_secs_f64()));
+    say(format!(
+        "[{id}] wrote {} ({:.0} s)",
+        png.display(),
+        started.elapsed().as_secs_f64()
+    ));
     Ok(())
 }
 
@@ -645,12 +873,30 @@ fn title(d: &FigureData) -> String {
         .runs
         .optimizers
         .iter()
-        .map(|&o| (o, d.runs.iter().filter(|r| r.spec.optimizer == o).map(|r| r.skipped_steps).sum::<usize>()))
-        .map(|(o, n)| format!("{} {n}", panels::optimizer_label(o).replace(" with momentum", "")))
+        .map(|&o| {
+            (
+                o,
+                d.runs
+                    .iter()
+                    .filter(|r| r.spec.optimizer == o)
+                    .map(|r| r.skipped_steps)
+                    .sum::<usize>(),
+            )
+        })
+        .map(|(o, n)| {
+            format!(
+                "{} {n}",
+                panels::optimizer_label(o).replace(" with momentum", "")
+            )
+        })
         .collect();
     let any = d.runs.iter().any(|r| r.skipped_steps > 0);
     if any {
-        format!("{} (non-finite steps skipped: {})", d.spec.title, skipped.join(", "))
+        format!(
+            "{} (non-finite steps skipped: {})",
+            d.spec.title,
+            skipped.join(", ")
+        )
     } else {
         d.spec.title.clone()
     }
@@ -658,9 +904,28 @@ fn title(d: &FigureData) -> String {
 
 /// "quick scale: seeds [0, 1], 300 iterations".
 fn scale_caption(d: &FigureData) -> String {
-    let seeds = if d.res.seeds.len() == 1 { "seed" } else { "seeds" };
-    let list = d.res.seeds.iter().map(u32::to_string).collect::<Vec<_>>().join(", ");
-    let base = if d.scale.quick { "quick scale" } else if d.scale.iters.is_some() || d.scale.seeds.is_some() { "custom scale" } else { "paper scale" };
+    let seeds = if d.res.seeds.len() == 1 {
+        "seed"
+    } else {
+        "seeds"
+    };
+    let list = d
+        .res
+        .seeds
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let base = if d.scale.quick {
+        "quick scale"
+    } else if d.scale.iters.is_some() || d.scale.seeds.is_some() {
+        "custom scale"
+    } else {
+        "paper scale"
+    };
     let mode = d.res.mode.name();
-    format!("{base}: {seeds} {list}, {} iterations, {mode} mode", d.res.iters)
+    format!(
+        "{base}: {seeds} {list}, {} iterations, {mode} mode",
+        d.res.iters
+    )
 }

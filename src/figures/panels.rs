@@ -2,13 +2,13 @@
 //! one series, in the paper's visual language (log-scale curves, mean over seeds ± std/4,
 //! SGD with momentum black, Adam red; density histograms; scatter coloured by iteration).
 //! Adding a panel kind means one function here and one arm in [`panel`].
-use crate::measure::Row;
+use super::spec::PanelKind;
 use super::stats;
 use super::{FigureData, RunResult};
 use crate::config::OptimizerKind;
-use super::spec::PanelKind;
-use std::collections::BTreeSet;
+use crate::measure::Row;
 use crate::plots::{AnyPanel, Curve, HistogramPanel, Panel, ScatterPanel, ADAM_COLOR, SGD_COLOR};
+use std::collections::BTreeSet;
 
 /// The panel of kind `kind` for series `s`.
 pub fn panel(fig: &FigureData, kind: PanelKind, s: usize) -> AnyPanel {
@@ -32,24 +32,43 @@ fn break_points(fig: &FigureData, s: usize) -> AnyPanel {
     let mut unbroken = vec![];
     let curves = per_optimizer(fig, |o| {
         let runs: Vec<&RunResult> = fig.runs_of(s, o).collect();
-        let broken: Vec<&&RunResult> = runs.iter().filter(|r| r.first_nonfinite.is_some()).collect();
+        let broken: Vec<&&RunResult> = runs
+            .iter()
+            .filter(|r| r.first_nonfinite.is_some())
+            .collect();
         // One entry per optimizer, short enough for a panel title: "SGD s0, s3" or "Adam all 6".
-        let seeds: Vec<String> = runs.iter().filter(|r| r.first_nonfinite.is_none()).map(|r| format!("s{}", r.spec.seed)).collect();
+        let seeds: Vec<String> = runs
+            .iter()
+            .filter(|r| r.first_nonfinite.is_none())
+            .map(|r| format!("s{}", r.spec.seed))
+            .collect();
         if seeds.len() == runs.len() && !runs.is_empty() {
             unbroken.push(format!("{} all {}", short(o), runs.len()));
         } else if !seeds.is_empty() {
             unbroken.push(format!("{} {}", short(o), seeds.join(", ")));
         }
         Curve {
-            label: format!("{} ({} of {} break)", optimizer_label(o), broken.len(), runs.len()),
+            label: format!(
+                "{} ({} of {} break)",
+                optimizer_label(o),
+                broken.len(),
+                runs.len()
+            ),
             color: color(o),
             x: broken.iter().map(|r| r.spec.seed as f64).collect(),
-            mean: broken.iter().map(|r| r.first_nonfinite.unwrap_or_default() as f64).collect(),
+            mean: broken
+                .iter()
+                .map(|r| r.first_nonfinite.unwrap_or_default() as f64)
+                .collect(),
             band: None,
             markers: true,
         }
     });
-    let never = if unbroken.is_empty() { String::new() } else { format!("; never: {}", unbroken.join("; ")) };
+    let never = if unbroken.is_empty() {
+        String::new()
+    } else {
+        format!("; never: {}", unbroken.join("; "))
+    };
     AnyPanel::Lines(Panel {
         title: format!("{label}: first non-finite step{never}"),
         x_label: "seed".into(),
@@ -87,16 +106,34 @@ fn per_optimizer<T>(fig: &FigureData, mut curve: impl FnMut(OptimizerKind) -> T)
 }
 
 /// Mean over seeds ± std/4 of one measured quantity, one curve per optimizer.
-fn curves(fig: &FigureData, s: usize, field: fn(&Row) -> Option<f64>, grid: &BTreeSet<i64>) -> Vec<Curve> {
+fn curves(
+    fig: &FigureData,
+    s: usize,
+    field: fn(&Row) -> Option<f64>,
+    grid: &BTreeSet<i64>,
+) -> Vec<Curve> {
     per_optimizer(fig, |o| {
         let runs: Vec<&RunResult> = fig.runs_of(s, o).collect();
         let (x, mean, band) = stats::seed_curve(&runs, field, grid);
         let lr = runs.first().map(|r| r.spec.lr).unwrap_or(f64::NAN);
-        Curve { label: format!("{} (lr {lr})", optimizer_label(o)), color: color(o), x, mean, band: Some(band), markers: false }
+        Curve {
+            label: format!("{} (lr {lr})", optimizer_label(o)),
+            color: color(o),
+            x,
+            mean,
+            band: Some(band),
+            markers: false,
+        }
     })
 }
 
-fn lines(fig: &FigureData, s: usize, y_label: &str, field: fn(&Row) -> Option<f64>, grid: &BTreeSet<i64>) -> AnyPanel {
+fn lines(
+    fig: &FigureData,
+    s: usize,
+    y_label: &str,
+    field: fn(&Row) -> Option<f64>,
+    grid: &BTreeSet<i64>,
+) -> AnyPanel {
     AnyPanel::Lines(Panel {
         title: fig.spec.series[s].label.clone(),
         x_label: "iteration".into(),
@@ -114,12 +151,24 @@ fn loss(fig: &FigureData, s: usize) -> AnyPanel {
 
 /// Robust condition number max|diag H| / median|diag H| against iteration.
 fn condition(fig: &FigureData, s: usize) -> AnyPanel {
-    lines(fig, s, "robust condition number", |r| r.condition_number, &fig.needs.condition)
+    lines(
+        fig,
+        s,
+        "robust condition number",
+        |r| r.condition_number,
+        &fig.needs.condition,
+    )
 }
 
 /// Directional smoothness uᵀH(θ_t)u along the step taken, against iteration.
 fn smoothness(fig: &FigureData, s: usize) -> AnyPanel {
-    lines(fig, s, "directional smoothness", |r| r.dir_smoothness, &fig.needs.smoothness)
+    lines(
+        fig,
+        s,
+        "directional smoothness",
+        |r| r.dir_smoothness,
+        &fig.needs.smoothness,
+    )
 }
 
 /// Density histogram of ‖g_B − g‖ at initialisation.
@@ -128,7 +177,11 @@ fn noise(fig: &FigureData, s: usize, qq_inset: bool) -> AnyPanel {
     match &fig.noise[s] {
         Some(n) => {
             let a = n.summary.hill_tail_index;
-            let alpha = if a.is_finite() { format!(" (Hill α̂ = {a:.2})") } else { String::new() };
+            let alpha = if a.is_finite() {
+                format!(" (Hill α̂ = {a:.2})")
+            } else {
+                String::new()
+            };
             AnyPanel::Histogram(HistogramPanel {
                 title: format!("{label}: noise at init{alpha}"),
                 x_label: "‖g_B − g‖".into(),
@@ -152,7 +205,11 @@ fn grad_vs_smoothness(fig: &FigureData, s: usize) -> AnyPanel {
     let pts = stats::log_pairs(run, &fig.needs.smoothness);
     let r = stats::pearson(&pts.iter().map(|p| (p.1, p.2)).collect::<Vec<_>>());
     AnyPanel::Scatter(ScatterPanel {
-        title: format!("{label}: {} seed {} (r = {r:.2})", optimizer_label(run.spec.optimizer), run.spec.seed),
+        title: format!(
+            "{label}: {} seed {} (r = {r:.2})",
+            optimizer_label(run.spec.optimizer),
+            run.spec.seed
+        ),
         x_label: "ln gradient norm".into(),
         y_label: "ln directional smoothness".into(),
         x: pts.iter().map(|p| p.1).collect(),
@@ -180,7 +237,14 @@ fn lr_sweep(fig: &FigureData, s: usize) -> AnyPanel {
             mean.push(p.mean.unwrap_or(f64::NAN));
             band.push(p.std.map_or(f64::NAN, |s| s / 4.0));
         }
-        Curve { label: format!("{}{outcome}", optimizer_label(o)), color: color(o), x, mean, band: Some(band), markers: false }
+        Curve {
+            label: format!("{}{outcome}", optimizer_label(o)),
+            color: color(o),
+            x,
+            mean,
+            band: Some(band),
+            markers: false,
+        }
     });
     AnyPanel::Lines(Panel {
         title: format!("{}: final test loss", fig.spec.series[s].label),
@@ -204,5 +268,8 @@ pub fn rows(fig: &FigureData) -> Vec<Vec<AnyPanel>> {
         let all: Vec<AnyPanel> = (0..series).map(|s| panel(fig, kinds[0], s)).collect();
         return all.chunks(3).map(|c| c.to_vec()).collect();
     }
-    kinds.iter().map(|&k| (0..series).map(|s| panel(fig, k, s)).collect()).collect()
+    kinds
+        .iter()
+        .map(|&k| (0..series).map(|s| panel(fig, k, s)).collect())
+        .collect()
 }

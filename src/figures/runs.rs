@@ -53,12 +53,19 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
 pub fn config_hash(cfg: &Config) -> u64 {
     let mut tree = serde_yaml::to_value(cfg).expect("a Config always serializes");
     tree["train"]["device"] = serde_yaml::Value::String(String::new());
-    fnv1a(serde_yaml::to_string(&tree).expect("a YAML tree always serializes").as_bytes())
+    fnv1a(
+        serde_yaml::to_string(&tree)
+            .expect("a YAML tree always serializes")
+            .as_bytes(),
+    )
 }
 /// The readable part of a run folder's path: what model on what data.
 pub fn group_name(cfg: &Config) -> String {
     let (m, d) = (&cfg.model, &cfg.data);
-    let setting = serde_yaml::to_string(&d.setting).unwrap_or_default().trim().to_string();
+    let setting = serde_yaml::to_string(&d.setting)
+        .unwrap_or_default()
+        .trim()
+        .to_string();
     let mut name = format!("{setting}-n{}-L{}-d{}", d.context, m.layers, m.dim);
     if m.heads != 1 {
         name.push_str(&format!("-H{}", m.heads));
@@ -98,7 +105,12 @@ pub fn run_dir(runs: &Path, cfg: &Config) -> PathBuf {
 /// is always drawn by the faithful protocol (`linattn noise`), whatever mode the runs train in.
 pub fn noise_config(cfg: &Config, seed: u32) -> Config {
     let mut c = cfg.clone();
-    c.train = TrainConfig { seed, mode: Mode::Faithful, device: cfg.train.device, ..TrainConfig::default() };
+    c.train = TrainConfig {
+        seed,
+        mode: Mode::Faithful,
+        device: cfg.train.device,
+        ..TrainConfig::default()
+    };
     c
 }
 
@@ -118,7 +130,12 @@ pub const MAX_MEMBERS: usize = 24;
 
 /// What a run does not share with the other members of its ensemble.
 fn setting_of(cfg: &Config) -> Config {
-    Member { seed: 0, optimizer: OptimizerKind::Sgd, lr: 1.0 }.config(cfg)
+    Member {
+        seed: 0,
+        optimizer: OptimizerKind::Sgd,
+        lr: 1.0,
+    }
+    .config(cfg)
 }
 
 /// Splits the runs `todo` (indices into `cfgs`) into what trains in one go: a faithful run
@@ -128,7 +145,10 @@ pub fn batches(cfgs: &[&Config], todo: &[usize]) -> Vec<Vec<usize>> {
     let mut groups: Vec<(Option<Config>, Vec<usize>)> = vec![];
     for &i in todo {
         let setting = (cfgs[i].train.mode == Mode::Fast).then(|| setting_of(cfgs[i]));
-        match groups.iter_mut().find(|(s, _)| s.is_some() && *s == setting) {
+        match groups
+            .iter_mut()
+            .find(|(s, _)| s.is_some() && *s == setting)
+        {
             Some((_, members)) => members.push(i),
             None => groups.push((setting, vec![i])),
         }
@@ -159,12 +179,20 @@ fn busy(e: &anyhow::Error) -> bool {
 /// finished runs are reused; runs with a checkpoint resume together with the ensemble their
 /// checkpoint names; the rest train (again) from the start, fast ones as one ensemble.
 pub fn ensure(cfgs: &[&Config], dirs: &[PathBuf], opts: &Options) -> Result<Trained> {
-    let base = cfgs.first().ok_or_else(|| anyhow!("a batch needs at least one run"))?;
+    let base = cfgs
+        .first()
+        .ok_or_else(|| anyhow!("a batch needs at least one run"))?;
     for (cfg, dir) in cfgs.iter().zip(dirs) {
         // The folder is named after `cfg`, and an ensemble writes `member.config(base)` into it:
         // were they different, the run would not be found again under its name.
-        if cfg.train.mode == Mode::Fast && config_hash(&Member::from_config(cfg).config(base)) != config_hash(cfg) {
-            return Err(anyhow!("{}: its config is not that of an ensemble member of {}", dir.display(), group_name(base)));
+        if cfg.train.mode == Mode::Fast
+            && config_hash(&Member::from_config(cfg).config(base)) != config_hash(cfg)
+        {
+            return Err(anyhow!(
+                "{}: its config is not that of an ensemble member of {}",
+                dir.display(),
+                group_name(base)
+            ));
         }
     }
     let folders: Vec<RunFolder> = dirs.iter().map(RunFolder::new).collect();
@@ -176,7 +204,13 @@ pub fn ensure(cfgs: &[&Config], dirs: &[PathBuf], opts: &Options) -> Result<Trai
         match train::checkpointed_group(f.dir()) {
             Ok(group) => {
                 match train::resume(f.dir(), opts) {
-                    Ok(outcomes) if outcomes.iter().any(|o| o.summary.status == Status::Interrupted) => return Ok(Trained::Interrupted),
+                    Ok(outcomes)
+                        if outcomes
+                            .iter()
+                            .any(|o| o.summary.status == Status::Interrupted) =>
+                    {
+                        return Ok(Trained::Interrupted)
+                    }
                     Ok(_) => tally.resumed += folders.iter().filter(|g| group.contains(g)).count(),
                     Err(e) if busy(&e) => return Ok(Trained::Busy),
                     // Another worker finished it between the look at its state and the lock.
@@ -187,7 +221,9 @@ pub fn ensure(cfgs: &[&Config], dirs: &[PathBuf], opts: &Options) -> Result<Trai
             // A checkpoint whose ensemble cannot be put together again: train anew.
             Err(_) => {
                 check_config(f.dir(), cfgs[i])?;
-                let Some(_lock) = f.try_lock()? else { return Ok(Trained::Busy) };
+                let Some(_lock) = f.try_lock()? else {
+                    return Ok(Trained::Busy);
+                };
                 // Another worker may have finished it (and removed its checkpoint) since the look
                 // at its state: a finished run is never cleared.
                 if !matches!(f.state(), State::Done(_)) {
@@ -216,12 +252,19 @@ pub fn ensure(cfgs: &[&Config], dirs: &[PathBuf], opts: &Options) -> Result<Trai
     }
     tally.reused = cfgs.len() - todo.len() - tally.resumed;
     if !todo.is_empty() {
-        let opts = Options { force: true, ..opts.clone() };
+        let opts = Options {
+            force: true,
+            ..opts.clone()
+        };
         let trained = match cfgs[todo[0]].train.mode {
-            Mode::Faithful => todo.iter().map(|&i| train::train(cfgs[i], &dirs[i], &opts)).collect::<Result<Vec<_>>>(),
+            Mode::Faithful => todo
+                .iter()
+                .map(|&i| train::train(cfgs[i], &dirs[i], &opts))
+                .collect::<Result<Vec<_>>>(),
             Mode::Fast => {
                 tally.ensembles = 1;
-                let members: Vec<Member> = todo.iter().map(|&i| Member::from_config(cfgs[i])).collect();
+                let members: Vec<Member> =
+                    todo.iter().map(|&i| Member::from_config(cfgs[i])).collect();
                 let outs: Vec<PathBuf> = todo.iter().map(|&i| dirs[i].clone()).collect();
                 train::train_ensemble(cfgs[todo[0]], &members, &outs, &opts)
             }
@@ -243,11 +286,19 @@ pub fn ensure(cfgs: &[&Config], dirs: &[PathBuf], opts: &Options) -> Result<Trai
         if summaries[i].is_none() {
             match f.state() {
                 State::Done(s) => summaries[i] = Some(s),
-                _ => return Err(anyhow!("{}: not finished after training", f.dir().display())),
+                _ => {
+                    return Err(anyhow!(
+                        "{}: not finished after training",
+                        f.dir().display()
+                    ))
+                }
             }
         }
     }
-    Ok(Trained::Done(summaries.into_iter().flatten().collect(), tally))
+    Ok(Trained::Done(
+        summaries.into_iter().flatten().collect(),
+        tally,
+    ))
 }
 
 /// Reads back the resolved config of a run folder, checking that it is the one asked for.
@@ -293,9 +344,23 @@ mod tests {
     /// The quick-scale plan (fast mode) of a figure in `experiments/figures/`.
     fn quick_plan(id: &str) -> Vec<Config> {
         let experiments = crate::figures::spec::experiments_dir(None);
-        let spec = crate::figures::spec::FigureSpec::load(&experiments.join("figures").join(format!("{id}.yaml"))).unwrap();
-        let res = spec.resolve(&crate::figures::spec::Scale { quick: true, ..Default::default() });
-        spec.plan(&experiments.join("settings"), &res, crate::config::DeviceName::Cpu).unwrap().into_iter().map(|r| r.cfg).collect()
+        let spec = crate::figures::spec::FigureSpec::load(
+            &experiments.join("figures").join(format!("{id}.yaml")),
+        )
+        .unwrap();
+        let res = spec.resolve(&crate::figures::spec::Scale {
+            quick: true,
+            ..Default::default()
+        });
+        spec.plan(
+            &experiments.join("settings"),
+            &res,
+            crate::config::DeviceName::Cpu,
+        )
+        .unwrap()
+        .into_iter()
+        .map(|r| r.cfg)
+        .collect()
     }
 
     #[test]
@@ -309,14 +374,19 @@ mod tests {
                 for &i in &batch {
                     let member = Member::from_config(cfgs[i]).config(base);
                     assert_eq!(config_hash(&member), config_hash(cfgs[i]), "{id}: run {i}");
-                    assert_eq!(run_dir(Path::new("r"), &member), run_dir(Path::new("r"), cfgs[i]), "{id}: run {i}");
+                    assert_eq!(
+                        run_dir(Path::new("r"), &member),
+                        run_dir(Path::new("r"), cfgs[i]),
+                        "{id}: run {i}"
+                    );
                 }
             }
         }
     }
 
     #[test]
-    fn fast_runs_of_one_setting_form_ensembles_of_at_most_max_members_and_faithful_runs_train_alone() {
+    fn fast_runs_of_one_setting_form_ensembles_of_at_most_max_members_and_faithful_runs_train_alone(
+    ) {
         let plan = quick_plan("lr_grid");
         let cfgs: Vec<&Config> = plan.iter().collect();
         let all: Vec<usize> = (0..plan.len()).collect();
@@ -326,18 +396,46 @@ mod tests {
         assert_eq!(seen, all, "every run in exactly one batch");
         assert!(fast.iter().all(|b| b.len() <= MAX_MEMBERS));
         for b in &fast {
-            assert!(b.iter().all(|&i| setting_of(cfgs[i]) == setting_of(cfgs[b[0]])), "one setting per ensemble");
+            assert!(
+                b.iter()
+                    .all(|&i| setting_of(cfgs[i]) == setting_of(cfgs[b[0]])),
+                "one setting per ensemble"
+            );
         }
-        let settings = plan.iter().map(setting_of).fold(vec![], |mut v: Vec<Config>, s| {
-            if !v.contains(&s) {
-                v.push(s);
-            }
-            v
-        });
-        let fewest: usize = settings.iter().map(|s| plan.iter().filter(|c| setting_of(c) == *s).count().div_ceil(MAX_MEMBERS)).sum();
-        assert_eq!(fast.len(), fewest, "no more ensembles than the setting count and MAX_MEMBERS need");
+        let settings = plan
+            .iter()
+            .map(setting_of)
+            .fold(vec![], |mut v: Vec<Config>, s| {
+                if !v.contains(&s) {
+                    v.push(s);
+                }
+                v
+            });
+        let fewest: usize = settings
+            .iter()
+            .map(|s| {
+                plan.iter()
+                    .filter(|c| setting_of(c) == *s)
+                    .count()
+                    .div_ceil(MAX_MEMBERS)
+            })
+            .sum();
+        assert_eq!(
+            fast.len(),
+            fewest,
+            "no more ensembles than the setting count and MAX_MEMBERS need"
+        );
 
-        let faithful: Vec<Config> = plan.iter().map(|c| Config { train: TrainConfig { mode: Mode::Faithful, ..c.train.clone() }, ..c.clone() }).collect();
+        let faithful: Vec<Config> = plan
+            .iter()
+            .map(|c| Config {
+                train: TrainConfig {
+                    mode: Mode::Faithful,
+                    ..c.train.clone()
+                },
+                ..c.clone()
+            })
+            .collect();
         let cfgs: Vec<&Config> = faithful.iter().collect();
         assert!(batches(&cfgs, &all).iter().all(|b| b.len() == 1));
     }
@@ -348,6 +446,9 @@ mod tests {
         let mut b = a.clone();
         b.train.optimizer = crate::config::OptimizerKind::Adam;
         b.train.iters = 7;
-        assert_eq!(noise_dir(Path::new("r"), &noise_config(&a, 1), 10, 100), noise_dir(Path::new("r"), &noise_config(&b, 1), 10, 100));
+        assert_eq!(
+            noise_dir(Path::new("r"), &noise_config(&a, 1), 10, 100),
+            noise_dir(Path::new("r"), &noise_config(&b, 1), 10, 100)
+        );
     }
 }

@@ -169,7 +169,11 @@ pub struct Scale {
 
 impl Scale {
     pub fn mode(&self) -> Mode {
-        self.mode.unwrap_or(if self.quick { Mode::Fast } else { Mode::Faithful })
+        self.mode.unwrap_or(if self.quick {
+            Mode::Fast
+        } else {
+            Mode::Faithful
+        })
     }
 
     pub fn name(&self) -> String {
@@ -222,7 +226,8 @@ impl FigureSpec {
     pub fn load(path: &Path) -> Result<FigureSpec> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow!(BadInput(format!("figure file {}: {e}", path.display()))))?;
-        Self::from_yaml_str(&text).map_err(|e| anyhow!(BadInput(format!("figure file {}: {e:#}", path.display()))))
+        Self::from_yaml_str(&text)
+            .map_err(|e| anyhow!(BadInput(format!("figure file {}: {e:#}", path.display()))))
     }
 
     pub fn from_yaml_str(text: &str) -> Result<FigureSpec> {
@@ -267,10 +272,14 @@ impl FigureSpec {
             }
         }
         if let Some(t) = self.measure.condition_at.iter().find(|t| **t <= 0) {
-            return Err(anyhow!("key measure.condition_at: iterations must be > 0, got {t}"));
+            return Err(anyhow!(
+                "key measure.condition_at: iterations must be > 0, got {t}"
+            ));
         }
         if !self.measure.condition_at.is_empty() && self.measure.condition_every.is_none() {
-            return Err(anyhow!("key measure.condition_at: needs measure.condition_every as well"));
+            return Err(anyhow!(
+                "key measure.condition_at: needs measure.condition_every as well"
+            ));
         }
         if q.seeds.as_ref().is_some_and(|s| s.is_empty()) {
             return Err(anyhow!("key quick.seeds: must not be empty"));
@@ -280,14 +289,32 @@ impl FigureSpec {
             if !ids.insert(&s.id) {
                 return Err(anyhow!("key series[{i}].id: {:?} is used twice", s.id));
             }
-            if s.id.is_empty() || !s.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-                return Err(anyhow!("key series[{i}].id: use letters, digits, _ and - only, got {:?}", s.id));
+            if s.id.is_empty()
+                || !s
+                    .id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(anyhow!(
+                    "key series[{i}].id: use letters, digits, _ and - only, got {:?}",
+                    s.id
+                ));
             }
             for o in &r.optimizers {
                 match s.lr.get(*o) {
                     Some(lr) if lr > 0.0 && lr.is_finite() => {}
-                    Some(lr) => return Err(anyhow!("key series[{i}].lr.{}: must be > 0, got {lr}", o.name())),
-                    None => return Err(anyhow!("key series[{i}].lr: no learning rate for {}", o.name())),
+                    Some(lr) => {
+                        return Err(anyhow!(
+                            "key series[{i}].lr.{}: must be > 0, got {lr}",
+                            o.name()
+                        ))
+                    }
+                    None => {
+                        return Err(anyhow!(
+                            "key series[{i}].lr: no learning rate for {}",
+                            o.name()
+                        ))
+                    }
                 }
             }
         }
@@ -304,12 +331,16 @@ impl FigureSpec {
             return Err(anyhow!("key measure.noise: the noise panel needs it"));
         }
         if needs(PanelKind::Condition) && self.measure.condition_every.is_none() {
-            return Err(anyhow!("key measure.condition_every: the condition panel needs it"));
+            return Err(anyhow!(
+                "key measure.condition_every: the condition panel needs it"
+            ));
         }
         if (needs(PanelKind::Smoothness) || needs(PanelKind::GradVsSmoothness))
             && self.measure.smoothness_every.is_none()
         {
-            return Err(anyhow!("key measure.smoothness_every: the smoothness panels need it"));
+            return Err(anyhow!(
+                "key measure.smoothness_every: the smoothness panels need it"
+            ));
         }
         if self.measure.smoothness_every.is_some() && r.save_every != 1 {
             return Err(anyhow!(
@@ -321,7 +352,11 @@ impl FigureSpec {
 
     /// The numbers of this figure at `scale`.
     pub fn resolve(&self, scale: &Scale) -> Resolved {
-        let q = if scale.quick { self.quick.clone() } else { QuickSpec::default() };
+        let q = if scale.quick {
+            self.quick.clone()
+        } else {
+            QuickSpec::default()
+        };
         let mut m = self.measure.clone();
         m.loss_every = q.loss_every.unwrap_or(m.loss_every);
         m.smoothness_every = q.smoothness_every.or(m.smoothness_every);
@@ -334,7 +369,11 @@ impl FigureSpec {
         }
         Resolved {
             mode: scale.mode(),
-            seeds: scale.seeds.clone().or(q.seeds).unwrap_or_else(|| self.runs.seeds.clone()),
+            seeds: scale
+                .seeds
+                .clone()
+                .or(q.seeds)
+                .unwrap_or_else(|| self.runs.seeds.clone()),
             iters: scale.iters.or(q.iters).unwrap_or(self.runs.iters),
             save_every: q.save_every.unwrap_or(self.runs.save_every),
             measure: m,
@@ -348,16 +387,28 @@ impl FigureSpec {
 
     /// The learning rates series `s` is run at with optimizer `o`.
     pub fn lrs(&self, res: &Resolved, s: usize, o: OptimizerKind) -> Vec<f64> {
-        let centre = self.series[s].lr.get(o).expect("validated: every optimizer has an lr");
+        let centre = self.series[s]
+            .lr
+            .get(o)
+            .expect("validated: every optimizer has an lr");
         if self.lr_grid.is_some() {
-            res.lr_factors.iter().map(|f| round_lr(centre * f)).collect()
+            res.lr_factors
+                .iter()
+                .map(|f| round_lr(centre * f))
+                .collect()
         } else {
             vec![centre]
         }
     }
 
     /// The resolved config of series `s` (without optimizer, lr and seed).
-    pub fn series_config(&self, settings_dir: &Path, res: &Resolved, s: usize, device: DeviceName) -> Result<Config> {
+    pub fn series_config(
+        &self,
+        settings_dir: &Path,
+        res: &Resolved,
+        s: usize,
+        device: DeviceName,
+    ) -> Result<Config> {
         let series = &self.series[s];
         let mut sets = series.set.clone();
         sets.extend(res.extra_set.iter().cloned());
@@ -371,7 +422,12 @@ impl FigureSpec {
     }
 
     /// Every run of the figure at `res`: series × optimizers × lrs × seeds.
-    pub fn plan(&self, settings_dir: &Path, res: &Resolved, device: DeviceName) -> Result<Vec<RunSpec>> {
+    pub fn plan(
+        &self,
+        settings_dir: &Path,
+        res: &Resolved,
+        device: DeviceName,
+    ) -> Result<Vec<RunSpec>> {
         let mut runs = vec![];
         for s in 0..self.series.len() {
             let base = self.series_config(settings_dir, res, s, device)?;
@@ -383,7 +439,13 @@ impl FigureSpec {
                         cfg.train.lr = lr;
                         cfg.train.seed = seed;
                         cfg.validate()?;
-                        runs.push(RunSpec { series: s, optimizer: o, seed, lr, cfg });
+                        runs.push(RunSpec {
+                            series: s,
+                            optimizer: o,
+                            seed,
+                            lr,
+                            cfg,
+                        });
                     }
                 }
             }
@@ -399,7 +461,6 @@ fn round_lr(v: f64) -> f64 {
     let m = 10f64.powi(digits);
     (v * m).round() / m
 }
-
 
 /// Where the experiments live: `--experiments DIR`, else `./experiments` when it holds
 /// `figures/`, else the source tree this binary was built from.
@@ -419,8 +480,12 @@ pub fn experiments_dir(given: Option<&Path>) -> PathBuf {
 /// authors' learning rates are also ours).
 pub fn figure_ids(experiments: &Path) -> Result<Vec<String>> {
     let dir = experiments.join("figures");
-    let entries = std::fs::read_dir(&dir)
-        .map_err(|e| anyhow!(BadInput(format!("{}: cannot list the figures ({e})", dir.display()))))?;
+    let entries = std::fs::read_dir(&dir).map_err(|e| {
+        anyhow!(BadInput(format!(
+            "{}: cannot list the figures ({e})",
+            dir.display()
+        )))
+    })?;
     let mut ids: Vec<String> = entries
         .filter_map(|e| e.ok())
         .map(|e| e.path())
@@ -437,16 +502,23 @@ pub fn locate(experiments: &Path, name: &str) -> Result<(String, PathBuf)> {
     let as_path = Path::new(name);
     if name.ends_with(".yaml") || name.ends_with(".yml") {
         if !as_path.is_file() {
-            return Err(anyhow!(BadInput(format!("figure file {name}: no such file"))));
+            return Err(anyhow!(BadInput(format!(
+                "figure file {name}: no such file"
+            ))));
         }
-        let id = as_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let id = as_path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         return Ok((id, as_path.to_path_buf()));
     }
     let id = name.replace('-', "_");
     let path = experiments.join("figures").join(format!("{id}.yaml"));
     if !path.is_file() {
         let known = figure_ids(experiments).unwrap_or_default().join(", ");
-        return Err(anyhow!(BadInput(format!("unknown figure {name:?}; known figures: {known}"))));
+        return Err(anyhow!(BadInput(format!(
+            "unknown figure {name:?}; known figures: {known}"
+        ))));
     }
     Ok((id, path))
 }
@@ -469,21 +541,53 @@ quick: {iters: 10, seeds: [0], condition_every: 5}
     fn quick_block_replaces_the_paper_scale_values() {
         let f = FigureSpec::from_yaml_str(MINIMAL).unwrap();
         let paper = f.resolve(&Scale::default());
-        assert_eq!((paper.iters, paper.seeds.clone(), paper.measure.condition_every), (1000, vec![0, 1, 2], Some(250)));
-        let quick = f.resolve(&Scale { quick: true, ..Default::default() });
-        assert_eq!((quick.iters, quick.seeds.clone(), quick.measure.condition_every), (10, vec![0], Some(5)));
-        let custom = f.resolve(&Scale { quick: false, iters: Some(1250), seeds: None, mode: None });
+        assert_eq!(
+            (
+                paper.iters,
+                paper.seeds.clone(),
+                paper.measure.condition_every
+            ),
+            (1000, vec![0, 1, 2], Some(250))
+        );
+        let quick = f.resolve(&Scale {
+            quick: true,
+            ..Default::default()
+        });
+        assert_eq!(
+            (
+                quick.iters,
+                quick.seeds.clone(),
+                quick.measure.condition_every
+            ),
+            (10, vec![0], Some(5))
+        );
+        let custom = f.resolve(&Scale {
+            quick: false,
+            iters: Some(1250),
+            seeds: None,
+            mode: None,
+        });
         assert_eq!((paper.mode, quick.mode), (Mode::Faithful, Mode::Fast));
         assert_eq!(custom.iters, 1250);
     }
 
     #[test]
-    fn a_mistyped_key_a_panel_without_its_measurement_and_a_nonpositive_iteration_are_rejected_by_name() {
+    fn a_mistyped_key_a_panel_without_its_measurement_and_a_nonpositive_iteration_are_rejected_by_name(
+    ) {
         let cases = [
-            (MINIMAL.replace("quick: {", "quick: {itres: 3, "), &["quick", "itres"][..]),
-            (MINIMAL.replace("measure: {condition_every: 250}", "measure: {}"), &["condition_every"][..]),
             (
-                MINIMAL.replace("measure: {condition_every: 250}", "measure: {condition_every: 250, condition_at: [750, 0]}"),
+                MINIMAL.replace("quick: {", "quick: {itres: 3, "),
+                &["quick", "itres"][..],
+            ),
+            (
+                MINIMAL.replace("measure: {condition_every: 250}", "measure: {}"),
+                &["condition_every"][..],
+            ),
+            (
+                MINIMAL.replace(
+                    "measure: {condition_every: 250}",
+                    "measure: {condition_every: 250, condition_at: [750, 0]}",
+                ),
                 &["measure.condition_at", "got 0"][..],
             ),
         ];

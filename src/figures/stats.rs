@@ -1,10 +1,10 @@
 //! The numbers drawn and reported: means over seeds, condition-number ratios, correlations
 //! and the learning-rate choice. Shared by the panels and the summary so that a number in
 //! `summary.md` is the number in the PNG.
-use crate::measure::Row;
 use super::{FigureData, RunResult};
-use crate::run::Status;
 use crate::config::OptimizerKind;
+use crate::measure::Row;
+use crate::run::Status;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
@@ -16,21 +16,37 @@ pub fn mean_std(values: &[f64]) -> (f64, f64, usize) {
         return (f64::NAN, f64::NAN, 0);
     }
     let mean = v.iter().sum::<f64>() / n as f64;
-    let std = if n > 1 { (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt() } else { 0.0 };
+    let std = if n > 1 {
+        (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
+    } else {
+        0.0
+    };
     (mean, std, n)
 }
 
 /// (iterations, mean over runs, std/4) of one quantity at the iterations of `grid` (the figure's
 /// stride for it: a run folder may hold more points, measured for another figure) where at
 /// least one run has a finite value.
-pub fn seed_curve(runs: &[&RunResult], field: fn(&Row) -> Option<f64>, grid: &BTreeSet<i64>) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+pub fn seed_curve(
+    runs: &[&RunResult],
+    field: fn(&Row) -> Option<f64>,
+    grid: &BTreeSet<i64>,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let iters: BTreeSet<i64> = runs
         .iter()
-        .flat_map(|r| r.rows.iter().filter(|(t, row)| grid.contains(t) && field(row).is_some()).map(|(t, _)| *t))
+        .flat_map(|r| {
+            r.rows
+                .iter()
+                .filter(|(t, row)| grid.contains(t) && field(row).is_some())
+                .map(|(t, _)| *t)
+        })
         .collect();
     let (mut x, mut mean, mut band) = (vec![], vec![], vec![]);
     for t in iters {
-        let vals: Vec<f64> = runs.iter().filter_map(|r| r.rows.get(&t).and_then(field)).collect();
+        let vals: Vec<f64> = runs
+            .iter()
+            .filter_map(|r| r.rows.get(&t).and_then(field))
+            .collect();
         let (m, s, n) = mean_std(&vals);
         if n > 0 {
             x.push(t as f64);
@@ -48,7 +64,9 @@ pub fn log_pairs(run: &RunResult, grid: &BTreeSet<i64>) -> Vec<(i64, f64, f64)> 
         .iter()
         .filter(|(t, _)| grid.contains(t))
         .filter_map(|(t, r)| match (r.grad_norm, r.dir_smoothness) {
-            (Some(g), Some(s)) if g > 0.0 && s > 0.0 && g.is_finite() && s.is_finite() => Some((*t, g.ln(), s.ln())),
+            (Some(g), Some(s)) if g > 0.0 && s > 0.0 && g.is_finite() && s.is_finite() => {
+                Some((*t, g.ln(), s.ln()))
+            }
             _ => None,
         })
         .collect()
@@ -60,7 +78,10 @@ pub fn pearson(pts: &[(f64, f64)]) -> f64 {
     if pts.len() < 3 {
         return f64::NAN;
     }
-    let (mx, my) = (pts.iter().map(|p| p.0).sum::<f64>() / n, pts.iter().map(|p| p.1).sum::<f64>() / n);
+    let (mx, my) = (
+        pts.iter().map(|p| p.0).sum::<f64>() / n,
+        pts.iter().map(|p| p.1).sum::<f64>() / n,
+    );
     let sxy: f64 = pts.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
     let sxx: f64 = pts.iter().map(|p| (p.0 - mx).powi(2)).sum();
     let syy: f64 = pts.iter().map(|p| (p.1 - my).powi(2)).sum();
@@ -72,7 +93,11 @@ pub fn final_loss(run: &RunResult) -> f64 {
     if run.summary.status == Status::Diverged {
         return f64::INFINITY;
     }
-    match run.rows.get(&run.spec.cfg.train.iters).and_then(|r| r.test_loss) {
+    match run
+        .rows
+        .get(&run.spec.cfg.train.iters)
+        .and_then(|r| r.test_loss)
+    {
         Some(v) if v.is_finite() => v,
         _ => f64::INFINITY,
     }
@@ -135,14 +160,20 @@ pub struct Ratio {
 
 pub fn condition_ratio(fig: &FigureData, s: usize, t: i64) -> Option<Ratio> {
     let cond = |o: OptimizerKind, seed: u32| {
-        fig.runs_of(s, o).find(|r| r.spec.seed == seed).and_then(|r| r.rows.get(&t)).and_then(|r| r.condition_number)
+        fig.runs_of(s, o)
+            .find(|r| r.spec.seed == seed)
+            .and_then(|r| r.rows.get(&t))
+            .and_then(|r| r.condition_number)
     };
     let per_seed: Vec<(u32, f64, f64, f64)> = fig
         .res
         .seeds
         .iter()
         .filter_map(|&seed| {
-            let (a, b) = (cond(OptimizerKind::Sgd, seed)?, cond(OptimizerKind::Adam, seed)?);
+            let (a, b) = (
+                cond(OptimizerKind::Sgd, seed)?,
+                cond(OptimizerKind::Adam, seed)?,
+            );
             (a.is_finite() && b.is_finite() && b != 0.0).then_some((seed, a, b, a / b))
         })
         .collect();
@@ -152,19 +183,35 @@ pub fn condition_ratio(fig: &FigureData, s: usize, t: i64) -> Option<Ratio> {
     let ratios: Vec<f64> = per_seed.iter().map(|p| p.3).collect();
     let (mean, std, n) = mean_std(&ratios);
     let ci95 = bootstrap(ratios.len(), |idx| resampled_mean(&ratios, idx));
-    Some(Ratio { iter: t, mean, std, n, ci95, per_seed })
+    Some(Ratio {
+        iter: t,
+        mean,
+        std,
+        n,
+        ci95,
+        per_seed,
+    })
 }
 
 /// Adam's final test loss over SGD with momentum's, mean over mean, for series `s`, with its
 /// bootstrap interval over seeds (the two runs of a seed resampled together). Seeds where
 /// either run diverged are left out. None without a seed where both finished.
 pub fn final_loss_ratio(fig: &FigureData, s: usize) -> Option<(f64, Option<[f64; 2]>, usize)> {
-    let loss = |o: OptimizerKind, seed: u32| fig.runs_of(s, o).find(|r| r.spec.seed == seed).map(final_loss);
+    let loss = |o: OptimizerKind, seed: u32| {
+        fig.runs_of(s, o)
+            .find(|r| r.spec.seed == seed)
+            .map(final_loss)
+    };
     let pairs: Vec<(f64, f64)> = fig
         .res
         .seeds
         .iter()
-        .filter_map(|&seed| Some((loss(OptimizerKind::Sgd, seed)?, loss(OptimizerKind::Adam, seed)?)))
+        .filter_map(|&seed| {
+            Some((
+                loss(OptimizerKind::Sgd, seed)?,
+                loss(OptimizerKind::Adam, seed)?,
+            ))
+        })
         .filter(|(a, b)| a.is_finite() && b.is_finite())
         .collect();
     if pairs.is_empty() {
@@ -193,11 +240,21 @@ pub fn lr_grid(fig: &FigureData, s: usize, o: OptimizerKind) -> Vec<GridPoint> {
         .into_iter()
         .map(f64::from_bits)
         .map(|lr| {
-            let losses: Vec<f64> = fig.runs_of(s, o).filter(|r| r.spec.lr == lr).map(final_loss).collect();
+            let losses: Vec<f64> = fig
+                .runs_of(s, o)
+                .filter(|r| r.spec.lr == lr)
+                .map(final_loss)
+                .collect();
             let diverged = losses.iter().filter(|v| !v.is_finite()).count();
             let (mean, std, n) = mean_std(&losses);
             let ok = diverged == 0 && n > 0;
-            GridPoint { lr, mean: ok.then_some(mean), std: ok.then_some(std), seeds: losses.len(), diverged }
+            GridPoint {
+                lr,
+                mean: ok.then_some(mean),
+                std: ok.then_some(std),
+                seeds: losses.len(),
+                diverged,
+            }
         })
         .collect();
     pts.sort_by(|a, b| a.lr.total_cmp(&b.lr));
@@ -230,15 +287,32 @@ mod tests {
         // Two seeds: a resample's mean is 0, 0.5 or 1 with probabilities 1/4, 1/2, 1/4, so the
         // 2.5th and 97.5th percentiles are 0 and 1.
         let two = [0.0, 1.0];
-        assert_eq!(bootstrap(2, |idx| resampled_mean(&two, idx)), Some([0.0, 1.0]));
+        assert_eq!(
+            bootstrap(2, |idx| resampled_mean(&two, idx)),
+            Some([0.0, 1.0])
+        );
         // Six seeds 1..6: mean 3.5, the normal approximation 3.5 ± 1.96·1.708/√6 = [2.13, 4.87];
         // the percentile bootstrap is a little narrower (it uses the n, not n − 1, spread).
         let six = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
         let [lo, hi] = bootstrap(6, |idx| resampled_mean(&six, idx)).unwrap();
-        assert!((2.1..2.5).contains(&lo) && (4.5..4.9).contains(&hi), "[{lo}, {hi}]");
-        assert_eq!(bootstrap(6, |idx| resampled_mean(&six, idx)), Some([lo, hi]), "the same every time");
-        assert_eq!(bootstrap(3, |idx| resampled_mean(&[2.0, 2.0, 2.0], idx)), Some([2.0, 2.0]));
-        assert_eq!(bootstrap(1, |idx| resampled_mean(&[2.0], idx)), None, "one seed has no interval");
+        assert!(
+            (2.1..2.5).contains(&lo) && (4.5..4.9).contains(&hi),
+            "[{lo}, {hi}]"
+        );
+        assert_eq!(
+            bootstrap(6, |idx| resampled_mean(&six, idx)),
+            Some([lo, hi]),
+            "the same every time"
+        );
+        assert_eq!(
+            bootstrap(3, |idx| resampled_mean(&[2.0, 2.0, 2.0], idx)),
+            Some([2.0, 2.0])
+        );
+        assert_eq!(
+            bootstrap(1, |idx| resampled_mean(&[2.0], idx)),
+            None,
+            "one seed has no interval"
+        );
     }
 
     #[test]
@@ -250,8 +324,18 @@ mod tests {
 
     #[test]
     fn a_diverged_grid_point_is_never_the_best() {
-        let p = |lr: f64, mean: Option<f64>, diverged| GridPoint { lr, mean, std: Some(0.0), seeds: 1, diverged };
-        let grid = vec![p(0.01, Some(0.5), 0), p(0.1, None, 1), p(0.05, Some(0.2), 0)];
+        let p = |lr: f64, mean: Option<f64>, diverged| GridPoint {
+            lr,
+            mean,
+            std: Some(0.0),
+            seeds: 1,
+            diverged,
+        };
+        let grid = vec![
+            p(0.01, Some(0.5), 0),
+            p(0.1, None, 1),
+            p(0.05, Some(0.2), 0),
+        ];
         assert_eq!(best_lr(&grid), Some(0.05));
         assert_eq!(best_lr(&grid[1..2]), None);
     }

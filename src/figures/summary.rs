@@ -2,9 +2,9 @@
 //! beside the paper's. Each reproduced figure leaves its numbers in `plots/data/<id>.json`;
 //! the summary is rebuilt from all of them, so figures reproduced one at a time add up.
 use super::panels::optimizer_label;
+use super::spec::PanelKind;
 use super::stats::{self, GridPoint, Ratio};
 use super::FigureData;
-use super::spec::PanelKind;
 use crate::config::{Mode, OptimizerKind};
 use crate::run::io as artifacts;
 use anyhow::{Context, Result};
@@ -129,7 +129,12 @@ fn fin(v: f64) -> Option<f64> {
     v.is_finite().then_some(v)
 }
 
-pub fn figure_summary(fig: &FigureData, png: &str, wall_time_s: f64, machine: &str) -> FigureSummary {
+pub fn figure_summary(
+    fig: &FigureData,
+    png: &str,
+    wall_time_s: f64,
+    machine: &str,
+) -> FigureSummary {
     let spec = &fig.spec;
     let mut out = FigureSummary {
         id: fig.id.clone(),
@@ -187,7 +192,13 @@ pub fn figure_summary(fig: &FigureData, png: &str, wall_time_s: f64, machine: &s
         }
         if spec.lr_grid.is_none() {
             if let Some((ratio, ci95, seeds)) = stats::final_loss_ratio(fig, s) {
-                out.loss_ratios.push(LossRatio { series: id.clone(), label: label.clone(), ratio, ci95, seeds });
+                out.loss_ratios.push(LossRatio {
+                    series: id.clone(),
+                    label: label.clone(),
+                    ratio,
+                    ci95,
+                    seeds,
+                });
             }
         }
         if spec.panels.contains(&PanelKind::Condition) {
@@ -197,10 +208,19 @@ pub fn figure_summary(fig: &FigureData, png: &str, wall_time_s: f64, machine: &s
                 .runs
                 .iter()
                 .filter(|r| r.spec.series == s)
-                .flat_map(|r| r.rows.iter().filter(|(_, row)| row.condition_number.is_some()).map(|(t, _)| *t))
+                .flat_map(|r| {
+                    r.rows
+                        .iter()
+                        .filter(|(_, row)| row.condition_number.is_some())
+                        .map(|(t, _)| *t)
+                })
                 .filter(|t| *t > 0)
                 .collect();
-            iters.extend(measured.into_iter().filter(|t| !spec.paper_numbers.ratio.contains_key(t)));
+            iters.extend(
+                measured
+                    .into_iter()
+                    .filter(|t| !spec.paper_numbers.ratio.contains_key(t)),
+            );
             for t in iters {
                 out.ratios.push(RatioRow {
                     series: id.clone(),
@@ -224,14 +244,19 @@ pub fn figure_summary(fig: &FigureData, png: &str, wall_time_s: f64, machine: &s
         if spec.panels.contains(&PanelKind::GradVsSmoothness) {
             if let Some(run) = fig.runs.iter().find(|r| r.spec.series == s) {
                 let pts = stats::log_pairs(run, &fig.needs.smoothness);
-                let with_smoothness =
-                    run.rows.iter().filter(|(t, r)| fig.needs.smoothness.contains(t) && r.dir_smoothness.is_some()).count();
+                let with_smoothness = run
+                    .rows
+                    .iter()
+                    .filter(|(t, r)| fig.needs.smoothness.contains(t) && r.dir_smoothness.is_some())
+                    .count();
                 out.correlations.push(Correlation {
                     series: id.clone(),
                     label: label.clone(),
                     optimizer: run.spec.optimizer,
                     seed: run.spec.seed,
-                    r: fin(stats::pearson(&pts.iter().map(|p| (p.1, p.2)).collect::<Vec<_>>())),
+                    r: fin(stats::pearson(
+                        &pts.iter().map(|p| (p.1, p.2)).collect::<Vec<_>>(),
+                    )),
                     points: pts.len(),
                     left_out: with_smoothness - pts.len(),
                 });
@@ -264,13 +289,21 @@ pub fn load_all(plots: &Path) -> Result<Vec<FigureSummary>> {
             match serde_json::from_str::<FigureSummary>(&text) {
                 Ok(mut fs) => {
                     // A record written before intervals existed: its per-seed ratios give them.
-                    for r in fs.ratios.iter_mut().filter_map(|r| r.ours.as_mut()).filter(|o| o.ci95.is_none()) {
+                    for r in fs
+                        .ratios
+                        .iter_mut()
+                        .filter_map(|r| r.ours.as_mut())
+                        .filter(|o| o.ci95.is_none())
+                    {
                         let v: Vec<f64> = r.per_seed.iter().map(|p| p.3).collect();
                         r.ci95 = stats::bootstrap(v.len(), |idx| stats::resampled_mean(&v, idx));
                     }
                     out.push(fs)
                 }
-                Err(e) => eprintln!("linattn: warning: {} is not a figure summary ({e}); left out", p.display()),
+                Err(e) => eprintln!(
+                    "linattn: warning: {} is not a figure summary ({e}); left out",
+                    p.display()
+                ),
             }
         }
     }
@@ -296,7 +329,10 @@ fn num(v: f64) -> String {
     } else if a >= 10.0 {
         format!("{v:.1}")
     } else {
-        format!("{v:.3}").trim_end_matches('0').trim_end_matches('.').to_string()
+        format!("{v:.3}")
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string()
     }
 }
 
@@ -307,7 +343,6 @@ fn ms(mean: Option<f64>, std: Option<f64>) -> String {
         _ => "—".into(),
     }
 }
-
 
 /// `summary.md`.
 pub fn markdown(figs: &[FigureSummary]) -> String {
@@ -348,20 +383,56 @@ pub fn markdown(figs: &[FigureSummary]) -> String {
 }
 
 fn ratio_overview(md: &mut String, figs: &[FigureSummary]) {
-    let rows: Vec<(&FigureSummary, &RatioRow)> =
-        figs.iter().flat_map(|f| f.ratios.iter().filter(|r| r.paper.is_some()).map(move |r| (f, r))).collect();
+    let rows: Vec<(&FigureSummary, &RatioRow)> = figs
+        .iter()
+        .flat_map(|f| {
+            f.ratios
+                .iter()
+                .filter(|r| r.paper.is_some())
+                .map(move |r| (f, r))
+        })
+        .collect();
     if rows.is_empty() {
         return;
     }
-    let _ = writeln!(md, "## Condition-number ratio R_SGD / R_Adam (Fig. 2 row 3 table, App. B)\n");
-    let header = ["figure", "setting", "iteration", "paper: mean (std)", "ours: mean (std)", "ours: 95% interval", "paper's mean in our interval", "seeds"];
+    let _ = writeln!(
+        md,
+        "## Condition-number ratio R_SGD / R_Adam (Fig. 2 row 3 table, App. B)\n"
+    );
+    let header = [
+        "figure",
+        "setting",
+        "iteration",
+        "paper: mean (std)",
+        "ours: mean (std)",
+        "ours: 95% interval",
+        "paper's mean in our interval",
+        "seeds",
+    ];
     let lines = rows.into_iter().map(|(f, r)| {
-        let paper = r.paper.map(|p| format!("{} ({})", num(p[0]), num(p[1]))).unwrap_or_default();
+        let paper = r
+            .paper
+            .map(|p| format!("{} ({})", num(p[0]), num(p[1])))
+            .unwrap_or_default();
         let (ours, ci, inside, n) = match (&r.ours, r.paper) {
-            (Some(o), Some(p)) => (format!("{} ({})", num(o.mean), num(o.std)), interval(o.ci95), verdict(o.ci95, p[0]), o.n.to_string()),
+            (Some(o), Some(p)) => (
+                format!("{} ({})", num(o.mean), num(o.std)),
+                interval(o.ci95),
+                verdict(o.ci95, p[0]),
+                o.n.to_string(),
+            ),
             _ => (missing_ratio(f, r.iter), "—".into(), "—".into(), "—".into()),
         };
-        vec![f.id.clone(), r.label.clone(), r.iter.to_string(), paper, ours, ci, inside, n]
+        vec![
+            f.id.clone(),
+            r.label.clone(),
+            r.iter.to_string(),
+            paper,
+            ours,
+            ci,
+            inside,
+            n,
+        ]
     });
     table(md, &header, lines);
     let _ = writeln!(
@@ -374,7 +445,8 @@ fn ratio_overview(md: &mut String, figs: &[FigureSummary]) {
 
 /// `[lo, hi]`, or "—" without an interval (fewer than two seeds).
 fn interval(ci: Option<[f64; 2]>) -> String {
-    ci.map(|[lo, hi]| format!("[{}, {}]", num(lo), num(hi))).unwrap_or_else(|| "—".into())
+    ci.map(|[lo, hi]| format!("[{}, {}]", num(lo), num(hi)))
+        .unwrap_or_else(|| "—".into())
 }
 
 /// Whether `v` lies in the interval.
@@ -400,14 +472,22 @@ fn missing_ratio(f: &FigureSummary, iter: i64) -> String {
 fn headline_overview(md: &mut String, figs: &[FigureSummary]) {
     let mut loss = vec![];
     for f in figs {
-        let series: Vec<&str> = f.final_loss.iter().map(|r| r.series.as_str()).fold(vec![], |mut v, s| {
-            if !v.contains(&s) {
-                v.push(s);
-            }
-            v
-        });
+        let series: Vec<&str> =
+            f.final_loss
+                .iter()
+                .map(|r| r.series.as_str())
+                .fold(vec![], |mut v, s| {
+                    if !v.contains(&s) {
+                        v.push(s);
+                    }
+                    v
+                });
         for s in series {
-            let get = |o: OptimizerKind| f.final_loss.iter().find(|r| r.series == s && r.optimizer == o);
+            let get = |o: OptimizerKind| {
+                f.final_loss
+                    .iter()
+                    .find(|r| r.series == s && r.optimizer == o)
+            };
             if let (Some(sgd), Some(adam)) = (get(OptimizerKind::Sgd), get(OptimizerKind::Adam)) {
                 loss.push((f, sgd, adam));
             }
@@ -415,45 +495,104 @@ fn headline_overview(md: &mut String, figs: &[FigureSummary]) {
     }
     if !loss.is_empty() {
         let _ = writeln!(md, "## Final test loss: Adam vs SGD with momentum\n");
-        let header = ["figure", "setting", "scale", "SGD with momentum", "Adam", "Adam / SGD", "Adam / SGD: 95% interval", "diverged (SGD, Adam)"];
+        let header = [
+            "figure",
+            "setting",
+            "scale",
+            "SGD with momentum",
+            "Adam",
+            "Adam / SGD",
+            "Adam / SGD: 95% interval",
+            "diverged (SGD, Adam)",
+        ];
         let lines = loss.into_iter().map(|(f, sgd, adam)| {
             let paired = f.loss_ratios.iter().find(|r| r.series == sgd.series);
             let ratio = match (sgd.mean, adam.mean) {
                 (Some(a), Some(b)) => num(b / a),
                 _ => "—".into(),
             };
-            let ci = paired.map(|r| interval(r.ci95)).unwrap_or_else(|| "—".into());
+            let ci = paired
+                .map(|r| interval(r.ci95))
+                .unwrap_or_else(|| "—".into());
             let (sgd_loss, adam_loss) = (ms(sgd.mean, sgd.std), ms(adam.mean, adam.std));
             let diverged = format!("{}, {}", sgd.diverged, adam.diverged);
-            vec![f.id.clone(), sgd.label.clone(), f.scale.clone(), sgd_loss, adam_loss, ratio, ci, diverged]
+            vec![
+                f.id.clone(),
+                sgd.label.clone(),
+                f.scale.clone(),
+                sgd_loss,
+                adam_loss,
+                ratio,
+                ci,
+                diverged,
+            ]
         });
         table(md, &header, lines);
         let _ = writeln!(md, "\nPaper: Adam ends below SGD with momentum in every setting (read off its plots; no numbers given).\n");
     }
-    let noise: Vec<(&FigureSummary, &NoiseRow)> = figs.iter().flat_map(|f| f.noise.iter().map(move |n| (f, n))).collect();
+    let noise: Vec<(&FigureSummary, &NoiseRow)> = figs
+        .iter()
+        .flat_map(|f| f.noise.iter().map(move |n| (f, n)))
+        .collect();
     if !noise.is_empty() {
-        let _ = writeln!(md, "## Gradient noise at initialisation: tail index per setting and depth\n");
+        let _ = writeln!(
+            md,
+            "## Gradient noise at initialisation: tail index per setting and depth\n"
+        );
         let _ = writeln!(md, "Hill estimate α̂ over the largest 10 % of ‖g_B − g‖ (smaller = heavier tail); kurtosis 3 for a normal.\n");
         let lines = noise.into_iter().map(|(f, n)| {
-            vec![f.id.clone(), n.label.clone(), n.samples.to_string(), or_dash(n.hill_tail_index), or_dash(n.kurtosis)]
+            vec![
+                f.id.clone(),
+                n.label.clone(),
+                n.samples.to_string(),
+                or_dash(n.hill_tail_index),
+                or_dash(n.kurtosis),
+            ]
         });
-        table(md, &["figure", "setting", "samples", "Hill α̂", "kurtosis"], lines);
+        table(
+            md,
+            &["figure", "setting", "samples", "Hill α̂", "kurtosis"],
+            lines,
+        );
         let _ = writeln!(md, "\nPaper: heavy-tailed noise, heavier with heavy-tailed covariates and with depth (histograms; no numbers given).\n");
     }
-    let corr: Vec<(&FigureSummary, &Correlation)> = figs.iter().flat_map(|f| f.correlations.iter().map(move |c| (f, c))).collect();
+    let corr: Vec<(&FigureSummary, &Correlation)> = figs
+        .iter()
+        .flat_map(|f| f.correlations.iter().map(move |c| (f, c)))
+        .collect();
     if !corr.is_empty() {
-        let _ = writeln!(md, "## Correlation of ln gradient norm and ln directional smoothness (Fig. 6)\n");
+        let _ = writeln!(
+            md,
+            "## Correlation of ln gradient norm and ln directional smoothness (Fig. 6)\n"
+        );
         let lines = corr.into_iter().map(|(f, c)| {
             let run = format!("{} seed {}", optimizer_label(c.optimizer), c.seed);
-            vec![f.id.clone(), c.label.clone(), run, or_dash(c.r), c.points.to_string()]
+            vec![
+                f.id.clone(),
+                c.label.clone(),
+                run,
+                or_dash(c.r),
+                c.points.to_string(),
+            ]
         });
-        table(md, &["figure", "setting", "run", "Pearson r", "points"], lines);
-        let _ = writeln!(md, "\nPaper: strongly positively correlated (scatter plot; no number given).\n");
+        table(
+            md,
+            &["figure", "setting", "run", "Pearson r", "points"],
+            lines,
+        );
+        let _ = writeln!(
+            md,
+            "\nPaper: strongly positively correlated (scatter plot; no number given).\n"
+        );
     }
 }
 
 fn lr_section(md: &mut String, f: &FigureSummary) {
-    let _ = writeln!(md, "## Learning-rate selection ({}; scale: {})\n", f.id, f.scale);
+    let _ = writeln!(
+        md,
+        "## Learning-rate selection ({}; scale: {})\n",
+        f.id, f.scale
+    );
     let _ = writeln!(
         md,
         "A grid of {} learning rates per optimizer and setting around the authors' value; the best is the \
@@ -464,15 +603,50 @@ fn lr_section(md: &mut String, f: &FigureSummary) {
         f.iters,
         f.png
     );
-    let header = ["setting", "optimizer", "authors' lr", "our best lr", "same", "final loss at ours", "diverged grid points"];
+    let header = [
+        "setting",
+        "optimizer",
+        "authors' lr",
+        "our best lr",
+        "same",
+        "final loss at ours",
+        "diverged grid points",
+    ];
     let lines = f.lr_choices.iter().map(|c| {
         let at = |lr: Option<f64>| c.grid.iter().find(|p| Some(p.lr) == lr);
-        let best = c.best_lr.map(lr).unwrap_or_else(|| "— (all diverged)".into());
-        let same = if c.best_lr == Some(c.authors_lr) { "yes" } else { "no" }.to_string();
-        let loss = at(c.best_lr).map(|p| ms(p.mean, p.std)).unwrap_or_else(|| "—".into());
-        let div: Vec<String> = c.grid.iter().filter(|p| p.diverged > 0).map(|p| lr(p.lr)).collect();
-        let div = if div.is_empty() { "none".into() } else { div.join(", ") };
-        vec![c.label.clone(), optimizer_label(c.optimizer).to_string(), lr(c.authors_lr), best, same, loss, div]
+        let best = c
+            .best_lr
+            .map(lr)
+            .unwrap_or_else(|| "— (all diverged)".into());
+        let same = if c.best_lr == Some(c.authors_lr) {
+            "yes"
+        } else {
+            "no"
+        }
+        .to_string();
+        let loss = at(c.best_lr)
+            .map(|p| ms(p.mean, p.std))
+            .unwrap_or_else(|| "—".into());
+        let div: Vec<String> = c
+            .grid
+            .iter()
+            .filter(|p| p.diverged > 0)
+            .map(|p| lr(p.lr))
+            .collect();
+        let div = if div.is_empty() {
+            "none".into()
+        } else {
+            div.join(", ")
+        };
+        vec![
+            c.label.clone(),
+            optimizer_label(c.optimizer).to_string(),
+            lr(c.authors_lr),
+            best,
+            same,
+            loss,
+            div,
+        ]
     });
     table(md, &header, lines);
     let _ = writeln!(md, "\nThe figures use the authors' learning rates (their own grid's choice); this table checks it.\n");
@@ -495,23 +669,60 @@ fn figure_section(md: &mut String, f: &FigureSummary) {
     let _ = writeln!(
         md,
         "Scale: **{}** — seeds {:?}, {} iterations, {} runs, {} mode. {produced}.\n",
-        f.scale, f.seeds, f.iters, f.runs, f.mode.name()
+        f.scale,
+        f.seeds,
+        f.iters,
+        f.runs,
+        f.mode.name()
     );
     if let Some(n) = &f.notes {
         let _ = writeln!(md, "Notes: {}\n", n.trim());
     }
     if !f.final_loss.is_empty() {
-        let _ = writeln!(md, "Final test loss (iteration {}), mean (std) over seeds:\n", f.iters);
+        let _ = writeln!(
+            md,
+            "Final test loss (iteration {}), mean (std) over seeds:\n",
+            f.iters
+        );
         let lines = f.final_loss.iter().map(|r| {
-            let (opt, rate, loss) = (optimizer_label(r.optimizer).to_string(), lr(r.lr), ms(r.mean, r.std));
-            vec![r.label.clone(), opt, rate, loss, r.seeds.to_string(), r.diverged.to_string()]
+            let (opt, rate, loss) = (
+                optimizer_label(r.optimizer).to_string(),
+                lr(r.lr),
+                ms(r.mean, r.std),
+            );
+            vec![
+                r.label.clone(),
+                opt,
+                rate,
+                loss,
+                r.seeds.to_string(),
+                r.diverged.to_string(),
+            ]
         });
-        table(md, &["setting", "optimizer", "lr", "final test loss", "seeds", "diverged"], lines);
+        table(
+            md,
+            &[
+                "setting",
+                "optimizer",
+                "lr",
+                "final test loss",
+                "seeds",
+                "diverged",
+            ],
+            lines,
+        );
         let skipped: Vec<String> = f
             .final_loss
             .iter()
             .filter(|r| r.skipped_steps > 0)
-            .map(|r| format!("{} {}: {}", r.label, optimizer_label(r.optimizer), r.skipped_steps))
+            .map(|r| {
+                format!(
+                    "{} {}: {}",
+                    r.label,
+                    optimizer_label(r.optimizer),
+                    r.skipped_steps
+                )
+            })
             .collect();
         if !skipped.is_empty() {
             let _ = writeln!(
@@ -521,14 +732,23 @@ fn figure_section(md: &mut String, f: &FigureSummary) {
                 skipped.join("; ")
             );
         }
-        let series: std::collections::BTreeSet<&str> = f.final_loss.iter().map(|r| r.series.as_str()).collect();
+        let series: std::collections::BTreeSet<&str> =
+            f.final_loss.iter().map(|r| r.series.as_str()).collect();
         let verdicts: Vec<String> = series
             .iter()
             .filter_map(|s| {
-                let get = |o: OptimizerKind| f.final_loss.iter().find(|r| r.series == *s && r.optimizer == o).and_then(|r| r.mean);
+                let get = |o: OptimizerKind| {
+                    f.final_loss
+                        .iter()
+                        .find(|r| r.series == *s && r.optimizer == o)
+                        .and_then(|r| r.mean)
+                };
                 let (sgd, adam) = (get(OptimizerKind::Sgd)?, get(OptimizerKind::Adam)?);
                 let label = &f.final_loss.iter().find(|r| r.series == *s)?.label;
-                Some(format!("{label}: Adam/SGD final loss = {}", num(adam / sgd)))
+                Some(format!(
+                    "{label}: Adam/SGD final loss = {}",
+                    num(adam / sgd)
+                ))
             })
             .collect();
         if !verdicts.is_empty() {
@@ -542,7 +762,10 @@ fn figure_section(md: &mut String, f: &FigureSummary) {
     if !f.ratios.is_empty() {
         let _ = writeln!(md, "R_SGD / R_Adam, per seed then mean (std) over seeds:\n");
         let lines = f.ratios.iter().map(|r| {
-            let paper = r.paper.map(|p| format!("{} ({})", num(p[0]), num(p[1]))).unwrap_or_else(|| "—".into());
+            let paper = r
+                .paper
+                .map(|p| format!("{} ({})", num(p[0]), num(p[1])))
+                .unwrap_or_else(|| "—".into());
             let (ours, per) = match &r.ours {
                 Some(o) => (
                     format!("{} ({})", num(o.mean), num(o.std)),
@@ -554,18 +777,48 @@ fn figure_section(md: &mut String, f: &FigureSummary) {
                 ),
                 None => (missing_ratio(f, r.iter), String::new()),
             };
-            let ci = r.ours.as_ref().map(|o| interval(o.ci95)).unwrap_or_else(|| "—".into());
+            let ci = r
+                .ours
+                .as_ref()
+                .map(|o| interval(o.ci95))
+                .unwrap_or_else(|| "—".into());
             vec![r.label.clone(), r.iter.to_string(), paper, ours, ci, per]
         });
-        table(md, &["setting", "iteration", "paper", "ours", "95% interval", "per seed (R_SGD / R_Adam)"], lines);
+        table(
+            md,
+            &[
+                "setting",
+                "iteration",
+                "paper",
+                "ours",
+                "95% interval",
+                "per seed (R_SGD / R_Adam)",
+            ],
+            lines,
+        );
         let _ = writeln!(md);
     }
     if !f.noise.is_empty() {
-        let _ = writeln!(md, "Stochastic-gradient noise ‖g_B − g‖ at initialisation (seed 1):\n");
-        let header = ["setting", "samples", "g from prompts", "Hill tail index α̂ (top 10 %)", "kurtosis (normal: 3)"];
+        let _ = writeln!(
+            md,
+            "Stochastic-gradient noise ‖g_B − g‖ at initialisation (seed 1):\n"
+        );
+        let header = [
+            "setting",
+            "samples",
+            "g from prompts",
+            "Hill tail index α̂ (top 10 %)",
+            "kurtosis (normal: 3)",
+        ];
         let lines = f.noise.iter().map(|n| {
             let full_batch = n.full_batch.map(|v| format!("{v:.0}")).unwrap_or_default();
-            vec![n.label.clone(), n.samples.to_string(), full_batch, or_dash(n.hill_tail_index), or_dash(n.kurtosis)]
+            vec![
+                n.label.clone(),
+                n.samples.to_string(),
+                full_batch,
+                or_dash(n.hill_tail_index),
+                or_dash(n.kurtosis),
+            ]
         });
         table(md, &header, lines);
         if let Some(p) = &f.paper_noise {
@@ -574,12 +827,25 @@ fn figure_section(md: &mut String, f: &FigureSummary) {
         let _ = writeln!(md);
     }
     if !f.correlations.is_empty() {
-        let _ = writeln!(md, "Correlation of ln gradient norm and ln directional smoothness (Pearson r):\n");
+        let _ = writeln!(
+            md,
+            "Correlation of ln gradient norm and ln directional smoothness (Pearson r):\n"
+        );
         let lines = f.correlations.iter().map(|c| {
             let run = format!("{} seed {}", optimizer_label(c.optimizer), c.seed);
-            vec![c.label.clone(), run, or_dash(c.r), c.points.to_string(), c.left_out.to_string()]
+            vec![
+                c.label.clone(),
+                run,
+                or_dash(c.r),
+                c.points.to_string(),
+                c.left_out.to_string(),
+            ]
         });
-        table(md, &["setting", "run", "r", "points", "left out (smoothness ≤ 0)"], lines);
+        table(
+            md,
+            &["setting", "run", "r", "points", "left out (smoothness ≤ 0)"],
+            lines,
+        );
         let _ = writeln!(md, "\nPaper (Fig. 6): the two are strongly positively correlated along Adam's trajectory.\n");
     }
 }
@@ -600,7 +866,8 @@ fn or_dash(v: Option<f64>) -> String {
 
 /// The per-run rows of the learning-rate grid, as `lr_grid.csv`.
 pub fn lr_grid_csv(fig: &FigureData) -> String {
-    let mut s = String::from("setting,optimizer,lr,seed,status,final_test_loss,authors_lr,chosen\n");
+    let mut s =
+        String::from("setting,optimizer,lr,seed,status,final_test_loss,authors_lr,chosen\n");
     for (i, series) in fig.spec.series.iter().enumerate() {
         for &o in &fig.spec.runs.optimizers {
             let best = stats::best_lr(&stats::lr_grid(fig, i, o));
@@ -613,8 +880,15 @@ pub fn lr_grid_csv(fig: &FigureData) -> String {
                     o.name(),
                     r.spec.lr,
                     r.spec.seed,
-                    serde_json::to_value(r.summary.status).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
-                    if loss.is_finite() { loss.to_string() } else { "inf".into() },
+                    serde_json::to_value(r.summary.status)
+                        .ok()
+                        .and_then(|v| v.as_str().map(String::from))
+                        .unwrap_or_default(),
+                    if loss.is_finite() {
+                        loss.to_string()
+                    } else {
+                        "inf".into()
+                    },
                     series.lr.get(o).unwrap_or(f64::NAN),
                     best == Some(r.spec.lr)
                 );
@@ -637,5 +911,8 @@ pub fn write_all(plots: &Path) -> Result<()> {
         },
         "figures": figs,
     });
-    artifacts::write_atomic(&plots.join("summary.json"), (serde_json::to_string_pretty(&json)? + "\n").as_bytes())
+    artifacts::write_atomic(
+        &plots.join("summary.json"),
+        (serde_json::to_string_pretty(&json)? + "\n").as_bytes(),
+    )
 }

@@ -35,7 +35,11 @@ impl Point {
     pub fn with_mode(arch: &Arch, params: &[Tensor], batch: &Batch, mode: Mode) -> Point {
         let layout = Layout::new(arch);
         let flat = layout.flatten(params).set_requires_grad(true);
-        assert_eq!(flat.size()[0], layout.total, "the parameters do not fit the architecture");
+        assert_eq!(
+            flat.size()[0],
+            layout.total,
+            "the parameters do not fit the architecture"
+        );
         let views = layout.unflatten(&flat);
         let loss = match mode {
             Mode::Faithful => model::loss(arch, &views, batch),
@@ -52,14 +56,27 @@ impl Point {
 
     /// H·u, one backward pass of `⟨∇loss, u⟩`.
     pub fn hvp(&self, u: &Tensor) -> Tensor {
-        let u = u.detach().to_kind(self.flat.kind()).to_device(self.flat.device());
-        single(Tensor::run_backward(&[self.grad.dot(&u)], &[&self.flat], true, false))
+        let u = u
+            .detach()
+            .to_kind(self.flat.kind())
+            .to_device(self.flat.device());
+        single(Tensor::run_backward(
+            &[self.grad.dot(&u)],
+            &[&self.flat],
+            true,
+            false,
+        ))
     }
 
     /// Row i of the Hessian: the gradient of the i-th gradient entry (what
     /// `torch.autograd.functional.hessian` computes row by row, without its Python loop).
     pub fn hessian_row(&self, i: i64) -> Tensor {
-        single(Tensor::run_backward(&[self.grad.get(i)], &[&self.flat], true, false))
+        single(Tensor::run_backward(
+            &[self.grad.get(i)],
+            &[&self.flat],
+            true,
+            false,
+        ))
     }
 
     /// The full Hessian, row by row; `on_row` is called after each row (progress).
@@ -130,4 +147,3 @@ impl Point {
         }
     }
 }
-

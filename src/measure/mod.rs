@@ -21,13 +21,14 @@ use crate::train::is_saved_step;
 use crate::BadInput;
 use anyhow::{anyhow, Context, Result};
 use landscape::Point;
-use std::collections::{BTreeMap, BTreeSet};
 use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tch::{Device, Tensor};
 
-const HEADER: &str = "iter,test_loss,grad_norm,dir_smoothness,condition_number,condition_number_eig,sharpness";
+const HEADER: &str =
+    "iter,test_loss,grad_norm,dir_smoothness,condition_number,condition_number_eig,sharpness";
 /// The header of files written before `condition_number_eig` and `sharpness` joined the row.
 const HEADER_V1: &str = "iter,test_loss,grad_norm,dir_smoothness,condition_number";
 
@@ -127,11 +128,17 @@ impl Needs {
     /// The strides on a run of `iters` iterations. Loss and condition number include the final
     /// step; smoothness at t needs t+1, so it stops at `iters − 1`.
     pub fn of(m: &MeasureSpec, iters: i64) -> Needs {
-        let grid = |every: i64, from: i64, to: i64| -> BTreeSet<i64> { (from..=to).filter(|t| t % every == 0).collect() };
+        let grid = |every: i64, from: i64, to: i64| -> BTreeSet<i64> {
+            (from..=to).filter(|t| t % every == 0).collect()
+        };
         let mut loss = grid(m.loss_every, 0, iters);
         loss.insert(iters);
         let smoothness = match m.smoothness_every {
-            Some(e) => grid(e, 0, (iters - 1).min(m.smoothness_until.map_or(i64::MAX, |u| u - 1))),
+            Some(e) => grid(
+                e,
+                0,
+                (iters - 1).min(m.smoothness_until.map_or(i64::MAX, |u| u - 1)),
+            ),
             None => BTreeSet::new(),
         };
         let condition = match m.condition_every {
@@ -146,14 +153,23 @@ impl Needs {
             }
             None => BTreeSet::new(),
         };
-        Needs { loss, smoothness, condition, eigen: BTreeSet::new() }
+        Needs {
+            loss,
+            smoothness,
+            condition,
+            eigen: BTreeSet::new(),
+        }
     }
 
     /// Everything at each of `steps` (`analyze`): smoothness where t+1 is among `saved`.
     pub fn everything(steps: &[i64], saved: &[i64]) -> Needs {
         let all: BTreeSet<i64> = steps.iter().copied().collect();
         Needs {
-            smoothness: all.iter().copied().filter(|t| saved.contains(&(t + 1))).collect(),
+            smoothness: all
+                .iter()
+                .copied()
+                .filter(|t| saved.contains(&(t + 1)))
+                .collect(),
             loss: all.clone(),
             condition: all.clone(),
             eigen: all,
@@ -178,7 +194,12 @@ impl Needs {
         let keep = |s: &BTreeSet<i64>| s.iter().copied().filter(has).collect();
         Needs {
             loss: keep(&self.loss),
-            smoothness: self.smoothness.iter().copied().filter(|t| has(t) && has(&(t + 1))).collect(),
+            smoothness: self
+                .smoothness
+                .iter()
+                .copied()
+                .filter(|t| has(t) && has(&(t + 1)))
+                .collect(),
             condition: keep(&self.condition),
             eigen: keep(&self.eigen),
         }
@@ -187,7 +208,10 @@ impl Needs {
     /// What `rows` does not hold yet.
     pub fn missing(&self, rows: &Rows) -> Needs {
         let lacks = |s: &BTreeSet<i64>, f: fn(&Row) -> Option<f64>| -> BTreeSet<i64> {
-            s.iter().copied().filter(|t| rows.get(t).and_then(f).is_none()).collect()
+            s.iter()
+                .copied()
+                .filter(|t| rows.get(t).and_then(f).is_none())
+                .collect()
         };
         Needs {
             loss: lacks(&self.loss, |r| r.test_loss),
@@ -202,7 +226,13 @@ impl Needs {
     }
 
     fn steps(&self) -> BTreeSet<i64> {
-        self.loss.iter().chain(&self.smoothness).chain(&self.condition).chain(&self.eigen).copied().collect()
+        self.loss
+            .iter()
+            .chain(&self.smoothness)
+            .chain(&self.condition)
+            .chain(&self.eigen)
+            .copied()
+            .collect()
     }
 }
 
@@ -216,7 +246,9 @@ pub fn last_step(cfg: &Config, summary: &Summary) -> i64 {
 
 /// Whether a finished run's trajectory holds step `t`.
 pub fn has_step(cfg: &Config, summary: &Summary, t: i64) -> bool {
-    t >= 0 && t <= last_step(cfg, summary) && is_saved_step(t, cfg.train.save_every, cfg.train.iters)
+    t >= 0
+        && t <= last_step(cfg, summary)
+        && is_saved_step(t, cfg.train.save_every, cfg.train.iters)
 }
 
 /// The rows already measured in the run folder (none if the file is absent).
@@ -225,17 +257,29 @@ pub fn read(folder: &RunFolder) -> Result<Rows> {
     if !path.exists() {
         return Ok(Rows::new());
     }
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let mut lines = text.lines();
     let columns = match lines.next() {
         Some(HEADER) => 7,
         Some(HEADER_V1) => 5,
-        _ => return Err(anyhow!(BadInput(format!("{}: unexpected header; remove the file to measure again", path.display())))),
+        _ => {
+            return Err(anyhow!(BadInput(format!(
+                "{}: unexpected header; remove the file to measure again",
+                path.display()
+            ))))
+        }
     };
     let mut rows = Rows::new();
     for (i, line) in lines.enumerate() {
         let f: Vec<&str> = line.split(',').collect();
-        let bad = || anyhow!(BadInput(format!("{} line {}: not a measurements row", path.display(), i + 2)));
+        let bad = || {
+            anyhow!(BadInput(format!(
+                "{} line {}: not a measurements row",
+                path.display(),
+                i + 2
+            )))
+        };
         if f.len() != columns {
             return Err(bad());
         }
@@ -285,7 +329,15 @@ fn write(folder: &RunFolder, rows: &Rows) -> Result<()> {
 /// Measures what `needs` asks for on the finished run in `folder` and is not measured yet, on
 /// `device`. Returns all rows and whether anything was computed. Stops early (keeping what is
 /// measured) when `stop` is set.
-pub fn measure_run(folder: &RunFolder, cfg: &Config, summary: &Summary, needs: &Needs, device: Device, progress: bool, stop: &AtomicBool) -> Result<(Rows, bool)> {
+pub fn measure_run(
+    folder: &RunFolder,
+    cfg: &Config,
+    summary: &Summary,
+    needs: &Needs,
+    device: Device,
+    progress: bool,
+    stop: &AtomicBool,
+) -> Result<(Rows, bool)> {
     let mut rows = read(folder)?;
     let todo = needs.available(cfg, summary).missing(&rows);
     let steps = todo.steps();
@@ -306,7 +358,12 @@ pub fn measure_run(folder: &RunFolder, cfg: &Config, summary: &Summary, needs: &
     }
     let batch = data::eval_batch(cfg, device);
     let at = |t: i64| -> Result<Vec<Tensor>> {
-        let ps = traj.at(t).ok_or_else(|| anyhow!("{}: step {t} is not in the trajectory", folder.dir().display()))?;
+        let ps = traj.at(t).ok_or_else(|| {
+            anyhow!(
+                "{}: step {t} is not in the trajectory",
+                folder.dir().display()
+            )
+        })?;
         Ok(ps.iter().map(|p| p.to_device(device)).collect())
     };
     // Counted in backward passes: a Hessian is one per parameter, the rest one each.
@@ -343,26 +400,51 @@ pub fn measure_run(folder: &RunFolder, cfg: &Config, summary: &Summary, needs: &
 
 /// `linattn analyze DIR --every K`: everything at the saved steps that are multiples of K, on
 /// `device` (None: the run's own). Returns the rows of those steps.
-pub fn analyze(dir: &Path, every: i64, device: Option<Device>, progress: bool, stop: &AtomicBool) -> Result<Vec<(i64, Row)>> {
+pub fn analyze(
+    dir: &Path,
+    every: i64,
+    device: Option<Device>,
+    progress: bool,
+    stop: &AtomicBool,
+) -> Result<Vec<(i64, Row)>> {
     if every < 1 {
-        return Err(anyhow!(BadInput(format!("--every: must be >= 1, got {every}"))));
+        return Err(anyhow!(BadInput(format!(
+            "--every: must be >= 1, got {every}"
+        ))));
     }
     let folder = RunFolder::new(dir);
     let cfg = folder.config()?;
     let device = match device {
         Some(d) => d,
-        None => cfg
-            .train
-            .device
-            .tch()
-            .map_err(|e| anyhow!(BadInput(format!("{}: config key train.device: {e} (pass --device)", dir.display()))))?,
+        None => cfg.train.device.tch().map_err(|e| {
+            anyhow!(BadInput(format!(
+                "{}: config key train.device: {e} (pass --device)",
+                dir.display()
+            )))
+        })?,
     };
     let layout = Layout::new(&Arch::from_config(&cfg));
     let saved = folder.trajectory(&layout.names)?.steps;
-    let summary = folder.summary().map_err(|e| anyhow!(BadInput(format!("{}: not a finished run ({e:#})", dir.display()))))?;
+    let summary = folder.summary().map_err(|e| {
+        anyhow!(BadInput(format!(
+            "{}: not a finished run ({e:#})",
+            dir.display()
+        )))
+    })?;
     let selected: Vec<i64> = saved.iter().copied().filter(|t| t % every == 0).collect();
-    let (rows, _) = measure_run(&folder, &cfg, &summary, &Needs::everything(&selected, &saved), device, progress, stop)?;
-    Ok(selected.iter().filter_map(|t| rows.get(t).map(|r| (*t, *r))).collect())
+    let (rows, _) = measure_run(
+        &folder,
+        &cfg,
+        &summary,
+        &Needs::everything(&selected, &saved),
+        device,
+        progress,
+        stop,
+    )?;
+    Ok(selected
+        .iter()
+        .filter_map(|t| rows.get(t).map(|r| (*t, *r)))
+        .collect())
 }
 
 #[cfg(test)]
@@ -379,30 +461,65 @@ mod tests {
             ..MeasureSpec::default()
         };
         let n = Needs::of(&m, 120);
-        assert_eq!(n.loss.iter().copied().collect::<Vec<_>>(), vec![0, 50, 100, 120]);
-        assert_eq!(n.smoothness.iter().copied().collect::<Vec<_>>(), vec![0, 10, 20]);
+        assert_eq!(
+            n.loss.iter().copied().collect::<Vec<_>>(),
+            vec![0, 50, 100, 120]
+        );
+        assert_eq!(
+            n.smoothness.iter().copied().collect::<Vec<_>>(),
+            vec![0, 10, 20]
+        );
         // Iteration 0 by default (the authors' plots start at range(0, max_iters, stride)[0] = 0).
-        assert_eq!(n.condition.iter().copied().collect::<Vec<_>>(), vec![0, 120]);
-        let without_init = Needs::of(&MeasureSpec { condition_at_init: false, ..m }, 120);
-        assert_eq!(without_init.condition.iter().copied().collect::<Vec<_>>(), vec![120]);
+        assert_eq!(
+            n.condition.iter().copied().collect::<Vec<_>>(),
+            vec![0, 120]
+        );
+        let without_init = Needs::of(
+            &MeasureSpec {
+                condition_at_init: false,
+                ..m
+            },
+            120,
+        );
+        assert_eq!(
+            without_init.condition.iter().copied().collect::<Vec<_>>(),
+            vec![120]
+        );
     }
 
     #[test]
-    fn a_float64_runs_measurements_keep_values_beyond_float32_and_a_float32_value_keeps_its_digits() {
+    fn a_float64_runs_measurements_keep_values_beyond_float32_and_a_float32_value_keeps_its_digits()
+    {
         let tmp = tempfile::tempdir().unwrap();
         let folder = RunFolder::new(tmp.path());
-        let row = Row { test_loss: Some(6.6e151), grad_norm: Some(0.1f32 as f64), ..Row::default() };
+        let row = Row {
+            test_loss: Some(6.6e151),
+            grad_norm: Some(0.1f32 as f64),
+            ..Row::default()
+        };
         let rows: Rows = [(5, row)].into_iter().collect();
         write(&folder, &rows).unwrap();
         assert_eq!(read(&folder).unwrap()[&5], row);
         let text = std::fs::read_to_string(folder.measurements_path()).unwrap();
-        assert!(text.contains(",0.1,"), "a float32 value is written as float32's shortest decimal: {text}");
+        assert!(
+            text.contains(",0.1,"),
+            "a float32 value is written as float32's shortest decimal: {text}"
+        );
     }
 
     #[test]
     fn condition_at_adds_iterations_to_the_stride_and_drops_those_past_the_end() {
-        let m = MeasureSpec { loss_every: 50, condition_every: Some(500), condition_at: vec![750, 1250, 5000], condition_at_init: true, ..MeasureSpec::default() };
+        let m = MeasureSpec {
+            loss_every: 50,
+            condition_every: Some(500),
+            condition_at: vec![750, 1250, 5000],
+            condition_at_init: true,
+            ..MeasureSpec::default()
+        };
         let n = Needs::of(&m, 2000);
-        assert_eq!(n.condition.iter().copied().collect::<Vec<_>>(), vec![0, 500, 750, 1000, 1250, 1500, 2000]);
+        assert_eq!(
+            n.condition.iter().copied().collect::<Vec<_>>(),
+            vec![0, 500, 750, 1000, 1250, 1500, 2000]
+        );
     }
 }

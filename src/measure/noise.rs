@@ -75,7 +75,10 @@ pub fn summarize(values: &[f64]) -> (f64, f64, BTreeMap<String, f64>, f64, f64, 
         let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
         sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
     };
-    let quantiles = QUANTILES.iter().map(|&q| (format!("{q}"), quantile(q))).collect();
+    let quantiles = QUANTILES
+        .iter()
+        .map(|&q| (format!("{q}"), quantile(q)))
+        .collect();
     let (hill, k) = hill_estimator(&sorted);
     (mean, m2.sqrt(), quantiles, m4 / (m2 * m2), hill, k)
 }
@@ -112,7 +115,9 @@ const PARTIAL_EVERY: usize = 100;
 pub enum NoiseOutcome {
     Done(NoiseSummary),
     /// Stopped by the stop flag; the values so far are in [`NOISE_PARTIAL`].
-    Interrupted { measured: usize },
+    Interrupted {
+        measured: usize,
+    },
 }
 
 /// What the values depend on: the model, the data, the seed and device, and g's batch. A
@@ -135,11 +140,21 @@ fn read_partial(path: &Path, key: &str) -> Result<Vec<f32>> {
     };
     let mut lines = text.lines();
     if lines.next() != Some(key) || lines.next() != Some("noise") {
-        eprintln!("noise: {} was written for another config; starting over", path.display());
+        eprintln!(
+            "noise: {} was written for another config; starting over",
+            path.display()
+        );
         return Ok(vec![]);
     }
     lines
-        .map(|l| l.parse::<f32>().map_err(|e| anyhow!(BadInput(format!("{}: bad value {l:?} ({e})", path.display())))))
+        .map(|l| {
+            l.parse::<f32>().map_err(|e| {
+                anyhow!(BadInput(format!(
+                    "{}: bad value {l:?} ({e})",
+                    path.display()
+                )))
+            })
+        })
         .collect()
 }
 
@@ -156,26 +171,49 @@ fn csv_of(header: &str, values: &[f32]) -> String {
 /// `linattn noise`: writes `noise.csv`, `noise.json` and `noise.png` into `out`. Resumes from
 /// the values of an interrupted measurement of the same config in `out`, and stops at the next
 /// batch once `stop` is set.
-pub fn run_noise(cfg: &Config, samples: i64, full_batch: i64, out: &Path, progress: bool, stop: &AtomicBool) -> Result<NoiseOutcome> {
+pub fn run_noise(
+    cfg: &Config,
+    samples: i64,
+    full_batch: i64,
+    out: &Path,
+    progress: bool,
+    stop: &AtomicBool,
+) -> Result<NoiseOutcome> {
     if samples < 1 {
         return Err(bad(format!("--samples: must be >= 1, got {samples}")));
     }
     if full_batch < 1 {
         return Err(bad(format!("--full-batch: must be >= 1, got {full_batch}")));
     }
-    std::fs::create_dir_all(out)
-        .map_err(|e| bad(format!("output folder {}: cannot create it ({e})", out.display())))?;
+    std::fs::create_dir_all(out).map_err(|e| {
+        bad(format!(
+            "output folder {}: cannot create it ({e})",
+            out.display()
+        ))
+    })?;
     let started = Instant::now();
     let (key, partial) = (resume_key(cfg, full_batch)?, out.join(NOISE_PARTIAL));
     let mut noise = read_partial(&partial, &key)?;
     // A longer measurement's first values are this one's.
     noise.truncate(samples as usize);
-    let save = |values: &[f32]| artifacts::write_atomic(&partial, csv_of(&format!("{key}\nnoise\n"), values).as_bytes());
+    let save = |values: &[f32]| {
+        artifacts::write_atomic(
+            &partial,
+            csv_of(&format!("{key}\nnoise\n"), values).as_bytes(),
+        )
+    };
     // Teacher (own seed) → seed(train.seed) → init → batches: the order a training run starts in.
-    let device = cfg.train.device.tch().map_err(|e| bad(format!("config key train.device: {e}")))?;
+    let device = cfg
+        .train
+        .device
+        .tch()
+        .map_err(|e| bad(format!("config key train.device: {e}")))?;
     let arch = Arch::from_config(cfg);
     let (init, mut data) = protocol::start(cfg, cfg.train.seed).into_stream(cfg, device);
-    let params: Vec<Tensor> = init.iter().map(|p| p.to_device(device).set_requires_grad(true)).collect();
+    let params: Vec<Tensor> = init
+        .iter()
+        .map(|p| p.to_device(device).set_requires_grad(true))
+        .collect();
     let b = cfg.data.batch;
     let chunks = (full_batch + b - 1) / b;
     let bar = crate::progress::bar((chunks + samples) as u64, "noise", progress);
@@ -187,11 +225,16 @@ pub fn run_noise(cfg: &Config, samples: i64, full_batch: i64, out: &Path, progre
     let mut g: Option<Vec<Tensor>> = None;
     for c in 0..chunks {
         if stop.load(Ordering::Relaxed) {
-            return Ok(NoiseOutcome::Interrupted { measured: noise.len() });
+            return Ok(NoiseOutcome::Interrupted {
+                measured: noise.len(),
+            });
         }
         let (start, len) = (c * b, b.min(full_batch - c * b));
-        let chunk = Batch { z: full.z.narrow(0, start, len), y_query: full.y_query.narrow(0, start, len) }
-            .to_device(device);
+        let chunk = Batch {
+            z: full.z.narrow(0, start, len),
+            y_query: full.y_query.narrow(0, start, len),
+        }
+        .to_device(device);
         let loss = model::loss(&arch, &params, &chunk) * (len as f64 / full_batch as f64);
         let grads = Tensor::run_backward(&[loss], &params, false, false);
         g = Some(match g {
@@ -208,10 +251,17 @@ pub fn run_noise(cfg: &Config, samples: i64, full_batch: i64, out: &Path, progre
     while noise.len() < samples as usize {
         if stop.load(Ordering::Relaxed) {
             save(&noise)?;
-            return Ok(NoiseOutcome::Interrupted { measured: noise.len() });
+            return Ok(NoiseOutcome::Interrupted {
+                measured: noise.len(),
+            });
         }
         let batch = data.next_batch();
-        let gb = Tensor::run_backward(&[model::loss(&arch, &params, &batch)], &params, false, false);
+        let gb = Tensor::run_backward(
+            &[model::loss(&arch, &params, &batch)],
+            &params,
+            false,
+            false,
+        );
         let diff: Vec<Tensor> = gb.iter().zip(&g).map(|(a, x)| a - x).collect();
         noise.push(optim::gradient_norm(&diff).double_value(&[]) as f32);
         if noise.len() % PARTIAL_EVERY == 0 {
@@ -241,11 +291,27 @@ pub fn run_noise(cfg: &Config, samples: i64, full_batch: i64, out: &Path, progre
     let json = serde_json::to_string_pretty(&summary)? + "\n";
     artifacts::write_atomic(&out.join(NOISE_JSON), json.as_bytes())?;
     // Short enough for one panel's width.
-    let title = format!("noise at init, L={} n={} seed {}", cfg.model.layers, cfg.data.context, cfg.train.seed);
-    let panel = plots::HistogramPanel { title, x_label: "‖g_B − g‖".into(), values: values.clone(), bins: 100, qq_inset: true };
+    let title = format!(
+        "noise at init, L={} n={} seed {}",
+        cfg.model.layers, cfg.data.context, cfg.train.seed
+    );
+    let panel = plots::HistogramPanel {
+        title,
+        x_label: "‖g_B − g‖".into(),
+        values: values.clone(),
+        bins: 100,
+        qq_inset: true,
+    };
     plots::histogram(&out.join(NOISE_PNG), &panel)?;
     // noise.json marks the measurement done, so the partial values are no longer needed.
-    std::fs::remove_file(&partial).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+    std::fs::remove_file(&partial)
+        .or_else(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })
         .with_context(|| format!("removing {}", partial.display()))?;
     Ok(NoiseOutcome::Done(summary))
 }
@@ -260,8 +326,13 @@ pub fn read(dir: &Path) -> Result<Option<(Vec<f64>, NoiseSummary)>> {
     let summary: NoiseSummary = serde_json::from_str(&std::fs::read_to_string(&json)?)
         .with_context(|| format!("reading {}", json.display()))?;
     let csv = dir.join(NOISE_CSV);
-    let text = std::fs::read_to_string(&csv).with_context(|| format!("reading {}", csv.display()))?;
-    let values = text.lines().skip(1).filter_map(|l| l.trim().parse::<f64>().ok()).collect();
+    let text =
+        std::fs::read_to_string(&csv).with_context(|| format!("reading {}", csv.display()))?;
+    let values = text
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.trim().parse::<f64>().ok())
+        .collect();
     Ok(Some((values, summary)))
 }
 
@@ -273,7 +344,9 @@ mod tests {
     fn hill_estimator_recovers_the_index_of_a_pareto_sample() {
         // Exact Pareto(α=2) quantiles: x = (1 − u)^(−1/α) on a fine grid.
         let n = 100_000;
-        let xs: Vec<f64> = (0..n).map(|i| (1.0 - (i as f64 + 0.5) / n as f64).powf(-0.5)).collect();
+        let xs: Vec<f64> = (0..n)
+            .map(|i| (1.0 - (i as f64 + 0.5) / n as f64).powf(-0.5))
+            .collect();
         let (alpha, k) = hill_estimator(&xs);
         assert_eq!(k, n / 10);
         assert!((alpha - 2.0).abs() < 0.02, "alpha {alpha}");

@@ -28,7 +28,10 @@ fn embed(arch: &Arch, pq: &Tensor) -> (Tensor, Tensor) {
 fn query_mask(n: i64, like: &Tensor) -> Tensor {
     let mut diag = vec![1f32; n as usize + 1];
     diag[n as usize] = 0.0;
-    Tensor::from_slice(&diag).diag_embed(0, -2, -1).to_kind(like.kind()).to_device(like.device())
+    Tensor::from_slice(&diag)
+        .diag_embed(0, -2, -1)
+        .to_kind(like.kind())
+        .to_device(like.device())
 }
 
 /// Z_L: the tokens after the optional MLP and all attention layers.
@@ -75,4 +78,3 @@ pub fn loss(arch: &Arch, params: &[Tensor], batch: &Batch) -> Tensor {
         .square()
         .mean(None::<Kind>)
 }
-

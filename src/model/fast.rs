@@ -25,7 +25,12 @@ use tch::{Device, Kind, Tensor};
 /// `y_query [U, B]`); member i reads stream `member_rows[i]` (`None`: member i reads stream
 /// i). Members that share a stream (same seed, other optimizer) thus share the work on the
 /// tokens. Returns the K losses `[K]`.
-pub fn fast_losses(arch: &Arch, params: &[Tensor], batch: &Batch, member_rows: Option<&Tensor>) -> Tensor {
+pub fn fast_losses(
+    arch: &Arch,
+    params: &[Tensor],
+    batch: &Batch,
+    member_rows: Option<&Tensor>,
+) -> Tensor {
     let (n, d1) = (arch.context, arch.dim + 1);
     let (members, device) = (params[0].size()[0], params[0].device());
     let prompts = batch.z.size()[1];
@@ -47,20 +52,37 @@ pub fn fast_losses(arch: &Arch, params: &[Tensor], batch: &Batch, member_rows: O
     let prediction = in_chunks(members, d1 * d1 * d1 * prompts, device, |start, len| {
         let emb = emb.narrow(1, start, len);
         if let Some((gram, query)) = &moments {
-            return linear_read_out(arch, &emb, pick(gram, start, len), pick(query, start, len), axis);
+            return linear_read_out(
+                arch,
+                &emb,
+                pick(gram, start, len),
+                pick(query, start, len),
+                axis,
+            );
         }
         let mut z = pick(&batch.z, start, len);
         if arch.mlp_hidden > 0 {
-            let mlp: Vec<Tensor> = params[1..5].iter().map(|p| p.narrow(0, start, len)).collect();
+            let mlp: Vec<Tensor> = params[1..5]
+                .iter()
+                .map(|p| p.narrow(0, start, len))
+                .collect();
             z = mlp_tokens_batched(arch, &mlp, &z);
         }
         match arch.attention {
-            Attention::Linear => linear_read_out(arch, &emb, gram_of(arch, &z, axis), query_of(arch, &z, axis), axis),
+            Attention::Linear => linear_read_out(
+                arch,
+                &emb,
+                gram_of(arch, &z, axis),
+                query_of(arch, &z, axis),
+                axis,
+            ),
             Attention::Softmax => softmax_read_out(arch, &emb, &z),
         }
     });
     let y_query = pick(&batch.y_query, 0, members);
-    (prediction + y_query).square().mean_dim(-1, false, None::<Kind>)
+    (prediction + y_query)
+        .square()
+        .mean_dim(-1, false, None::<Kind>)
 }
 
 /// Floats that one chunk of the fast forward may stream through memory on a CPU: about the
@@ -72,12 +94,20 @@ const CPU_CHUNK_FLOATS: i64 = 700_000;
 /// `f(start, len)` over chunks of `count` items (members or streams) concatenated along the
 /// first axis. On a CPU a chunk holds as many items as keep `per_item` floats each within
 /// [`CPU_CHUNK_FLOATS`]; a GPU takes all items at once (fewer, larger kernels).
-fn in_chunks(count: i64, per_item: i64, device: Device, mut f: impl FnMut(i64, i64) -> Tensor) -> Tensor {
+fn in_chunks(
+    count: i64,
+    per_item: i64,
+    device: Device,
+    mut f: impl FnMut(i64, i64) -> Tensor,
+) -> Tensor {
     let chunk = match device {
         Device::Cpu => (CPU_CHUNK_FLOATS / per_item.max(1)).clamp(1, count.max(1)),
         _ => count.max(1),
     };
-    let parts: Vec<Tensor> = (0..count).step_by(chunk as usize).map(|s| f(s, chunk.min(count - s))).collect();
+    let parts: Vec<Tensor> = (0..count)
+        .step_by(chunk as usize)
+        .map(|s| f(s, chunk.min(count - s)))
+        .collect();
     if parts.len() == 1 {
         parts.into_iter().next().expect("one part")
     } else {
@@ -89,7 +119,10 @@ fn in_chunks(count: i64, per_item: i64, device: Device, mut f: impl FnMut(i64, i
 /// `state_dict` shapes and one batch `z [B, n+1, d+1]`. Returns the scalar loss.
 pub fn fast_loss(arch: &Arch, params: &[Tensor], batch: &Batch) -> Tensor {
     let params: Vec<Tensor> = params.iter().map(|p| p.unsqueeze(0)).collect();
-    let batch = Batch { z: batch.z.unsqueeze(0), y_query: batch.y_query.unsqueeze(0) };
+    let batch = Batch {
+        z: batch.z.unsqueeze(0),
+        y_query: batch.y_query.unsqueeze(0),
+    };
     fast_losses(arch, &params, &batch, None).squeeze_dim(0)
 }
 
@@ -193,7 +226,13 @@ fn embedded_all(arch: &Arch, allparam: &Tensor) -> Tensor {
 }
 
 /// Linear attention on (G, q) laid out along `axis`; returns the read-out entry `[K, B]`.
-fn linear_read_out(arch: &Arch, emb: &Tensor, gram: Tensor, query: Tensor, axis: PromptAxis) -> Tensor {
+fn linear_read_out(
+    arch: &Arch,
+    emb: &Tensor,
+    gram: Tensor,
+    query: Tensor,
+    axis: PromptAxis,
+) -> Tensor {
     match axis {
         PromptAxis::Last => linear_read_out_prompt_last(arch, emb, gram, query),
         PromptAxis::First => linear_read_out_prompt_first(arch, emb, gram, query),
@@ -201,17 +240,27 @@ fn linear_read_out(arch: &Arch, emb: &Tensor, gram: Tensor, query: Tensor, axis:
 }
 
 /// Prompt-last: `gram [K, d+1, d+1, B]`, `query [K, d+1, B]`.
-fn linear_read_out_prompt_last(arch: &Arch, emb: &Tensor, mut gram: Tensor, mut query: Tensor) -> Tensor {
+fn linear_read_out_prompt_last(
+    arch: &Arch,
+    emb: &Tensor,
+    mut gram: Tensor,
+    mut query: Tensor,
+) -> Tensor {
     let (d1, heads) = (arch.dim + 1, arch.heads);
     let (k, b) = (gram.size()[0], gram.size()[3]);
     let eye = Tensor::eye(d1, (gram.kind(), gram.device())).unsqueeze(-1);
     for l in 0..arch.layers - 1 {
         let e = emb.get(l);
         let (p, q) = (e.select(2, 0), e.select(2, 1)); // [K, H, d+1, d+1]
-        // V_h = Q̃_h G for all heads and prompts in one GEMM per member (rows (h, i)) …
-        let v = q.reshape([k, heads * d1, d1]).bmm(&gram.reshape([k, d1, d1 * b]));
+                                                       // V_h = Q̃_h G for all heads and prompts in one GEMM per member (rows (h, i)) …
+        let v = q
+            .reshape([k, heads * d1, d1])
+            .bmm(&gram.reshape([k, d1, d1 * b]));
         // … then Tᵀ = Σ_h P̃_h V_hᵀ in another, contracting (h, m): Tᵀ[l, i] = T[i, l].
-        let v_t = v.view([k, heads, d1, d1, b]).permute([0, 1, 3, 2, 4]).reshape([k, heads * d1, d1 * b]);
+        let v_t = v
+            .view([k, heads, d1, d1, b])
+            .permute([0, 1, 3, 2, 4])
+            .reshape([k, heads * d1, d1 * b]);
         let p_cat = p.permute([0, 2, 1, 3]).reshape([k, d1, heads * d1]);
         let r_t = p_cat.bmm(&v_t).view([k, d1, d1, b]) + &eye; // Rᵀ, R = I + T
         gram = per_prompt_matmul(&r_t, &per_prompt_matmul(&gram, &r_t.transpose(1, 2)));
@@ -220,7 +269,11 @@ fn linear_read_out_prompt_last(arch: &Arch, emb: &Tensor, mut gram: Tensor, mut 
     // Last layer, read-out entry only: q_d + Σ_h (Q̃_hᵀ q) · (G p_h), p_h = row d of P̃_h.
     let e = emb.get(arch.layers - 1);
     let (p, q) = (e.select(2, 0), e.select(2, 1));
-    let r = q.transpose(2, 3).reshape([k, heads * d1, d1]).bmm(&query).view([k, heads, d1, b]);
+    let r = q
+        .transpose(2, 3)
+        .reshape([k, heads * d1, d1])
+        .bmm(&query)
+        .view([k, heads, d1, b]);
     let g_t = gram.transpose(1, 2).reshape([k, d1, d1 * b]);
     let v = p.select(2, arch.dim).bmm(&g_t).view([k, heads, d1, b]);
     query.select(1, arch.dim) + (r * v).sum_dim_intlist([1i64, 2].as_slice(), false, None::<Kind>)
@@ -228,19 +281,27 @@ fn linear_read_out_prompt_last(arch: &Arch, emb: &Tensor, mut gram: Tensor, mut 
 
 /// Prompt-first: `gram [K, B, d+1, d+1]`, `query [K, B, d+1]`; every per-prompt matrix stays
 /// contiguous (or a plain transpose) so that `bmm` hands it to the GEMM as it is.
-fn linear_read_out_prompt_first(arch: &Arch, emb: &Tensor, mut gram: Tensor, mut query: Tensor) -> Tensor {
+fn linear_read_out_prompt_first(
+    arch: &Arch,
+    emb: &Tensor,
+    mut gram: Tensor,
+    mut query: Tensor,
+) -> Tensor {
     let (d1, heads) = (arch.dim + 1, arch.heads);
     let (k, b) = (gram.size()[0], gram.size()[1]);
     let eye = Tensor::eye(d1, (gram.kind(), gram.device()));
     for l in 0..arch.layers - 1 {
         let e = emb.get(l);
         let (p, q) = (e.select(2, 0), e.select(2, 1)); // [K, H, d+1, d+1]
-        // U_h = G P̃_hᵀ for all prompts in one GEMM (G's rows stacked; columns (h, l)), then
-        // T = Σ_h Q̃_h U_h, contracting (h, j).
+                                                       // U_h = G P̃_hᵀ for all prompts in one GEMM (G's rows stacked; columns (h, l)), then
+                                                       // T = Σ_h Q̃_h U_h, contracting (h, j).
         let p_cat_t = p.permute([0, 3, 1, 2]).reshape([k, d1, heads * d1]);
         let q_cat = q.permute([0, 2, 1, 3]).reshape([k, d1, heads * d1]);
         let u = gram.reshape([k, b * d1, d1]).bmm(&p_cat_t);
-        let u = u.view([k, b, d1, heads, d1]).permute([0, 1, 3, 2, 4]).reshape([k, b, heads * d1, d1]);
+        let u = u
+            .view([k, b, d1, heads, d1])
+            .permute([0, 1, 3, 2, 4])
+            .reshape([k, b, heads * d1, d1]);
         let r = q_cat.unsqueeze(1).matmul(&u) + &eye; // R = I + T
         gram = r.transpose(-1, -2).matmul(&gram.matmul(&r));
         query = query.unsqueeze(-2).matmul(&r).squeeze_dim(-2);
@@ -250,9 +311,13 @@ fn linear_read_out_prompt_first(arch: &Arch, emb: &Tensor, mut gram: Tensor, mut
     let (p, q) = (e.select(2, 0), e.select(2, 1));
     let q_cat = q.permute([0, 2, 1, 3]).reshape([k, d1, heads * d1]);
     let p_d = p.select(2, arch.dim).transpose(1, 2); // [K, d+1 (m), H]
-    let v = gram.reshape([k, b * d1, d1]).bmm(&p_d).view([k, b, d1, heads]);
+    let v = gram
+        .reshape([k, b * d1, d1])
+        .bmm(&p_d)
+        .view([k, b, d1, heads]);
     let r = query.bmm(&q_cat).view([k, b, heads, d1]);
-    query.select(-1, arch.dim) + (r * v.transpose(-1, -2)).sum_dim_intlist([-1i64, -2].as_slice(), false, None::<Kind>)
+    query.select(-1, arch.dim)
+        + (r * v.transpose(-1, -2)).sum_dim_intlist([-1i64, -2].as_slice(), false, None::<Kind>)
 }
 
 /// Softmax attention on the tokens `z [K, B, n+1, d+1]`, the query's row only in the last layer.
@@ -270,7 +335,10 @@ fn softmax_read_out(arch: &Arch, emb: &Tensor, z: &Tensor) -> Tensor {
         let mut acc: Option<Tensor> = None;
         for h in 0..arch.heads {
             let (p, q) = (e.select(1, h).select(1, 0), e.select(1, h).select(1, 1));
-            let s = rows.bmm(&q).view([k, b, n1, d1]).matmul(&z.transpose(-1, -2));
+            let s = rows
+                .bmm(&q)
+                .view([k, b, n1, d1])
+                .matmul(&z.transpose(-1, -2));
             let s = s.softmax(-1, None::<Kind>) * &keep;
             let values = rows.bmm(&p.transpose(1, 2)).view([k, b, n1, d1]);
             let a = s.matmul(&values);
@@ -302,7 +370,12 @@ fn mlp_tokens_batched(arch: &Arch, params: &[Tensor], z: &Tensor) -> Tensor {
     let size = z.size();
     let (k, b, n1, d) = (size[0], size[1], size[2], arch.dim);
     let x = z.narrow(-1, 0, d).reshape([k, b * n1, d]);
-    let hidden = params[1].unsqueeze(1).baddbmm(&x, &params[0].transpose(1, 2), 1.0, 1.0).relu();
-    let phi = params[3].unsqueeze(1).baddbmm(&hidden, &params[2].transpose(1, 2), 1.0, 1.0);
+    let hidden = params[1]
+        .unsqueeze(1)
+        .baddbmm(&x, &params[0].transpose(1, 2), 1.0, 1.0)
+        .relu();
+    let phi = params[3]
+        .unsqueeze(1)
+        .baddbmm(&hidden, &params[2].transpose(1, 2), 1.0, 1.0);
     Tensor::cat(&[phi.view([k, b, n1, d]), z.narrow(-1, d, 1)], -1)
 }

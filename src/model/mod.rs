@@ -54,7 +54,10 @@ impl Arch {
     /// Parameter names and shapes in PyTorch `state_dict` order.
     pub fn param_specs(&self) -> Vec<(String, Vec<i64>)> {
         let k = self.pq_dim();
-        let mut specs = vec![("allparam".to_string(), vec![self.layers, self.heads, 2, k, k])];
+        let mut specs = vec![(
+            "allparam".to_string(),
+            vec![self.layers, self.heads, 2, k, k],
+        )];
         if self.mlp_hidden > 0 {
             let (d, h) = (self.dim, self.mlp_hidden);
             specs.push(("mlp.0.weight".into(), vec![h, d]));
@@ -66,7 +69,10 @@ impl Arch {
     }
 
     pub fn num_params(&self) -> i64 {
-        self.param_specs().iter().map(|(_, s)| s.iter().product::<i64>()).sum()
+        self.param_specs()
+            .iter()
+            .map(|(_, s)| s.iter().product::<i64>())
+            .sum()
     }
 }
 
@@ -90,14 +96,17 @@ pub fn check_shapes(arch: &Arch, named: &[(String, Tensor)]) -> Result<()> {
         match named.iter().find(|(n, _)| *n == name) {
             None => bail!("missing parameter {name}"),
             Some((_, t)) if t.size() != shape => {
-                bail!("parameter {name} has shape {:?}, but the config implies {:?}", t.size(), shape)
+                bail!(
+                    "parameter {name} has shape {:?}, but the config implies {:?}",
+                    t.size(),
+                    shape
+                )
             }
             Some(_) => {}
         }
     }
     Ok(())
 }
-
 
 /// Where each parameter lives in one member's flat parameter vector (`state_dict` order, as
 /// PyTorch's `torch.cat([p.view(-1) for p in params])` and `torch.autograd.functional.hessian`
@@ -120,7 +129,12 @@ impl Layout {
             names.push(name);
             shapes.push(shape);
         }
-        Layout { names, shapes, offsets, total }
+        Layout {
+            names,
+            shapes,
+            offsets,
+            total,
+        }
     }
 
     /// The parameters as views of `flat [K, P]`, shaped `[K, *shape]`: gradients with respect
@@ -133,14 +147,18 @@ impl Layout {
             .map(|(shape, &off)| {
                 let mut s = vec![k];
                 s.extend(shape);
-                flat.narrow(1, off, shape.iter().product()).view(s.as_slice())
+                flat.narrow(1, off, shape.iter().product())
+                    .view(s.as_slice())
             })
             .collect()
     }
 
     /// The parameters as views of one member's `flat [P]`, in their own shapes.
     pub fn unflatten(&self, flat: &Tensor) -> Vec<Tensor> {
-        self.views(&flat.unsqueeze(0)).into_iter().map(|t| t.squeeze_dim(0)).collect()
+        self.views(&flat.unsqueeze(0))
+            .into_iter()
+            .map(|t| t.squeeze_dim(0))
+            .collect()
     }
 
     /// One member's parameters (any leading shape kept) as one flat vector, detached:

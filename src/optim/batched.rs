@@ -39,7 +39,12 @@ pub struct Optimizer {
 
 impl Optimizer {
     /// `members`: each member's optimizer and learning rate; `p` parameters per member.
-    pub fn new(cfg: &TrainConfig, members: &[(OptimizerKind, f64)], p: i64, device: Device) -> Optimizer {
+    pub fn new(
+        cfg: &TrainConfig,
+        members: &[(OptimizerKind, f64)],
+        p: i64,
+        device: Device,
+    ) -> Optimizer {
         let kind = cfg.dtype.kind();
         let k = members.len() as i64;
         // The learning rate as the run's dtype holds it (a float32 run's is float32, as in torch).
@@ -51,8 +56,12 @@ impl Optimizer {
             momentum: cfg.momentum,
             betas: cfg.betas,
             eps: cfg.eps,
-            lr: Tensor::from_slice(&lrs).to_kind(kind).view([k, 1]).to_device(device),
-            is_adam: (any_adam && any_sgd).then(|| Tensor::from_slice(&adam).view([k, 1]).to_device(device)),
+            lr: Tensor::from_slice(&lrs)
+                .to_kind(kind)
+                .view([k, 1])
+                .to_device(device),
+            is_adam: (any_adam && any_sgd)
+                .then(|| Tensor::from_slice(&adam).view([k, 1]).to_device(device)),
             any_sgd,
             any_adam,
             momentum_buf: if any_sgd { zeros() } else { Tensor::new() },
@@ -79,14 +88,19 @@ impl Optimizer {
             let (b1, b2) = (self.betas[0], self.betas[1]);
             if self.step >= self.bias_corrections.0.size()[0] {
                 let len = 2 * self.step;
-                self.bias_corrections = bias_correction_table(self.betas, len, grad.kind(), grad.device());
+                self.bias_corrections =
+                    bias_correction_table(self.betas, len, grad.kind(), grad.device());
             }
             // A member that does not step may read t = 0's entries (inf): its update is discarded.
             let inv_bias_correction1 = self.bias_corrections.0.index_select(0, &self.steps);
             let bias_correction2_sqrt = self.bias_corrections.1.index_select(0, &self.steps);
-            self.exp_avg = self.exp_avg.lerp(grad, 1.0 - b1).where_self(&rows, &self.exp_avg);
-            self.exp_avg_sq =
-                (&self.exp_avg_sq * b2).addcmul(&(grad * (1.0 - b2)), grad).where_self(&rows, &self.exp_avg_sq);
+            self.exp_avg = self
+                .exp_avg
+                .lerp(grad, 1.0 - b1)
+                .where_self(&rows, &self.exp_avg);
+            self.exp_avg_sq = (&self.exp_avg_sq * b2)
+                .addcmul(&(grad * (1.0 - b2)), grad)
+                .where_self(&rows, &self.exp_avg_sq);
             let denom = self.exp_avg_sq.sqrt() / bias_correction2_sqrt + self.eps;
             &self.exp_avg / denom * inv_bias_correction1
         });
@@ -102,7 +116,11 @@ impl Optimizer {
     /// The optimizer state of member `i`, with stable names, for its checkpoint.
     pub fn member_state(&self, i: i64) -> Vec<(String, Tensor)> {
         let mut s = vec![("steps".to_string(), self.steps.get(i).reshape([1]))];
-        for (name, t) in [("momentum_buffer", &self.momentum_buf), ("exp_avg", &self.exp_avg), ("exp_avg_sq", &self.exp_avg_sq)] {
+        for (name, t) in [
+            ("momentum_buffer", &self.momentum_buf),
+            ("exp_avg", &self.exp_avg),
+            ("exp_avg_sq", &self.exp_avg_sq),
+        ] {
             if t.defined() {
                 s.push((name.to_string(), t.get(i)));
             }
@@ -114,10 +132,16 @@ impl Optimizer {
     /// missing or has another shape.
     pub fn load_member_state(&mut self, i: i64, saved: &[(String, Tensor)]) -> bool {
         let find = |name: &str| saved.iter().find(|(n, _)| n == name).map(|(_, t)| t);
-        let Some(steps) = find("steps") else { return false };
+        let Some(steps) = find("steps") else {
+            return false;
+        };
         let _ = self.steps.get(i).copy_(&steps.reshape([]));
         self.step = self.step.max(steps.int64_value(&[0]));
-        for (name, t) in [("momentum_buffer", &self.momentum_buf), ("exp_avg", &self.exp_avg), ("exp_avg_sq", &self.exp_avg_sq)] {
+        for (name, t) in [
+            ("momentum_buffer", &self.momentum_buf),
+            ("exp_avg", &self.exp_avg),
+            ("exp_avg_sq", &self.exp_avg_sq),
+        ] {
             if t.defined() {
                 match find(name) {
                     Some(v) if v.size() == t.get(i).size() => {
@@ -133,11 +157,21 @@ impl Optimizer {
 
 /// `(1/(1-β₁ᵗ), √(1-β₂ᵗ))` for t = 0..len, each `[len, 1]` in `kind`: the f64 scalars torch.optim's
 /// Adam computes, rounded to the run's dtype as a tensor-scalar operation rounds them.
-fn bias_correction_table(betas: [f64; 2], len: i64, kind: Kind, device: Device) -> (Tensor, Tensor) {
+fn bias_correction_table(
+    betas: [f64; 2],
+    len: i64,
+    kind: Kind,
+    device: Device,
+) -> (Tensor, Tensor) {
     let column = |f: &dyn Fn(f64) -> f64| {
         let v: Vec<f64> = (0..len).map(|t| f(t as f64)).collect();
-        Tensor::from_slice(&v).to_kind(kind).view([len, 1]).to_device(device)
+        Tensor::from_slice(&v)
+            .to_kind(kind)
+            .view([len, 1])
+            .to_device(device)
     };
-    (column(&|t| 1.0 / (1.0 - betas[0].powf(t))), column(&|t| (1.0 - betas[1].powf(t)).powf(0.5)))
+    (
+        column(&|t| 1.0 / (1.0 - betas[0].powf(t))),
+        column(&|t| (1.0 - betas[1].powf(t)).powf(0.5)),
+    )
 }
-

@@ -18,7 +18,11 @@ use tch::{Kind, Tensor};
 pub fn gradient_norm(grads: &[Tensor]) -> Tensor {
     match grads {
         [g] => g.norm(),
-        _ => Tensor::cat(&grads.iter().map(|g| g.reshape([-1])).collect::<Vec<_>>(), 0).norm(),
+        _ => Tensor::cat(
+            &grads.iter().map(|g| g.reshape([-1])).collect::<Vec<_>>(),
+            0,
+        )
+        .norm(),
     }
 }
 
@@ -42,7 +46,9 @@ pub fn clip_coefficient(norms: &Tensor, clip: f64, mode: ClipMode) -> Option<Ten
         return None;
     }
     Some(match mode {
-        ClipMode::Threshold => (norms.reciprocal() * clip).where_self(&norms.gt(clip), &norms.ones_like()),
+        ClipMode::Threshold => {
+            (norms.reciprocal() * clip).where_self(&norms.gt(clip), &norms.ones_like())
+        }
         ClipMode::ClipGradNorm => ((norms + 1e-6).reciprocal() * clip).clamp_max(1.0),
     })
 }

@@ -10,8 +10,18 @@ use anyhow::Result;
 use tch::{nn, nn::OptimizerConfig, Tensor};
 
 enum Rule {
-    Sgd { momentum: f64, buffers: Vec<Option<Tensor>>, update: nn::Optimizer },
-    Adam { betas: [f64; 2], eps: f64, step: i64, exp_avg: Vec<Tensor>, exp_avg_sq: Vec<Tensor> },
+    Sgd {
+        momentum: f64,
+        buffers: Vec<Option<Tensor>>,
+        update: nn::Optimizer,
+    },
+    Adam {
+        betas: [f64; 2],
+        eps: f64,
+        step: i64,
+        exp_avg: Vec<Tensor>,
+        exp_avg_sq: Vec<Tensor>,
+    },
     Libtorch(nn::Optimizer),
 }
 
@@ -38,11 +48,21 @@ impl Optimizer {
                 exp_avg_sq: zeros(),
             },
             (OptimizerImpl::Libtorch, OptimizerKind::Sgd) => Rule::Libtorch(
-                nn::Sgd { momentum: cfg.momentum, ..Default::default() }.build(vs, cfg.lr)?,
+                nn::Sgd {
+                    momentum: cfg.momentum,
+                    ..Default::default()
+                }
+                .build(vs, cfg.lr)?,
             ),
             (OptimizerImpl::Libtorch, OptimizerKind::Adam) => Rule::Libtorch(
-                nn::Adam { beta1: cfg.betas[0], beta2: cfg.betas[1], wd: 0.0, eps: cfg.eps, amsgrad: false }
-                    .build(vs, cfg.lr)?,
+                nn::Adam {
+                    beta1: cfg.betas[0],
+                    beta2: cfg.betas[1],
+                    wd: 0.0,
+                    eps: cfg.eps,
+                    amsgrad: false,
+                }
+                .build(vs, cfg.lr)?,
             ),
         };
         Ok(Optimizer { lr: cfg.lr, rule })
@@ -53,7 +73,11 @@ impl Optimizer {
         let lr = self.lr;
         tch::no_grad(|| match &mut self.rule {
             Rule::Libtorch(opt) => opt.step(),
-            Rule::Sgd { momentum, buffers, update } => {
+            Rule::Sgd {
+                momentum,
+                buffers,
+                update,
+            } => {
                 for (p, buf) in params.iter().zip(buffers.iter_mut()) {
                     let mut grad = p.grad();
                     if *momentum != 0.0 {
@@ -62,7 +86,8 @@ impl Optimizer {
                         let b = match buf.take() {
                             None => grad.detach().copy(),
                             Some(mut b) => {
-                                let _ = b.f_mul_scalar_(*momentum).and_then(|mut b| b.f_add_(&grad));
+                                let _ =
+                                    b.f_mul_scalar_(*momentum).and_then(|mut b| b.f_add_(&grad));
                                 b
                             }
                         };
@@ -73,7 +98,13 @@ impl Optimizer {
                 // p.add_(grad, alpha=-lr), through libtorch's fused kernel.
                 update.step();
             }
-            Rule::Adam { betas, eps, step, exp_avg, exp_avg_sq } => {
+            Rule::Adam {
+                betas,
+                eps,
+                step,
+                exp_avg,
+                exp_avg_sq,
+            } => {
                 // torch.optim.Adam(W) `_single_tensor_adam`, weight_decay = 0. The bias
                 // corrections are computed in float64 with pow(), as Python's `**` does.
                 *step += 1;
@@ -83,7 +114,11 @@ impl Optimizer {
                 let bias_correction2 = 1.0 - b2.powf(t);
                 let step_size = lr / bias_correction1;
                 let bias_correction2_sqrt = bias_correction2.powf(0.5);
-                for ((p, m), v) in params.iter().zip(exp_avg.iter_mut()).zip(exp_avg_sq.iter_mut()) {
+                for ((p, m), v) in params
+                    .iter()
+                    .zip(exp_avg.iter_mut())
+                    .zip(exp_avg_sq.iter_mut())
+                {
                     let grad = p.grad();
                     let _ = m.lerp_(&grad, 1.0 - b1);
                     // addcmul_(g, g, value) computes (value*g)*g; scaling the first factor
@@ -103,9 +138,17 @@ impl Optimizer {
             Rule::Sgd { buffers, .. } => buffers
                 .iter()
                 .enumerate()
-                .filter_map(|(i, b)| b.as_ref().map(|b| (format!("momentum_buffer.{i}"), b.shallow_clone())))
+                .filter_map(|(i, b)| {
+                    b.as_ref()
+                        .map(|b| (format!("momentum_buffer.{i}"), b.shallow_clone()))
+                })
                 .collect(),
-            Rule::Adam { step, exp_avg, exp_avg_sq, .. } => {
+            Rule::Adam {
+                step,
+                exp_avg,
+                exp_avg_sq,
+                ..
+            } => {
                 let mut s = vec![("step".to_string(), Tensor::from_slice(&[*step]))];
                 for (i, (m, v)) in exp_avg.iter().zip(exp_avg_sq).enumerate() {
                     s.push((format!("exp_avg.{i}"), m.shallow_clone()));
@@ -128,11 +171,21 @@ impl Optimizer {
                 }
                 true
             }
-            Rule::Adam { step, exp_avg, exp_avg_sq, .. } => {
-                let Some(s) = find("step".into()) else { return false };
+            Rule::Adam {
+                step,
+                exp_avg,
+                exp_avg_sq,
+                ..
+            } => {
+                let Some(s) = find("step".into()) else {
+                    return false;
+                };
                 *step = s.int64_value(&[0]);
                 for (i, (m, v)) in exp_avg.iter_mut().zip(exp_avg_sq.iter_mut()).enumerate() {
-                    match (find(format!("exp_avg.{i}")), find(format!("exp_avg_sq.{i}"))) {
+                    match (
+                        find(format!("exp_avg.{i}")),
+                        find(format!("exp_avg_sq.{i}")),
+                    ) {
                         (Some(a), Some(b)) => {
                             tch::no_grad(|| {
                                 m.copy_(a);

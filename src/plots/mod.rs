@@ -127,7 +127,6 @@ fn render(path: &Path, size: (u32, u32), draw: impl FnOnce(&Area) -> Result<()>)
     result.with_context(ctx)
 }
 
-
 // ---------------------------------------------------------------- axes and ticks
 
 /// Linear axis range with 5% padding; empty input gives 0..1, equal values a unit-ish window.
@@ -468,8 +467,20 @@ fn draw_legend_at<'a, 'b: 'a>(ch: &mut Chart<'a, 'b>, pos: SeriesLabelPosition) 
 /// The corner of the plotting area that hides the fewest drawn points under a legend box of
 /// about `w` × `h` (fractions of the area), in the order upper right, upper left, lower right,
 /// lower left when several are equally empty; with the number of points it hides.
-fn emptiest_corner(points: &[(f64, f64)], xa: &Axis, ya: &Axis, w: f64, h: f64) -> (SeriesLabelPosition, usize) {
-    let frac = |v: f64, a: &Axis| if a.hi > a.lo { (v - a.lo) / (a.hi - a.lo) } else { 0.5 };
+fn emptiest_corner(
+    points: &[(f64, f64)],
+    xa: &Axis,
+    ya: &Axis,
+    w: f64,
+    h: f64,
+) -> (SeriesLabelPosition, usize) {
+    let frac = |v: f64, a: &Axis| {
+        if a.hi > a.lo {
+            (v - a.lo) / (a.hi - a.lo)
+        } else {
+            0.5
+        }
+    };
     let corners = [
         (SeriesLabelPosition::UpperRight, true, true),
         (SeriesLabelPosition::UpperLeft, false, true),
@@ -481,7 +492,8 @@ fn emptiest_corner(points: &[(f64, f64)], xa: &Axis, ya: &Axis, w: f64, h: f64) 
             .iter()
             .filter(|(x, y)| {
                 let (fx, fy) = (frac(*x, xa), frac(*y, ya));
-                (if right { fx >= 1.0 - w } else { fx <= w }) && (if upper { fy >= 1.0 - h } else { fy <= h })
+                (if right { fx >= 1.0 - w } else { fx <= w })
+                    && (if upper { fy >= 1.0 - h } else { fy <= h })
             })
             .count()
     };
@@ -495,9 +507,7 @@ fn emptiest_corner(points: &[(f64, f64)], xa: &Axis, ya: &Axis, w: f64, h: f64) 
     best
 }
 
-
 // ---------------------------------------------------------------- line panels
-
 
 fn draw_line_panel(area: &Area, p: &Panel) -> Result<()> {
     let xs = p
@@ -515,25 +525,47 @@ fn draw_line_panel(area: &Area, p: &Panel) -> Result<()> {
         }
     }
     let xa = Axis::linear(lin_range(xs), 5);
-    let y_axis = |(lo, hi): (f64, f64)| if p.log_y { Axis::log((lo, hi)) } else { Axis::linear((lo, hi), 6) };
-    let y_range = if p.log_y { log_range(ys.iter().copied()) } else { lin_range(ys.iter().copied()) };
+    let y_axis = |(lo, hi): (f64, f64)| {
+        if p.log_y {
+            Axis::log((lo, hi))
+        } else {
+            Axis::linear((lo, hi), 6)
+        }
+    };
+    let y_range = if p.log_y {
+        log_range(ys.iter().copied())
+    } else {
+        lin_range(ys.iter().copied())
+    };
     let mut ya = y_axis(y_range);
     // Legend box: about 9 px per character of the longest label, 24 px per entry, in
     // fractions of a plotting area of roughly the panel's size.
-    let longest = p.curves.iter().map(|c| c.label.chars().count()).max().unwrap_or(0);
+    let longest = p
+        .curves
+        .iter()
+        .map(|c| c.label.chars().count())
+        .max()
+        .unwrap_or(0);
     let (lw, lh) = (
         ((longest as f64 * 9.0 + 50.0) / (PANEL.0 as f64 - 120.0)).min(1.0),
         ((p.curves.len() as f64 * 24.0 + 12.0) / (PANEL.1 as f64 - 110.0)).min(0.6),
     );
     let points = |ya: &Axis| -> Vec<(f64, f64)> {
-        p.curves.iter().flat_map(|c| segments(&c.x, &c.mean, &xa, ya).into_iter().flatten()).collect()
+        p.curves
+            .iter()
+            .flat_map(|c| segments(&c.x, &c.mean, &xa, ya).into_iter().flatten())
+            .collect()
     };
     let mut corner = emptiest_corner(&points(&ya), &xa, &ya, lw, lh);
     if corner.1 > 0 {
         // Every corner would hide data: raise the top of the axis to make room above it.
         let (lo, hi) = (ya.lo, ya.hi);
         let top = hi + (hi - lo) * lh / (1.0 - lh);
-        ya = y_axis(if p.log_y { (10f64.powf(lo), 10f64.powf(top)) } else { (lo, top) });
+        ya = y_axis(if p.log_y {
+            (10f64.powf(lo), 10f64.powf(top))
+        } else {
+            (lo, top)
+        });
         corner = (SeriesLabelPosition::UpperRight, 0);
     }
     let mut ch = chart(area, &p.title, &xa, &ya, &p.x_label, &p.y_label, false)?;
@@ -567,15 +599,25 @@ fn draw_line_panel(area: &Area, p: &Panel) -> Result<()> {
         any |= !segs.is_empty();
         let style = c.color.stroke_width(2);
         if c.markers {
-            let points = segs.iter().flatten().map(|&p| Circle::new(p, 5, c.color.filled()));
-            ch.draw_series(points)?.label(c.label.as_str()).legend(move |(x, y)| Circle::new((x + 10, y), 5, style.filled()));
+            let points = segs
+                .iter()
+                .flatten()
+                .map(|&p| Circle::new(p, 5, c.color.filled()));
+            ch.draw_series(points)?
+                .label(c.label.as_str())
+                .legend(move |(x, y)| Circle::new((x + 10, y), 5, style.filled()));
         } else {
             draw_lines(&mut ch, &segs, style, false)?;
             legend_entry(&mut ch, &c.label, style)?;
         }
     }
     if !any {
-        say_empty(&ch, &xa, &ya, p.empty_text.as_deref().unwrap_or(NO_FINITE_DATA))?;
+        say_empty(
+            &ch,
+            &xa,
+            &ya,
+            p.empty_text.as_deref().unwrap_or(NO_FINITE_DATA),
+        )?;
     }
     if !p.curves.is_empty() {
         draw_legend_at(&mut ch, corner.0)?;
@@ -709,7 +751,13 @@ pub fn histogram(path: &Path, panel: &HistogramPanel) -> Result<()> {
 }
 
 fn draw_histogram(area: &Area, panel: &HistogramPanel) -> Result<()> {
-    let HistogramPanel { title, x_label, values, bins, qq_inset } = panel;
+    let HistogramPanel {
+        title,
+        x_label,
+        values,
+        bins,
+        qq_inset,
+    } = panel;
     let (bins, qq_inset) = (*bins, *qq_inset);
     let dens = density_bins(values, if bins == 0 { 100 } else { bins });
     let (xa, ya) = match &dens {
@@ -800,7 +848,6 @@ fn draw_qq(area: &Area, values: &[f64]) -> Result<()> {
 }
 
 // ---------------------------------------------------------------- scatter with colour bar
-
 
 fn draw_scatter(area: &Area, p: &ScatterPanel) -> Result<()> {
     let keep: Vec<(f64, f64, f64)> = (0..p.x.len().min(p.y.len()).min(p.color_value.len()))
@@ -928,10 +975,13 @@ pub fn figure_grid(path: &Path, title: &str, subtitle: &str, rows: &[Vec<AnyPane
     render(path, size, |root| {
         let (top, body) = root.split_vertically(FIGURE_TITLE_H);
         let centre = Pos::new(HPos::Center, VPos::Center);
-        let style = TextStyle::from((FONT, fitting_font_size(&top, title, 22)?).into_font()).pos(centre);
+        let style =
+            TextStyle::from((FONT, fitting_font_size(&top, title, 22)?).into_font()).pos(centre);
         top.draw_text(title, &style, (size.0 as i32 / 2, 18))?;
         let grey = BLACK.mix(0.7);
-        let style = TextStyle::from((FONT, fitting_font_size(&top, subtitle, 17)?).into_font()).color(&grey).pos(centre);
+        let style = TextStyle::from((FONT, fitting_font_size(&top, subtitle, 17)?).into_font())
+            .color(&grey)
+            .pos(centre);
         top.draw_text(subtitle, &style, (size.0 as i32 / 2, 44))?;
         let areas = body.split_evenly((n_rows, cols));
         for (r, row) in rows.iter().enumerate() {
@@ -1038,16 +1088,36 @@ mod tests {
         let x: Vec<f64> = (0..200).map(|i| i as f64 * 10.0).collect();
         let mean = x.iter().map(|&v| f(v)).collect::<Vec<_>>();
         let band = Some(mean.iter().map(|m| m * 0.2).collect());
-        Curve { label: label.into(), color, x, mean, band, markers: false }
+        Curve {
+            label: label.into(),
+            color,
+            x,
+            mean,
+            band,
+            markers: false,
+        }
     }
 
     fn hist(values: &[f64], bins: usize, qq_inset: bool) -> HistogramPanel {
-        HistogramPanel { title: "h".into(), x_label: "x".into(), values: values.to_vec(), bins, qq_inset }
+        HistogramPanel {
+            title: "h".into(),
+            x_label: "x".into(),
+            values: values.to_vec(),
+            bins,
+            qq_inset,
+        }
     }
 
     /// A loss-against-iteration panel, log y.
     fn loss_panel(title: &str, curves: Vec<Curve>) -> Panel {
-        Panel { title: title.into(), x_label: "iteration".into(), y_label: "loss".into(), log_y: true, curves, empty_text: None }
+        Panel {
+            title: title.into(),
+            x_label: "iteration".into(),
+            y_label: "loss".into(),
+            log_y: true,
+            curves,
+            empty_text: None,
+        }
     }
 
     #[test]
@@ -1058,7 +1128,10 @@ mod tests {
         let p = d.join("loss.png");
         let panel = loss_panel(
             "Linear Transformer",
-            vec![curve("SGDM", SGD_COLOR, |t| 1.0 / (1.0 + t / 100.0)), curve("Adam", ADAM_COLOR, |t| (-t / 300.0).exp() + 1e-3)],
+            vec![
+                curve("SGDM", SGD_COLOR, |t| 1.0 / (1.0 + t / 100.0)),
+                curve("Adam", ADAM_COLOR, |t| (-t / 300.0).exp() + 1e-3),
+            ],
         );
         figure_grid(&p, "t", "s", &[vec![AnyPanel::Lines(panel)]]).unwrap();
         assert!(is_png(&p));
@@ -1147,8 +1220,15 @@ mod tests {
         let long = "Probe: learning rates for Fig. 5's model (L = 8, d = 20, n = 60), seed 0";
         render(&d.join("t.png"), (PANEL.0, 100), |area| {
             let room = PANEL.0 - 20;
-            let width = |s: u32| area.estimate_text_size(long, &TextStyle::from((FONT, s).into_font())).unwrap().0;
-            assert!(width(22) > room, "the test title must be too wide at the default size");
+            let width = |s: u32| {
+                area.estimate_text_size(long, &TextStyle::from((FONT, s).into_font()))
+                    .unwrap()
+                    .0
+            };
+            assert!(
+                width(22) > room,
+                "the test title must be too wide at the default size"
+            );
             let s = fitting_font_size(area, long, 22)?;
             assert!(s < 22 && width(s) <= room && width(s + 1) > room);
             assert_eq!(fitting_font_size(area, "loss", 22)?, 22);
@@ -1222,8 +1302,22 @@ mod tests {
         figure_grid(&d.join("none.png"), "t", "s", &[vec![AnyPanel::Blank]]).unwrap();
         histogram(&d.join("h.png"), &hist(&bad, 0, true)).unwrap();
         histogram(&d.join("h1.png"), &hist(&[1.0], 10, true)).unwrap();
-        let hist = |values: Vec<f64>| AnyPanel::Histogram(HistogramPanel { title: "h".into(), x_label: "x".into(), values, bins: 100, qq_inset: true });
-        figure_grid(&d.join("hs.png"), "t", "s", &[vec![hist(vec![]), hist(bad.clone())]]).unwrap();
+        let hist = |values: Vec<f64>| {
+            AnyPanel::Histogram(HistogramPanel {
+                title: "h".into(),
+                x_label: "x".into(),
+                values,
+                bins: 100,
+                qq_inset: true,
+            })
+        };
+        figure_grid(
+            &d.join("hs.png"),
+            "t",
+            "s",
+            &[vec![hist(vec![]), hist(bad.clone())]],
+        )
+        .unwrap();
         let sp = ScatterPanel {
             title: "s".into(),
             x_label: "x".into(),

@@ -36,7 +36,16 @@ const LOCK: &str = ".linattn.lock";
 
 /// What a run writes, and what is measured on its trajectory: clearing a folder removes them
 /// all, since measurements of an old trajectory must never be reused for a new one.
-const RUN_FILES: &[&str] = &[CONFIG, CHECKPOINT, CHECKPOINT_NEXT, METRICS, TRAJECTORY, FINAL, SUMMARY, MEASUREMENTS];
+const RUN_FILES: &[&str] = &[
+    CONFIG,
+    CHECKPOINT,
+    CHECKPOINT_NEXT,
+    METRICS,
+    TRAJECTORY,
+    FINAL,
+    SUMMARY,
+    MEASUREMENTS,
+];
 
 /// Where a run folder stands.
 #[derive(Debug)]
@@ -76,7 +85,11 @@ pub struct FolderBusy(pub PathBuf);
 
 impl std::fmt::Display for FolderBusy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "output folder {}: another linattn process is writing into it", self.0.display())
+        write!(
+            f,
+            "output folder {}: another linattn process is writing into it",
+            self.0.display()
+        )
     }
 }
 
@@ -124,11 +137,21 @@ impl RunFolder {
     pub fn config(&self) -> Result<Config> {
         let path = self.dir.join(CONFIG);
         if !self.dir.is_dir() {
-            let why = if self.dir.exists() { "not a folder" } else { "no such folder" };
-            return Err(bad(format!("{}: not a linattn run folder ({why})", self.dir.display())));
+            let why = if self.dir.exists() {
+                "not a folder"
+            } else {
+                "no such folder"
+            };
+            return Err(bad(format!(
+                "{}: not a linattn run folder ({why})",
+                self.dir.display()
+            )));
         }
         if !path.exists() {
-            return Err(bad(format!("{}: not a linattn run folder (no config.yaml)", self.dir.display())));
+            return Err(bad(format!(
+                "{}: not a linattn run folder (no config.yaml)",
+                self.dir.display()
+            )));
         }
         Config::load(&path, &[]).with_context(|| format!("reading {}", path.display()))
     }
@@ -151,10 +174,17 @@ impl RunFolder {
 
     pub fn state(&self) -> State {
         if !self.has_config() {
-            return if self.dir.exists() { State::Broken } else { State::Missing };
+            return if self.dir.exists() {
+                State::Broken
+            } else {
+                State::Missing
+            };
         }
         match self.summary() {
-            Ok(s) if matches!(s.status, Status::Completed | Status::Diverged) && self.dir.join(TRAJECTORY).exists() => {
+            Ok(s)
+                if matches!(s.status, Status::Completed | Status::Diverged)
+                    && self.dir.join(TRAJECTORY).exists() =>
+            {
                 State::Done(s)
             }
             _ if self.has_checkpoint() => State::Resumable,
@@ -165,28 +195,46 @@ impl RunFolder {
     /// Takes the folder's lock; `None` when another live process holds it.
     pub fn try_lock(&self) -> Result<Option<FolderLock>> {
         use fs2::FileExt;
-        std::fs::create_dir_all(&self.dir)
-            .map_err(|e| bad(format!("output folder {}: cannot create it ({e})", self.dir.display())))?;
+        std::fs::create_dir_all(&self.dir).map_err(|e| {
+            bad(format!(
+                "output folder {}: cannot create it ({e})",
+                self.dir.display()
+            ))
+        })?;
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(self.dir.join(LOCK))
-            .map_err(|e| bad(format!("output folder {}: cannot write to it ({e})", self.dir.display())))?;
+            .map_err(|e| {
+                bad(format!(
+                    "output folder {}: cannot write to it ({e})",
+                    self.dir.display()
+                ))
+            })?;
         Ok(file.try_lock_exclusive().ok().map(|_| FolderLock(file)))
     }
 
     /// Takes the folder's lock; [`FolderBusy`] when another process holds it.
     pub fn lock(&self) -> Result<FolderLock> {
-        self.try_lock()?.ok_or_else(|| anyhow::Error::new(FolderBusy(self.dir.clone())))
+        self.try_lock()?
+            .ok_or_else(|| anyhow::Error::new(FolderBusy(self.dir.clone())))
     }
 
     /// Creates the folder and writes the resolved `config.yaml` into it.
     pub fn create(&self, cfg: &Config) -> Result<()> {
-        std::fs::create_dir_all(&self.dir)
-            .map_err(|e| bad(format!("output folder {}: cannot create it ({e})", self.dir.display())))?;
-        io::write_atomic(&self.dir.join(CONFIG), cfg.to_yaml().as_bytes())
-            .map_err(|e| bad(format!("output folder {}: cannot write to it ({e:#})", self.dir.display())))
+        std::fs::create_dir_all(&self.dir).map_err(|e| {
+            bad(format!(
+                "output folder {}: cannot create it ({e})",
+                self.dir.display()
+            ))
+        })?;
+        io::write_atomic(&self.dir.join(CONFIG), cfg.to_yaml().as_bytes()).map_err(|e| {
+            bad(format!(
+                "output folder {}: cannot write to it ({e:#})",
+                self.dir.display()
+            ))
+        })
     }
 
     /// Removes what a run wrote and what was measured on it, so that training it again cannot
@@ -213,7 +261,8 @@ impl RunFolder {
     /// Second phase: the next checkpoint becomes the checkpoint (an atomic rename).
     pub fn promote_checkpoint_next(&self) -> Result<()> {
         let (next, cur) = (self.dir.join(CHECKPOINT_NEXT), self.dir.join(CHECKPOINT));
-        std::fs::rename(&next, &cur).with_context(|| format!("renaming {} onto {}", next.display(), cur.display()))
+        std::fs::rename(&next, &cur)
+            .with_context(|| format!("renaming {} onto {}", next.display(), cur.display()))
     }
 
     pub fn discard_checkpoint_next(&self) {
@@ -242,11 +291,28 @@ impl RunFolder {
     /// `summary.json`, which makes the folder [`State::Done`].
     pub fn finish(&self, record: RunRecord) -> Result<Summary> {
         self.write_metrics(&record.metrics)?;
-        io::write_trajectory_stacked(&self.dir.join(TRAJECTORY), &record.names, &record.steps, &record.trajectory)?;
-        let final_params: Vec<(String, Tensor)> = record.names.iter().cloned().zip(record.final_params).collect();
+        io::write_trajectory_stacked(
+            &self.dir.join(TRAJECTORY),
+            &record.names,
+            &record.steps,
+            &record.trajectory,
+        )?;
+        let final_params: Vec<(String, Tensor)> = record
+            .names
+            .iter()
+            .cloned()
+            .zip(record.final_params)
+            .collect();
         io::write_safetensors(&self.dir.join(FINAL), &final_params)?;
-        let summary = Summary::of_rust(record.status, record.diverged_at, record.metrics.len() as i64, record.wall_time_s, record.device);
-        self.write_summary(&summary).context("writing summary.json")?;
+        let summary = Summary::of_rust(
+            record.status,
+            record.diverged_at,
+            record.metrics.len() as i64,
+            record.wall_time_s,
+            record.device,
+        );
+        self.write_summary(&summary)
+            .context("writing summary.json")?;
         Ok(summary)
     }
 }

@@ -16,8 +16,14 @@ pub fn write_via_temp(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> R
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let ext = path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let ext = path
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .unwrap_or_default();
     let result = tempfile::Builder::new()
         .prefix(&format!(".{name}."))
         .suffix(&format!(".tmp{ext}"))
@@ -26,9 +32,11 @@ pub fn write_via_temp(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> R
         .and_then(|tmp| {
             // tempfile creates 0600 files; results are meant to be shared like any output.
             use std::os::unix::fs::PermissionsExt;
-            tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644))?;
+            tmp.as_file()
+                .set_permissions(std::fs::Permissions::from_mode(0o644))?;
             write(tmp.path())?;
-            tmp.persist(path).map_err(|e| anyhow!("renaming onto {}: {}", path.display(), e.error))?;
+            tmp.persist(path)
+                .map_err(|e| anyhow!("renaming onto {}: {}", path.display(), e.error))?;
             Ok(())
         });
     result.with_context(|| format!("writing {}", path.display()))
@@ -50,18 +58,26 @@ pub fn fmt_f32(v: f32) -> String {
 }
 
 pub fn write_safetensors(path: &Path, named: &[(String, Tensor)]) -> Result<()> {
-    let refs: Vec<(&str, Tensor)> =
-        named.iter().map(|(n, t)| (n.as_str(), t.to_device(tch::Device::Cpu).contiguous())).collect();
+    let refs: Vec<(&str, Tensor)> = named
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.to_device(tch::Device::Cpu).contiguous()))
+        .collect();
     write_via_temp(path, |tmp| Ok(Tensor::write_safetensors(&refs, tmp)?))
 }
 
 /// Reads a safetensors file; a missing or damaged file is bad input naming the file.
 pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
     if !path.exists() {
-        return Err(anyhow!(BadInput(format!("{}: no such file", path.display()))));
+        return Err(anyhow!(BadInput(format!(
+            "{}: no such file",
+            path.display()
+        ))));
     }
     Tensor::read_safetensors(path).map_err(|e| {
-        anyhow!(BadInput(format!("{}: not a readable safetensors file ({e})", path.display())))
+        anyhow!(BadInput(format!(
+            "{}: not a readable safetensors file ({e})",
+            path.display()
+        )))
     })
 }
 
@@ -89,8 +105,21 @@ pub struct Summary {
 
 impl Summary {
     /// The summary of a run of this program (side "rust") on `device`.
-    pub fn of_rust(status: Status, diverged_at: Option<i64>, iters_done: i64, wall_time_s: f64, device: tch::Device) -> Summary {
-        Summary { status, diverged_at, iters_done, wall_time_s, device: crate::config::describe(device), side: "rust".into() }
+    pub fn of_rust(
+        status: Status,
+        diverged_at: Option<i64>,
+        iters_done: i64,
+        wall_time_s: f64,
+        device: tch::Device,
+    ) -> Summary {
+        Summary {
+            status,
+            diverged_at,
+            iters_done,
+            wall_time_s,
+            device: crate::config::describe(device),
+            side: "rust".into(),
+        }
     }
 
     pub fn write(&self, path: &Path) -> Result<()> {
@@ -101,8 +130,12 @@ impl Summary {
     pub fn read(path: &Path) -> Result<Summary> {
         let text = std::fs::read_to_string(&path)
             .map_err(|e| anyhow!(BadInput(format!("{}: {e}", path.display()))))?;
-        serde_json::from_str(&text)
-            .map_err(|e| anyhow!(BadInput(format!("{}: not a linattn summary ({e})", path.display()))))
+        serde_json::from_str(&text).map_err(|e| {
+            anyhow!(BadInput(format!(
+                "{}: not a linattn summary ({e})",
+                path.display()
+            )))
+        })
     }
 }
 
@@ -159,7 +192,12 @@ pub fn metrics_csv(rows: &[MetricsRow]) -> String {
     s.push_str(METRICS_HEADER);
     s.push('\n');
     for r in rows {
-        s.push_str(&format!("{},{},{}\n", r.iter, fmt_metric(r.train_loss), fmt_metric(r.grad_norm)));
+        s.push_str(&format!(
+            "{},{},{}\n",
+            r.iter,
+            fmt_metric(r.train_loss),
+            fmt_metric(r.grad_norm)
+        ));
     }
     s
 }
@@ -171,9 +209,17 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRow>> {
     for (i, rec) in reader.records().enumerate() {
         let rec = rec.with_context(|| format!("{} line {}", path.display(), i + 2))?;
         let field = |k: usize| -> Result<&str> {
-            rec.get(k).ok_or_else(|| anyhow!(BadInput(format!("{} line {}: missing field {k}", path.display(), i + 2))))
+            rec.get(k).ok_or_else(|| {
+                anyhow!(BadInput(format!(
+                    "{} line {}: missing field {k}",
+                    path.display(),
+                    i + 2
+                )))
+            })
         };
-        let parse_err = |e: &dyn std::fmt::Display| anyhow!(BadInput(format!("{} line {}: {e}", path.display(), i + 2)));
+        let parse_err = |e: &dyn std::fmt::Display| {
+            anyhow!(BadInput(format!("{} line {}: {e}", path.display(), i + 2)))
+        };
         rows.push(MetricsRow {
             iter: field(0)?.parse().map_err(|e| parse_err(&e))?,
             train_loss: parse_metric(field(1)?).map_err(|e| parse_err(&e))?,
@@ -185,14 +231,24 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRow>> {
 
 /// Per parameter, the per-step snapshots stacked into `[S, *shape]`.
 pub fn stack_snapshots(snapshots: &[Vec<Tensor>], num_params: usize) -> Vec<Tensor> {
-    (0..num_params).map(|i| Tensor::stack(&snapshots.iter().map(|s| &s[i]).collect::<Vec<_>>(), 0)).collect()
+    (0..num_params)
+        .map(|i| Tensor::stack(&snapshots.iter().map(|s| &s[i]).collect::<Vec<_>>(), 0))
+        .collect()
 }
 
 /// The trajectory file: per parameter `[S, *shape]` (already stacked), plus the int64 `step`
 /// tensor naming the saved steps.
-pub fn write_trajectory_stacked(path: &Path, names: &[String], steps: &[i64], stacked: &[Tensor]) -> Result<()> {
-    let mut named: Vec<(String, Tensor)> =
-        names.iter().cloned().zip(stacked.iter().map(|t| t.shallow_clone())).collect();
+pub fn write_trajectory_stacked(
+    path: &Path,
+    names: &[String],
+    steps: &[i64],
+    stacked: &[Tensor],
+) -> Result<()> {
+    let mut named: Vec<(String, Tensor)> = names
+        .iter()
+        .cloned()
+        .zip(stacked.iter().map(|t| t.shallow_clone()))
+        .collect();
     named.push(("step".to_string(), Tensor::from_slice(steps)));
     write_safetensors(path, &named)
 }
@@ -208,9 +264,16 @@ impl Trajectory {
     pub fn read(path: &Path, names: &[String]) -> Result<Trajectory> {
         let named = read_safetensors(path)?;
         let get = |name: &str| {
-            named.iter().find(|(n, _)| n == name).map(|(_, t)| t.shallow_clone()).ok_or_else(|| {
-                anyhow!(BadInput(format!("{}: has no tensor {name:?}", path.display())))
-            })
+            named
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, t)| t.shallow_clone())
+                .ok_or_else(|| {
+                    anyhow!(BadInput(format!(
+                        "{}: has no tensor {name:?}",
+                        path.display()
+                    )))
+                })
         };
         let step = get("step")?;
         let steps: Vec<i64> = Vec::<i64>::try_from(&step.to_kind(tch::Kind::Int64))?;

@@ -22,15 +22,23 @@ pub struct Start {
 
 /// Teacher → seed(s) → init, in that order.
 pub fn start(cfg: &Config, seed: u32) -> Start {
-    let teacher = (cfg.data.setting == Setting::MlpTeacher).then(|| Mlp::teacher(&cfg.data, cfg.model.dim));
+    let teacher =
+        (cfg.data.setting == Setting::MlpTeacher).then(|| Mlp::teacher(&cfg.data, cfg.model.dim));
     let numpy = rng::seed_both(seed);
     let init = model::init_values(&Arch::from_config(cfg), cfg.model.init_std);
-    Start { teacher, init, numpy }
+    Start {
+        teacher,
+        init,
+        numpy,
+    }
 }
 
 impl Start {
     /// The faithful data stream that follows the init draws, and the initial parameters.
     pub fn into_stream(self, cfg: &Config, device: Device) -> (Vec<Tensor>, DataStream) {
-        (self.init, DataStream::new(cfg, self.teacher, self.numpy, device))
+        (
+            self.init,
+            DataStream::new(cfg, self.teacher, self.numpy, device),
+        )
     }
 }

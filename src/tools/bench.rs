@@ -57,7 +57,11 @@ pub fn ensemble_members(cfg: &Config) -> Vec<Member> {
     (0..ENSEMBLE_RUNS)
         .map(|i| Member {
             seed: (i / 2) as u32,
-            optimizer: if i % 2 == 0 { OptimizerKind::Sgd } else { OptimizerKind::Adam },
+            optimizer: if i % 2 == 0 {
+                OptimizerKind::Sgd
+            } else {
+                OptimizerKind::Adam
+            },
             lr: cfg.train.lr,
         })
         .collect()
@@ -85,9 +89,17 @@ pub fn peak_rss_kb() -> Option<u64> {
 /// The Rust side of one mode, in this process: `warmup` untimed steps, then `steps` timed ones,
 /// each a session of the real driver on the same stepper (so the timed one starts warm).
 pub fn worker(cfg: &Config, mode: BenchMode, steps: i64, warmup: i64) -> Result<Measurement> {
-    let device = cfg.train.device.tch().map_err(|e| anyhow!(BadInput(format!("config key train.device: {e}"))))?;
+    let device = cfg
+        .train
+        .device
+        .tch()
+        .map_err(|e| anyhow!(BadInput(format!("config key train.device: {e}"))))?;
     let mut base = cfg.clone();
-    base.train.mode = if mode == BenchMode::Faithful { Mode::Faithful } else { Mode::Fast };
+    base.train.mode = if mode == BenchMode::Faithful {
+        Mode::Faithful
+    } else {
+        Mode::Fast
+    };
     let members = match mode {
         BenchMode::Ensemble => ensemble_members(cfg),
         _ => vec![Member::from_config(&base)],
@@ -97,7 +109,10 @@ pub fn worker(cfg: &Config, mode: BenchMode, steps: i64, warmup: i64) -> Result<
         _ => Box::new(BatchedStepper::start(&base, &members, device)?),
     };
     let tmp = tempfile::tempdir()?;
-    let opts = Options { checkpoint_every: 0, ..Options::default() };
+    let opts = Options {
+        checkpoint_every: 0,
+        ..Options::default()
+    };
     let mut session = |name: &str, iters: i64| -> Result<std::time::Duration> {
         let configs: Vec<Config> = members
             .iter()
@@ -108,7 +123,9 @@ pub fn worker(cfg: &Config, mode: BenchMode, steps: i64, warmup: i64) -> Result<
                 c
             })
             .collect();
-        let folders: Vec<RunFolder> = (0..members.len()).map(|i| RunFolder::new(tmp.path().join(format!("{name}-{i}")))).collect();
+        let folders: Vec<RunFolder> = (0..members.len())
+            .map(|i| RunFolder::new(tmp.path().join(format!("{name}-{i}"))))
+            .collect();
         for (f, c) in folders.iter().zip(&configs) {
             f.create(c)?;
         }
@@ -173,21 +190,32 @@ fn load_average() -> String {
 fn cpu_model() -> String {
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     format!("{model}, {cpus} CPUs")
 }
 
 fn parse_measurement(stdout: &[u8], what: &str) -> Result<Measurement> {
     let text = String::from_utf8_lossy(stdout);
-    let line = text.lines().rev().find(|l| l.trim_start().starts_with('{')).with_context(|| format!("{what} printed no JSON line"))?;
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .with_context(|| format!("{what} printed no JSON line"))?;
     serde_json::from_str(line).with_context(|| format!("{what} printed {line:?}"))
 }
 
 fn threads_env(c: &mut Command, req: &BenchRequest) {
     if let Some(t) = req.threads {
-        c.env("OMP_NUM_THREADS", t.to_string()).env("MKL_NUM_THREADS", t.to_string());
+        c.env("OMP_NUM_THREADS", t.to_string())
+            .env("MKL_NUM_THREADS", t.to_string());
     }
     if req.passive_wait {
         c.env("OMP_WAIT_POLICY", "passive");
@@ -195,11 +223,20 @@ fn threads_env(c: &mut Command, req: &BenchRequest) {
 }
 
 fn measure_torch(req: &BenchRequest, ensemble: bool) -> Result<Measurement> {
-    let mut args: Vec<String> = vec!["bench".into(), "--config".into(), req.config.display().to_string()];
+    let mut args: Vec<String> = vec![
+        "bench".into(),
+        "--config".into(),
+        req.config.display().to_string(),
+    ];
     for s in req.sets {
         args.extend(["--set".into(), s.clone()]);
     }
-    args.extend(["--steps".into(), req.steps.to_string(), "--warmup".into(), req.warmup.to_string()]);
+    args.extend([
+        "--steps".into(),
+        req.steps.to_string(),
+        "--warmup".into(),
+        req.warmup.to_string(),
+    ]);
     if ensemble {
         args.extend(["--ensemble".into(), ENSEMBLE_RUNS.to_string()]);
     }
@@ -221,12 +258,25 @@ fn measure_rust(req: &BenchRequest, mode: BenchMode) -> Result<Measurement> {
     if let Some(d) = req.device {
         c.args(["--set", &format!("train.device={d}")]);
     }
-    c.args(["--mode", mode.name(), "--steps", &req.steps.to_string(), "--warmup", &req.warmup.to_string()]);
+    c.args([
+        "--mode",
+        mode.name(),
+        "--steps",
+        &req.steps.to_string(),
+        "--warmup",
+        &req.warmup.to_string(),
+    ]);
     threads_env(&mut c, req);
-    let out = c.output().map_err(|e| anyhow!("could not start {}: {e}", req.exe.display()))?;
+    let out = c
+        .output()
+        .map_err(|e| anyhow!("could not start {}: {e}", req.exe.display()))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let line = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("(no message)");
+        let line = stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("(no message)");
         bail!("the Rust bench worker ({}) failed: {line}", mode.name());
     }
     parse_measurement(&out.stdout, "the Rust bench worker")
@@ -261,7 +311,11 @@ pub fn run(cfg: &Config, req: &BenchRequest) -> Result<Vec<BenchRow>> {
         m.mlp_hidden,
         req.device.map(str::to_string).unwrap_or_else(|| cfg.train.device.to_string())
     );
-    println!("machine: {}; load average before: {}", cpu_model(), load_average());
+    println!(
+        "machine: {}; load average before: {}",
+        cpu_model(),
+        load_average()
+    );
     println!(
         "{} timed steps after {} warm-up steps, fastest of {} per side and mode; threads per side: {}{}",
         req.steps,
@@ -275,7 +329,13 @@ pub fn run(cfg: &Config, req: &BenchRequest) -> Result<Vec<BenchRow>> {
     let mut rust: Vec<Option<Measurement>> = vec![None; req.modes.len()];
     // Interleaved, so that a change in the machine's load hits both sides alike.
     // Each measurement is also logged on stderr as it comes, since a round can take minutes.
-    let log = |what: &str, m: &Measurement| eprintln!("  {what}: {:.3} ms/step (load average {})", m.ms_per_step, load_average());
+    let log = |what: &str, m: &Measurement| {
+        eprintln!(
+            "  {what}: {:.3} ms/step (load average {})",
+            m.ms_per_step,
+            load_average()
+        )
+    };
     for _ in 0..req.repeats {
         if needs_solo {
             let m = measure_torch(req, false)?;
@@ -293,7 +353,10 @@ pub fn run(cfg: &Config, req: &BenchRequest) -> Result<Vec<BenchRow>> {
             rust[i] = faster(rust[i].take(), m);
         }
     }
-    println!("{:<10} {:>16} {:>14} {:>14}", "mode", "pytorch ms/step", "rust ms/step", "pytorch/rust");
+    println!(
+        "{:<10} {:>16} {:>14} {:>14}",
+        "mode", "pytorch ms/step", "rust ms/step", "pytorch/rust"
+    );
     let mut rows = Vec::new();
     for (i, &mode) in req.modes.iter().enumerate() {
         let torch = match mode {
@@ -301,20 +364,37 @@ pub fn run(cfg: &Config, req: &BenchRequest) -> Result<Vec<BenchRow>> {
             _ => torch_solo.clone(),
         }
         .expect("measured above");
-        let row = BenchRow { mode, torch, rust: rust[i].clone().expect("measured above") };
+        let row = BenchRow {
+            mode,
+            torch,
+            rust: rust[i].clone().expect("measured above"),
+        };
         let note = match mode {
             BenchMode::Faithful => "",
             BenchMode::Fast => "  (PyTorch: the authors' loop)",
             BenchMode::Ensemble => "  (12 runs, 6 seeds x sgd/adam; PyTorch: one after another)",
         };
-        println!("{:<10} {:>16.3} {:>14.3} {:>14.2}{note}", mode.name(), row.torch.ms_per_step, row.rust.ms_per_step, row.ratio());
+        println!(
+            "{:<10} {:>16.3} {:>14.3} {:>14.2}{note}",
+            mode.name(),
+            row.torch.ms_per_step,
+            row.rust.ms_per_step,
+            row.ratio()
+        );
         rows.push(row);
     }
     // The Rust side may use fewer intra-op threads than it was given: the fast path on small
     // models runs faster on one (train::preferred_threads), so each mode says its own.
     if let Some(r) = rows.first() {
-        let rust: Vec<String> = rows.iter().map(|r| format!("{} {}", r.mode.name(), r.rust.threads)).collect();
-        println!("threads used: pytorch {}; rust {}", r.torch.threads, rust.join(", "));
+        let rust: Vec<String> = rows
+            .iter()
+            .map(|r| format!("{} {}", r.mode.name(), r.rust.threads))
+            .collect();
+        println!(
+            "threads used: pytorch {}; rust {}",
+            r.torch.threads,
+            rust.join(", ")
+        );
     }
     let mib = |kb: u64| kb as f64 / 1024.0;
     if let Some(fast) = rows.iter().find(|r| r.mode == BenchMode::Fast) {
@@ -343,12 +423,24 @@ pub struct ConditionNumberTimer {
 
 impl ConditionNumberTimer {
     pub fn new(cfg: &Config, mode: Mode) -> Result<ConditionNumberTimer> {
-        let device = cfg.train.device.tch().map_err(|e| anyhow!(BadInput(format!("config key train.device: {e}"))))?;
+        let device = cfg
+            .train
+            .device
+            .tch()
+            .map_err(|e| anyhow!(BadInput(format!("config key train.device: {e}"))))?;
         // The point is the run's init (the faithful and the fast run start alike), in the
         // config's dtype, as the eval batch is.
         let init = protocol::start(cfg, cfg.train.seed).init;
-        let params = init.iter().map(|p| p.to_kind(cfg.train.dtype.kind()).to_device(device)).collect();
-        Ok(ConditionNumberTimer { arch: Arch::from_config(cfg), mode, params, batch: data::eval_batch(cfg, device) })
+        let params = init
+            .iter()
+            .map(|p| p.to_kind(cfg.train.dtype.kind()).to_device(device))
+            .collect();
+        Ok(ConditionNumberTimer {
+            arch: Arch::from_config(cfg),
+            mode,
+            params,
+            batch: data::eval_batch(cfg, device),
+        })
     }
 
     /// One computation: (milliseconds, the condition number). Reading the value back also
@@ -423,7 +515,10 @@ pub fn bench_hessian(
     }
     // A shared machine's load drifts: half of the Rust repetitions run before the PyTorch side
     // and half after, so that a drift does not favour the side that runs first.
-    let timers = [ConditionNumberTimer::new(cfg, Mode::Faithful)?, ConditionNumberTimer::new(cfg, Mode::Fast)?];
+    let timers = [
+        ConditionNumberTimer::new(cfg, Mode::Faithful)?,
+        ConditionNumberTimer::new(cfg, Mode::Fast)?,
+    ];
     let bar = crate::progress::bar(2 * (repeats as u64 + 1), "rust", progress);
     let timed = |i: usize| {
         let t = timers[i].time_once();
@@ -432,8 +527,13 @@ pub fn bench_hessian(
     };
     // Warm-up, untimed (the PyTorch side does the same); its values are the reported ones.
     let conds = [timed(0).1, timed(1).1];
-    let mut times: [Vec<f64>; 2] = [0, 1].map(|i| (0..repeats.div_ceil(2)).map(|_| timed(i).0).collect());
-    let mut args: Vec<std::ffi::OsString> = vec!["bench-hessian".into(), "--config".into(), config_path.into()];
+    let mut times: [Vec<f64>; 2] =
+        [0, 1].map(|i| (0..repeats.div_ceil(2)).map(|_| timed(i).0).collect());
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "bench-hessian".into(),
+        "--config".into(),
+        config_path.into(),
+    ];
     for s in sets {
         args.push("--set".into());
         args.push(s.into());
@@ -457,7 +557,11 @@ pub fn bench_hessian(
         .rev()
         .find_map(|l| serde_json::from_str(l).ok())
         .ok_or_else(|| anyhow!("the PyTorch side printed no JSON result: {text}"))?;
-    let num = |k: &str| json[k].as_f64().ok_or_else(|| anyhow!("the PyTorch side's result lacks {k}: {json}"));
+    let num = |k: &str| {
+        json[k]
+            .as_f64()
+            .ok_or_else(|| anyhow!("the PyTorch side's result lacks {k}: {json}"))
+    };
     Ok(HessianBench {
         rust_ms: median(&times[0]),
         torch_ms: num("ms")?,

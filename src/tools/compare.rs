@@ -32,11 +32,21 @@ fn rel(a: f64, b: f64) -> f64 {
 }
 
 /// Runs both sides into `out/rust` and `out/torch` and writes `compare.csv` and `compare.png`.
-pub fn compare(cfg: &Config, config_path: &Path, sets: &[String], out: &Path, opts: &Options) -> Result<Comparison> {
+pub fn compare(
+    cfg: &Config,
+    config_path: &Path,
+    sets: &[String],
+    out: &Path,
+    opts: &Options,
+) -> Result<Comparison> {
     let (rust_dir, torch_dir) = (out.join("rust"), out.join("torch"));
-    let opts = Options { force: true, ..opts.clone() };
+    let opts = Options {
+        force: true,
+        ..opts.clone()
+    };
     train::train(cfg, &rust_dir, &opts)?;
-    let mut args: Vec<std::ffi::OsString> = vec!["train".into(), "--config".into(), config_path.into()];
+    let mut args: Vec<std::ffi::OsString> =
+        vec!["train".into(), "--config".into(), config_path.into()];
     for s in sets {
         args.push("--set".into());
         args.push(s.into());
@@ -55,9 +65,17 @@ pub fn compare(cfg: &Config, config_path: &Path, sets: &[String], out: &Path, op
     for (r, t) in rust.iter().zip(&torch) {
         let (a, b) = (r.train_loss, t.train_loss);
         let d = rel(a, b);
-        csv.push_str(&format!("{},{},{},{},{}\n", r.iter, fmt_f32(r.train_loss as f32), fmt_f32(t.train_loss as f32), (a - b).abs(), d));
+        csv.push_str(&format!(
+            "{},{},{},{},{}\n",
+            r.iter,
+            fmt_f32(r.train_loss as f32),
+            fmt_f32(t.train_loss as f32),
+            (a - b).abs(),
+            d
+        ));
         max_rel_metrics = max_rel_metrics.max(d).max(rel(r.grad_norm, t.grad_norm));
-        bit_identical &= r.train_loss.to_bits() == t.train_loss.to_bits() && r.grad_norm.to_bits() == t.grad_norm.to_bits();
+        bit_identical &= r.train_loss.to_bits() == t.train_loss.to_bits()
+            && r.grad_norm.to_bits() == t.grad_norm.to_bits();
     }
     artifacts::write_atomic(&out.join("compare.csv"), csv.as_bytes())?;
 
@@ -81,7 +99,15 @@ pub fn compare(cfg: &Config, config_path: &Path, sets: &[String], out: &Path, op
         &iters,
         &losses(&rust),
         &losses(&torch),
-        &format!("Rust vs PyTorch: {:?}, {:?}, {}", cfg.data.setting, cfg.train.optimizer, cfg.train.device),
+        &format!(
+            "Rust vs PyTorch: {:?}, {:?}, {}",
+            cfg.data.setting, cfg.train.optimizer, cfg.train.device
+        ),
     )?;
-    Ok(Comparison { iters: rust.len(), max_rel_metrics, max_rel_params, bit_identical })
+    Ok(Comparison {
+        iters: rust.len(),
+        max_rel_metrics,
+        max_rel_params,
+        bit_identical,
+    })
 }

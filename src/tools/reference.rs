@@ -8,7 +8,8 @@ use std::process::{Command, Output};
 pub fn venv() -> PathBuf {
     match std::env::var_os("LINATTN_VENV") {
         Some(v) => PathBuf::from(v),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/linattn/venv-torch-2.11.0"),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+            .join(".cache/linattn/venv-torch-2.11.0"),
     }
 }
 
@@ -16,7 +17,9 @@ pub fn venv() -> PathBuf {
 pub fn script() -> PathBuf {
     std::env::var_os("LINATTN_REFERENCE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("experiments/pytorch_reference.py"))
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("experiments/pytorch_reference.py")
+        })
 }
 
 /// A command running the PyTorch side with `args`.
@@ -34,7 +37,10 @@ where
     }
     let script = script();
     if !script.exists() {
-        return Err(anyhow!(BadInput(format!("no PyTorch reference script at {} (set LINATTN_REFERENCE)", script.display()))));
+        return Err(anyhow!(BadInput(format!(
+            "no PyTorch reference script at {} (set LINATTN_REFERENCE)",
+            script.display()
+        ))));
     }
     let mut c = Command::new(python);
     c.arg(script).args(args);
@@ -44,12 +50,20 @@ where
 /// Runs the PyTorch side and turns its failure into one line: its own last stderr line,
 /// as bad input when it exited with 2.
 pub fn run(mut c: Command, what: &str) -> Result<Output> {
-    let out = c.output().map_err(|e| anyhow!("could not start the PyTorch side: {e}"))?;
+    let out = c
+        .output()
+        .map_err(|e| anyhow!("could not start the PyTorch side: {e}"))?;
     match out.status.code() {
         Some(0) | Some(3) => Ok(out),
         code => {
             let stderr = String::from_utf8_lossy(&out.stderr);
-            let line = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("(no message)").trim().to_string();
+            let line = stderr
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("(no message)")
+                .trim()
+                .to_string();
             let msg = format!("the PyTorch side rejected {what}: {line}");
             if code == Some(2) {
                 Err(anyhow!(BadInput(msg)))

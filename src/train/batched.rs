@@ -32,7 +32,11 @@ pub struct Member {
 impl Member {
     /// The run that `cfg` describes on its own.
     pub fn from_config(cfg: &Config) -> Member {
-        Member { seed: cfg.train.seed, optimizer: cfg.train.optimizer, lr: cfg.train.lr }
+        Member {
+            seed: cfg.train.seed,
+            optimizer: cfg.train.optimizer,
+            lr: cfg.train.lr,
+        }
     }
 
     /// The resolved config of this member's run folder: `cfg` with this member's seed,
@@ -69,11 +73,15 @@ impl BatchedStepper {
     /// ([`protocol::start`]), on `device`.
     pub fn start(cfg: &Config, members: &[Member], device: Device) -> Result<BatchedStepper> {
         if members.is_empty() {
-            return Err(anyhow!(BadInput("an ensemble needs at least one member".into())));
+            return Err(anyhow!(BadInput(
+                "an ensemble needs at least one member".into()
+            )));
         }
         for m in members {
             if !(m.lr > 0.0 && m.lr.is_finite()) {
-                return Err(anyhow!(BadInput(format!("ensemble member {m:?}: lr must be > 0"))));
+                return Err(anyhow!(BadInput(format!(
+                    "ensemble member {m:?}: lr must be > 0"
+                ))));
             }
         }
         let arch = Arch::from_config(cfg);
@@ -88,7 +96,10 @@ impl BatchedStepper {
             })
             .collect();
         // Drawn in float32 as the faithful run draws them, then widened for a float64 run.
-        let theta = Tensor::stack(&flat_inits, 0).to_kind(cfg.train.dtype.kind()).to_device(device).set_requires_grad(true);
+        let theta = Tensor::stack(&flat_inits, 0)
+            .to_kind(cfg.train.dtype.kind())
+            .to_device(device)
+            .set_requires_grad(true);
         let mut seeds: Vec<u32> = Vec::new();
         let rows: Vec<i64> = members
             .iter()
@@ -101,7 +112,8 @@ impl BatchedStepper {
             })
             .collect();
         let identity = rows.iter().enumerate().all(|(i, &r)| r == i as i64);
-        let rules: Vec<(OptimizerKind, f64)> = members.iter().map(|m| (m.optimizer, m.lr)).collect();
+        let rules: Vec<(OptimizerKind, f64)> =
+            members.iter().map(|m| (m.optimizer, m.lr)).collect();
         Ok(BatchedStepper {
             arch,
             optimizer: Optimizer::new(&cfg.train, &rules, layout.total, device),
@@ -111,14 +123,24 @@ impl BatchedStepper {
             grad: Tensor::new(),
             fed: None,
             // A step's values wait on the device for 64 steps: the loop never waits for it.
-            shape: Shape { members: members.len(), device, layout, sync_every: 64 },
+            shape: Shape {
+                members: members.len(),
+                device,
+                layout,
+                sync_every: 64,
+            },
         })
     }
 
     /// Member `i`'s current parameters in `state_dict` shapes, copied to the CPU.
     pub fn member_params(&self, i: usize) -> Vec<Tensor> {
         let row = self.theta.detach().get(i as i64).to_device(Device::Cpu);
-        self.shape.layout.unflatten(&row).into_iter().map(|t| t.copy()).collect()
+        self.shape
+            .layout
+            .unflatten(&row)
+            .into_iter()
+            .map(|t| t.copy())
+            .collect()
     }
 
     /// The next step reads these batches instead of the streams': `batch` holds U streams
@@ -141,16 +163,28 @@ impl Stepper for BatchedStepper {
     fn gradients(&mut self, iter: i64) -> Gradients {
         let (batch, rows) = match self.fed.take() {
             Some(fed) => fed,
-            None => (self.stream.batch(iter), self.rows.as_ref().map(|r| r.shallow_clone())),
+            None => (
+                self.stream.batch(iter),
+                self.rows.as_ref().map(|r| r.shallow_clone()),
+            ),
         };
         let params = self.shape.layout.views(&self.theta);
         let losses = model::fast_losses(&self.arch, &params, &batch, rows.as_ref());
         // Members are independent, so the gradient of the sum is every member's own gradient.
-        self.grad = Tensor::run_backward(&[losses.sum(self.theta.kind())], &[&self.theta], false, false)
-            .pop()
-            .expect("one gradient");
+        self.grad = Tensor::run_backward(
+            &[losses.sum(self.theta.kind())],
+            &[&self.theta],
+            false,
+            false,
+        )
+        .pop()
+        .expect("one gradient");
         let norms = tch::no_grad(|| self.grad.norm_scalaropt_dim(2, [1i64].as_slice(), false));
-        Gradients { losses: losses.detach(), clip_norms: norms.shallow_clone(), norms }
+        Gradients {
+            losses: losses.detach(),
+            clip_norms: norms.shallow_clone(),
+            norms,
+        }
     }
 
     fn update(&mut self, coef: Option<&Tensor>, stepping: &Tensor) {
@@ -159,7 +193,10 @@ impl Stepper for BatchedStepper {
                 Some(c) => &self.grad * c.unsqueeze(1),
                 None => self.grad.shallow_clone(),
             };
-            let delta = self.optimizer.update(&clipped, stepping).where_scalarother(&stepping.unsqueeze(1), 0.0);
+            let delta = self
+                .optimizer
+                .update(&clipped, stepping)
+                .where_scalarother(&stepping.unsqueeze(1), 0.0);
             let _ = self.theta.g_sub_(&delta);
         });
     }
@@ -177,7 +214,11 @@ impl Stepper for BatchedStepper {
         let state: Vec<(String, Tensor)> = state
             .iter()
             .map(|(n, t)| {
-                let kind = if n == "steps" { tch::Kind::Int64 } else { self.theta.kind() };
+                let kind = if n == "steps" {
+                    tch::Kind::Int64
+                } else {
+                    self.theta.kind()
+                };
                 (n.clone(), t.to_kind(kind).to_device(self.shape.device))
             })
             .collect();
@@ -185,7 +226,10 @@ impl Stepper for BatchedStepper {
             return Err(anyhow!("its optimizer state does not fit the ensemble"));
         }
         tch::no_grad(|| {
-            let _ = self.theta.get(i as i64).copy_(&flat.to_kind(self.theta.kind()).to_device(self.shape.device));
+            let _ = self
+                .theta
+                .get(i as i64)
+                .copy_(&flat.to_kind(self.theta.kind()).to_device(self.shape.device));
         });
         Ok(())
     }

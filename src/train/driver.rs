@@ -73,7 +73,12 @@ pub struct Restored {
 
 /// One step as the driver takes it: gradients, the non-finite rule, the clip coefficient, the
 /// update. Public for tools and tests that step by hand.
-pub fn step(stepper: &mut dyn Stepper, rule: &mut NonFinite, t: &TrainConfig, iter: i64) -> Gradients {
+pub fn step(
+    stepper: &mut dyn Stepper,
+    rule: &mut NonFinite,
+    t: &TrainConfig,
+    iter: i64,
+) -> Gradients {
     let g = stepper.gradients(iter);
     let stepping = rule.step(&g.losses, &g.norms);
     let coef = tch::no_grad(|| optim::clip_coefficient(&g.clip_norms, t.clip, t.clip_mode));
@@ -98,9 +103,20 @@ pub fn drive(
 ) -> Result<Vec<Outcome>> {
     let started = Instant::now();
     let t = configs[0].train.clone();
-    let Shape { members: k, device, ref layout, sync_every } = *stepper.shape();
+    let Shape {
+        members: k,
+        device,
+        ref layout,
+        sync_every,
+    } = *stepper.shape();
     let mut rule = NonFinite::new(t.skip_nonfinite, k as i64, device);
-    let mut recorder = Recorder::new(k, layout.total, sync_every, configs[0].train.dtype.kind(), device);
+    let mut recorder = Recorder::new(
+        k,
+        layout.total,
+        sync_every,
+        configs[0].train.dtype.kind(),
+        device,
+    );
     let mut iter = 0;
     match restored {
         Some(r) => {
@@ -112,7 +128,15 @@ pub fn drive(
         }
         None => recorder.snapshot(0, &stepper.flat_params()),
     }
-    let summary_now = |status, iters_done| Summary::of_rust(status, None, iters_done, started.elapsed().as_secs_f64(), device);
+    let summary_now = |status, iters_done| {
+        Summary::of_rust(
+            status,
+            None,
+            iters_done,
+            started.elapsed().as_secs_f64(),
+            device,
+        )
+    };
     for (f, rows) in folders.iter().zip(&recorder.rows) {
         f.write_summary(&summary_now(Status::Running, rows.len() as i64))?;
     }
@@ -148,7 +172,10 @@ pub fn drive(
             .map(|(f, rows)| {
                 let summary = summary_now(Status::Interrupted, rows.len() as i64);
                 f.write_summary(&summary)?;
-                Ok(Outcome { summary, metrics: rows.clone() })
+                Ok(Outcome {
+                    summary,
+                    metrics: rows.clone(),
+                })
             })
             .collect();
     }
@@ -159,7 +186,9 @@ pub fn drive(
     for (i, f) in folders.iter().enumerate() {
         let record = recorder.record(&stepper.shape().layout, &snapshots, &flat, i, wall, device);
         let metrics = record.metrics.clone();
-        let summary = f.finish(record).with_context(|| format!("writing {}", f.dir().display()))?;
+        let summary = f
+            .finish(record)
+            .with_context(|| format!("writing {}", f.dir().display()))?;
         outcomes.push(Outcome { summary, metrics });
     }
     // Only now, with every member's results written: a process killed while writing them
@@ -181,12 +210,24 @@ pub struct Composition {
 
 fn relative(from: &std::path::Path, to: &std::path::Path) -> Result<String> {
     let (from, to) = (from.canonicalize()?, to.canonicalize()?);
-    let path = pathdiff::diff_paths(&to, &from).ok_or_else(|| anyhow!("no relative path from {} to {}", from.display(), to.display()))?;
+    let path = pathdiff::diff_paths(&to, &from).ok_or_else(|| {
+        anyhow!(
+            "no relative path from {} to {}",
+            from.display(),
+            to.display()
+        )
+    })?;
     Ok(path.to_string_lossy().into_owned())
 }
 
 /// Writes every member's checkpoint and its metrics so far.
-fn checkpoint(stepper: &dyn Stepper, recorder: &mut Recorder, rule: &NonFinite, folders: &[RunFolder], iter: i64) -> Result<()> {
+fn checkpoint(
+    stepper: &dyn Stepper,
+    recorder: &mut Recorder,
+    rule: &NonFinite,
+    folders: &[RunFolder],
+    iter: i64,
+) -> Result<()> {
     recorder.flush();
     let layout = &stepper.shape().layout;
     let flat = stepper.flat_params().to_device(Device::Cpu);
@@ -195,7 +236,10 @@ fn checkpoint(stepper: &dyn Stepper, recorder: &mut Recorder, rule: &NonFinite, 
     let active = Vec::<i64>::try_from(&rule.active.to_kind(Kind::Int64).to_device(Device::Cpu))?;
     for (i, f) in folders.iter().enumerate() {
         let composition = Composition {
-            members: folders.iter().map(|o| relative(f.dir(), o.dir())).collect::<Result<_>>()?,
+            members: folders
+                .iter()
+                .map(|o| relative(f.dir(), o.dir()))
+                .collect::<Result<_>>()?,
             index: i,
         };
         let json = serde_json::to_string(&composition)?;
@@ -205,7 +249,11 @@ fn checkpoint(stepper: &dyn Stepper, recorder: &mut Recorder, rule: &NonFinite, 
             ("rule.in_a_row".into(), Tensor::from_slice(&[in_a_row[i]])),
             ("rule.active".into(), Tensor::from_slice(&[active[i]])),
         ];
-        for (name, value) in layout.names.iter().zip(layout.unflatten(&flat.get(i as i64))) {
+        for (name, value) in layout
+            .names
+            .iter()
+            .zip(layout.unflatten(&flat.get(i as i64)))
+        {
             named.push((format!("param.{name}"), value));
         }
         for (name, t) in stepper.member_state(i) {
@@ -213,11 +261,21 @@ fn checkpoint(stepper: &dyn Stepper, recorder: &mut Recorder, rule: &NonFinite, 
         }
         let rows = &recorder.rows[i];
         // f64 holds a float32 run's values exactly and a float64 run's as they are.
-        named.push(("metrics.train_loss".into(), Tensor::from_slice(&rows.iter().map(|r| r.train_loss).collect::<Vec<_>>())));
-        named.push(("metrics.grad_norm".into(), Tensor::from_slice(&rows.iter().map(|r| r.grad_norm).collect::<Vec<_>>())));
-        named.push(("trajectory.step".into(), Tensor::from_slice(&recorder.saved_steps)));
+        named.push((
+            "metrics.train_loss".into(),
+            Tensor::from_slice(&rows.iter().map(|r| r.train_loss).collect::<Vec<_>>()),
+        ));
+        named.push((
+            "metrics.grad_norm".into(),
+            Tensor::from_slice(&rows.iter().map(|r| r.grad_norm).collect::<Vec<_>>()),
+        ));
+        named.push((
+            "trajectory.step".into(),
+            Tensor::from_slice(&recorder.saved_steps),
+        ));
         named.push(("trajectory.flat".into(), snapshots.select(1, i as i64)));
-        f.write_checkpoint_next(&named).with_context(|| format!("checkpointing {}", f.dir().display()))?;
+        f.write_checkpoint_next(&named)
+            .with_context(|| format!("checkpointing {}", f.dir().display()))?;
     }
     // Only once every member's next checkpoint is written are they renamed in place: a kill
     // before this point leaves every member at the old iteration, one after it leaves every
@@ -246,23 +304,40 @@ pub struct MemberCheckpoint {
 
 /// The iteration and ensemble record of a checkpoint's tensors.
 pub fn iter_and_composition(saved: &[(String, Tensor)]) -> Result<(i64, Composition)> {
-    let get = |name: &str| saved.iter().find(|(n, _)| n == name).map(|(_, t)| t.shallow_clone()).ok_or_else(|| anyhow!("has no tensor {name:?}"));
+    let get = |name: &str| {
+        saved
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.shallow_clone())
+            .ok_or_else(|| anyhow!("has no tensor {name:?}"))
+    };
     let json = Vec::<u8>::try_from(&get("ensemble")?)?;
-    Ok((get("iter")?.int64_value(&[0]), serde_json::from_slice(&json).context("its ensemble record")?))
+    Ok((
+        get("iter")?.int64_value(&[0]),
+        serde_json::from_slice(&json).context("its ensemble record")?,
+    ))
 }
 
 impl MemberCheckpoint {
     pub fn read(folder: &RunFolder, layout: &Layout) -> Result<MemberCheckpoint> {
         let saved = folder.read_checkpoint()?;
         let get = |name: &str| {
-            saved.iter().find(|(n, _)| n == name).map(|(_, t)| t.shallow_clone()).ok_or_else(|| anyhow!("has no tensor {name:?}"))
+            saved
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, t)| t.shallow_clone())
+                .ok_or_else(|| anyhow!("has no tensor {name:?}"))
         };
         let read = || -> Result<MemberCheckpoint> {
             let iter = get("iter")?.int64_value(&[0]);
             let json = Vec::<u8>::try_from(&get("ensemble")?)?;
-            let composition: Composition = serde_json::from_slice(&json).context("its ensemble record")?;
-            let params: Vec<(String, Tensor)> =
-                layout.names.iter().map(|n| Ok((n.clone(), get(&format!("param.{n}"))?))).collect::<Result<_>>()?;
+            let composition: Composition =
+                serde_json::from_slice(&json).context("its ensemble record")?;
+            let params: Vec<(String, Tensor)> = layout
+                .names
+                .iter()
+                .map(|n| Ok((n.clone(), get(&format!("param.{n}"))?)))
+                .collect::<Result<_>>()?;
             for ((name, t), shape) in params.iter().zip(&layout.shapes) {
                 if t.size() != *shape {
                     return Err(anyhow!(
@@ -272,21 +347,42 @@ impl MemberCheckpoint {
                     ));
                 }
             }
-            let flat = layout.flatten(&params.iter().map(|(_, t)| t.shallow_clone()).collect::<Vec<_>>());
+            let flat = layout.flatten(
+                &params
+                    .iter()
+                    .map(|(_, t)| t.shallow_clone())
+                    .collect::<Vec<_>>(),
+            );
             let losses = Vec::<f64>::try_from(&get("metrics.train_loss")?.to_kind(Kind::Double))?;
             let norms = Vec::<f64>::try_from(&get("metrics.grad_norm")?.to_kind(Kind::Double))?;
             let saved_steps = Vec::<i64>::try_from(&get("trajectory.step")?)?;
             let snapshots = get("trajectory.flat")?;
-            if losses.len() != norms.len() || losses.len() as i64 > iter || snapshots.size() != [saved_steps.len() as i64, layout.total] {
-                return Err(anyhow!("is inconsistent: iteration {iter} with {} metric rows", losses.len()));
+            if losses.len() != norms.len()
+                || losses.len() as i64 > iter
+                || snapshots.size() != [saved_steps.len() as i64, layout.total]
+            {
+                return Err(anyhow!(
+                    "is inconsistent: iteration {iter} with {} metric rows",
+                    losses.len()
+                ));
             }
             let rows = losses
                 .iter()
                 .zip(&norms)
                 .enumerate()
-                .map(|(i, (&train_loss, &grad_norm))| MetricsRow { iter: i as i64, train_loss, grad_norm })
+                .map(|(i, (&train_loss, &grad_norm))| MetricsRow {
+                    iter: i as i64,
+                    train_loss,
+                    grad_norm,
+                })
                 .collect();
-            let optim = saved.iter().filter_map(|(n, t)| n.strip_prefix("optim.").map(|k| (k.to_string(), t.shallow_clone()))).collect();
+            let optim = saved
+                .iter()
+                .filter_map(|(n, t)| {
+                    n.strip_prefix("optim.")
+                        .map(|k| (k.to_string(), t.shallow_clone()))
+                })
+                .collect();
             Ok(MemberCheckpoint {
                 iter,
                 composition,
@@ -299,7 +395,12 @@ impl MemberCheckpoint {
                 active: get("rule.active")?.int64_value(&[0]) != 0,
             })
         };
-        read().map_err(|e| anyhow!(crate::BadInput(format!("{}: {e:#}", folder.checkpoint_path().display()))))
+        read().map_err(|e| {
+            anyhow!(crate::BadInput(format!(
+                "{}: {e:#}",
+                folder.checkpoint_path().display()
+            )))
+        })
     }
 }
 
@@ -375,9 +476,13 @@ impl Recorder {
     /// Copies the pending metrics and snapshots to the host (one copy each).
     fn flush(&mut self) {
         if !self.log_iters.is_empty() {
-            let host = self.log.narrow(0, 0, self.log_iters.len() as i64).to_device(Device::Cpu);
+            let host = self
+                .log
+                .narrow(0, 0, self.log_iters.len() as i64)
+                .to_device(Device::Cpu);
             // Read in the run's own dtype: a float64 run's loss may lie beyond float32's range.
-            let values = Vec::<f64>::try_from(host.reshape([-1]).to_kind(Kind::Double)).expect("float metrics");
+            let values = Vec::<f64>::try_from(host.reshape([-1]).to_kind(Kind::Double))
+                .expect("float metrics");
             let k = self.k;
             for (s, &iter) in self.log_iters.iter().enumerate() {
                 for m in 0..k {
@@ -385,7 +490,11 @@ impl Recorder {
                         continue;
                     }
                     let at = |q: usize| values[(3 * s + q) * k + m];
-                    self.rows[m].push(MetricsRow { iter, train_loss: at(0), grad_norm: at(1) });
+                    self.rows[m].push(MetricsRow {
+                        iter,
+                        train_loss: at(0),
+                        grad_norm: at(1),
+                    });
                     if at(2) == 0.0 {
                         self.diverged_at[m] = Some(iter);
                     }
@@ -395,7 +504,12 @@ impl Recorder {
         }
         if self.snap_pending > 0 {
             // An owned copy: on a CPU device `to_device` returns the buffer itself.
-            self.saved.push(self.snaps.narrow(0, 0, self.snap_pending).to_device(Device::Cpu).copy());
+            self.saved.push(
+                self.snaps
+                    .narrow(0, 0, self.snap_pending)
+                    .to_device(Device::Cpu)
+                    .copy(),
+            );
             self.snap_pending = 0;
         }
     }
@@ -414,20 +528,42 @@ impl Recorder {
     }
 
     /// Member `i`'s run record; `snapshots` is [`Recorder::snapshots`], `flat` the final `[K, P]`.
-    fn record(&self, layout: &Layout, snapshots: &Tensor, flat: &Tensor, i: usize, wall_time_s: f64, device: Device) -> RunRecord {
+    fn record(
+        &self,
+        layout: &Layout,
+        snapshots: &Tensor,
+        flat: &Tensor,
+        i: usize,
+        wall_time_s: f64,
+        device: Device,
+    ) -> RunRecord {
         let diverged_at = self.diverged_at[i];
         // A diverged run keeps the steps up to the one it diverged at.
         let keep: Vec<i64> = (0..self.saved_steps.len() as i64)
             .filter(|&s| diverged_at.is_none_or(|t| self.saved_steps[s as usize] <= t))
             .collect();
-        let kept = snapshots.select(1, i as i64).index_select(0, &Tensor::from_slice(&keep)); // [S, P]
+        let kept = snapshots
+            .select(1, i as i64)
+            .index_select(0, &Tensor::from_slice(&keep)); // [S, P]
         RunRecord {
             names: layout.names.clone(),
             metrics: self.rows[i].clone(),
             steps: keep.iter().map(|&s| self.saved_steps[s as usize]).collect(),
-            trajectory: layout.views(&kept).into_iter().map(|t| t.contiguous()).collect(),
-            final_params: layout.unflatten(&flat.get(i as i64)).into_iter().map(|t| t.contiguous()).collect(),
-            status: if diverged_at.is_some() { Status::Diverged } else { Status::Completed },
+            trajectory: layout
+                .views(&kept)
+                .into_iter()
+                .map(|t| t.contiguous())
+                .collect(),
+            final_params: layout
+                .unflatten(&flat.get(i as i64))
+                .into_iter()
+                .map(|t| t.contiguous())
+                .collect(),
+            status: if diverged_at.is_some() {
+                Status::Diverged
+            } else {
+                Status::Completed
+            },
             diverged_at,
             wall_time_s,
             device,
@@ -447,10 +583,21 @@ struct ProgressReport {
 
 impl ProgressReport {
     fn new(mode: Progress, iters: i64, from: i64, members: usize) -> ProgressReport {
-        let what = if members == 1 { "train".to_string() } else { format!("train ×{members}") };
+        let what = if members == 1 {
+            "train".to_string()
+        } else {
+            format!("train ×{members}")
+        };
         let bar = crate::progress::bar(iters as u64, &what, mode == Progress::Bar);
         bar.set_position(from as u64);
-        ProgressReport { mode, bar, iters, from, members, started: Instant::now() }
+        ProgressReport {
+            mode,
+            bar,
+            iters,
+            from,
+            members,
+            started: Instant::now(),
+        }
     }
 
     fn step(&self, iter: i64) {
@@ -463,8 +610,16 @@ impl ProgressReport {
         }
         let rate = (iter - self.from) as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
         let eta = (self.iters - iter) as f64 / rate.max(1e-9);
-        let runs = if self.members == 1 { String::new() } else { format!(" of {} runs", self.members) };
-        eprintln!("train: iteration {iter}/{}{runs}, {rate:.1} it/s, eta {}; checkpoint written", self.iters, crate::progress::duration(eta));
+        let runs = if self.members == 1 {
+            String::new()
+        } else {
+            format!(" of {} runs", self.members)
+        };
+        eprintln!(
+            "train: iteration {iter}/{}{runs}, {rate:.1} it/s, eta {}; checkpoint written",
+            self.iters,
+            crate::progress::duration(eta)
+        );
     }
 
     fn finish(&self) {

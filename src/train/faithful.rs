@@ -46,8 +46,22 @@ impl FaithfulStepper {
             params.push(var);
         }
         let optimizer = Optimizer::new(&cfg.train, &vs, &params)?;
-        let shape = Shape { members: 1, device, layout, sync_every: 1 };
-        Ok(FaithfulStepper { arch, shape, clip_mode: cfg.train.clip_mode, _vs: vs, params, optimizer, data, fed: None })
+        let shape = Shape {
+            members: 1,
+            device,
+            layout,
+            sync_every: 1,
+        };
+        Ok(FaithfulStepper {
+            arch,
+            shape,
+            clip_mode: cfg.train.clip_mode,
+            _vs: vs,
+            params,
+            optimizer,
+            data,
+            fed: None,
+        })
     }
 
     /// The next step reads `batch` instead of the stream's (tests feed runs the same batches).
@@ -82,7 +96,11 @@ impl Stepper for FaithfulStepper {
             ClipMode::Threshold => norm.shallow_clone(),
             ClipMode::ClipGradNorm => optim::norm_of_norms(&grads),
         };
-        Gradients { losses: loss.detach().reshape([1]), norms: norm.reshape([1]), clip_norms: clip_norm.reshape([1]) }
+        Gradients {
+            losses: loss.detach().reshape([1]),
+            norms: norm.reshape([1]),
+            clip_norms: clip_norm.reshape([1]),
+        }
     }
 
     fn update(&mut self, coef: Option<&Tensor>, stepping: &Tensor) {
@@ -110,11 +128,17 @@ impl Stepper for FaithfulStepper {
     }
 
     fn load_member(&mut self, _i: usize, flat: &Tensor, state: &[(String, Tensor)]) -> Result<()> {
-        let state: Vec<(String, Tensor)> = state.iter().map(|(n, t)| (n.clone(), t.to_device(self.shape.device))).collect();
+        let state: Vec<(String, Tensor)> = state
+            .iter()
+            .map(|(n, t)| (n.clone(), t.to_device(self.shape.device)))
+            .collect();
         if !self.optimizer.load_state(&state) {
             return Err(anyhow!("its optimizer state cannot be restored (optimizer_impl: libtorch keeps it inside libtorch)"));
         }
-        let values = self.shape.layout.unflatten(&flat.to_device(self.shape.device));
+        let values = self
+            .shape
+            .layout
+            .unflatten(&flat.to_device(self.shape.device));
         tch::no_grad(|| {
             for (var, value) in self.params.iter_mut().zip(&values) {
                 var.copy_(value);

@@ -48,7 +48,12 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { progress: Progress::Quiet, force: false, checkpoint_every: 250, stop: Arc::new(AtomicBool::new(false)) }
+        Options {
+            progress: Progress::Quiet,
+            force: false,
+            checkpoint_every: 250,
+            stop: Arc::new(AtomicBool::new(false)),
+        }
     }
 }
 
@@ -64,12 +69,18 @@ pub struct Outcome {
 /// ([`model::fast_prefers_one_thread`]), else `None` (libtorch's default). The caller (main,
 /// or a library user) sets it; the engine never changes it.
 pub fn preferred_threads(cfg: &Config, members: usize) -> Option<i32> {
-    let fast_on_cpu = cfg.train.mode == Mode::Fast && cfg.train.device.tch().ok() == Some(Device::Cpu);
-    (fast_on_cpu && model::fast_prefers_one_thread(&Arch::from_config(cfg), cfg.data.batch, members as i64)).then_some(1)
+    let fast_on_cpu =
+        cfg.train.mode == Mode::Fast && cfg.train.device.tch().ok() == Some(Device::Cpu);
+    (fast_on_cpu
+        && model::fast_prefers_one_thread(&Arch::from_config(cfg), cfg.data.batch, members as i64))
+    .then_some(1)
 }
 
 fn device_of(cfg: &Config) -> Result<Device> {
-    cfg.train.device.tch().map_err(|e| anyhow!(BadInput(format!("config key train.device: {e}"))))
+    cfg.train
+        .device
+        .tch()
+        .map_err(|e| anyhow!(BadInput(format!("config key train.device: {e}"))))
 }
 
 /// Locks a folder for a new run: refuses one that holds a run unless `force`, then clears it.
@@ -90,7 +101,8 @@ fn claim(folder: &RunFolder, force: bool) -> Result<FolderLock> {
 /// `linattn train`: trains the run of `cfg` (either mode) into `out`.
 pub fn train(cfg: &Config, out: &Path, opts: &Options) -> Result<Outcome> {
     if cfg.train.mode == Mode::Fast {
-        let mut outcomes = train_ensemble(cfg, &[Member::from_config(cfg)], &[out.to_path_buf()], opts)?;
+        let mut outcomes =
+            train_ensemble(cfg, &[Member::from_config(cfg)], &[out.to_path_buf()], opts)?;
         return Ok(outcomes.remove(0));
     }
     let folder = RunFolder::new(out);
@@ -98,13 +110,25 @@ pub fn train(cfg: &Config, out: &Path, opts: &Options) -> Result<Outcome> {
     let device = device_of(cfg)?;
     folder.create(cfg)?;
     let mut stepper = FaithfulStepper::start(cfg, device)?;
-    Ok(drive(&mut stepper, std::slice::from_ref(cfg), &[folder], None, opts)?.remove(0))
+    Ok(drive(
+        &mut stepper,
+        std::slice::from_ref(cfg),
+        &[folder],
+        None,
+        opts,
+    )?
+    .remove(0))
 }
 
 /// Trains the members of one setting together (fast mode) and writes each member's run folder
 /// exactly as `linattn train` does, `config.yaml` with the member's seed, optimizer and learning
 /// rate. The wall time in each summary is the ensemble's.
-pub fn train_ensemble(cfg: &Config, members: &[Member], outs: &[PathBuf], opts: &Options) -> Result<Vec<Outcome>> {
+pub fn train_ensemble(
+    cfg: &Config,
+    members: &[Member],
+    outs: &[PathBuf],
+    opts: &Options,
+) -> Result<Vec<Outcome>> {
     if members.len() != outs.len() {
         return Err(anyhow!(BadInput(format!(
             "an ensemble of {} members needs as many output folders, got {}",
@@ -115,10 +139,16 @@ pub fn train_ensemble(cfg: &Config, members: &[Member], outs: &[PathBuf], opts: 
     let folders: Vec<RunFolder> = outs.iter().map(RunFolder::new).collect();
     for (i, f) in folders.iter().enumerate() {
         if folders[..i].contains(f) {
-            return Err(anyhow!(BadInput(format!("output folder {} is given twice", f.dir().display()))));
+            return Err(anyhow!(BadInput(format!(
+                "output folder {} is given twice",
+                f.dir().display()
+            ))));
         }
     }
-    let _locks: Vec<FolderLock> = folders.iter().map(|f| claim(f, opts.force)).collect::<Result<_>>()?;
+    let _locks: Vec<FolderLock> = folders
+        .iter()
+        .map(|f| claim(f, opts.force))
+        .collect::<Result<_>>()?;
     let device = device_of(cfg)?;
     let configs: Vec<Config> = members.iter().map(|m| m.config(cfg)).collect();
     for (f, c) in folders.iter().zip(&configs) {
@@ -133,29 +163,48 @@ pub fn train_ensemble(cfg: &Config, members: &[Member], outs: &[PathBuf], opts: 
 /// renamed), the next checkpoints are renamed in place; otherwise they are dropped, and every
 /// member stays at the checkpoint before.
 pub fn settle_checkpoints(dir: &Path) -> Result<()> {
-    let bad = |f: &RunFolder, e: anyhow::Error| anyhow!(BadInput(format!("{}: {e:#}", f.dir().display())));
+    let bad = |f: &RunFolder, e: anyhow::Error| {
+        anyhow!(BadInput(format!("{}: {e:#}", f.dir().display())))
+    };
     // (iteration, ensemble) of a member's next checkpoint and of its checkpoint.
     let next = |f: &RunFolder| -> Result<Option<(i64, driver::Composition)>> {
         if !f.has_checkpoint_next() {
             return Ok(None);
         }
-        Ok(Some(driver::iter_and_composition(&f.read_checkpoint_next().map_err(|e| bad(f, e))?).map_err(|e| bad(f, e))?))
+        Ok(Some(
+            driver::iter_and_composition(&f.read_checkpoint_next().map_err(|e| bad(f, e))?)
+                .map_err(|e| bad(f, e))?,
+        ))
     };
     let current = |f: &RunFolder| -> Result<Option<(i64, driver::Composition)>> {
         if !f.has_checkpoint() {
             return Ok(None);
         }
-        Ok(Some(driver::iter_and_composition(&f.read_checkpoint().map_err(|e| bad(f, e))?).map_err(|e| bad(f, e))?))
+        Ok(Some(
+            driver::iter_and_composition(&f.read_checkpoint().map_err(|e| bad(f, e))?)
+                .map_err(|e| bad(f, e))?,
+        ))
     };
     let folder = RunFolder::new(dir);
-    let Some((_, composition)) = next(&folder)?.or(current(&folder)?) else { return Ok(()) };
-    let folders: Vec<RunFolder> = composition.members.iter().map(|rel| RunFolder::new(normalize(&dir.join(rel)))).collect();
+    let Some((_, composition)) = next(&folder)?.or(current(&folder)?) else {
+        return Ok(());
+    };
+    let folders: Vec<RunFolder> = composition
+        .members
+        .iter()
+        .map(|rel| RunFolder::new(normalize(&dir.join(rel))))
+        .collect();
     if !folders.iter().any(RunFolder::has_checkpoint_next) {
         return Ok(());
     }
     let _locks: Vec<FolderLock> = folders.iter().map(RunFolder::lock).collect::<Result<_>>()?;
-    let nexts: Vec<Option<i64>> = folders.iter().map(|f| Ok(next(f)?.map(|n| n.0))).collect::<Result<_>>()?;
-    let Some(new_iter) = nexts.iter().flatten().copied().max() else { return Ok(()) };
+    let nexts: Vec<Option<i64>> = folders
+        .iter()
+        .map(|f| Ok(next(f)?.map(|n| n.0)))
+        .collect::<Result<_>>()?;
+    let Some(new_iter) = nexts.iter().flatten().copied().max() else {
+        return Ok(());
+    };
     let mut complete = true;
     for (f, n) in folders.iter().zip(&nexts) {
         let at = match n {
@@ -183,7 +232,12 @@ pub fn checkpointed_group(dir: &Path) -> Result<Vec<RunFolder>> {
     let cfg = folder.config()?;
     let layout = Layout::new(&Arch::from_config(&cfg));
     let own = MemberCheckpoint::read(&folder, &layout)?;
-    let folders: Vec<RunFolder> = own.composition.members.iter().map(|rel| RunFolder::new(normalize(&dir.join(rel)))).collect();
+    let folders: Vec<RunFolder> = own
+        .composition
+        .members
+        .iter()
+        .map(|rel| RunFolder::new(normalize(&dir.join(rel))))
+        .collect();
     for f in &folders {
         if !f.has_checkpoint() {
             return Err(anyhow!(BadInput(format!(
@@ -218,19 +272,40 @@ pub fn resume(dir: &Path, opts: &Options) -> Result<Vec<Outcome>> {
     let folder = RunFolder::new(dir);
     let cfg = folder.config()?;
     if let State::Done(s) = folder.state() {
-        return Err(anyhow!(BadInput(format!("{}: the run already ended ({:?}); nothing to resume", dir.display(), s.status))));
+        return Err(anyhow!(BadInput(format!(
+            "{}: the run already ended ({:?}); nothing to resume",
+            dir.display(),
+            s.status
+        ))));
     }
     settle_checkpoints(dir)?;
     if !folder.has_checkpoint() {
-        return Ok(vec![train(&cfg, dir, &Options { force: true, ..opts.clone() })?]);
+        return Ok(vec![train(
+            &cfg,
+            dir,
+            &Options {
+                force: true,
+                ..opts.clone()
+            },
+        )?]);
     }
     let folders = checkpointed_group(dir)?;
     let _locks: Vec<FolderLock> = folders.iter().map(RunFolder::lock).collect::<Result<_>>()?;
-    let configs: Vec<Config> = folders.iter().map(RunFolder::config).collect::<Result<_>>()?;
+    let configs: Vec<Config> = folders
+        .iter()
+        .map(RunFolder::config)
+        .collect::<Result<_>>()?;
     let layout = Layout::new(&Arch::from_config(&configs[0]));
-    let checkpoints: Vec<MemberCheckpoint> = folders.iter().map(|f| MemberCheckpoint::read(f, &layout)).collect::<Result<_>>()?;
+    let checkpoints: Vec<MemberCheckpoint> = folders
+        .iter()
+        .map(|f| MemberCheckpoint::read(f, &layout))
+        .collect::<Result<_>>()?;
     let iter = checkpoints[0].iter;
-    if let Some((f, c)) = folders.iter().zip(&checkpoints).find(|(_, c)| c.iter != iter) {
+    if let Some((f, c)) = folders
+        .iter()
+        .zip(&checkpoints)
+        .find(|(_, c)| c.iter != iter)
+    {
         return Err(anyhow!(BadInput(format!(
             "{}: checkpointed at iteration {}, but its ensemble at {iter}; train the ensemble again",
             f.dir().display(),
@@ -246,15 +321,24 @@ pub fn resume(dir: &Path, opts: &Options) -> Result<Vec<Outcome>> {
         }
     };
     for (i, (f, c)) in folders.iter().zip(&checkpoints).enumerate() {
-        stepper
-            .load_member(i, &c.flat, &c.optim)
-            .map_err(|e| anyhow!(BadInput(format!("{}: {e:#}", f.checkpoint_path().display()))))?;
+        stepper.load_member(i, &c.flat, &c.optim).map_err(|e| {
+            anyhow!(BadInput(format!(
+                "{}: {e:#}",
+                f.checkpoint_path().display()
+            )))
+        })?;
     }
     let restored = Restored {
         iter,
         rows: checkpoints.iter().map(|c| c.rows.clone()).collect(),
         saved_steps: checkpoints[0].saved_steps.clone(),
-        snapshots: Tensor::stack(&checkpoints.iter().map(|c| c.snapshots.shallow_clone()).collect::<Vec<_>>(), 1),
+        snapshots: Tensor::stack(
+            &checkpoints
+                .iter()
+                .map(|c| c.snapshots.shallow_clone())
+                .collect::<Vec<_>>(),
+            1,
+        ),
         in_a_row: checkpoints.iter().map(|c| c.in_a_row).collect(),
         active: checkpoints.iter().map(|c| c.active).collect(),
     };

@@ -7,11 +7,18 @@ use std::process::{Command, Output};
 /// The venv's python: the PyTorch side of every side-by-side test. A missing venv fails the
 /// test with a message saying how to make it; it never passes silently.
 pub fn python() -> PathBuf {
-    let venv = std::env::var("LINATTN_VENV").map(PathBuf::from).unwrap_or_else(|_| {
-        PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/linattn/venv-torch-2.11.0")
-    });
+    let venv = std::env::var("LINATTN_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").expect("HOME"))
+                .join(".cache/linattn/venv-torch-2.11.0")
+        });
     let py = venv.join("bin/python3");
-    assert!(py.exists(), "no python at {} — run `bash scripts/test.sh`, which sets up the venv", py.display());
+    assert!(
+        py.exists(),
+        "no python at {} — run `bash scripts/test.sh`, which sets up the venv",
+        py.display()
+    );
     py
 }
 
@@ -37,7 +44,8 @@ pub fn experiment(name: &str) -> PathBuf {
 
 /// Runs a command and returns its output, panicking with stderr if it could not start.
 pub fn output(mut c: Command) -> Output {
-    c.output().unwrap_or_else(|e| panic!("could not run {c:?}: {e}"))
+    c.output()
+        .unwrap_or_else(|e| panic!("could not run {c:?}: {e}"))
 }
 
 pub fn ok(c: Command) -> Output {
@@ -71,7 +79,11 @@ pub fn metrics(dir: &Path) -> Vec<(i64, f32, f32)> {
     lines
         .map(|l| {
             let f: Vec<&str> = l.split(',').collect();
-            (f[0].parse().unwrap(), f[1].parse().unwrap(), f[2].parse().unwrap())
+            (
+                f[0].parse().unwrap(),
+                f[1].parse().unwrap(),
+                f[2].parse().unwrap(),
+            )
         })
         .collect()
 }
@@ -104,6 +116,9 @@ cfg = ref.load_config(run_dir + "/config.yaml")
 /// It fails the test if the script fails.
 pub fn python_on_run(script: &str, dir: &Path) -> String {
     let mut c = Command::new(python());
-    c.arg("-c").arg(format!("{RUN_SCRIPT_PREAMBLE}{script}")).arg(root().join("experiments")).arg(dir);
+    c.arg("-c")
+        .arg(format!("{RUN_SCRIPT_PREAMBLE}{script}"))
+        .arg(root().join("experiments"))
+        .arg(dir);
     String::from_utf8_lossy(&ok(c).stdout).into_owned()
 }
