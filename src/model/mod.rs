@@ -9,6 +9,7 @@
 //! one flat vector instead of trained variables.
 pub mod faithful;
 pub mod fast;
+pub mod native;
 
 pub use faithful::{forward, loss};
 pub use fast::{fast_loss, fast_losses, fast_prefers_one_thread};

@@ -14,6 +14,7 @@
 use super::driver::{Gradients, Shape, Stepper};
 use crate::config::{Config, Mode, OptimizerKind};
 use crate::data::{Batch, DeviceStream};
+use crate::model::native::NativeFast;
 use crate::model::{self, Arch, Layout};
 use crate::optim::batched::Optimizer;
 use crate::run::protocol;
@@ -66,6 +67,9 @@ pub struct BatchedStepper {
     grad: Tensor,
     /// Batches given by [`BatchedStepper::feed`] for the next step instead of the streams'.
     fed: Option<(Batch, Option<Tensor>)>,
+    /// The native CPU kernel, where the model is one it computes ([`NativeFast::new`]);
+    /// otherwise the libtorch fast forward and autograd.
+    native: Option<NativeFast>,
 }
 
 impl BatchedStepper {
@@ -122,6 +126,7 @@ impl BatchedStepper {
             rows: (!identity).then(|| Tensor::from_slice(&rows).to_device(device)),
             grad: Tensor::new(),
             fed: None,
+            native: NativeFast::new(&arch, members.len(), cfg.train.dtype.kind(), device),
             // A step's values wait on the device for 64 steps: the loop never waits for it.
             shape: Shape {
                 members: members.len(),
@@ -168,6 +173,12 @@ impl Stepper for BatchedStepper {
                 self.rows.as_ref().map(|r| r.shallow_clone()),
             ),
         };
+        if let Some(native) = &mut self.native {
+            let (losses, grad) = native.losses_and_gradients(&self.theta, &batch, rows.as_ref());
+            self.grad = grad;
+            let norms = self.grad.norm_scalaropt_dim(2, [1i64].as_slice(), false);
+            return Gradients { losses, clip_norms: norms.shallow_clone(), norms };
+        }
         let params = self.shape.layout.views(&self.theta);
         let losses = model::fast_losses(&self.arch, &params, &batch, rows.as_ref());
         // Members are independent, so the gradient of the sum is every member's own gradient.

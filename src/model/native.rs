@@ -1,0 +1,675 @@
+//! The native CPU kernel of fast mode for linear attention: the Gram-form forward pass and its
+//! closed-form backward, K members at once, with no libtorch operation, no autograd graph and
+//! no allocation per step.
+//!
+//! Why it exists: the libtorch fast path ([`super::fast`]) computes the same arithmetic as
+//! hundreds of small tensor operations per step; with d + 1 = 6 most of its time went to
+//! launching them, to large temporaries and to memory traffic, not to the multiply-adds
+//! (docs/performance.md). Here every prompt's state is a handful of (d+1)×(d+1) matrices held
+//! struct-of-arrays, [`LANES`] prompts side by side, so that every step of the algebra is one
+//! vector multiply-add across prompts and the state of a chunk stays in the L1/L2 cache.
+//!
+//! The algebra (the same model as [`super::faithful::forward`], docs/spec.md):
+//! per prompt, `G₀ = Σ_{i<n} z_i z_iᵀ` and `q₀ = z_n`; layer l has `R_l = I + Σ_h Q̃_h G_l P̃_hᵀ`
+//! (the 1/n folded into P̃), `G_{l+1} = R_lᵀ G_l R_l` and `q_{l+1} = q_l R_l`; the prediction is
+//! `−(q_L)_d` and the loss the mean of `((q_L)_d + y)²`. The last layer needs only column d of R.
+//! The backward pass is the reverse-mode derivative of exactly these steps, written out
+//! (`R̄ = q_lᵀ q̄ + G R (Ḡ + Ḡᵀ)`, `Ḡ_l = R Ḡ Rᵀ + Σ_h Q̃_hᵀ R̄ P̃_h`, `Q̃̄_h = R̄ (G P̃_hᵀ)ᵀ`,
+//! `P̃̄_h = R̄ᵀ Q̃_h G`); tests/native_kernel.rs checks it against autograd of the faithful
+//! forward and against float64 finite differences.
+//!
+//! Rounding: every sum runs in a fixed order within one lane, and no multiply-add is fused, so
+//! the results do not depend on which SIMD width the CPU offers, nor on how members are split
+//! across threads: a run is bit-identical on any x86-64.
+//!
+//! SIMD: the kernels are compiled for AVX-512, AVX2+FMA and baseline x86-64, and the widest
+//! the CPU supports is chosen at run time ([`multiversion`]); the binary runs on any x86-64.
+//! This module has no `unsafe`.
+use multiversion::multiversion;
+use std::ops::{Add, AddAssign, Mul, Sub};
+
+/// Prompts per vector: 16 float32 fill one 512-bit register (two 256-bit ones).
+pub const LANES: usize = 16;
+
+/// The float types the kernel runs in (the run's `train.dtype`).
+pub trait Real:
+    Copy
+    + Default
+    + Send
+    + Sync
+    + PartialOrd
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + AddAssign
+    + 'static
+{
+    fn from_f64(x: f64) -> Self;
+    fn to_f64(self) -> f64;
+}
+
+impl Real for f32 {
+    fn from_f64(x: f64) -> Self {
+        x as f32
+    }
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+}
+
+impl Real for f64 {
+    fn from_f64(x: f64) -> Self {
+        x
+    }
+    fn to_f64(self) -> f64 {
+        self
+    }
+}
+
+type Lane<T> = [T; LANES];
+
+/// The shape of the network as the kernel sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Dims {
+    pub layers: usize,
+    pub heads: usize,
+    /// d + 1: the side of every token and of every P̃, Q̃, G, R.
+    pub side: usize,
+    /// n: the context length (the query is token n).
+    pub context: usize,
+    /// The paper's restricted parametrization (P̃ = [[P,0],[0,1]], Q̃ = [[Q,0],[0,0]]); else
+    /// P̃ = P, Q̃ = Q of side d + 1.
+    pub restricted: bool,
+}
+
+impl Dims {
+    /// Side of each learned P and Q.
+    pub fn pq(&self) -> usize {
+        if self.restricted {
+            self.side - 1
+        } else {
+            self.side
+        }
+    }
+
+    /// Parameters per member: `allparam [L, H, 2, k, k]`.
+    pub fn params(&self) -> usize {
+        self.layers * self.heads * 2 * self.pq() * self.pq()
+    }
+}
+
+/// What the kernel keeps of one data stream's batch: `G₀`, `q₀` and `y` per prompt, chunked
+/// [`LANES`] prompts at a time (the last chunk padded with zero prompts, which contribute
+/// nothing to the loss or the gradient).
+#[derive(Debug, Default)]
+pub struct Streams<T> {
+    prompts: usize,
+    chunks: usize,
+    /// `[U, chunks, side, side, LANES]`.
+    gram: Vec<T>,
+    /// `[U, chunks, side, LANES]`.
+    query: Vec<T>,
+    /// `[U, chunks, LANES]`.
+    target: Vec<T>,
+}
+
+impl<T: Real> Streams<T> {
+    /// Reads a batch of `streams` streams: `z [U, B, n+1, d+1]` and `y_query [U, B]`, row-major.
+    /// The buffers are kept between calls, so a step allocates nothing.
+    pub fn load(&mut self, dims: &Dims, z: &[T], y_query: &[T], streams: usize) {
+        let (s, n) = (dims.side, dims.context);
+        let prompts = y_query.len() / streams.max(1);
+        assert_eq!(z.len(), streams * prompts * (n + 1) * s, "z must be [U, B, n+1, d+1]");
+        let chunks = prompts.div_ceil(LANES);
+        self.prompts = prompts;
+        self.chunks = chunks;
+        let zero = T::default();
+        self.gram.resize(streams * chunks * s * s * LANES, zero);
+        self.query.resize(streams * chunks * s * LANES, zero);
+        self.target.resize(streams * chunks * LANES, zero);
+        for u in 0..streams {
+            for c in 0..chunks {
+                let at = u * chunks + c;
+                load_chunk(
+                    dims,
+                    &z[u * prompts * (n + 1) * s..(u + 1) * prompts * (n + 1) * s],
+                    &y_query[u * prompts..(u + 1) * prompts],
+                    c,
+                    &mut self.gram[at * s * s * LANES..(at + 1) * s * s * LANES],
+                    &mut self.query[at * s * LANES..(at + 1) * s * LANES],
+                    &mut self.target[at * LANES..(at + 1) * LANES],
+                );
+            }
+        }
+    }
+
+    pub fn prompts(&self) -> usize {
+        self.prompts
+    }
+}
+
+/// `G₀`, `q₀`, `y` of prompts `[c·LANES, (c+1)·LANES)` of one stream, lane-major.
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
+fn load_chunk<T: Real>(
+    dims: &Dims,
+    z: &[T],
+    y: &[T],
+    c: usize,
+    gram: &mut [T],
+    query: &mut [T],
+    target: &mut [T],
+) {
+    let (s, n) = (dims.side, dims.context);
+    let prompts = y.len();
+    let zero = T::default();
+    let per_prompt = (n + 1) * s;
+    gram.fill(zero);
+    query.fill(zero);
+    target.fill(zero);
+    // One token row of every lane at a time: row[a][w].
+    let mut row = vec![zero; s * LANES];
+    for t in 0..=n {
+        for w in 0..LANES {
+            let p = c * LANES + w;
+            for a in 0..s {
+                row[a * LANES + w] = if p < prompts { z[p * per_prompt + t * s + a] } else { zero };
+            }
+        }
+        if t == n {
+            query.copy_from_slice(&row);
+            break;
+        }
+        for a in 0..s {
+            let ra: Lane<T> = lane(&row, a);
+            for b in a..s {
+                let rb: Lane<T> = lane(&row, b);
+                let g = lane_mut(gram, a * s + b);
+                for w in 0..LANES {
+                    g[w] += ra[w] * rb[w];
+                }
+            }
+        }
+    }
+    // The loop filled the upper triangle; G is symmetric.
+    for a in 0..s {
+        for b in 0..a {
+            let v = lane(gram, b * s + a);
+            *lane_mut(gram, a * s + b) = v;
+        }
+    }
+    for w in 0..LANES {
+        let p = c * LANES + w;
+        if p < prompts {
+            target[w] = y[p];
+        }
+    }
+}
+
+#[inline(always)]
+fn lane<T: Real>(buf: &[T], i: usize) -> Lane<T> {
+    buf[i * LANES..(i + 1) * LANES].try_into().expect("a lane")
+}
+
+#[inline(always)]
+fn lane_mut<T: Real>(buf: &mut [T], i: usize) -> &mut Lane<T> {
+    (&mut buf[i * LANES..(i + 1) * LANES]).try_into().expect("a lane")
+}
+
+/// How a matrix operand is read: entry (i, k) is element `i·row + k·col` (a transpose swaps
+/// the two strides), either one value shared by all prompts or one lane per entry.
+#[derive(Clone, Copy)]
+struct View {
+    row: usize,
+    col: usize,
+}
+
+impl View {
+    fn plain(side: usize) -> View {
+        View { row: side, col: 1 }
+    }
+    fn transposed(side: usize) -> View {
+        View { row: 1, col: side }
+    }
+    #[inline(always)]
+    fn at(&self, i: usize, k: usize) -> usize {
+        i * self.row + k * self.col
+    }
+}
+
+/// `out (+)= A B` for per-prompt A (`rows × inner`) and per-prompt B (`inner × cols`).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn mm_pp<T: Real>(
+    out: &mut [T],
+    a: &[T],
+    av: View,
+    b: &[T],
+    bv: View,
+    (rows, inner, cols): (usize, usize, usize),
+    accumulate: bool,
+) {
+    for i in 0..rows {
+        for j in 0..cols {
+            let mut s: Lane<T> = if accumulate { lane(out, i * cols + j) } else { [T::default(); LANES] };
+            for k in 0..inner {
+                let x = lane(a, av.at(i, k));
+                let y = lane(b, bv.at(k, j));
+                for w in 0..LANES {
+                    s[w] += x[w] * y[w];
+                }
+            }
+            *lane_mut(out, i * cols + j) = s;
+        }
+    }
+}
+
+/// `out (+)= S B` for a shared S (`rows × inner`) and per-prompt B.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn mm_sp<T: Real>(
+    out: &mut [T],
+    a: &[T],
+    av: View,
+    b: &[T],
+    bv: View,
+    (rows, inner, cols): (usize, usize, usize),
+    accumulate: bool,
+) {
+    for i in 0..rows {
+        for j in 0..cols {
+            let mut s: Lane<T> = if accumulate { lane(out, i * cols + j) } else { [T::default(); LANES] };
+            for k in 0..inner {
+                let x = a[av.at(i, k)];
+                let y = lane(b, bv.at(k, j));
+                for w in 0..LANES {
+                    s[w] += x * y[w];
+                }
+            }
+            *lane_mut(out, i * cols + j) = s;
+        }
+    }
+}
+
+/// `out (+)= A S` for a per-prompt A and a shared S (`inner × cols`).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn mm_ps<T: Real>(
+    out: &mut [T],
+    a: &[T],
+    av: View,
+    b: &[T],
+    bv: View,
+    (rows, inner, cols): (usize, usize, usize),
+    accumulate: bool,
+) {
+    for i in 0..rows {
+        for j in 0..cols {
+            let mut s: Lane<T> = if accumulate { lane(out, i * cols + j) } else { [T::default(); LANES] };
+            for k in 0..inner {
+                let x = lane(a, av.at(i, k));
+                let y = b[bv.at(k, j)];
+                for w in 0..LANES {
+                    s[w] += x[w] * y;
+                }
+            }
+            *lane_mut(out, i * cols + j) = s;
+        }
+    }
+}
+
+/// One member's working memory, kept between steps.
+#[derive(Debug, Default)]
+pub struct Scratch<T> {
+    /// P̃ (with 1/n) and Q̃ of every layer and head, `[L, H, side, side]` each.
+    pt: Vec<T>,
+    qt: Vec<T>,
+    /// Lane sums of ∂loss/∂P̃ and ∂loss/∂Q̃, `[L, H, side, side, LANES]`.
+    gpt: Vec<T>,
+    gqt: Vec<T>,
+    /// Per layer of one chunk: G_l, R_l, q_l and A_{l,h} = G_l P̃_hᵀ.
+    g: Vec<T>,
+    r: Vec<T>,
+    q: Vec<T>,
+    a: Vec<T>,
+    /// Temporaries of one chunk, side × side lanes each.
+    t0: Vec<T>,
+    t1: Vec<T>,
+    gbar: Vec<T>,
+    gbar_next: Vec<T>,
+    rbar: Vec<T>,
+    /// v_h = G p_h of the last layer, one column per head.
+    v: Vec<T>,
+    qbar: Vec<T>,
+    qbar_next: Vec<T>,
+}
+
+impl<T: Real> Scratch<T> {
+    fn fit(&mut self, dims: &Dims) {
+        let (l, h, s) = (dims.layers, dims.heads, dims.side);
+        let m = s * s;
+        let zero = T::default();
+        self.pt.resize(l * h * m, zero);
+        self.qt.resize(l * h * m, zero);
+        self.gpt.resize(l * h * m * LANES, zero);
+        self.gqt.resize(l * h * m * LANES, zero);
+        self.g.resize(l * m * LANES, zero);
+        self.r.resize(l * m * LANES, zero);
+        self.q.resize(l * s * LANES, zero);
+        self.a.resize(l * h * m * LANES, zero);
+        for t in [&mut self.t0, &mut self.t1, &mut self.gbar, &mut self.gbar_next, &mut self.rbar] {
+            t.resize(m * LANES, zero);
+        }
+        self.v.resize(h * s * LANES, zero);
+        self.qbar.resize(s * LANES, zero);
+        self.qbar_next.resize(s * LANES, zero);
+    }
+}
+
+/// One member's loss on stream `stream` of `data` and its gradient `grad [P]` (allparam's
+/// layout) at parameters `theta [P]`.
+pub fn loss_and_gradient<T: Real>(
+    dims: &Dims,
+    theta: &[T],
+    data: &Streams<T>,
+    stream: usize,
+    grad: &mut [T],
+    scratch: &mut Scratch<T>,
+) -> T {
+    assert_eq!(theta.len(), dims.params(), "theta must hold one member's allparam");
+    assert_eq!(grad.len(), dims.params(), "grad must hold one member's allparam");
+    scratch.fit(dims);
+    embed(dims, theta, scratch);
+    member(dims, data, stream, grad, scratch)
+}
+
+/// P̃ (scaled by 1/n) and Q̃ of every layer and head from `theta`.
+fn embed<T: Real>(dims: &Dims, theta: &[T], sc: &mut Scratch<T>) {
+    let (s, k) = (dims.side, dims.pq());
+    let scale = T::from_f64(1.0 / dims.context as f64);
+    let zero = T::default();
+    sc.pt.fill(zero);
+    sc.qt.fill(zero);
+    for lh in 0..dims.layers * dims.heads {
+        let base = lh * 2 * k * k;
+        for i in 0..k {
+            for j in 0..k {
+                sc.pt[lh * s * s + i * s + j] = theta[base + i * k + j] * scale;
+                sc.qt[lh * s * s + i * s + j] = theta[base + k * k + i * k + j];
+            }
+        }
+        if dims.restricted {
+            sc.pt[lh * s * s + (s - 1) * s + (s - 1)] = scale;
+        }
+    }
+}
+
+/// The forward and backward pass of one member over every chunk of its stream.
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
+fn member<T: Real>(dims: &Dims, data: &Streams<T>, stream: usize, grad: &mut [T], sc: &mut Scratch<T>) -> T {
+    let (layers, heads, s) = (dims.layers, dims.heads, dims.side);
+    let m = s * s;
+    let d = s - 1;
+    let zero = T::default();
+    let (plain, trans) = (View::plain(s), View::transposed(s));
+    // A vector (a row or column of lanes) seen as a side × 1 or 1 × side matrix.
+    let column = View { row: 1, col: 0 };
+    let row_vec = View { row: 0, col: 1 };
+    let inv_b = T::from_f64(1.0 / data.prompts as f64);
+    let two_inv_b = T::from_f64(2.0 / data.prompts as f64);
+    sc.gpt.fill(zero);
+    sc.gqt.fill(zero);
+    let mut loss: Lane<T> = [zero; LANES];
+    let Scratch { pt, qt, gpt, gqt, g, r, q, a, t0, t1, gbar, gbar_next, rbar, v, qbar, qbar_next } = sc;
+    for c in 0..data.chunks {
+        let at = stream * data.chunks + c;
+        g[..m * LANES].copy_from_slice(&data.gram[at * m * LANES..(at + 1) * m * LANES]);
+        q[..s * LANES].copy_from_slice(&data.query[at * s * LANES..(at + 1) * s * LANES]);
+        let y: Lane<T> = lane(&data.target, at);
+        // Forward through the layers before the last.
+        for l in 0..layers - 1 {
+            let (g_now, g_rest) = g[l * m * LANES..].split_at_mut(m * LANES);
+            let r_l = &mut r[l * m * LANES..(l + 1) * m * LANES];
+            for h in 0..heads {
+                let lh = l * heads + h;
+                let a_lh = &mut a[lh * m * LANES..(lh + 1) * m * LANES];
+                mm_ps(a_lh, g_now, plain, &pt[lh * m..(lh + 1) * m], trans, (s, s, s), false);
+                mm_sp(r_l, &qt[lh * m..(lh + 1) * m], plain, a_lh, plain, (s, s, s), h > 0);
+            }
+            for i in 0..s {
+                for v in lane_mut(r_l, i * s + i).iter_mut() {
+                    *v += T::from_f64(1.0);
+                }
+            }
+            mm_pp(t0, g_now, plain, r_l, plain, (s, s, s), false); // G R
+            mm_pp(&mut g_rest[..m * LANES], r_l, trans, t0, plain, (s, s, s), false); // Rᵀ G R
+            let (q_now, q_rest) = q[l * s * LANES..].split_at_mut(s * LANES);
+            mm_pp(&mut q_rest[..s * LANES], q_now, row_vec, r_l, plain, (1, s, s), false); // q R
+        }
+        // The last layer: column d of R only, from v_h = G p_h (p_h = row d of P̃_h).
+        let l = layers - 1;
+        let g_last = &g[l * m * LANES..(l + 1) * m * LANES];
+        let q_last = &q[l * s * LANES..(l + 1) * s * LANES];
+        let col = &mut t0[..s * LANES]; // column d of R
+        for (i, v) in col.chunks_exact_mut(LANES).enumerate() {
+            v.fill(if i == d { T::from_f64(1.0) } else { zero });
+        }
+        for h in 0..heads {
+            let lh = l * heads + h;
+            let v_h = &mut v[h * s * LANES..(h + 1) * s * LANES];
+            mm_ps(v_h, g_last, plain, &pt[lh * m + d * s..lh * m + (d + 1) * s], column, (s, s, 1), false);
+            mm_sp(col, &qt[lh * m..(lh + 1) * m], plain, v_h, column, (s, s, 1), true);
+        }
+        let mut out: Lane<T> = [zero; LANES];
+        for i in 0..s {
+            let (qi, ci) = (lane(q_last, i), lane(col, i));
+            for w in 0..LANES {
+                out[w] += qi[w] * ci[w];
+            }
+        }
+        let mut obar: Lane<T> = [zero; LANES];
+        for w in 0..LANES {
+            let res = out[w] + y[w];
+            loss[w] += res * res;
+            obar[w] = two_inv_b * res;
+        }
+        // Backward through the last layer: q̄ = ō·col, r̄ = ō·q (column d of R̄).
+        let rbar_col = &mut rbar[..s * LANES];
+        for i in 0..s {
+            let (qi, ci) = (lane(q_last, i), lane(col, i));
+            let (qb, rb) = (lane_mut(qbar, i), &mut [zero; LANES]);
+            for w in 0..LANES {
+                qb[w] = obar[w] * ci[w];
+                rb[w] = obar[w] * qi[w];
+            }
+            *lane_mut(rbar_col, i) = *rb;
+        }
+        gbar.fill(zero);
+        for h in 0..heads {
+            let lh = l * heads + h;
+            let v_h = &v[h * s * LANES..(h + 1) * s * LANES];
+            // Q̃̄_h += r̄ v_hᵀ.
+            mm_pp(&mut gqt[lh * m * LANES..(lh + 1) * m * LANES], rbar_col, column, v_h, row_vec, (s, 1, s), true);
+            // v̄_h = Q̃_hᵀ r̄ (qbar_next is free until the layers below).
+            let vbar = &mut qbar_next[..s * LANES];
+            mm_sp(vbar, &qt[lh * m..(lh + 1) * m], trans, rbar_col, column, (s, s, 1), false);
+            // Ḡ += v̄ p_hᵀ; P̃̄_h[d, :] += (G v̄)ᵀ.
+            let p_row = &pt[lh * m + d * s..lh * m + (d + 1) * s];
+            mm_ps(gbar, vbar, column, p_row, row_vec, (s, 1, s), true);
+            let gp_row = &mut gpt[lh * m * LANES + d * s * LANES..lh * m * LANES + (d + 1) * s * LANES];
+            mm_pp(gp_row, vbar, row_vec, g_last, plain, (1, s, s), true);
+        }
+        // Backward through the layers before the last, from the top.
+        for l in (0..layers - 1).rev() {
+            let g_l = &g[l * m * LANES..(l + 1) * m * LANES];
+            let r_l = &r[l * m * LANES..(l + 1) * m * LANES];
+            let q_l = &q[l * s * LANES..(l + 1) * s * LANES];
+            // R̄ = q_lᵀ q̄ + G R (Ḡ + Ḡᵀ).
+            mm_pp(t0, g_l, plain, r_l, plain, (s, s, s), false); // G R
+            for i in 0..s {
+                for j in 0..s {
+                    let (x, y) = (lane(gbar, i * s + j), lane(gbar, j * s + i));
+                    let o = lane_mut(t1, i * s + j);
+                    for w in 0..LANES {
+                        o[w] = x[w] + y[w];
+                    }
+                }
+            }
+            mm_pp(rbar, t0, plain, t1, plain, (s, s, s), false);
+            mm_pp(rbar, q_l, column, qbar, row_vec, (s, 1, s), true);
+            // q̄_l = q̄ Rᵀ.
+            mm_pp(qbar_next, qbar, row_vec, r_l, trans, (1, s, s), false);
+            // Ḡ_l = R Ḡ Rᵀ + Σ_h Q̃_hᵀ R̄ P̃_h (not needed below layer 0).
+            if l > 0 {
+                mm_pp(t0, r_l, plain, gbar, plain, (s, s, s), false);
+                mm_pp(gbar_next, t0, plain, r_l, trans, (s, s, s), false);
+            }
+            for h in 0..heads {
+                let lh = l * heads + h;
+                let a_lh = &a[lh * m * LANES..(lh + 1) * m * LANES];
+                // Q̃̄_h += R̄ A_hᵀ.
+                mm_pp(&mut gqt[lh * m * LANES..(lh + 1) * m * LANES], rbar, plain, a_lh, trans, (s, s, s), true);
+                // W_h = Q̃_hᵀ R̄; P̃̄_h += W_hᵀ G; Ḡ_l += W_h P̃_h.
+                mm_sp(t1, &qt[lh * m..(lh + 1) * m], trans, rbar, plain, (s, s, s), false);
+                mm_pp(&mut gpt[lh * m * LANES..(lh + 1) * m * LANES], t1, trans, g_l, plain, (s, s, s), true);
+                if l > 0 {
+                    mm_ps(gbar_next, t1, plain, &pt[lh * m..(lh + 1) * m], plain, (s, s, s), true);
+                }
+            }
+            std::mem::swap(gbar, gbar_next);
+            std::mem::swap(qbar, qbar_next);
+        }
+    }
+    // Lane sums, then P̃̄ and Q̃̄ back to the learned P and Q (P̃ = embed(P)/n, Q̃ = embed(Q)).
+    let k = dims.pq();
+    let scale = T::from_f64(1.0 / dims.context as f64);
+    for lh in 0..layers * heads {
+        let base = lh * 2 * k * k;
+        for i in 0..k {
+            for j in 0..k {
+                let (mut sp, mut sq) = (zero, zero);
+                let (lp, lq) = (lane(gpt, lh * m + i * s + j), lane(gqt, lh * m + i * s + j));
+                for w in 0..LANES {
+                    sp += lp[w];
+                    sq += lq[w];
+                }
+                grad[base + i * k + j] = sp * scale;
+                grad[base + k * k + i * k + j] = sq;
+            }
+        }
+    }
+    let mut total = zero;
+    for v in loss {
+        total += v;
+    }
+    total * inv_b
+}
+
+/// The kernel behind fast mode's stepper on a CPU: host buffers kept between steps, the
+/// batch and parameters read from libtorch tensors, the losses and gradients handed back as
+/// tensors.
+pub struct NativeFast {
+    dims: Dims,
+    members: usize,
+    state: Buffers,
+}
+
+enum Buffers {
+    F32(Host<f32>),
+    F64(Host<f64>),
+}
+
+/// Everything a step needs, in one float type.
+struct Host<T> {
+    z: Vec<T>,
+    y: Vec<T>,
+    theta: Vec<T>,
+    grad: Vec<T>,
+    losses: Vec<T>,
+    streams: Streams<T>,
+    scratch: Vec<Scratch<T>>,
+}
+
+impl<T: Real + tch::kind::Element> Host<T> {
+    fn new(members: usize) -> Host<T> {
+        Host {
+            z: vec![],
+            y: vec![],
+            theta: vec![],
+            grad: vec![],
+            losses: vec![T::default(); members],
+            streams: Streams::default(),
+            scratch: (0..members).map(|_| Scratch::default()).collect(),
+        }
+    }
+
+    fn step(&mut self, dims: &Dims, theta: &Tensor, batch: &Batch, rows: &[usize]) -> (Tensor, Tensor) {
+        let members = rows.len();
+        let p = dims.params();
+        let z = batch.z.contiguous();
+        let y = batch.y_query.contiguous();
+        let streams = z.size()[0] as usize;
+        self.z.resize(z.numel(), T::default());
+        self.y.resize(y.numel(), T::default());
+        self.theta.resize(members * p, T::default());
+        self.grad.resize(members * p, T::default());
+        z.copy_data(&mut self.z, z.numel());
+        y.copy_data(&mut self.y, y.numel());
+        theta.detach().contiguous().copy_data(&mut self.theta, members * p);
+        self.streams.load(dims, &self.z, &self.y, streams);
+        for (k, &row) in rows.iter().enumerate() {
+            self.losses[k] = loss_and_gradient(
+                dims,
+                &self.theta[k * p..(k + 1) * p],
+                &self.streams,
+                row,
+                &mut self.grad[k * p..(k + 1) * p],
+                &mut self.scratch[k],
+            );
+        }
+        (
+            Tensor::from_slice(&self.losses),
+            Tensor::from_slice(&self.grad).view([members as i64, p as i64]),
+        )
+    }
+}
+
+use crate::config::{Attention, Parametrization};
+use crate::data::Batch;
+use tch::{Device, Kind, Tensor};
+
+impl NativeFast {
+    /// The kernel for `members` members of `arch` in `kind`, where it applies: linear
+    /// attention without the MLP, on the CPU, in float32 or float64. `None` elsewhere (the
+    /// libtorch fast path then runs, as on CUDA).
+    pub fn new(arch: &super::Arch, members: usize, kind: Kind, device: Device) -> Option<NativeFast> {
+        if device != Device::Cpu || arch.attention != Attention::Linear || arch.mlp_hidden > 0 {
+            return None;
+        }
+        let dims = Dims {
+            layers: arch.layers as usize,
+            heads: arch.heads as usize,
+            side: arch.dim as usize + 1,
+            context: arch.context as usize,
+            restricted: arch.parametrization == Parametrization::Restricted,
+        };
+        let state = match kind {
+            Kind::Float => Buffers::F32(Host::new(members)),
+            Kind::Double => Buffers::F64(Host::new(members)),
+            _ => return None,
+        };
+        Some(NativeFast { dims, members, state })
+    }
+
+    /// Every member's loss `[K]` and gradient `[K, P]` at `theta [K, P]` on `batch` (U
+    /// streams; member i reads stream `rows[i]`, or stream i when `rows` is `None`).
+    pub fn losses_and_gradients(&mut self, theta: &Tensor, batch: &Batch, rows: Option<&Tensor>) -> (Tensor, Tensor) {
+        let rows: Vec<usize> = match rows {
+            Some(r) => Vec::<i64>::try_from(r).expect("member rows are int64").into_iter().map(|r| r as usize).collect(),
+            None => (0..self.members).collect(),
+        };
+        match &mut self.state {
+            Buffers::F32(h) => h.step(&self.dims, theta, batch, &rows),
+            Buffers::F64(h) => h.step(&self.dims, theta, batch, &rows),
+        }
+    }
+}
