@@ -31,7 +31,7 @@ fn rel(a: &Tensor, b: &Tensor) -> f64 {
 
 /// The native loss and gradient of one member on one stream.
 fn native(arch: &Arch, theta: &Tensor, batch: &Batch) -> (Tensor, Tensor) {
-    let mut k = NativeFast::new(arch, 1, theta.kind(), Device::Cpu).expect("a model the kernel computes");
+    let mut k = NativeFast::new(arch, 1, theta.kind(), Device::Cpu, 1).expect("a model the kernel computes");
     let batch = Batch { z: batch.z.unsqueeze(0), y_query: batch.y_query.unsqueeze(0) };
     let (losses, grad) = k.losses_and_gradients(&theta.unsqueeze(0), &batch, None);
     (losses.get(0), grad.get(0))
@@ -127,7 +127,7 @@ fn a_native_member_gets_bit_for_bit_its_solo_result_whatever_the_members_beside_
     let batch = Batch { z: Tensor::stack(&[&b0.z, &b1.z], 0), y_query: Tensor::stack(&[&b0.y_query, &b1.y_query], 0) };
     let theta = Tensor::stack(&[&t1, &t0, &t0], 0);
     let rows = Tensor::from_slice(&[1i64, 0, 0]);
-    let mut k = NativeFast::new(&arch, 3, Kind::Float, Device::Cpu).unwrap();
+    let mut k = NativeFast::new(&arch, 3, Kind::Float, Device::Cpu, 2).unwrap();
     let (losses, grad) = k.losses_and_gradients(&theta, &batch, Some(&rows));
     for (i, solo) in [(0, &solo1), (1, &solo0), (2, &solo0)] {
         assert!(losses.get(i).equal(&solo.0), "member {i}: loss differs from its solo run");
@@ -139,8 +139,8 @@ fn a_native_member_gets_bit_for_bit_its_solo_result_whatever_the_members_beside_
 fn the_native_kernel_declines_the_models_it_does_not_compute() {
     for sets in [&["model.attention=softmax"][..], &["model.mlp_hidden=4", "model.parametrization=full"][..]] {
         let arch = Arch::from_config(&config(sets));
-        assert!(NativeFast::new(&arch, 1, Kind::Float, Device::Cpu).is_none(), "{sets:?}");
+        assert!(NativeFast::new(&arch, 1, Kind::Float, Device::Cpu, 1).is_none(), "{sets:?}");
     }
     let arch = Arch::from_config(&config(&[]));
-    assert!(NativeFast::new(&arch, 1, Kind::Half, Device::Cpu).is_none());
+    assert!(NativeFast::new(&arch, 1, Kind::Half, Device::Cpu, 1).is_none());
 }

@@ -25,8 +25,11 @@
 //! SIMD: the kernels are compiled for AVX-512, AVX2+FMA and baseline x86-64, and the widest
 //! the CPU supports is chosen at run time ([`multiversion`]); the binary runs on any x86-64.
 //! This module has no `unsafe`.
+use crate::config::{Attention, Parametrization};
+use crate::data::Batch;
 use multiversion::multiversion;
 use std::ops::{Add, AddAssign, Mul, Sub};
+use tch::{Device, Kind, Tensor};
 
 /// Prompts per vector: 16 float32 fill one 512-bit register (two 256-bit ones).
 pub const LANES: usize = 16;
@@ -98,6 +101,10 @@ impl Dims {
     }
 }
 
+/// Prompts of one task: a block of this many chunks. The blocks are fixed by the batch size
+/// alone, so a member's sums run in the same order whatever the thread count.
+const BLOCK_CHUNKS: usize = 16;
+
 /// What the kernel keeps of one data stream's batch: `G₀`, `q₀` and `y` per prompt, chunked
 /// [`LANES`] prompts at a time (the last chunk padded with zero prompts, which contribute
 /// nothing to the loss or the gradient).
@@ -114,9 +121,9 @@ pub struct Streams<T> {
 }
 
 impl<T: Real> Streams<T> {
-    /// Reads a batch of `streams` streams: `z [U, B, n+1, d+1]` and `y_query [U, B]`, row-major.
-    /// The buffers are kept between calls, so a step allocates nothing.
-    pub fn load(&mut self, dims: &Dims, z: &[T], y_query: &[T], streams: usize) {
+    /// Reads a batch of `streams` streams, `z [U, B, n+1, d+1]` and `y_query [U, B]` row-major,
+    /// with one thread per entry of `works`. The buffers are kept between calls.
+    fn load(&mut self, dims: &Dims, z: &[T], y_query: &[T], streams: usize, works: &mut [Work<T>]) {
         let (s, n) = (dims.side, dims.context);
         let prompts = y_query.len() / streams.max(1);
         assert_eq!(z.len(), streams * prompts * (n + 1) * s, "z must be [U, B, n+1, d+1]");
@@ -124,32 +131,50 @@ impl<T: Real> Streams<T> {
         self.prompts = prompts;
         self.chunks = chunks;
         let zero = T::default();
-        self.gram.resize(streams * chunks * s * s * LANES, zero);
-        self.query.resize(streams * chunks * s * LANES, zero);
-        self.target.resize(streams * chunks * LANES, zero);
-        for u in 0..streams {
-            for c in 0..chunks {
-                let at = u * chunks + c;
-                load_chunk(
-                    dims,
-                    &z[u * prompts * (n + 1) * s..(u + 1) * prompts * (n + 1) * s],
-                    &y_query[u * prompts..(u + 1) * prompts],
-                    c,
-                    &mut self.gram[at * s * s * LANES..(at + 1) * s * s * LANES],
-                    &mut self.query[at * s * LANES..(at + 1) * s * LANES],
-                    &mut self.target[at * LANES..(at + 1) * LANES],
-                );
+        let slots = streams * chunks;
+        self.gram.resize(slots * s * s * LANES, zero);
+        self.query.resize(slots * s * LANES, zero);
+        self.target.resize(slots * LANES, zero);
+        let per = slots.div_ceil(works.len().min(slots).max(1));
+        let parts = self
+            .gram
+            .chunks_mut(per * s * s * LANES)
+            .zip(self.query.chunks_mut(per * s * LANES))
+            .zip(self.target.chunks_mut(per * LANES))
+            .enumerate();
+        std::thread::scope(|scope| {
+            for ((i, ((gram, query), target)), work) in parts.zip(works.iter_mut()) {
+                let mut job = move || {
+                    for (j, slot) in (i * per..slots.min((i + 1) * per)).enumerate() {
+                        let (u, c) = (slot / chunks, slot % chunks);
+                        let tokens = (n + 1) * s;
+                        load_chunk(
+                            dims,
+                            &z[u * prompts * tokens..(u + 1) * prompts * tokens],
+                            &y_query[u * prompts..(u + 1) * prompts],
+                            c,
+                            &mut gram[j * s * s * LANES..(j + 1) * s * s * LANES],
+                            &mut query[j * s * LANES..(j + 1) * s * LANES],
+                            &mut target[j * LANES..(j + 1) * LANES],
+                            &mut work.tokens,
+                        );
+                    }
+                };
+                if i == 0 {
+                    // The calling thread takes the first part (nothing to spawn with one thread).
+                    job();
+                } else {
+                    scope.spawn(job);
+                }
             }
-        }
-    }
-
-    pub fn prompts(&self) -> usize {
-        self.prompts
+        });
     }
 }
 
-/// `G₀`, `q₀`, `y` of prompts `[c·LANES, (c+1)·LANES)` of one stream, lane-major.
+/// `G₀`, `q₀`, `y` of prompts `[c·LANES, (c+1)·LANES)` of one stream, lane-major;
+/// `tokens` is working memory.
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
+#[allow(clippy::too_many_arguments)]
 fn load_chunk<T: Real>(
     dims: &Dims,
     z: &[T],
@@ -158,31 +183,29 @@ fn load_chunk<T: Real>(
     gram: &mut [T],
     query: &mut [T],
     target: &mut [T],
+    tokens: &mut Vec<T>,
 ) {
     let (s, n) = (dims.side, dims.context);
-    let prompts = y.len();
-    let zero = T::default();
     let per_prompt = (n + 1) * s;
-    gram.fill(zero);
-    query.fill(zero);
+    let zero = T::default();
+    tokens.resize(per_prompt * LANES, zero);
+    tokens.fill(zero);
     target.fill(zero);
-    // One token row of every lane at a time: row[a][w].
-    let mut row = vec![zero; s * LANES];
-    for t in 0..=n {
-        for w in 0..LANES {
-            let p = c * LANES + w;
-            for a in 0..s {
-                row[a * LANES + w] = if p < prompts { z[p * per_prompt + t * s + a] } else { zero };
-            }
+    // Transpose the chunk's prompts into tokens[t][a][w], reading each prompt contiguously.
+    for w in 0..LANES.min(y.len().saturating_sub(c * LANES)) {
+        let p = c * LANES + w;
+        for (e, &x) in z[p * per_prompt..(p + 1) * per_prompt].iter().enumerate() {
+            tokens[e * LANES + w] = x;
         }
-        if t == n {
-            query.copy_from_slice(&row);
-            break;
-        }
+        target[w] = y[p];
+    }
+    gram.fill(zero);
+    for t in 0..n {
+        let row = &tokens[t * s * LANES..(t + 1) * s * LANES];
         for a in 0..s {
-            let ra: Lane<T> = lane(&row, a);
+            let ra: Lane<T> = lane(row, a);
             for b in a..s {
-                let rb: Lane<T> = lane(&row, b);
+                let rb: Lane<T> = lane(row, b);
                 let g = lane_mut(gram, a * s + b);
                 for w in 0..LANES {
                     g[w] += ra[w] * rb[w];
@@ -197,12 +220,7 @@ fn load_chunk<T: Real>(
             *lane_mut(gram, a * s + b) = v;
         }
     }
-    for w in 0..LANES {
-        let p = c * LANES + w;
-        if p < prompts {
-            target[w] = y[p];
-        }
-    }
+    query.copy_from_slice(&tokens[n * s * LANES..(n + 1) * s * LANES]);
 }
 
 #[inline(always)]
@@ -317,21 +335,58 @@ fn mm_ps<T: Real>(
     }
 }
 
-/// One member's working memory, kept between steps.
+
+/// P̃ (scaled by 1/n) and Q̃ of every layer and head of one member, `[L, H, side, side]`.
 #[derive(Debug, Default)]
-pub struct Scratch<T> {
-    /// P̃ (with 1/n) and Q̃ of every layer and head, `[L, H, side, side]` each.
+struct Embedded<T> {
     pt: Vec<T>,
     qt: Vec<T>,
-    /// Lane sums of ∂loss/∂P̃ and ∂loss/∂Q̃, `[L, H, side, side, LANES]`.
+}
+
+impl<T: Real> Embedded<T> {
+    fn set(&mut self, dims: &Dims, theta: &[T]) {
+        let (s, k) = (dims.side, dims.pq());
+        let scale = T::from_f64(1.0 / dims.context as f64);
+        let zero = T::default();
+        self.pt.clear();
+        self.pt.resize(dims.layers * dims.heads * s * s, zero);
+        self.qt.clear();
+        self.qt.resize(dims.layers * dims.heads * s * s, zero);
+        for lh in 0..dims.layers * dims.heads {
+            let base = lh * 2 * k * k;
+            for i in 0..k {
+                for j in 0..k {
+                    self.pt[lh * s * s + i * s + j] = theta[base + i * k + j] * scale;
+                    self.qt[lh * s * s + i * s + j] = theta[base + k * k + i * k + j];
+                }
+            }
+            if dims.restricted {
+                self.pt[lh * s * s + (s - 1) * s + (s - 1)] = scale;
+            }
+        }
+    }
+}
+
+/// The result of one task, one member on one block of its stream: lane sums of ∂loss/∂P̃,
+/// ∂loss/∂Q̃ (`[L, H, side, side, LANES]`) and of the squared residuals.
+#[derive(Debug, Default)]
+struct Partial<T> {
+    member: usize,
+    stream: usize,
+    block: usize,
     gpt: Vec<T>,
     gqt: Vec<T>,
-    /// Per layer of one chunk: G_l, R_l, q_l and A_{l,h} = G_l P̃_hᵀ.
+    loss: Vec<T>,
+}
+
+/// One thread's working memory: per layer of one chunk G_l, R_l, q_l and A_{l,h} = G_l P̃_hᵀ,
+/// and temporaries of side × side lanes.
+#[derive(Debug, Default)]
+struct Work<T> {
     g: Vec<T>,
     r: Vec<T>,
     q: Vec<T>,
     a: Vec<T>,
-    /// Temporaries of one chunk, side × side lanes each.
     t0: Vec<T>,
     t1: Vec<T>,
     gbar: Vec<T>,
@@ -341,17 +396,15 @@ pub struct Scratch<T> {
     v: Vec<T>,
     qbar: Vec<T>,
     qbar_next: Vec<T>,
+    /// One chunk's prompts, transposed ([`load_chunk`]).
+    tokens: Vec<T>,
 }
 
-impl<T: Real> Scratch<T> {
+impl<T: Real> Work<T> {
     fn fit(&mut self, dims: &Dims) {
         let (l, h, s) = (dims.layers, dims.heads, dims.side);
         let m = s * s;
         let zero = T::default();
-        self.pt.resize(l * h * m, zero);
-        self.qt.resize(l * h * m, zero);
-        self.gpt.resize(l * h * m * LANES, zero);
-        self.gqt.resize(l * h * m * LANES, zero);
         self.g.resize(l * m * LANES, zero);
         self.r.resize(l * m * LANES, zero);
         self.q.resize(l * s * LANES, zero);
@@ -365,47 +418,27 @@ impl<T: Real> Scratch<T> {
     }
 }
 
-/// One member's loss on stream `stream` of `data` and its gradient `grad [P]` (allparam's
-/// layout) at parameters `theta [P]`.
-pub fn loss_and_gradient<T: Real>(
-    dims: &Dims,
-    theta: &[T],
-    data: &Streams<T>,
-    stream: usize,
-    grad: &mut [T],
-    scratch: &mut Scratch<T>,
-) -> T {
-    assert_eq!(theta.len(), dims.params(), "theta must hold one member's allparam");
-    assert_eq!(grad.len(), dims.params(), "grad must hold one member's allparam");
-    scratch.fit(dims);
-    embed(dims, theta, scratch);
-    member(dims, data, stream, grad, scratch)
+/// Runs `job` on every task, the tasks split into contiguous groups, one thread per group
+/// with its own entry of `works` (the calling thread takes the first group).
+fn in_threads<W: Send, J: Send>(works: &mut [W], tasks: &mut [J], job: impl Fn(&mut W, &mut J) + Sync) {
+    let groups = works.len().min(tasks.len()).max(1);
+    let per = tasks.len().div_ceil(groups).max(1);
+    let job = &job;
+    std::thread::scope(|scope| {
+        let mut pairs = works.iter_mut().zip(tasks.chunks_mut(per));
+        let first = pairs.next();
+        for (work, group) in pairs {
+            scope.spawn(move || group.iter_mut().for_each(|t| job(work, t)));
+        }
+        if let Some((work, group)) = first {
+            group.iter_mut().for_each(|t| job(work, t));
+        }
+    });
 }
 
-/// P̃ (scaled by 1/n) and Q̃ of every layer and head from `theta`.
-fn embed<T: Real>(dims: &Dims, theta: &[T], sc: &mut Scratch<T>) {
-    let (s, k) = (dims.side, dims.pq());
-    let scale = T::from_f64(1.0 / dims.context as f64);
-    let zero = T::default();
-    sc.pt.fill(zero);
-    sc.qt.fill(zero);
-    for lh in 0..dims.layers * dims.heads {
-        let base = lh * 2 * k * k;
-        for i in 0..k {
-            for j in 0..k {
-                sc.pt[lh * s * s + i * s + j] = theta[base + i * k + j] * scale;
-                sc.qt[lh * s * s + i * s + j] = theta[base + k * k + i * k + j];
-            }
-        }
-        if dims.restricted {
-            sc.pt[lh * s * s + (s - 1) * s + (s - 1)] = scale;
-        }
-    }
-}
-
-/// The forward and backward pass of one member over every chunk of its stream.
+/// The forward and backward pass of one member over one block of chunks of its stream.
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
-fn member<T: Real>(dims: &Dims, data: &Streams<T>, stream: usize, grad: &mut [T], sc: &mut Scratch<T>) -> T {
+fn block<T: Real>(dims: &Dims, params: &Embedded<T>, data: &Streams<T>, work: &mut Work<T>, part: &mut Partial<T>) {
     let (layers, heads, s) = (dims.layers, dims.heads, dims.side);
     let m = s * s;
     let d = s - 1;
@@ -414,14 +447,14 @@ fn member<T: Real>(dims: &Dims, data: &Streams<T>, stream: usize, grad: &mut [T]
     // A vector (a row or column of lanes) seen as a side × 1 or 1 × side matrix.
     let column = View { row: 1, col: 0 };
     let row_vec = View { row: 0, col: 1 };
-    let inv_b = T::from_f64(1.0 / data.prompts as f64);
     let two_inv_b = T::from_f64(2.0 / data.prompts as f64);
-    sc.gpt.fill(zero);
-    sc.gqt.fill(zero);
-    let mut loss: Lane<T> = [zero; LANES];
-    let Scratch { pt, qt, gpt, gqt, g, r, q, a, t0, t1, gbar, gbar_next, rbar, v, qbar, qbar_next } = sc;
-    for c in 0..data.chunks {
-        let at = stream * data.chunks + c;
+    let (pt, qt) = (&params.pt, &params.qt);
+    let Work { g, r, q, a, t0, t1, gbar, gbar_next, rbar, v, qbar, qbar_next, .. } = work;
+    let Partial { gpt, gqt, loss, .. } = part;
+    let loss: &mut Lane<T> = lane_mut(loss, 0);
+    let first = part.block * BLOCK_CHUNKS;
+    for c in first..data.chunks.min(first + BLOCK_CHUNKS) {
+        let at = part.stream * data.chunks + c;
         g[..m * LANES].copy_from_slice(&data.gram[at * m * LANES..(at + 1) * m * LANES]);
         q[..s * LANES].copy_from_slice(&data.query[at * s * LANES..(at + 1) * s * LANES]);
         let y: Lane<T> = lane(&data.target, at);
@@ -539,29 +572,6 @@ fn member<T: Real>(dims: &Dims, data: &Streams<T>, stream: usize, grad: &mut [T]
             std::mem::swap(qbar, qbar_next);
         }
     }
-    // Lane sums, then P̃̄ and Q̃̄ back to the learned P and Q (P̃ = embed(P)/n, Q̃ = embed(Q)).
-    let k = dims.pq();
-    let scale = T::from_f64(1.0 / dims.context as f64);
-    for lh in 0..layers * heads {
-        let base = lh * 2 * k * k;
-        for i in 0..k {
-            for j in 0..k {
-                let (mut sp, mut sq) = (zero, zero);
-                let (lp, lq) = (lane(gpt, lh * m + i * s + j), lane(gqt, lh * m + i * s + j));
-                for w in 0..LANES {
-                    sp += lp[w];
-                    sq += lq[w];
-                }
-                grad[base + i * k + j] = sp * scale;
-                grad[base + k * k + i * k + j] = sq;
-            }
-        }
-    }
-    let mut total = zero;
-    for v in loss {
-        total += v;
-    }
-    total * inv_b
 }
 
 /// The kernel behind fast mode's stepper on a CPU: host buffers kept between steps, the
@@ -570,6 +580,7 @@ fn member<T: Real>(dims: &Dims, data: &Streams<T>, stream: usize, grad: &mut [T]
 pub struct NativeFast {
     dims: Dims,
     members: usize,
+    threads: usize,
     state: Buffers,
 }
 
@@ -579,6 +590,7 @@ enum Buffers {
 }
 
 /// Everything a step needs, in one float type.
+#[derive(Default)]
 struct Host<T> {
     z: Vec<T>,
     y: Vec<T>,
@@ -586,63 +598,101 @@ struct Host<T> {
     grad: Vec<T>,
     losses: Vec<T>,
     streams: Streams<T>,
-    scratch: Vec<Scratch<T>>,
+    embedded: Vec<Embedded<T>>,
+    partials: Vec<Partial<T>>,
+    works: Vec<Work<T>>,
 }
 
 impl<T: Real + tch::kind::Element> Host<T> {
-    fn new(members: usize) -> Host<T> {
-        Host {
-            z: vec![],
-            y: vec![],
-            theta: vec![],
-            grad: vec![],
-            losses: vec![T::default(); members],
-            streams: Streams::default(),
-            scratch: (0..members).map(|_| Scratch::default()).collect(),
-        }
-    }
-
-    fn step(&mut self, dims: &Dims, theta: &Tensor, batch: &Batch, rows: &[usize]) -> (Tensor, Tensor) {
-        let members = rows.len();
-        let p = dims.params();
+    fn step(&mut self, dims: &Dims, threads: usize, theta: &Tensor, batch: &Batch, rows: &[usize]) -> (Tensor, Tensor) {
+        let (members, p) = (rows.len(), dims.params());
+        let (s, zero) = (dims.side, T::default());
         let z = batch.z.contiguous();
         let y = batch.y_query.contiguous();
-        let streams = z.size()[0] as usize;
-        self.z.resize(z.numel(), T::default());
-        self.y.resize(y.numel(), T::default());
-        self.theta.resize(members * p, T::default());
-        self.grad.resize(members * p, T::default());
+        self.z.resize(z.numel(), zero);
+        self.y.resize(y.numel(), zero);
+        self.theta.resize(members * p, zero);
+        self.grad.resize(members * p, zero);
+        self.losses.resize(members, zero);
         z.copy_data(&mut self.z, z.numel());
         y.copy_data(&mut self.y, y.numel());
         theta.detach().contiguous().copy_data(&mut self.theta, members * p);
-        self.streams.load(dims, &self.z, &self.y, streams);
-        for (k, &row) in rows.iter().enumerate() {
-            self.losses[k] = loss_and_gradient(
-                dims,
-                &self.theta[k * p..(k + 1) * p],
-                &self.streams,
-                row,
-                &mut self.grad[k * p..(k + 1) * p],
-                &mut self.scratch[k],
-            );
+        self.works.resize_with(threads, Work::default);
+        self.works.iter_mut().for_each(|w| w.fit(dims));
+        self.streams.load(dims, &self.z, &self.y, z.size()[0] as usize, &mut self.works);
+        self.embedded.resize_with(members, Embedded::default);
+        for (k, e) in self.embedded.iter_mut().enumerate() {
+            e.set(dims, &self.theta[k * p..(k + 1) * p]);
         }
-        (
-            Tensor::from_slice(&self.losses),
-            Tensor::from_slice(&self.grad).view([members as i64, p as i64]),
-        )
+        let blocks = self.streams.chunks.div_ceil(BLOCK_CHUNKS);
+        self.partials.resize_with(members * blocks, Partial::default);
+        let lanes = dims.layers * dims.heads * s * s * LANES;
+        for (i, part) in self.partials.iter_mut().enumerate() {
+            (part.member, part.block) = (i / blocks, i % blocks);
+            part.stream = rows[part.member];
+            for t in [&mut part.gpt, &mut part.gqt] {
+                t.clear();
+                t.resize(lanes, zero);
+            }
+            part.loss.clear();
+            part.loss.resize(LANES, zero);
+        }
+        let (data, embedded) = (&self.streams, &self.embedded);
+        in_threads(&mut self.works, &mut self.partials, |work, part| {
+            block(dims, &embedded[part.member], data, work, part)
+        });
+        for k in 0..members {
+            let parts = &self.partials[k * blocks..(k + 1) * blocks];
+            self.losses[k] = reduce(dims, parts, self.streams.prompts, &mut self.grad[k * p..(k + 1) * p]);
+        }
+        (Tensor::from_slice(&self.losses), Tensor::from_slice(&self.grad).view([members as i64, p as i64]))
     }
 }
 
-use crate::config::{Attention, Parametrization};
-use crate::data::Batch;
-use tch::{Device, Kind, Tensor};
+/// One member's loss (the mean over its `prompts`) and gradient `[P]` from its blocks' partial sums: the blocks in order,
+/// then the lanes in order; P̃̄ and Q̃̄ back to the learned P and Q (P̃ = embed(P)/n).
+fn reduce<T: Real>(dims: &Dims, parts: &[Partial<T>], prompts: usize, grad: &mut [T]) -> T {
+    let (s, k) = (dims.side, dims.pq());
+    let m = s * s;
+    let zero = T::default();
+    let scale = T::from_f64(1.0 / dims.context as f64);
+    let sum = |pick: &dyn Fn(&Partial<T>) -> &[T], i: usize| {
+        let mut acc: Lane<T> = [zero; LANES];
+        for part in parts {
+            let l = lane(pick(part), i);
+            for w in 0..LANES {
+                acc[w] += l[w];
+            }
+        }
+        let mut total = zero;
+        for v in acc {
+            total += v;
+        }
+        total
+    };
+    for lh in 0..dims.layers * dims.heads {
+        let base = lh * 2 * k * k;
+        for i in 0..k {
+            for j in 0..k {
+                grad[base + i * k + j] = sum(&|p| &p.gpt, lh * m + i * s + j) * scale;
+                grad[base + k * k + i * k + j] = sum(&|p| &p.gqt, lh * m + i * s + j);
+            }
+        }
+    }
+    sum(&|p| &p.loss, 0) * T::from_f64(1.0 / prompts as f64)
+}
+
+/// Whether the kernel computes `arch`: linear attention without the MLP.
+pub fn applies(arch: &super::Arch) -> bool {
+    arch.attention == Attention::Linear && arch.mlp_hidden == 0
+}
 
 impl NativeFast {
-    /// The kernel for `members` members of `arch` in `kind`, where it applies: linear
-    /// attention without the MLP, on the CPU, in float32 or float64. `None` elsewhere (the
-    /// libtorch fast path then runs, as on CUDA).
-    pub fn new(arch: &super::Arch, members: usize, kind: Kind, device: Device) -> Option<NativeFast> {
-        if device != Device::Cpu || arch.attention != Attention::Linear || arch.mlp_hidden > 0 {
+    /// The kernel for `members` members of `arch` in `kind` on `threads` threads, where it
+    /// applies: linear attention without the MLP, on the CPU, in float32 or float64. `None`
+    /// elsewhere (the libtorch fast path then runs, as on CUDA).
+    pub fn new(arch: &super::Arch, members: usize, kind: Kind, device: Device, threads: usize) -> Option<NativeFast> {
+        if device != Device::Cpu || !applies(arch) {
             return None;
         }
         let dims = Dims {
@@ -653,11 +703,11 @@ impl NativeFast {
             restricted: arch.parametrization == Parametrization::Restricted,
         };
         let state = match kind {
-            Kind::Float => Buffers::F32(Host::new(members)),
-            Kind::Double => Buffers::F64(Host::new(members)),
+            Kind::Float => Buffers::F32(Host::default()),
+            Kind::Double => Buffers::F64(Host::default()),
             _ => return None,
         };
-        Some(NativeFast { dims, members, state })
+        Some(NativeFast { dims, members, threads: threads.max(1), state })
     }
 
     /// Every member's loss `[K]` and gradient `[K, P]` at `theta [K, P]` on `batch` (U
@@ -668,8 +718,8 @@ impl NativeFast {
             None => (0..self.members).collect(),
         };
         match &mut self.state {
-            Buffers::F32(h) => h.step(&self.dims, theta, batch, &rows),
-            Buffers::F64(h) => h.step(&self.dims, theta, batch, &rows),
+            Buffers::F32(h) => h.step(&self.dims, self.threads, theta, batch, &rows),
+            Buffers::F64(h) => h.step(&self.dims, self.threads, theta, batch, &rows),
         }
     }
 }

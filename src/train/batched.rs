@@ -126,7 +126,7 @@ impl BatchedStepper {
             rows: (!identity).then(|| Tensor::from_slice(&rows).to_device(device)),
             grad: Tensor::new(),
             fed: None,
-            native: NativeFast::new(&arch, members.len(), cfg.train.dtype.kind(), device),
+            native: NativeFast::new(&arch, members.len(), cfg.train.dtype.kind(), device, tch::get_num_threads().max(1) as usize),
             // A step's values wait on the device for 64 steps: the loop never waits for it.
             shape: Shape {
                 members: members.len(),
