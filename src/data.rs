@@ -201,26 +201,7 @@ impl DeviceStream {
     /// The batches of iteration `iter` of every stream: `z [U, B, n+1, d+1]`, `y_query [U, B]`.
     pub fn batch(&mut self, iter: i64) -> Batch {
         let (n, d) = (self.cfg.context, self.dim);
-        let mut radii2 = Vec::new();
-        for (u, &seed) in self.seeds.iter().enumerate() {
-            rng::seed_stream(seed, iter);
-            let _ = self.normals.get(u as i64).normal_(0.0, 1.0);
-            if let Some(k) = &self.gamma_shape {
-                radii2.push(k.internal_standard_gamma());
-            }
-        }
-        let w = self.normals.narrow(2, 0, 1); // [U, B, 1, d]
-        let mut x = self.normals.narrow(2, 1, n + 1); // context rows and the query row
-        match self.cfg.setting {
-            Setting::Normal | Setting::MlpTeacher => {}
-            Setting::Sphere => x = unit_rows(&x),
-            Setting::Gamma => {
-                // Gamma(k, scale) = scale · Gamma(k, 1); the radius is its square root.
-                let scale = (10.0 / self.cfg.gamma_shape).sqrt();
-                let radii = (Tensor::stack(&radii2, 0) * scale).sqrt().unsqueeze(-1);
-                x = unit_rows(&x) * radii;
-            }
-        }
+        let (w, x) = self.covariates(iter);
         let features = match &self.teacher {
             Some(t) => t.forward(&x),
             None => x.shallow_clone(),
@@ -233,5 +214,49 @@ impl DeviceStream {
             y_query: y.select(2, n).squeeze_dim(-1),
         }
         .to_kind(self.kind)
+    }
+
+    /// Per prompt the rows `[w; x_1 … x_n; x_query]` of iteration `iter`, `[U, B, n+2, d]` in
+    /// float32, the setting's transform of the covariates applied: [`DeviceStream::batch`] is
+    /// these rows with `y_i = x_i · w`. For the native kernel, which forms y and G itself.
+    /// `None` where y reads a teacher's features (`mlp_teacher`) or the run is not in float32
+    /// (its batch forms y in float32 before widening).
+    pub fn prompt_rows(&mut self, iter: i64) -> Option<Tensor> {
+        if self.teacher.is_some() || self.kind != Kind::Float {
+            return None;
+        }
+        let (w, x) = self.covariates(iter);
+        Some(match self.cfg.setting {
+            // The normals already hold the rows in this order.
+            Setting::Normal => self.normals.shallow_clone(),
+            _ => Tensor::cat(&[&w, &x], 2),
+        })
+    }
+
+    /// The draws of iteration `iter`: `w [U, B, 1, d]` and the covariates `x [U, B, n+1, d]`
+    /// (context rows and the query row), transformed as the setting says.
+    fn covariates(&mut self, iter: i64) -> (Tensor, Tensor) {
+        let n = self.cfg.context;
+        let mut radii2 = Vec::new();
+        for (u, &seed) in self.seeds.iter().enumerate() {
+            rng::seed_stream(seed, iter);
+            let _ = self.normals.get(u as i64).normal_(0.0, 1.0);
+            if let Some(k) = &self.gamma_shape {
+                radii2.push(k.internal_standard_gamma());
+            }
+        }
+        let w = self.normals.narrow(2, 0, 1);
+        let mut x = self.normals.narrow(2, 1, n + 1);
+        match self.cfg.setting {
+            Setting::Normal | Setting::MlpTeacher => {}
+            Setting::Sphere => x = unit_rows(&x),
+            Setting::Gamma => {
+                // Gamma(k, scale) = scale · Gamma(k, 1); the radius is its square root.
+                let scale = (10.0 / self.cfg.gamma_shape).sqrt();
+                let radii = (Tensor::stack(&radii2, 0) * scale).sqrt().unsqueeze(-1);
+                x = unit_rows(&x) * radii;
+            }
+        }
+        (w, x)
     }
 }

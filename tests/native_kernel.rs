@@ -144,3 +144,21 @@ fn the_native_kernel_declines_the_models_it_does_not_compute() {
     let arch = Arch::from_config(&config(&[]));
     assert!(NativeFast::new(&arch, 1, Kind::Half, Device::Cpu, 1).is_none());
 }
+
+/// The kernel's own y = x·w from the prompt rows gives the batch of `DeviceStream::batch`.
+#[test]
+fn native_steps_from_prompt_rows_match_steps_from_the_device_streams_batch() {
+    for setting in ["normal", "sphere", "gamma"] {
+        let cfg = config(&["data.batch=100", &format!("data.setting={setting}")]);
+        let arch = Arch::from_config(&cfg);
+        let mut stream = linattn::data::DeviceStream::new(&cfg, &[4, 9], None, Device::Cpu);
+        let theta = Tensor::stack(&[batch_and_theta(&cfg, 0, 0.2, Kind::Float).1, batch_and_theta(&cfg, 1, 0.2, Kind::Float).1], 0);
+        let mut k = NativeFast::new(&arch, 2, Kind::Float, Device::Cpu, 2).unwrap();
+        let (l_batch, g_batch) = k.losses_and_gradients(&theta, &stream.batch(7), None);
+        let rows = stream.prompt_rows(7).expect("rows for a float32 run without a teacher");
+        let (l_rows, g_rows) = k.losses_and_gradients_from_rows(&theta, &rows, None);
+        let (lr, gr) = (rel(&l_rows, &l_batch), rel(&g_rows, &g_batch));
+        println!("{setting}: loss rel {lr:.2e}, gradient rel {gr:.2e}");
+        assert!(lr < 1e-6 && gr < 1e-6, "{setting}: loss rel {lr:e}, gradient rel {gr:e}");
+    }
+}

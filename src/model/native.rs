@@ -120,13 +120,37 @@ pub struct Streams<T> {
     target: Vec<T>,
 }
 
+/// Where a batch comes from, row-major, for `streams` streams of B prompts.
+#[derive(Clone, Copy)]
+enum Source<'a, T> {
+    /// A batch as the model reads it: `z [U, B, n+1, d+1]`, `y_query [U, B]`.
+    Tokens { z: &'a [T], y_query: &'a [T] },
+    /// Per prompt the rows `[w; x_1 … x_n; x_query]`, `[U, B, n+2, d]`: the tokens are
+    /// `[x_i, x_i · w]` (the query's y is 0) and the target is `x_query · w`, the data of
+    /// [`crate::data::DeviceStream::batch`] without its tensors.
+    Rows { rows: &'a [T], prompts: usize },
+}
+
+impl<T> Source<'_, T> {
+    fn prompts(&self, streams: usize) -> usize {
+        match self {
+            Source::Tokens { y_query, .. } => y_query.len() / streams.max(1),
+            Source::Rows { prompts, .. } => *prompts,
+        }
+    }
+}
+
 impl<T: Real> Streams<T> {
-    /// Reads a batch of `streams` streams, `z [U, B, n+1, d+1]` and `y_query [U, B]` row-major,
-    /// with one thread per entry of `works`. The buffers are kept between calls.
-    fn load(&mut self, dims: &Dims, z: &[T], y_query: &[T], streams: usize, works: &mut [Work<T>]) {
+    /// Reads a batch of `streams` streams with one thread per entry of `works`. The buffers are
+    /// kept between calls.
+    fn load(&mut self, dims: &Dims, source: Source<T>, streams: usize, works: &mut [Work<T>]) {
         let (s, n) = (dims.side, dims.context);
-        let prompts = y_query.len() / streams.max(1);
-        assert_eq!(z.len(), streams * prompts * (n + 1) * s, "z must be [U, B, n+1, d+1]");
+        let prompts = source.prompts(streams);
+        let size = match source {
+            Source::Tokens { z, .. } => z.len() / (n + 1) / s,
+            Source::Rows { rows, .. } => rows.len() / (n + 2) / (s - 1),
+        };
+        assert_eq!(size, streams * prompts, "the batch must hold U × B prompts of n+1 tokens of side d+1");
         let chunks = prompts.div_ceil(LANES);
         self.prompts = prompts;
         self.chunks = chunks;
@@ -146,13 +170,11 @@ impl<T: Real> Streams<T> {
             for ((i, ((gram, query), target)), work) in parts.zip(works.iter_mut()) {
                 let mut job = move || {
                     for (j, slot) in (i * per..slots.min((i + 1) * per)).enumerate() {
-                        let (u, c) = (slot / chunks, slot % chunks);
-                        let tokens = (n + 1) * s;
                         load_chunk(
                             dims,
-                            &z[u * prompts * tokens..(u + 1) * prompts * tokens],
-                            &y_query[u * prompts..(u + 1) * prompts],
-                            c,
+                            source,
+                            (slot / chunks * prompts, prompts),
+                            slot % chunks,
                             &mut gram[j * s * s * LANES..(j + 1) * s * s * LANES],
                             &mut query[j * s * LANES..(j + 1) * s * LANES],
                             &mut target[j * LANES..(j + 1) * LANES],
@@ -171,14 +193,14 @@ impl<T: Real> Streams<T> {
     }
 }
 
-/// `G₀`, `q₀`, `y` of prompts `[c·LANES, (c+1)·LANES)` of one stream, lane-major;
-/// `tokens` is working memory.
+/// `G₀`, `q₀`, `y` of prompts `[c·LANES, (c+1)·LANES)` of the stream whose prompts are
+/// `[first, first + prompts)` of `source`, lane-major; `tokens` is working memory.
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
 #[allow(clippy::too_many_arguments)]
 fn load_chunk<T: Real>(
     dims: &Dims,
-    z: &[T],
-    y: &[T],
+    source: Source<T>,
+    (first, prompts): (usize, usize),
     c: usize,
     gram: &mut [T],
     query: &mut [T],
@@ -192,12 +214,33 @@ fn load_chunk<T: Real>(
     tokens.fill(zero);
     target.fill(zero);
     // Transpose the chunk's prompts into tokens[t][a][w], reading each prompt contiguously.
-    for w in 0..LANES.min(y.len().saturating_sub(c * LANES)) {
-        let p = c * LANES + w;
-        for (e, &x) in z[p * per_prompt..(p + 1) * per_prompt].iter().enumerate() {
-            tokens[e * LANES + w] = x;
+    for w in 0..LANES.min(prompts.saturating_sub(c * LANES)) {
+        let p = first + c * LANES + w;
+        match source {
+            Source::Tokens { z, y_query } => {
+                for (e, &x) in z[p * per_prompt..(p + 1) * per_prompt].iter().enumerate() {
+                    tokens[e * LANES + w] = x;
+                }
+                target[w] = y_query[p];
+            }
+            Source::Rows { rows, .. } => {
+                let d = s - 1;
+                let rows = &rows[p * (n + 2) * d..(p + 1) * (n + 2) * d];
+                let (wv, xs) = rows.split_at(d);
+                for (t, x) in xs.chunks_exact(d).enumerate() {
+                    let mut y = zero;
+                    for a in 0..d {
+                        tokens[(t * s + a) * LANES + w] = x[a];
+                        y += x[a] * wv[a];
+                    }
+                    if t < n {
+                        tokens[(t * s + d) * LANES + w] = y;
+                    } else {
+                        target[w] = y;
+                    }
+                }
+            }
         }
-        target[w] = y[p];
     }
     gram.fill(zero);
     for t in 0..n {
@@ -584,6 +627,13 @@ pub struct NativeFast {
     state: Buffers,
 }
 
+/// A step's data as libtorch hands it over.
+enum Input<'a> {
+    Batch(&'a Batch),
+    /// [`crate::data::DeviceStream::prompt_rows`].
+    Rows(&'a Tensor),
+}
+
 enum Buffers {
     F32(Host<f32>),
     F64(Host<f64>),
@@ -604,22 +654,34 @@ struct Host<T> {
 }
 
 impl<T: Real + tch::kind::Element> Host<T> {
-    fn step(&mut self, dims: &Dims, threads: usize, theta: &Tensor, batch: &Batch, rows: &[usize]) -> (Tensor, Tensor) {
+    /// Reads `batch`: `Tokens` (z, y_query) or `Rows` (the prompt rows) into host buffers.
+    fn read(&mut self, input: &Input) {
+        let zero = T::default();
+        let tensors: Vec<Tensor> = match input {
+            Input::Batch(b) => vec![b.z.contiguous(), b.y_query.contiguous()],
+            Input::Rows(r) => vec![r.contiguous()],
+        };
+        for (buf, t) in [&mut self.z, &mut self.y].into_iter().zip(&tensors) {
+            buf.resize(t.numel(), zero);
+            t.copy_data(buf, t.numel());
+        }
+    }
+
+    fn step(&mut self, dims: &Dims, threads: usize, theta: &Tensor, input: &Input, rows: &[usize]) -> (Tensor, Tensor) {
         let (members, p) = (rows.len(), dims.params());
         let (s, zero) = (dims.side, T::default());
-        let z = batch.z.contiguous();
-        let y = batch.y_query.contiguous();
-        self.z.resize(z.numel(), zero);
-        self.y.resize(y.numel(), zero);
+        self.read(input);
         self.theta.resize(members * p, zero);
         self.grad.resize(members * p, zero);
         self.losses.resize(members, zero);
-        z.copy_data(&mut self.z, z.numel());
-        y.copy_data(&mut self.y, y.numel());
         theta.detach().contiguous().copy_data(&mut self.theta, members * p);
         self.works.resize_with(threads, Work::default);
         self.works.iter_mut().for_each(|w| w.fit(dims));
-        self.streams.load(dims, &self.z, &self.y, z.size()[0] as usize, &mut self.works);
+        let (streams, source) = match input {
+            Input::Batch(b) => (b.z.size()[0] as usize, Source::Tokens { z: &self.z, y_query: &self.y }),
+            Input::Rows(r) => (r.size()[0] as usize, Source::Rows { rows: &self.z, prompts: r.size()[1] as usize }),
+        };
+        self.streams.load(dims, source, streams, &mut self.works);
         self.embedded.resize_with(members, Embedded::default);
         for (k, e) in self.embedded.iter_mut().enumerate() {
             e.set(dims, &self.theta[k * p..(k + 1) * p]);
@@ -713,13 +775,23 @@ impl NativeFast {
     /// Every member's loss `[K]` and gradient `[K, P]` at `theta [K, P]` on `batch` (U
     /// streams; member i reads stream `rows[i]`, or stream i when `rows` is `None`).
     pub fn losses_and_gradients(&mut self, theta: &Tensor, batch: &Batch, rows: Option<&Tensor>) -> (Tensor, Tensor) {
+        self.step(theta, &Input::Batch(batch), rows)
+    }
+
+    /// As [`NativeFast::losses_and_gradients`], on the batch whose prompt rows
+    /// (`[U, B, n+2, d]`, [`crate::data::DeviceStream::prompt_rows`]) are given.
+    pub fn losses_and_gradients_from_rows(&mut self, theta: &Tensor, prompt_rows: &Tensor, rows: Option<&Tensor>) -> (Tensor, Tensor) {
+        self.step(theta, &Input::Rows(prompt_rows), rows)
+    }
+
+    fn step(&mut self, theta: &Tensor, input: &Input, rows: Option<&Tensor>) -> (Tensor, Tensor) {
         let rows: Vec<usize> = match rows {
             Some(r) => Vec::<i64>::try_from(r).expect("member rows are int64").into_iter().map(|r| r as usize).collect(),
             None => (0..self.members).collect(),
         };
         match &mut self.state {
-            Buffers::F32(h) => h.step(&self.dims, self.threads, theta, batch, &rows),
-            Buffers::F64(h) => h.step(&self.dims, self.threads, theta, batch, &rows),
+            Buffers::F32(h) => h.step(&self.dims, self.threads, theta, input, &rows),
+            Buffers::F64(h) => h.step(&self.dims, self.threads, theta, input, &rows),
         }
     }
 }

@@ -148,6 +148,13 @@ impl BatchedStepper {
             .collect()
     }
 
+    /// The gradients of a step whose losses and gradient the native kernel computed.
+    fn gradients_from(&mut self, losses: Tensor, grad: Tensor) -> Gradients {
+        self.grad = grad;
+        let norms = self.grad.norm_scalaropt_dim(2, [1i64].as_slice(), false);
+        Gradients { losses, clip_norms: norms.shallow_clone(), norms }
+    }
+
     /// The next step reads these batches instead of the streams': `batch` holds U streams
     /// (`z [U, B, n+1, d+1]`) and member i reads stream `member_rows[i]` (`None`: stream i).
     /// This is how a test feeds an ensemble the batches of another run.
@@ -166,6 +173,13 @@ impl Stepper for BatchedStepper {
     }
 
     fn gradients(&mut self, iter: i64) -> Gradients {
+        if let (Some(native), None) = (&mut self.native, &self.fed) {
+            if let Some(prompt_rows) = self.stream.prompt_rows(iter) {
+                let rows = self.rows.as_ref();
+                let (losses, grad) = native.losses_and_gradients_from_rows(&self.theta, &prompt_rows, rows);
+                return self.gradients_from(losses, grad);
+            }
+        }
         let (batch, rows) = match self.fed.take() {
             Some(fed) => fed,
             None => (
@@ -175,9 +189,7 @@ impl Stepper for BatchedStepper {
         };
         if let Some(native) = &mut self.native {
             let (losses, grad) = native.losses_and_gradients(&self.theta, &batch, rows.as_ref());
-            self.grad = grad;
-            let norms = self.grad.norm_scalaropt_dim(2, [1i64].as_slice(), false);
-            return Gradients { losses, clip_norms: norms.shallow_clone(), norms };
+            return self.gradients_from(losses, grad);
         }
         let params = self.shape.layout.views(&self.theta);
         let losses = model::fast_losses(&self.arch, &params, &batch, rows.as_ref());
