@@ -178,7 +178,7 @@ impl<T: Real> Streams<T> {
                             &mut gram[j * s * s * LANES..(j + 1) * s * s * LANES],
                             &mut query[j * s * LANES..(j + 1) * s * LANES],
                             &mut target[j * LANES..(j + 1) * LANES],
-                            &mut work.tokens,
+                            work,
                         );
                     }
                 };
@@ -205,39 +205,40 @@ fn load_chunk<T: Real>(
     gram: &mut [T],
     query: &mut [T],
     target: &mut [T],
-    tokens: &mut Vec<T>,
+    work: &mut Work<T>,
 ) {
     let (s, n) = (dims.side, dims.context);
     let per_prompt = (n + 1) * s;
     let zero = T::default();
+    let Work { tokens, raw, .. } = work;
     tokens.resize(per_prompt * LANES, zero);
-    tokens.fill(zero);
     target.fill(zero);
-    // Transpose the chunk's prompts into tokens[t][a][w], reading each prompt contiguously.
-    for w in 0..LANES.min(prompts.saturating_sub(c * LANES)) {
-        let p = first + c * LANES + w;
-        match source {
-            Source::Tokens { z, y_query } => {
-                for (e, &x) in z[p * per_prompt..(p + 1) * per_prompt].iter().enumerate() {
-                    tokens[e * LANES + w] = x;
+    let valid = LANES.min(prompts.saturating_sub(c * LANES));
+    let base = first + c * LANES;
+    match source {
+        Source::Tokens { z, y_query } => {
+            transpose(&z[base * per_prompt..], per_prompt, valid, tokens);
+            target[..valid].copy_from_slice(&y_query[base..base + valid]);
+        }
+        Source::Rows { rows, .. } => {
+            // rows[e] lanes: w in e < d, then x_t at (t + 1)·d; y_t = x_t · w lane-wise.
+            let d = s - 1;
+            let per_row = (n + 2) * d;
+            raw.resize(per_row * LANES, zero);
+            transpose(&rows[base * per_row..], per_row, valid, raw);
+            for t in 0..=n {
+                let mut y: Lane<T> = [zero; LANES];
+                for a in 0..d {
+                    let (x, wa) = (lane(raw, (t + 1) * d + a), lane(raw, a));
+                    for l in 0..LANES {
+                        y[l] += x[l] * wa[l];
+                    }
+                    *lane_mut(tokens, t * s + a) = x;
                 }
-                target[w] = y_query[p];
-            }
-            Source::Rows { rows, .. } => {
-                let d = s - 1;
-                let rows = &rows[p * (n + 2) * d..(p + 1) * (n + 2) * d];
-                let (wv, xs) = rows.split_at(d);
-                for (t, x) in xs.chunks_exact(d).enumerate() {
-                    let mut y = zero;
-                    for a in 0..d {
-                        tokens[(t * s + a) * LANES + w] = x[a];
-                        y += x[a] * wv[a];
-                    }
-                    if t < n {
-                        tokens[(t * s + d) * LANES + w] = y;
-                    } else {
-                        target[w] = y;
-                    }
+                if t < n {
+                    *lane_mut(tokens, t * s + d) = y;
+                } else {
+                    target.copy_from_slice(&y);
                 }
             }
         }
@@ -264,6 +265,26 @@ fn load_chunk<T: Real>(
         }
     }
     query.copy_from_slice(&tokens[n * s * LANES..(n + 1) * s * LANES]);
+}
+
+/// `dst[e][w] = src[w·per + e]` for the first `valid` of [`LANES`] items of `per` values
+/// each; the other lanes are zero (padding prompts).
+#[inline(always)]
+fn transpose<T: Real>(src: &[T], per: usize, valid: usize, dst: &mut [T]) {
+    let src = &src[..valid * per];
+    for (e, out) in dst[..per * LANES].chunks_exact_mut(LANES).enumerate() {
+        let out: &mut Lane<T> = out.try_into().expect("a lane");
+        if valid == LANES {
+            for w in 0..LANES {
+                out[w] = src[w * per + e];
+            }
+        } else {
+            *out = [T::default(); LANES];
+            for w in 0..valid {
+                out[w] = src[w * per + e];
+            }
+        }
+    }
 }
 
 #[inline(always)]
@@ -439,8 +460,9 @@ struct Work<T> {
     v: Vec<T>,
     qbar: Vec<T>,
     qbar_next: Vec<T>,
-    /// One chunk's prompts, transposed ([`load_chunk`]).
+    /// One chunk's prompts, transposed ([`load_chunk`]): tokens and prompt rows.
     tokens: Vec<T>,
+    raw: Vec<T>,
 }
 
 impl<T: Real> Work<T> {
@@ -481,8 +503,17 @@ fn in_threads<W: Send, J: Send>(works: &mut [W], tasks: &mut [J], job: impl Fn(&
 
 /// The forward and backward pass of one member over one block of chunks of its stream.
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
-fn block<T: Real>(dims: &Dims, params: &Embedded<T>, data: &Streams<T>, work: &mut Work<T>, part: &mut Partial<T>) {
-    let (layers, heads, s) = (dims.layers, dims.heads, dims.side);
+fn block<T: Real, const SIDE: usize>(
+    dims: &Dims,
+    params: &Embedded<T>,
+    data: &Streams<T>,
+    work: &mut Work<T>,
+    part: &mut Partial<T>,
+) {
+    // SIDE > 0 is d + 1 known at compile time: the matrix loops unroll and lose their bounds
+    // checks. SIDE = 0 reads it from dims.
+    let s = if SIDE > 0 { SIDE } else { dims.side };
+    let (layers, heads) = (dims.layers, dims.heads);
     let m = s * s;
     let d = s - 1;
     let zero = T::default();
@@ -701,7 +732,13 @@ impl<T: Real + tch::kind::Element> Host<T> {
         }
         let (data, embedded) = (&self.streams, &self.embedded);
         in_threads(&mut self.works, &mut self.partials, |work, part| {
-            block(dims, &embedded[part.member], data, work, part)
+            let member = &embedded[part.member];
+            match dims.side {
+                // The paper's d = 5 and the large model's d = 20.
+                6 => block::<T, 6>(dims, member, data, work, part),
+                21 => block::<T, 21>(dims, member, data, work, part),
+                _ => block::<T, 0>(dims, member, data, work, part),
+            }
         });
         for k in 0..members {
             let parts = &self.partials[k * blocks..(k + 1) * blocks];
