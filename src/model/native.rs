@@ -49,9 +49,16 @@ pub trait Real:
 {
     fn from_f64(x: f64) -> Self;
     fn to_f64(self) -> f64;
+    /// `self · a + b` rounded once (an FMA instruction where the CPU has one, else libm's
+    /// exact `fma`): the same bits on every CPU.
+    fn mul_add(self, a: Self, b: Self) -> Self;
 }
 
 impl Real for f32 {
+    #[inline(always)]
+    fn mul_add(self, a: Self, b: Self) -> Self {
+        f32::mul_add(self, a, b)
+    }
     fn from_f64(x: f64) -> Self {
         x as f32
     }
@@ -61,6 +68,10 @@ impl Real for f32 {
 }
 
 impl Real for f64 {
+    #[inline(always)]
+    fn mul_add(self, a: Self, b: Self) -> Self {
+        f64::mul_add(self, a, b)
+    }
     fn from_f64(x: f64) -> Self {
         x
     }
@@ -318,10 +329,15 @@ impl View {
     }
 }
 
-/// `out (+)= A B` for per-prompt A (`rows × inner`) and per-prompt B (`inner × cols`).
+/// `out (+)= A B` with A `rows × inner` and B `inner × cols`, each either shared by all
+/// prompts (`A_SHARED`, `B_SHARED`: one value per entry) or per prompt (one lane per entry).
+///
+/// Why blocked: with sides this small the loop is bound by loads, not by multiply-adds, so
+/// each loaded lane of A serves up to six outputs of a row at once. Every output still sums
+/// over k in ascending order, one fused multiply-add at a time, whatever the blocking.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn mm_pp<T: Real>(
+fn mm<T: Real, const A_SHARED: bool, const B_SHARED: bool>(
     out: &mut [T],
     a: &[T],
     av: View,
@@ -330,75 +346,88 @@ fn mm_pp<T: Real>(
     (rows, inner, cols): (usize, usize, usize),
     accumulate: bool,
 ) {
+    let operands = Operands { a, av, b, bv, inner, cols, accumulate };
     for i in 0..rows {
-        for j in 0..cols {
-            let mut s: Lane<T> = if accumulate { lane(out, i * cols + j) } else { [T::default(); LANES] };
-            for k in 0..inner {
-                let x = lane(a, av.at(i, k));
-                let y = lane(b, bv.at(k, j));
-                for w in 0..LANES {
-                    s[w] += x[w] * y[w];
-                }
-            }
-            *lane_mut(out, i * cols + j) = s;
+        let mut j = 0;
+        while j + 6 <= cols {
+            row_block::<T, A_SHARED, B_SHARED, 6>(out, &operands, i, j);
+            j += 6;
+        }
+        while j + 3 <= cols {
+            row_block::<T, A_SHARED, B_SHARED, 3>(out, &operands, i, j);
+            j += 3;
+        }
+        while j < cols {
+            row_block::<T, A_SHARED, B_SHARED, 1>(out, &operands, i, j);
+            j += 1;
         }
     }
 }
 
-/// `out (+)= S B` for a shared S (`rows × inner`) and per-prompt B.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn mm_sp<T: Real>(
-    out: &mut [T],
-    a: &[T],
+struct Operands<'a, T> {
+    a: &'a [T],
     av: View,
-    b: &[T],
+    b: &'a [T],
     bv: View,
-    (rows, inner, cols): (usize, usize, usize),
+    inner: usize,
+    cols: usize,
     accumulate: bool,
-) {
-    for i in 0..rows {
-        for j in 0..cols {
-            let mut s: Lane<T> = if accumulate { lane(out, i * cols + j) } else { [T::default(); LANES] };
-            for k in 0..inner {
-                let x = a[av.at(i, k)];
-                let y = lane(b, bv.at(k, j));
-                for w in 0..LANES {
-                    s[w] += x * y[w];
-                }
-            }
-            *lane_mut(out, i * cols + j) = s;
-        }
-    }
 }
 
-/// `out (+)= A S` for a per-prompt A and a shared S (`inner × cols`).
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn mm_ps<T: Real>(
-    out: &mut [T],
-    a: &[T],
-    av: View,
-    b: &[T],
-    bv: View,
-    (rows, inner, cols): (usize, usize, usize),
-    accumulate: bool,
-) {
-    for i in 0..rows {
-        for j in 0..cols {
-            let mut s: Lane<T> = if accumulate { lane(out, i * cols + j) } else { [T::default(); LANES] };
-            for k in 0..inner {
-                let x = lane(a, av.at(i, k));
-                let y = b[bv.at(k, j)];
-                for w in 0..LANES {
-                    s[w] += x[w] * y;
-                }
-            }
-            *lane_mut(out, i * cols + j) = s;
-        }
+fn fetch<T: Real, const SHARED: bool>(buf: &[T], at: usize) -> Lane<T> {
+    if SHARED {
+        [buf[at]; LANES]
+    } else {
+        lane(buf, at)
     }
 }
 
+/// Outputs `(i, j0 .. j0 + J)` of [`mm`].
+#[inline(always)]
+fn row_block<T: Real, const A_SHARED: bool, const B_SHARED: bool, const J: usize>(
+    out: &mut [T],
+    o: &Operands<T>,
+    i: usize,
+    j0: usize,
+) {
+    let mut acc = [[T::default(); LANES]; J];
+    if o.accumulate {
+        for (jj, acc) in acc.iter_mut().enumerate() {
+            *acc = lane(out, i * o.cols + j0 + jj);
+        }
+    }
+    for k in 0..o.inner {
+        let x = fetch::<T, A_SHARED>(o.a, o.av.at(i, k));
+        for (jj, acc) in acc.iter_mut().enumerate() {
+            let y = fetch::<T, B_SHARED>(o.b, o.bv.at(k, j0 + jj));
+            for w in 0..LANES {
+                acc[w] = x[w].mul_add(y[w], acc[w]);
+            }
+        }
+    }
+    for (jj, acc) in acc.iter().enumerate() {
+        *lane_mut(out, i * o.cols + j0 + jj) = *acc;
+    }
+}
+
+/// [`mm`] of per-prompt A and B.
+#[inline(always)]
+fn mm_pp<T: Real>(out: &mut [T], a: &[T], av: View, b: &[T], bv: View, dims: (usize, usize, usize), acc: bool) {
+    mm::<T, false, false>(out, a, av, b, bv, dims, acc)
+}
+
+/// [`mm`] of a shared A and a per-prompt B.
+#[inline(always)]
+fn mm_sp<T: Real>(out: &mut [T], a: &[T], av: View, b: &[T], bv: View, dims: (usize, usize, usize), acc: bool) {
+    mm::<T, true, false>(out, a, av, b, bv, dims, acc)
+}
+
+/// [`mm`] of a per-prompt A and a shared B.
+#[inline(always)]
+fn mm_ps<T: Real>(out: &mut [T], a: &[T], av: View, b: &[T], bv: View, dims: (usize, usize, usize), acc: bool) {
+    mm::<T, false, true>(out, a, av, b, bv, dims, acc)
+}
 
 /// P̃ (scaled by 1/n) and Q̃ of every layer and head of one member, `[L, H, side, side]`.
 #[derive(Debug, Default)]
