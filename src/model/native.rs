@@ -154,7 +154,7 @@ impl<T> Source<'_, T> {
 impl<T: Real> Streams<T> {
     /// Reads a batch of `streams` streams with one thread per entry of `works`. The buffers are
     /// kept between calls.
-    fn load(&mut self, dims: &Dims, source: Source<T>, streams: usize, works: &mut [Work<T>]) {
+    fn load(&mut self, dims: &Dims, source: Source<T>, streams: usize, works: &mut [Work<T>], pool: Option<&rayon::ThreadPool>) {
         let (s, n) = (dims.side, dims.context);
         let prompts = source.prompts(streams);
         let size = match source {
@@ -177,9 +177,10 @@ impl<T: Real> Streams<T> {
             .zip(self.query.chunks_mut(per * s * LANES))
             .zip(self.target.chunks_mut(per * LANES))
             .enumerate();
-        std::thread::scope(|scope| {
-            for ((i, ((gram, query), target)), work) in parts.zip(works.iter_mut()) {
-                let mut job = move || {
+        let jobs: Vec<_> = parts
+            .zip(works.iter_mut())
+            .map(|((i, ((gram, query), target)), work)| {
+                move || {
                     for (j, slot) in (i * per..slots.min((i + 1) * per)).enumerate() {
                         load_chunk(
                             dims,
@@ -192,15 +193,22 @@ impl<T: Real> Streams<T> {
                             work,
                         );
                     }
-                };
-                if i == 0 {
-                    // The calling thread takes the first part (nothing to spawn with one thread).
-                    job();
-                } else {
-                    scope.spawn(job);
                 }
+            })
+            .collect();
+        run_all(pool, jobs);
+    }
+}
+
+/// Runs every job, on `pool`'s threads where there is one and more than one job.
+fn run_all<F: FnOnce() + Send>(pool: Option<&rayon::ThreadPool>, jobs: Vec<F>) {
+    match pool {
+        Some(pool) if jobs.len() > 1 => pool.scope(|scope| {
+            for job in jobs {
+                scope.spawn(move |_| job());
             }
-        });
+        }),
+        _ => jobs.into_iter().for_each(|job| job()),
     }
 }
 
@@ -512,22 +520,23 @@ impl<T: Real> Work<T> {
     }
 }
 
-/// Runs `job` on every task, the tasks split into contiguous groups, one thread per group
-/// with its own entry of `works` (the calling thread takes the first group).
-fn in_threads<W: Send, J: Send>(works: &mut [W], tasks: &mut [J], job: impl Fn(&mut W, &mut J) + Sync) {
+/// Runs `job` on every task, the tasks split into contiguous groups, one per entry of
+/// `works` (its working memory), on `pool`'s threads.
+fn in_threads<W: Send, J: Send>(
+    pool: Option<&rayon::ThreadPool>,
+    works: &mut [W],
+    tasks: &mut [J],
+    job: impl Fn(&mut W, &mut J) + Sync,
+) {
     let groups = works.len().min(tasks.len()).max(1);
     let per = tasks.len().div_ceil(groups).max(1);
     let job = &job;
-    std::thread::scope(|scope| {
-        let mut pairs = works.iter_mut().zip(tasks.chunks_mut(per));
-        let first = pairs.next();
-        for (work, group) in pairs {
-            scope.spawn(move || group.iter_mut().for_each(|t| job(work, t)));
-        }
-        if let Some((work, group)) = first {
-            group.iter_mut().for_each(|t| job(work, t));
-        }
-    });
+    let jobs: Vec<_> = works
+        .iter_mut()
+        .zip(tasks.chunks_mut(per))
+        .map(|(work, group)| move || group.iter_mut().for_each(|t| job(work, t)))
+        .collect();
+    run_all(pool, jobs);
 }
 
 /// The forward and backward pass of one member over one block of chunks of its stream.
@@ -683,7 +692,8 @@ fn block<T: Real, const SIDE: usize>(
 pub struct NativeFast {
     dims: Dims,
     members: usize,
-    threads: usize,
+    /// The kernel's threads when it has more than one (not libtorch's, which stay as set).
+    pool: Option<rayon::ThreadPool>,
     state: Buffers,
 }
 
@@ -727,7 +737,8 @@ impl<T: Real + tch::kind::Element> Host<T> {
         }
     }
 
-    fn step(&mut self, dims: &Dims, threads: usize, theta: &Tensor, input: &Input, rows: &[usize]) -> (Tensor, Tensor) {
+    fn step(&mut self, dims: &Dims, pool: Option<&rayon::ThreadPool>, theta: &Tensor, input: &Input, rows: &[usize]) -> (Tensor, Tensor) {
+        let threads = pool.map_or(1, |p| p.current_num_threads());
         let (members, p) = (rows.len(), dims.params());
         let (s, zero) = (dims.side, T::default());
         self.read(input);
@@ -741,7 +752,7 @@ impl<T: Real + tch::kind::Element> Host<T> {
             Input::Batch(b) => (b.z.size()[0] as usize, Source::Tokens { z: &self.z, y_query: &self.y }),
             Input::Rows(r) => (r.size()[0] as usize, Source::Rows { rows: &self.z, prompts: r.size()[1] as usize }),
         };
-        self.streams.load(dims, source, streams, &mut self.works);
+        self.streams.load(dims, source, streams, &mut self.works, pool);
         self.embedded.resize_with(members, Embedded::default);
         for (k, e) in self.embedded.iter_mut().enumerate() {
             e.set(dims, &self.theta[k * p..(k + 1) * p]);
@@ -760,7 +771,7 @@ impl<T: Real + tch::kind::Element> Host<T> {
             part.loss.resize(LANES, zero);
         }
         let (data, embedded) = (&self.streams, &self.embedded);
-        in_threads(&mut self.works, &mut self.partials, |work, part| {
+        in_threads(pool, &mut self.works, &mut self.partials, |work, part| {
             let member = &embedded[part.member];
             match dims.side {
                 // The paper's d = 5 and the large model's d = 20.
@@ -835,7 +846,9 @@ impl NativeFast {
             Kind::Double => Buffers::F64(Host::default()),
             _ => return None,
         };
-        Some(NativeFast { dims, members, threads: threads.max(1), state })
+        let threads = threads.max(1);
+        let pool = (threads > 1).then(|| rayon::ThreadPoolBuilder::new().num_threads(threads).build().ok()).flatten();
+        Some(NativeFast { dims, members, pool, state })
     }
 
     /// Every member's loss `[K]` and gradient `[K, P]` at `theta [K, P]` on `batch` (U
@@ -856,8 +869,8 @@ impl NativeFast {
             None => (0..self.members).collect(),
         };
         match &mut self.state {
-            Buffers::F32(h) => h.step(&self.dims, self.threads, theta, input, &rows),
-            Buffers::F64(h) => h.step(&self.dims, self.threads, theta, input, &rows),
+            Buffers::F32(h) => h.step(&self.dims, self.pool.as_ref(), theta, input, &rows),
+            Buffers::F64(h) => h.step(&self.dims, self.pool.as_ref(), theta, input, &rows),
         }
     }
 }

@@ -72,10 +72,6 @@ pub fn preferred_threads(cfg: &Config, members: usize) -> Option<i32> {
     let fast_on_cpu =
         cfg.train.mode == Mode::Fast && cfg.train.device.tch().ok() == Some(Device::Cpu);
     let arch = Arch::from_config(cfg);
-    if fast_on_cpu && model::native::applies(&arch) {
-        // The native kernel runs its members' blocks on as many threads as libtorch has.
-        return None;
-    }
     (fast_on_cpu && model::fast_prefers_one_thread(&arch, cfg.data.batch, members as i64))
         .then_some(1)
 }
