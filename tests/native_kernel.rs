@@ -162,3 +162,24 @@ fn native_steps_from_prompt_rows_match_steps_from_the_device_streams_batch() {
         assert!(lr < 1e-6 && gr < 1e-6, "{setting}: loss rel {lr:e}, gradient rel {gr:e}");
     }
 }
+
+/// The kernel's forward-mode Hessian equals autograd's Hessian of the faithful forward.
+#[test]
+fn native_hessian_matches_autograds_hessian_of_the_faithful_forward() {
+    for sets in [
+        &["data.batch=200"][..],
+        &["data.batch=50", "model.heads=2", "model.layers=2", "model.parametrization=full"][..],
+    ] {
+        let cfg = config(sets);
+        let arch = Arch::from_config(&cfg);
+        let layout = Layout::new(&arch);
+        for (kind, bound) in [(Kind::Float, 1e-5), (Kind::Double, 1e-12)] {
+            let (batch, theta) = batch_and_theta(&cfg, 2, 0.2, kind);
+            let reference = linattn::measure::landscape::hessian(&arch, &layout.unflatten(&theta), &batch);
+            let native = linattn::model::native::hessian_tensor(&arch, &theta, &batch, 2).unwrap();
+            let r = rel(&native, &reference);
+            println!("{sets:?} {kind:?}: Hessian rel {r:.2e}");
+            assert!(r < bound, "{sets:?} {kind:?}: Hessian rel {r:e}");
+        }
+    }
+}

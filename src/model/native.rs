@@ -40,7 +40,6 @@ pub trait Real:
     + Default
     + Send
     + Sync
-    + PartialOrd
     + Add<Output = Self>
     + Sub<Output = Self>
     + Mul<Output = Self>
@@ -97,6 +96,17 @@ pub struct Dims {
 }
 
 impl Dims {
+    /// The kernel's view of `arch`; `None` where it does not compute it ([`applies`]).
+    pub fn of(arch: &super::Arch) -> Option<Dims> {
+        applies(arch).then(|| Dims {
+            layers: arch.layers as usize,
+            heads: arch.heads as usize,
+            side: arch.dim as usize + 1,
+            context: arch.context as usize,
+            restricted: arch.parametrization == Parametrization::Restricted,
+        })
+    }
+
     /// Side of each learned P and Q.
     pub fn pq(&self) -> usize {
         if self.restricted {
@@ -686,6 +696,173 @@ fn block<T: Real, const SIDE: usize>(
     }
 }
 
+/// A number carrying N tangents: forward-mode derivatives along N directions at once. The
+/// kernel run on it computes, beside the gradient, the gradient's derivative along each
+/// direction: N Hessian-vector products in one pass, exact (no finite differences).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Dual<T, const N: usize> {
+    pub v: T,
+    pub t: [T; N],
+}
+
+impl<T: Real, const N: usize> Default for Dual<T, N> {
+    fn default() -> Self {
+        Dual { v: T::default(), t: [T::default(); N] }
+    }
+}
+
+impl<T: Real, const N: usize> Add for Dual<T, N> {
+    type Output = Self;
+    #[inline(always)]
+    fn add(mut self, o: Self) -> Self {
+        self += o;
+        self
+    }
+}
+
+impl<T: Real, const N: usize> AddAssign for Dual<T, N> {
+    #[inline(always)]
+    fn add_assign(&mut self, o: Self) {
+        self.v += o.v;
+        for i in 0..N {
+            self.t[i] += o.t[i];
+        }
+    }
+}
+
+impl<T: Real, const N: usize> Sub for Dual<T, N> {
+    type Output = Self;
+    #[inline(always)]
+    fn sub(mut self, o: Self) -> Self {
+        self.v = self.v - o.v;
+        for i in 0..N {
+            self.t[i] = self.t[i] - o.t[i];
+        }
+        self
+    }
+}
+
+impl<T: Real, const N: usize> Mul for Dual<T, N> {
+    type Output = Self;
+    #[inline(always)]
+    fn mul(self, o: Self) -> Self {
+        let mut t = [T::default(); N];
+        for i in 0..N {
+            t[i] = self.v.mul_add(o.t[i], self.t[i] * o.v);
+        }
+        Dual { v: self.v * o.v, t }
+    }
+}
+
+impl<T: Real, const N: usize> Real for Dual<T, N> {
+    #[inline(always)]
+    fn mul_add(self, a: Self, b: Self) -> Self {
+        let mut t = [T::default(); N];
+        for i in 0..N {
+            t[i] = self.v.mul_add(a.t[i], self.t[i].mul_add(a.v, b.t[i]));
+        }
+        Dual { v: self.v.mul_add(a.v, b.v), t }
+    }
+    fn from_f64(x: f64) -> Self {
+        Dual { v: T::from_f64(x), t: [T::default(); N] }
+    }
+    fn to_f64(self) -> f64 {
+        self.v.to_f64()
+    }
+}
+
+/// Hessian-vector products per pass of [`hessian`]: 8 float32 tangents fill one 256-bit
+/// register.
+const TANGENTS: usize = 8;
+
+/// The exact Hessian `[P, P]` (row-major) of the mean loss of one member at `theta` on one
+/// batch (`z [B, n+1, d+1]`, `y_query [B]`), by forward mode over the closed-form gradient:
+/// ⌈P / 8⌉ passes of the kernel on [`Dual`] numbers, each giving 8 rows. The data's Gram
+/// matrices are formed once for all passes.
+pub fn hessian<T: Real>(dims: &Dims, theta: &[T], z: &[T], y_query: &[T], threads: usize) -> Vec<T> {
+    type D<T> = Dual<T, TANGENTS>;
+    let p = dims.params();
+    assert_eq!(theta.len(), p, "theta must hold one member's allparam");
+    let zero = T::default();
+    let constant = |x: &[T]| -> Vec<D<T>> { x.iter().map(|&v| Dual { v, t: [zero; TANGENTS] }).collect() };
+    let (z, y_query) = (constant(z), constant(y_query));
+    let pool = (threads > 1).then(|| rayon::ThreadPoolBuilder::new().num_threads(threads).build().ok()).flatten();
+    let mut works: Vec<Work<D<T>>> = (0..threads.max(1)).map(|_| Work::default()).collect();
+    works.iter_mut().for_each(|w| w.fit(dims));
+    let mut streams = Streams::default();
+    streams.load(dims, Source::Tokens { z: &z, y_query: &y_query }, 1, &mut works, pool.as_ref());
+    let blocks = streams.chunks.div_ceil(BLOCK_CHUNKS);
+    let lanes = dims.layers * dims.heads * dims.side * dims.side * LANES;
+    let mut h = vec![zero; p * p];
+    let mut grad = vec![D::<T>::default(); p];
+    let mut embedded = Embedded::default();
+    let mut parts: Vec<Partial<D<T>>> = (0..blocks).map(|_| Partial::default()).collect();
+    for first in (0..p).step_by(TANGENTS) {
+        let seeded: Vec<D<T>> = theta
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let mut t = [zero; TANGENTS];
+                if (first..first + TANGENTS).contains(&i) {
+                    t[i - first] = T::from_f64(1.0);
+                }
+                Dual { v, t }
+            })
+            .collect();
+        embedded.set(dims, &seeded);
+        for (b, part) in parts.iter_mut().enumerate() {
+            (part.member, part.stream, part.block) = (0, 0, b);
+            for t in [&mut part.gpt, &mut part.gqt] {
+                t.clear();
+                t.resize(lanes, D::<T>::default());
+            }
+            part.loss.clear();
+            part.loss.resize(LANES, D::<T>::default());
+        }
+        in_threads(pool.as_ref(), &mut works, &mut parts, |work, part| block_of_side(dims, &embedded, &streams, work, part));
+        reduce(dims, &parts, streams.prompts, &mut grad);
+        for (j, g) in grad.iter().enumerate() {
+            for c in 0..TANGENTS.min(p - first) {
+                h[(first + c) * p + j] = g.t[c];
+            }
+        }
+    }
+    h
+}
+
+/// [`block`] with the side known at compile time where it is one of the paper's.
+fn block_of_side<T: Real>(dims: &Dims, params: &Embedded<T>, data: &Streams<T>, work: &mut Work<T>, part: &mut Partial<T>) {
+    match dims.side {
+        // The paper's d = 5 and the large model's d = 20.
+        6 => block::<T, 6>(dims, params, data, work, part),
+        21 => block::<T, 21>(dims, params, data, work, part),
+        _ => block::<T, 0>(dims, params, data, work, part),
+    }
+}
+
+/// The Hessian `[P, P]` of the mean loss at `flat [P]` on `batch` (`z [B, n+1, d+1]`) by
+/// [`hessian`], in the dtype of `flat`; `None` where the kernel does not compute `arch` (or the
+/// dtype is neither float32 nor float64).
+pub fn hessian_tensor(arch: &super::Arch, flat: &Tensor, batch: &Batch, threads: usize) -> Option<Tensor> {
+    let dims = Dims::of(arch)?;
+    fn run<T: Real + tch::kind::Element>(dims: &Dims, flat: &Tensor, batch: &Batch, threads: usize) -> Tensor {
+        let read = |t: &Tensor| -> Vec<T> {
+            let t = t.detach().to_device(Device::Cpu).contiguous();
+            let mut v = vec![T::default(); t.numel()];
+            t.copy_data(&mut v, t.numel());
+            v
+        };
+        let (theta, z, y) = (read(flat), read(&batch.z), read(&batch.y_query));
+        let p = dims.params() as i64;
+        Tensor::from_slice(&hessian(dims, &theta, &z, &y, threads)).view([p, p])
+    }
+    match flat.kind() {
+        Kind::Float => Some(run::<f32>(&dims, flat, batch, threads)),
+        Kind::Double => Some(run::<f64>(&dims, flat, batch, threads)),
+        _ => None,
+    }
+}
+
 /// The kernel behind fast mode's stepper on a CPU: host buffers kept between steps, the
 /// batch and parameters read from libtorch tensors, the losses and gradients handed back as
 /// tensors.
@@ -772,13 +949,7 @@ impl<T: Real + tch::kind::Element> Host<T> {
         }
         let (data, embedded) = (&self.streams, &self.embedded);
         in_threads(pool, &mut self.works, &mut self.partials, |work, part| {
-            let member = &embedded[part.member];
-            match dims.side {
-                // The paper's d = 5 and the large model's d = 20.
-                6 => block::<T, 6>(dims, member, data, work, part),
-                21 => block::<T, 21>(dims, member, data, work, part),
-                _ => block::<T, 0>(dims, member, data, work, part),
-            }
+            block_of_side(dims, &embedded[part.member], data, work, part)
         });
         for k in 0..members {
             let parts = &self.partials[k * blocks..(k + 1) * blocks];
@@ -831,16 +1002,10 @@ impl NativeFast {
     /// applies: linear attention without the MLP, on the CPU, in float32 or float64. `None`
     /// elsewhere (the libtorch fast path then runs, as on CUDA).
     pub fn new(arch: &super::Arch, members: usize, kind: Kind, device: Device, threads: usize) -> Option<NativeFast> {
-        if device != Device::Cpu || !applies(arch) {
+        if device != Device::Cpu {
             return None;
         }
-        let dims = Dims {
-            layers: arch.layers as usize,
-            heads: arch.heads as usize,
-            side: arch.dim as usize + 1,
-            context: arch.context as usize,
-            restricted: arch.parametrization == Parametrization::Restricted,
-        };
+        let dims = Dims::of(arch)?;
         let state = match kind {
             Kind::Float => Buffers::F32(Host::default()),
             Kind::Double => Buffers::F64(Host::default()),
