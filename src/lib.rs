@@ -4,18 +4,18 @@
 //! One module per concept of the paper (docs/spec.md, docs/design.md). Modules are layered:
 //! each imports only modules listed before it here (tests/layering.rs checks it).
 pub mod config;
-pub mod data;
-pub mod figures;
-pub mod measure;
+pub mod rng;
 pub mod mlp;
+pub mod data;
 pub mod model;
 pub mod optim;
-pub mod plots;
 pub mod progress;
-pub mod rng;
+pub mod plots;
 pub mod run;
-pub mod tools;
 pub mod train;
+pub mod measure;
+pub mod tools;
+pub mod figures;
 
 /// Input that the user must fix: reported as one line, with exit code 2.
 #[derive(Debug)]
