@@ -31,8 +31,12 @@ fn rel(a: &Tensor, b: &Tensor) -> f64 {
 
 /// The native loss and gradient of one member on one stream.
 fn native(arch: &Arch, theta: &Tensor, batch: &Batch) -> (Tensor, Tensor) {
-    let mut k = NativeFast::new(arch, 1, theta.kind(), Device::Cpu, 1).expect("a model the kernel computes");
-    let batch = Batch { z: batch.z.unsqueeze(0), y_query: batch.y_query.unsqueeze(0) };
+    let mut k = NativeFast::new(arch, 1, theta.kind(), Device::Cpu, 1)
+        .expect("a model the kernel computes");
+    let batch = Batch {
+        z: batch.z.unsqueeze(0),
+        y_query: batch.y_query.unsqueeze(0),
+    };
     let (losses, grad) = k.losses_and_gradients(&theta.unsqueeze(0), &batch, None);
     (losses.get(0), grad.get(0))
 }
@@ -48,7 +52,9 @@ fn native_vs_faithful(cfg: &Config, init_std: f64, kind: Kind) -> (f64, f64) {
         bool::try_from(faithful.isfinite()).unwrap(),
         "the faithful loss is not finite at init std {init_std}: choose a smaller std"
     );
-    let g_faithful = Tensor::run_backward(&[&faithful], &[&leaf], false, false).pop().unwrap();
+    let g_faithful = Tensor::run_backward(&[&faithful], &[&leaf], false, false)
+        .pop()
+        .unwrap();
     let (loss, grad) = native(&arch, &theta, &batch);
     (rel(&loss, &faithful), rel(&grad, &g_faithful))
 }
@@ -59,8 +65,14 @@ fn check(name: &str, sets: &[&str], large_std: f64) {
         let (loss32, grad32) = native_vs_faithful(&cfg, init_std, Kind::Float);
         let (loss64, grad64) = native_vs_faithful(&cfg, init_std, Kind::Double);
         println!("{name} (init std {init_std}): float32 loss {loss32:.2e} grad {grad32:.2e}; float64 loss {loss64:.2e} grad {grad64:.2e}");
-        assert!(loss32 < 1e-5 && grad32 < 1e-5, "{name}, init std {init_std}: float32 loss rel {loss32:e}, gradient rel {grad32:e}");
-        assert!(loss64 < 1e-12 && grad64 < 1e-12, "{name}, init std {init_std}: float64 loss rel {loss64:e}, gradient rel {grad64:e}");
+        assert!(
+            loss32 < 1e-5 && grad32 < 1e-5,
+            "{name}, init std {init_std}: float32 loss rel {loss32:e}, gradient rel {grad32:e}"
+        );
+        assert!(
+            loss64 < 1e-12 && grad64 < 1e-12,
+            "{name}, init std {init_std}: float64 loss rel {loss64:e}, gradient rel {grad64:e}"
+        );
     }
 }
 
@@ -71,20 +83,42 @@ fn native_loss_and_gradient_match_the_faithful_forward_and_autograd_paper_defaul
 
 #[test]
 fn native_loss_and_gradient_match_the_faithful_forward_and_autograd_multi_head_and_full() {
-    check("restricted, H=3, gamma, B not a multiple of the lane count", &["data.batch=250", "model.heads=3", "data.setting=gamma"], 0.3);
+    check(
+        "restricted, H=3, gamma, B not a multiple of the lane count",
+        &["data.batch=250", "model.heads=3", "data.setting=gamma"],
+        0.3,
+    );
     check(
         "full, H=2, L=4",
-        &["data.batch=256", "model.heads=2", "model.layers=4", "model.parametrization=full"],
+        &[
+            "data.batch=256",
+            "model.heads=2",
+            "model.layers=4",
+            "model.parametrization=full",
+        ],
         0.1,
     );
     // More heads than the side of a matrix: the last layer keeps a column per head.
-    check("restricted, H=8, d=2", &["data.batch=37", "model.heads=8", "model.dim=2"], 0.3);
+    check(
+        "restricted, H=8, d=2",
+        &["data.batch=37", "model.heads=8", "model.dim=2"],
+        0.3,
+    );
 }
 
 #[test]
 fn native_loss_and_gradient_match_the_faithful_forward_and_autograd_one_layer_and_large_dims() {
     check("restricted, L=1", &["data.batch=64", "model.layers=1"], 0.3);
-    check("restricted, L=8 d=20 n=60", &["data.batch=64", "model.layers=8", "model.dim=20", "data.context=60"], 0.08);
+    check(
+        "restricted, L=8 d=20 n=60",
+        &[
+            "data.batch=64",
+            "model.layers=8",
+            "model.dim=20",
+            "data.context=60",
+        ],
+        0.08,
+    );
 }
 
 /// Central differences in float64 of the kernel's own loss, at every parameter of a small model
@@ -92,8 +126,20 @@ fn native_loss_and_gradient_match_the_faithful_forward_and_autograd_one_layer_an
 #[test]
 fn native_gradient_matches_float64_finite_differences_of_its_loss() {
     for sets in [
-        &["data.batch=40", "model.layers=3", "model.heads=2", "model.dim=3", "data.context=7"][..],
-        &["data.batch=40", "model.layers=2", "model.dim=3", "data.context=7", "model.parametrization=full"][..],
+        &[
+            "data.batch=40",
+            "model.layers=3",
+            "model.heads=2",
+            "model.dim=3",
+            "data.context=7",
+        ][..],
+        &[
+            "data.batch=40",
+            "model.layers=2",
+            "model.dim=3",
+            "data.context=7",
+            "model.parametrization=full",
+        ][..],
     ] {
         let cfg = config(sets);
         let arch = Arch::from_config(&cfg);
@@ -107,7 +153,9 @@ fn native_gradient_matches_float64_finite_differences_of_its_loss() {
             let _ = plus.get(i).g_add_scalar_(eps);
             let minus = theta.copy();
             let _ = minus.get(i).g_sub_scalar_(eps);
-            let fd = (native(&arch, &plus, &batch).0.double_value(&[]) - native(&arch, &minus, &batch).0.double_value(&[])) / (2.0 * eps);
+            let fd = (native(&arch, &plus, &batch).0.double_value(&[])
+                - native(&arch, &minus, &batch).0.double_value(&[]))
+                / (2.0 * eps);
             worst = worst.max((fd - grad.double_value(&[i])).abs() / scale);
         }
         println!("{sets:?}: largest |finite difference − gradient| / max|gradient| = {worst:.2e}");
@@ -124,22 +172,37 @@ fn a_native_member_gets_bit_for_bit_its_solo_result_whatever_the_members_beside_
     let (b1, t1) = batch_and_theta(&cfg, 1, 0.2, Kind::Float);
     let solo0 = native(&arch, &t0, &b0);
     let solo1 = native(&arch, &t1, &b1);
-    let batch = Batch { z: Tensor::stack(&[&b0.z, &b1.z], 0), y_query: Tensor::stack(&[&b0.y_query, &b1.y_query], 0) };
+    let batch = Batch {
+        z: Tensor::stack(&[&b0.z, &b1.z], 0),
+        y_query: Tensor::stack(&[&b0.y_query, &b1.y_query], 0),
+    };
     let theta = Tensor::stack(&[&t1, &t0, &t0], 0);
     let rows = Tensor::from_slice(&[1i64, 0, 0]);
     let mut k = NativeFast::new(&arch, 3, Kind::Float, Device::Cpu, 2).unwrap();
     let (losses, grad) = k.losses_and_gradients(&theta, &batch, Some(&rows));
     for (i, solo) in [(0, &solo1), (1, &solo0), (2, &solo0)] {
-        assert!(losses.get(i).equal(&solo.0), "member {i}: loss differs from its solo run");
-        assert!(grad.get(i).equal(&solo.1), "member {i}: gradient differs from its solo run");
+        assert!(
+            losses.get(i).equal(&solo.0),
+            "member {i}: loss differs from its solo run"
+        );
+        assert!(
+            grad.get(i).equal(&solo.1),
+            "member {i}: gradient differs from its solo run"
+        );
     }
 }
 
 #[test]
 fn the_native_kernel_declines_the_models_it_does_not_compute() {
-    for sets in [&["model.attention=softmax"][..], &["model.mlp_hidden=4", "model.parametrization=full"][..]] {
+    for sets in [
+        &["model.attention=softmax"][..],
+        &["model.mlp_hidden=4", "model.parametrization=full"][..],
+    ] {
         let arch = Arch::from_config(&config(sets));
-        assert!(NativeFast::new(&arch, 1, Kind::Float, Device::Cpu, 1).is_none(), "{sets:?}");
+        assert!(
+            NativeFast::new(&arch, 1, Kind::Float, Device::Cpu, 1).is_none(),
+            "{sets:?}"
+        );
     }
     let arch = Arch::from_config(&config(&[]));
     assert!(NativeFast::new(&arch, 1, Kind::Half, Device::Cpu, 1).is_none());
@@ -152,14 +215,25 @@ fn native_steps_from_prompt_rows_match_steps_from_the_device_streams_batch() {
         let cfg = config(&["data.batch=100", &format!("data.setting={setting}")]);
         let arch = Arch::from_config(&cfg);
         let mut stream = linattn::data::DeviceStream::new(&cfg, &[4, 9], None, Device::Cpu);
-        let theta = Tensor::stack(&[batch_and_theta(&cfg, 0, 0.2, Kind::Float).1, batch_and_theta(&cfg, 1, 0.2, Kind::Float).1], 0);
+        let theta = Tensor::stack(
+            &[
+                batch_and_theta(&cfg, 0, 0.2, Kind::Float).1,
+                batch_and_theta(&cfg, 1, 0.2, Kind::Float).1,
+            ],
+            0,
+        );
         let mut k = NativeFast::new(&arch, 2, Kind::Float, Device::Cpu, 2).unwrap();
         let (l_batch, g_batch) = k.losses_and_gradients(&theta, &stream.batch(7), None);
-        let rows = stream.prompt_rows(7).expect("rows for a float32 run without a teacher");
+        let rows = stream
+            .prompt_rows(7)
+            .expect("rows for a float32 run without a teacher");
         let (l_rows, g_rows) = k.losses_and_gradients_from_rows(&theta, &rows, None);
         let (lr, gr) = (rel(&l_rows, &l_batch), rel(&g_rows, &g_batch));
         println!("{setting}: loss rel {lr:.2e}, gradient rel {gr:.2e}");
-        assert!(lr < 1e-6 && gr < 1e-6, "{setting}: loss rel {lr:e}, gradient rel {gr:e}");
+        assert!(
+            lr < 1e-6 && gr < 1e-6,
+            "{setting}: loss rel {lr:e}, gradient rel {gr:e}"
+        );
     }
 }
 
@@ -168,14 +242,20 @@ fn native_steps_from_prompt_rows_match_steps_from_the_device_streams_batch() {
 fn native_hessian_matches_autograds_hessian_of_the_faithful_forward() {
     for sets in [
         &["data.batch=200"][..],
-        &["data.batch=50", "model.heads=2", "model.layers=2", "model.parametrization=full"][..],
+        &[
+            "data.batch=50",
+            "model.heads=2",
+            "model.layers=2",
+            "model.parametrization=full",
+        ][..],
     ] {
         let cfg = config(sets);
         let arch = Arch::from_config(&cfg);
         let layout = Layout::new(&arch);
         for (kind, bound) in [(Kind::Float, 1e-5), (Kind::Double, 1e-12)] {
             let (batch, theta) = batch_and_theta(&cfg, 2, 0.2, kind);
-            let reference = linattn::measure::landscape::hessian(&arch, &layout.unflatten(&theta), &batch);
+            let reference =
+                linattn::measure::landscape::hessian(&arch, &layout.unflatten(&theta), &batch);
             let native = linattn::model::native::hessian_tensor(&arch, &theta, &batch, 2).unwrap();
             let r = rel(&native, &reference);
             println!("{sets:?} {kind:?}: Hessian rel {r:.2e}");

@@ -164,14 +164,25 @@ impl<T> Source<'_, T> {
 impl<T: Real> Streams<T> {
     /// Reads a batch of `streams` streams with one thread per entry of `works`. The buffers are
     /// kept between calls.
-    fn load(&mut self, dims: &Dims, source: Source<T>, streams: usize, works: &mut [Work<T>], pool: Option<&rayon::ThreadPool>) {
+    fn load(
+        &mut self,
+        dims: &Dims,
+        source: Source<T>,
+        streams: usize,
+        works: &mut [Work<T>],
+        pool: Option<&rayon::ThreadPool>,
+    ) {
         let (s, n) = (dims.side, dims.context);
         let prompts = source.prompts(streams);
         let size = match source {
             Source::Tokens { z, .. } => z.len() / (n + 1) / s,
             Source::Rows { rows, .. } => rows.len() / (n + 2) / (s - 1),
         };
-        assert_eq!(size, streams * prompts, "the batch must hold U × B prompts of n+1 tokens of side d+1");
+        assert_eq!(
+            size,
+            streams * prompts,
+            "the batch must hold U × B prompts of n+1 tokens of side d+1"
+        );
         let chunks = prompts.div_ceil(LANES);
         self.prompts = prompts;
         self.chunks = chunks;
@@ -323,7 +334,9 @@ fn lane<T: Real>(buf: &[T], i: usize) -> Lane<T> {
 
 #[inline(always)]
 fn lane_mut<T: Real>(buf: &mut [T], i: usize) -> &mut Lane<T> {
-    (&mut buf[i * LANES..(i + 1) * LANES]).try_into().expect("a lane")
+    (&mut buf[i * LANES..(i + 1) * LANES])
+        .try_into()
+        .expect("a lane")
 }
 
 /// How a matrix operand is read: entry (i, k) is element `i·row + k·col` (a transpose swaps
@@ -364,7 +377,15 @@ fn mm<T: Real, const A_SHARED: bool, const B_SHARED: bool>(
     (rows, inner, cols): (usize, usize, usize),
     accumulate: bool,
 ) {
-    let operands = Operands { a, av, b, bv, inner, cols, accumulate };
+    let operands = Operands {
+        a,
+        av,
+        b,
+        bv,
+        inner,
+        cols,
+        accumulate,
+    };
     for i in 0..rows {
         let mut j = 0;
         while j + 6 <= cols {
@@ -431,19 +452,43 @@ fn row_block<T: Real, const A_SHARED: bool, const B_SHARED: bool, const J: usize
 
 /// [`mm`] of per-prompt A and B.
 #[inline(always)]
-fn mm_pp<T: Real>(out: &mut [T], a: &[T], av: View, b: &[T], bv: View, dims: (usize, usize, usize), acc: bool) {
+fn mm_pp<T: Real>(
+    out: &mut [T],
+    a: &[T],
+    av: View,
+    b: &[T],
+    bv: View,
+    dims: (usize, usize, usize),
+    acc: bool,
+) {
     mm::<T, false, false>(out, a, av, b, bv, dims, acc)
 }
 
 /// [`mm`] of a shared A and a per-prompt B.
 #[inline(always)]
-fn mm_sp<T: Real>(out: &mut [T], a: &[T], av: View, b: &[T], bv: View, dims: (usize, usize, usize), acc: bool) {
+fn mm_sp<T: Real>(
+    out: &mut [T],
+    a: &[T],
+    av: View,
+    b: &[T],
+    bv: View,
+    dims: (usize, usize, usize),
+    acc: bool,
+) {
     mm::<T, true, false>(out, a, av, b, bv, dims, acc)
 }
 
 /// [`mm`] of a per-prompt A and a shared B.
 #[inline(always)]
-fn mm_ps<T: Real>(out: &mut [T], a: &[T], av: View, b: &[T], bv: View, dims: (usize, usize, usize), acc: bool) {
+fn mm_ps<T: Real>(
+    out: &mut [T],
+    a: &[T],
+    av: View,
+    b: &[T],
+    bv: View,
+    dims: (usize, usize, usize),
+    acc: bool,
+) {
     mm::<T, false, true>(out, a, av, b, bv, dims, acc)
 }
 
@@ -521,7 +566,13 @@ impl<T: Real> Work<T> {
         self.r.resize(l * m * LANES, zero);
         self.q.resize(l * s * LANES, zero);
         self.a.resize(l * h * m * LANES, zero);
-        for t in [&mut self.t0, &mut self.t1, &mut self.gbar, &mut self.gbar_next, &mut self.rbar] {
+        for t in [
+            &mut self.t0,
+            &mut self.t1,
+            &mut self.gbar,
+            &mut self.gbar_next,
+            &mut self.rbar,
+        ] {
             t.resize(m * LANES, zero);
         }
         self.v.resize(h * s * LANES, zero);
@@ -571,7 +622,21 @@ fn block<T: Real, const SIDE: usize>(
     let row_vec = View { row: 0, col: 1 };
     let two_inv_b = T::from_f64(2.0 / data.prompts as f64);
     let (pt, qt) = (&params.pt, &params.qt);
-    let Work { g, r, q, a, t0, t1, gbar, gbar_next, rbar, v, qbar, qbar_next, .. } = work;
+    let Work {
+        g,
+        r,
+        q,
+        a,
+        t0,
+        t1,
+        gbar,
+        gbar_next,
+        rbar,
+        v,
+        qbar,
+        qbar_next,
+        ..
+    } = work;
     let Partial { gpt, gqt, loss, .. } = part;
     let loss: &mut Lane<T> = lane_mut(loss, 0);
     let first = part.block * BLOCK_CHUNKS;
@@ -587,8 +652,24 @@ fn block<T: Real, const SIDE: usize>(
             for h in 0..heads {
                 let lh = l * heads + h;
                 let a_lh = &mut a[lh * m * LANES..(lh + 1) * m * LANES];
-                mm_ps(a_lh, g_now, plain, &pt[lh * m..(lh + 1) * m], trans, (s, s, s), false);
-                mm_sp(r_l, &qt[lh * m..(lh + 1) * m], plain, a_lh, plain, (s, s, s), h > 0);
+                mm_ps(
+                    a_lh,
+                    g_now,
+                    plain,
+                    &pt[lh * m..(lh + 1) * m],
+                    trans,
+                    (s, s, s),
+                    false,
+                );
+                mm_sp(
+                    r_l,
+                    &qt[lh * m..(lh + 1) * m],
+                    plain,
+                    a_lh,
+                    plain,
+                    (s, s, s),
+                    h > 0,
+                );
             }
             for i in 0..s {
                 for v in lane_mut(r_l, i * s + i).iter_mut() {
@@ -596,9 +677,25 @@ fn block<T: Real, const SIDE: usize>(
                 }
             }
             mm_pp(t0, g_now, plain, r_l, plain, (s, s, s), false); // G R
-            mm_pp(&mut g_rest[..m * LANES], r_l, trans, t0, plain, (s, s, s), false); // Rᵀ G R
+            mm_pp(
+                &mut g_rest[..m * LANES],
+                r_l,
+                trans,
+                t0,
+                plain,
+                (s, s, s),
+                false,
+            ); // Rᵀ G R
             let (q_now, q_rest) = q[l * s * LANES..].split_at_mut(s * LANES);
-            mm_pp(&mut q_rest[..s * LANES], q_now, row_vec, r_l, plain, (1, s, s), false); // q R
+            mm_pp(
+                &mut q_rest[..s * LANES],
+                q_now,
+                row_vec,
+                r_l,
+                plain,
+                (1, s, s),
+                false,
+            ); // q R
         }
         // The last layer: column d of R only, from v_h = G p_h (p_h = row d of P̃_h).
         let l = layers - 1;
@@ -611,8 +708,24 @@ fn block<T: Real, const SIDE: usize>(
         for h in 0..heads {
             let lh = l * heads + h;
             let v_h = &mut v[h * s * LANES..(h + 1) * s * LANES];
-            mm_ps(v_h, g_last, plain, &pt[lh * m + d * s..lh * m + (d + 1) * s], column, (s, s, 1), false);
-            mm_sp(col, &qt[lh * m..(lh + 1) * m], plain, v_h, column, (s, s, 1), true);
+            mm_ps(
+                v_h,
+                g_last,
+                plain,
+                &pt[lh * m + d * s..lh * m + (d + 1) * s],
+                column,
+                (s, s, 1),
+                false,
+            );
+            mm_sp(
+                col,
+                &qt[lh * m..(lh + 1) * m],
+                plain,
+                v_h,
+                column,
+                (s, s, 1),
+                true,
+            );
         }
         let mut out: Lane<T> = [zero; LANES];
         for i in 0..s {
@@ -643,14 +756,31 @@ fn block<T: Real, const SIDE: usize>(
             let lh = l * heads + h;
             let v_h = &v[h * s * LANES..(h + 1) * s * LANES];
             // Q̃̄_h += r̄ v_hᵀ.
-            mm_pp(&mut gqt[lh * m * LANES..(lh + 1) * m * LANES], rbar_col, column, v_h, row_vec, (s, 1, s), true);
+            mm_pp(
+                &mut gqt[lh * m * LANES..(lh + 1) * m * LANES],
+                rbar_col,
+                column,
+                v_h,
+                row_vec,
+                (s, 1, s),
+                true,
+            );
             // v̄_h = Q̃_hᵀ r̄ (qbar_next is free until the layers below).
             let vbar = &mut qbar_next[..s * LANES];
-            mm_sp(vbar, &qt[lh * m..(lh + 1) * m], trans, rbar_col, column, (s, s, 1), false);
+            mm_sp(
+                vbar,
+                &qt[lh * m..(lh + 1) * m],
+                trans,
+                rbar_col,
+                column,
+                (s, s, 1),
+                false,
+            );
             // Ḡ += v̄ p_hᵀ; P̃̄_h[d, :] += (G v̄)ᵀ.
             let p_row = &pt[lh * m + d * s..lh * m + (d + 1) * s];
             mm_ps(gbar, vbar, column, p_row, row_vec, (s, 1, s), true);
-            let gp_row = &mut gpt[lh * m * LANES + d * s * LANES..lh * m * LANES + (d + 1) * s * LANES];
+            let gp_row =
+                &mut gpt[lh * m * LANES + d * s * LANES..lh * m * LANES + (d + 1) * s * LANES];
             mm_pp(gp_row, vbar, row_vec, g_last, plain, (1, s, s), true);
         }
         // Backward through the layers before the last, from the top.
@@ -682,12 +812,44 @@ fn block<T: Real, const SIDE: usize>(
                 let lh = l * heads + h;
                 let a_lh = &a[lh * m * LANES..(lh + 1) * m * LANES];
                 // Q̃̄_h += R̄ A_hᵀ.
-                mm_pp(&mut gqt[lh * m * LANES..(lh + 1) * m * LANES], rbar, plain, a_lh, trans, (s, s, s), true);
+                mm_pp(
+                    &mut gqt[lh * m * LANES..(lh + 1) * m * LANES],
+                    rbar,
+                    plain,
+                    a_lh,
+                    trans,
+                    (s, s, s),
+                    true,
+                );
                 // W_h = Q̃_hᵀ R̄; P̃̄_h += W_hᵀ G; Ḡ_l += W_h P̃_h.
-                mm_sp(t1, &qt[lh * m..(lh + 1) * m], trans, rbar, plain, (s, s, s), false);
-                mm_pp(&mut gpt[lh * m * LANES..(lh + 1) * m * LANES], t1, trans, g_l, plain, (s, s, s), true);
+                mm_sp(
+                    t1,
+                    &qt[lh * m..(lh + 1) * m],
+                    trans,
+                    rbar,
+                    plain,
+                    (s, s, s),
+                    false,
+                );
+                mm_pp(
+                    &mut gpt[lh * m * LANES..(lh + 1) * m * LANES],
+                    t1,
+                    trans,
+                    g_l,
+                    plain,
+                    (s, s, s),
+                    true,
+                );
                 if l > 0 {
-                    mm_ps(gbar_next, t1, plain, &pt[lh * m..(lh + 1) * m], plain, (s, s, s), true);
+                    mm_ps(
+                        gbar_next,
+                        t1,
+                        plain,
+                        &pt[lh * m..(lh + 1) * m],
+                        plain,
+                        (s, s, s),
+                        true,
+                    );
                 }
             }
             std::mem::swap(gbar, gbar_next);
@@ -707,7 +869,10 @@ pub struct Dual<T, const N: usize> {
 
 impl<T: Real, const N: usize> Default for Dual<T, N> {
     fn default() -> Self {
-        Dual { v: T::default(), t: [T::default(); N] }
+        Dual {
+            v: T::default(),
+            t: [T::default(); N],
+        }
     }
 }
 
@@ -761,10 +926,16 @@ impl<T: Real, const N: usize> Real for Dual<T, N> {
         for i in 0..N {
             t[i] = self.v.mul_add(a.t[i], self.t[i].mul_add(a.v, b.t[i]));
         }
-        Dual { v: self.v.mul_add(a.v, b.v), t }
+        Dual {
+            v: self.v.mul_add(a.v, b.v),
+            t,
+        }
     }
     fn from_f64(x: f64) -> Self {
-        Dual { v: T::from_f64(x), t: [T::default(); N] }
+        Dual {
+            v: T::from_f64(x),
+            t: [T::default(); N],
+        }
     }
     fn to_f64(self) -> f64 {
         self.v.to_f64()
@@ -779,18 +950,47 @@ const TANGENTS: usize = 8;
 /// batch (`z [B, n+1, d+1]`, `y_query [B]`), by forward mode over the closed-form gradient:
 /// ⌈P / 8⌉ passes of the kernel on [`Dual`] numbers, each giving 8 rows. The data's Gram
 /// matrices are formed once for all passes.
-pub fn hessian<T: Real>(dims: &Dims, theta: &[T], z: &[T], y_query: &[T], threads: usize) -> Vec<T> {
+pub fn hessian<T: Real>(
+    dims: &Dims,
+    theta: &[T],
+    z: &[T],
+    y_query: &[T],
+    threads: usize,
+) -> Vec<T> {
     type D<T> = Dual<T, TANGENTS>;
     let p = dims.params();
     assert_eq!(theta.len(), p, "theta must hold one member's allparam");
     let zero = T::default();
-    let constant = |x: &[T]| -> Vec<D<T>> { x.iter().map(|&v| Dual { v, t: [zero; TANGENTS] }).collect() };
+    let constant = |x: &[T]| -> Vec<D<T>> {
+        x.iter()
+            .map(|&v| Dual {
+                v,
+                t: [zero; TANGENTS],
+            })
+            .collect()
+    };
     let (z, y_query) = (constant(z), constant(y_query));
-    let pool = (threads > 1).then(|| rayon::ThreadPoolBuilder::new().num_threads(threads).build().ok()).flatten();
+    let pool = (threads > 1)
+        .then(|| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .ok()
+        })
+        .flatten();
     let mut works: Vec<Work<D<T>>> = (0..threads.max(1)).map(|_| Work::default()).collect();
     works.iter_mut().for_each(|w| w.fit(dims));
     let mut streams = Streams::default();
-    streams.load(dims, Source::Tokens { z: &z, y_query: &y_query }, 1, &mut works, pool.as_ref());
+    streams.load(
+        dims,
+        Source::Tokens {
+            z: &z,
+            y_query: &y_query,
+        },
+        1,
+        &mut works,
+        pool.as_ref(),
+    );
     let blocks = streams.chunks.div_ceil(BLOCK_CHUNKS);
     let lanes = dims.layers * dims.heads * dims.side * dims.side * LANES;
     let mut h = vec![zero; p * p];
@@ -819,7 +1019,9 @@ pub fn hessian<T: Real>(dims: &Dims, theta: &[T], z: &[T], y_query: &[T], thread
             part.loss.clear();
             part.loss.resize(LANES, D::<T>::default());
         }
-        in_threads(pool.as_ref(), &mut works, &mut parts, |work, part| block_of_side(dims, &embedded, &streams, work, part));
+        in_threads(pool.as_ref(), &mut works, &mut parts, |work, part| {
+            block_of_side(dims, &embedded, &streams, work, part)
+        });
         reduce(dims, &parts, streams.prompts, &mut grad);
         for (j, g) in grad.iter().enumerate() {
             for c in 0..TANGENTS.min(p - first) {
@@ -831,7 +1033,13 @@ pub fn hessian<T: Real>(dims: &Dims, theta: &[T], z: &[T], y_query: &[T], thread
 }
 
 /// [`block`] with the side known at compile time where it is one of the paper's.
-fn block_of_side<T: Real>(dims: &Dims, params: &Embedded<T>, data: &Streams<T>, work: &mut Work<T>, part: &mut Partial<T>) {
+fn block_of_side<T: Real>(
+    dims: &Dims,
+    params: &Embedded<T>,
+    data: &Streams<T>,
+    work: &mut Work<T>,
+    part: &mut Partial<T>,
+) {
     match dims.side {
         // The paper's d = 5 and the large model's d = 20.
         6 => block::<T, 6>(dims, params, data, work, part),
@@ -843,9 +1051,19 @@ fn block_of_side<T: Real>(dims: &Dims, params: &Embedded<T>, data: &Streams<T>, 
 /// The Hessian `[P, P]` of the mean loss at `flat [P]` on `batch` (`z [B, n+1, d+1]`) by
 /// [`hessian`], in the dtype of `flat`; `None` where the kernel does not compute `arch` (or the
 /// dtype is neither float32 nor float64).
-pub fn hessian_tensor(arch: &super::Arch, flat: &Tensor, batch: &Batch, threads: usize) -> Option<Tensor> {
+pub fn hessian_tensor(
+    arch: &super::Arch,
+    flat: &Tensor,
+    batch: &Batch,
+    threads: usize,
+) -> Option<Tensor> {
     let dims = Dims::of(arch)?;
-    fn run<T: Real + tch::kind::Element>(dims: &Dims, flat: &Tensor, batch: &Batch, threads: usize) -> Tensor {
+    fn run<T: Real + tch::kind::Element>(
+        dims: &Dims,
+        flat: &Tensor,
+        batch: &Batch,
+        threads: usize,
+    ) -> Tensor {
         let read = |t: &Tensor| -> Vec<T> {
             let t = t.detach().to_device(Device::Cpu).contiguous();
             let mut v = vec![T::default(); t.numel()];
@@ -914,7 +1132,14 @@ impl<T: Real + tch::kind::Element> Host<T> {
         }
     }
 
-    fn step(&mut self, dims: &Dims, pool: Option<&rayon::ThreadPool>, theta: &Tensor, input: &Input, rows: &[usize]) -> (Tensor, Tensor) {
+    fn step(
+        &mut self,
+        dims: &Dims,
+        pool: Option<&rayon::ThreadPool>,
+        theta: &Tensor,
+        input: &Input,
+        rows: &[usize],
+    ) -> (Tensor, Tensor) {
         let threads = pool.map_or(1, |p| p.current_num_threads());
         let (members, p) = (rows.len(), dims.params());
         let (s, zero) = (dims.side, T::default());
@@ -922,20 +1147,37 @@ impl<T: Real + tch::kind::Element> Host<T> {
         self.theta.resize(members * p, zero);
         self.grad.resize(members * p, zero);
         self.losses.resize(members, zero);
-        theta.detach().contiguous().copy_data(&mut self.theta, members * p);
+        theta
+            .detach()
+            .contiguous()
+            .copy_data(&mut self.theta, members * p);
         self.works.resize_with(threads, Work::default);
         self.works.iter_mut().for_each(|w| w.fit(dims));
         let (streams, source) = match input {
-            Input::Batch(b) => (b.z.size()[0] as usize, Source::Tokens { z: &self.z, y_query: &self.y }),
-            Input::Rows(r) => (r.size()[0] as usize, Source::Rows { rows: &self.z, prompts: r.size()[1] as usize }),
+            Input::Batch(b) => (
+                b.z.size()[0] as usize,
+                Source::Tokens {
+                    z: &self.z,
+                    y_query: &self.y,
+                },
+            ),
+            Input::Rows(r) => (
+                r.size()[0] as usize,
+                Source::Rows {
+                    rows: &self.z,
+                    prompts: r.size()[1] as usize,
+                },
+            ),
         };
-        self.streams.load(dims, source, streams, &mut self.works, pool);
+        self.streams
+            .load(dims, source, streams, &mut self.works, pool);
         self.embedded.resize_with(members, Embedded::default);
         for (k, e) in self.embedded.iter_mut().enumerate() {
             e.set(dims, &self.theta[k * p..(k + 1) * p]);
         }
         let blocks = self.streams.chunks.div_ceil(BLOCK_CHUNKS);
-        self.partials.resize_with(members * blocks, Partial::default);
+        self.partials
+            .resize_with(members * blocks, Partial::default);
         let lanes = dims.layers * dims.heads * s * s * LANES;
         for (i, part) in self.partials.iter_mut().enumerate() {
             (part.member, part.block) = (i / blocks, i % blocks);
@@ -953,9 +1195,17 @@ impl<T: Real + tch::kind::Element> Host<T> {
         });
         for k in 0..members {
             let parts = &self.partials[k * blocks..(k + 1) * blocks];
-            self.losses[k] = reduce(dims, parts, self.streams.prompts, &mut self.grad[k * p..(k + 1) * p]);
+            self.losses[k] = reduce(
+                dims,
+                parts,
+                self.streams.prompts,
+                &mut self.grad[k * p..(k + 1) * p],
+            );
         }
-        (Tensor::from_slice(&self.losses), Tensor::from_slice(&self.grad).view([members as i64, p as i64]))
+        (
+            Tensor::from_slice(&self.losses),
+            Tensor::from_slice(&self.grad).view([members as i64, p as i64]),
+        )
     }
 }
 
@@ -1001,7 +1251,13 @@ impl NativeFast {
     /// The kernel for `members` members of `arch` in `kind` on `threads` threads, where it
     /// applies: linear attention without the MLP, on the CPU, in float32 or float64. `None`
     /// elsewhere (the libtorch fast path then runs, as on CUDA).
-    pub fn new(arch: &super::Arch, members: usize, kind: Kind, device: Device, threads: usize) -> Option<NativeFast> {
+    pub fn new(
+        arch: &super::Arch,
+        members: usize,
+        kind: Kind,
+        device: Device,
+        threads: usize,
+    ) -> Option<NativeFast> {
         if device != Device::Cpu {
             return None;
         }
@@ -1012,25 +1268,51 @@ impl NativeFast {
             _ => return None,
         };
         let threads = threads.max(1);
-        let pool = (threads > 1).then(|| rayon::ThreadPoolBuilder::new().num_threads(threads).build().ok()).flatten();
-        Some(NativeFast { dims, members, pool, state })
+        let pool = (threads > 1)
+            .then(|| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .ok()
+            })
+            .flatten();
+        Some(NativeFast {
+            dims,
+            members,
+            pool,
+            state,
+        })
     }
 
     /// Every member's loss `[K]` and gradient `[K, P]` at `theta [K, P]` on `batch` (U
     /// streams; member i reads stream `rows[i]`, or stream i when `rows` is `None`).
-    pub fn losses_and_gradients(&mut self, theta: &Tensor, batch: &Batch, rows: Option<&Tensor>) -> (Tensor, Tensor) {
+    pub fn losses_and_gradients(
+        &mut self,
+        theta: &Tensor,
+        batch: &Batch,
+        rows: Option<&Tensor>,
+    ) -> (Tensor, Tensor) {
         self.step(theta, &Input::Batch(batch), rows)
     }
 
     /// As [`NativeFast::losses_and_gradients`], on the batch whose prompt rows
     /// (`[U, B, n+2, d]`, [`crate::data::DeviceStream::prompt_rows`]) are given.
-    pub fn losses_and_gradients_from_rows(&mut self, theta: &Tensor, prompt_rows: &Tensor, rows: Option<&Tensor>) -> (Tensor, Tensor) {
+    pub fn losses_and_gradients_from_rows(
+        &mut self,
+        theta: &Tensor,
+        prompt_rows: &Tensor,
+        rows: Option<&Tensor>,
+    ) -> (Tensor, Tensor) {
         self.step(theta, &Input::Rows(prompt_rows), rows)
     }
 
     fn step(&mut self, theta: &Tensor, input: &Input, rows: Option<&Tensor>) -> (Tensor, Tensor) {
         let rows: Vec<usize> = match rows {
-            Some(r) => Vec::<i64>::try_from(r).expect("member rows are int64").into_iter().map(|r| r as usize).collect(),
+            Some(r) => Vec::<i64>::try_from(r)
+                .expect("member rows are int64")
+                .into_iter()
+                .map(|r| r as usize)
+                .collect(),
             None => (0..self.members).collect(),
         };
         match &mut self.state {

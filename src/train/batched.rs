@@ -136,7 +136,13 @@ impl BatchedStepper {
             rows: (!identity).then(|| Tensor::from_slice(&rows).to_device(device)),
             grad: Tensor::new(),
             fed: None,
-            native: NativeFast::new(&arch, members.len(), cfg.train.dtype.kind(), device, kernel_threads(members.len())),
+            native: NativeFast::new(
+                &arch,
+                members.len(),
+                cfg.train.dtype.kind(),
+                device,
+                kernel_threads(members.len()),
+            ),
             // A step's values wait on the device for 64 steps: the loop never waits for it.
             shape: Shape {
                 members: members.len(),
@@ -162,7 +168,11 @@ impl BatchedStepper {
     fn gradients_from(&mut self, losses: Tensor, grad: Tensor) -> Gradients {
         self.grad = grad;
         let norms = self.grad.norm_scalaropt_dim(2, [1i64].as_slice(), false);
-        Gradients { losses, clip_norms: norms.shallow_clone(), norms }
+        Gradients {
+            losses,
+            clip_norms: norms.shallow_clone(),
+            norms,
+        }
     }
 
     /// The next step reads these batches instead of the streams': `batch` holds U streams
@@ -186,7 +196,8 @@ impl Stepper for BatchedStepper {
         if let (Some(native), None) = (&mut self.native, &self.fed) {
             if let Some(prompt_rows) = self.stream.prompt_rows(iter) {
                 let rows = self.rows.as_ref();
-                let (losses, grad) = native.losses_and_gradients_from_rows(&self.theta, &prompt_rows, rows);
+                let (losses, grad) =
+                    native.losses_and_gradients_from_rows(&self.theta, &prompt_rows, rows);
                 return self.gradients_from(losses, grad);
             }
         }
