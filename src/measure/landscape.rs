@@ -10,7 +10,7 @@
 use crate::config::Mode;
 use crate::data::Batch;
 use crate::model::{self, Arch, Layout};
-use tch::Tensor;
+use tch::{Device, Tensor};
 
 /// The loss at one point of parameter space, as a function of the flat parameter vector, with
 /// its gradient kept differentiable: every Hessian row or Hessian-vector product is then one
@@ -21,6 +21,9 @@ pub struct Point {
     pub loss: Tensor,
     /// ∇loss, built with `create_graph` so that it can be differentiated again.
     pub grad: Tensor,
+    /// A fast-mode point on the CPU whose model the native kernel computes: its Hessian comes
+    /// from the kernel's forward mode ([`model::native::hessian`]), not from P backward passes.
+    native: Option<(Arch, Batch)>,
 }
 
 impl Point {
@@ -46,7 +49,22 @@ impl Point {
             Mode::Fast => model::fast_loss(arch, &views, batch),
         };
         let grad = single(Tensor::run_backward(&[&loss], &[&flat], true, true));
-        Point { flat, loss, grad }
+        let native = (mode == Mode::Fast
+            && flat.device() == Device::Cpu
+            && model::native::applies(arch))
+        .then(|| {
+            let batch = Batch {
+                z: batch.z.shallow_clone(),
+                y_query: batch.y_query.shallow_clone(),
+            };
+            (*arch, batch)
+        });
+        Point {
+            flat,
+            loss,
+            grad,
+            native,
+        }
     }
 
     /// ‖∇loss‖ as training logs it: the norm of the concatenated gradient.
@@ -82,6 +100,13 @@ impl Point {
     /// The full Hessian, row by row; `on_row` is called after each row (progress).
     pub fn hessian(&self, mut on_row: impl FnMut()) -> Tensor {
         let p = self.flat.size()[0];
+        if let Some((arch, batch)) = &self.native {
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            if let Some(h) = model::native::hessian_tensor(arch, &self.flat, batch, threads) {
+                (0..p).for_each(|_| on_row());
+                return h;
+            }
+        }
         let h = Tensor::empty([p, p], (self.flat.kind(), self.flat.device()));
         for i in 0..p {
             let mut row = h.get(i);
