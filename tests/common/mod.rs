@@ -22,12 +22,20 @@ pub fn python() -> PathBuf {
     py
 }
 
+/// The checkout: `$LINATTN_ROOT` (scripts/gpu-check.sh runs test binaries built in another
+/// folder), else the one the tests were built in.
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("LINATTN_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 pub fn linattn() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_linattn"));
+    // `$LINATTN_BIN` as for LINATTN_ROOT, else the binary cargo built with the tests.
+    let bin = std::env::var_os("LINATTN_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_linattn")));
+    let mut c = Command::new(bin);
     c.env("LINATTN_VENV", python().parent().unwrap().parent().unwrap());
     c
 }
