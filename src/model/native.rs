@@ -126,6 +126,9 @@ impl Dims {
 /// alone, so a member's sums run in the same order whatever the thread count.
 const BLOCK_CHUNKS: usize = 16;
 
+/// Prompts of one task.
+pub const BLOCK_PROMPTS: usize = BLOCK_CHUNKS * LANES;
+
 /// What the kernel keeps of one data stream's batch: `G₀`, `q₀` and `y` per prompt, chunked
 /// [`LANES`] prompts at a time (the last chunk padded with zero prompts, which contribute
 /// nothing to the loss or the gradient).

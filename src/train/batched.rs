@@ -72,15 +72,26 @@ pub struct BatchedStepper {
     native: Option<NativeFast>,
 }
 
-/// Threads for the native kernel of `members` members: one per core, at most one per member.
-/// Measured on 2 cores (Setting 1, B = 1000): a solo run takes 0.65 ms per step on one thread
-/// and 0.80 ms on two (waking a second thread costs more than half a step's kernel); a
-/// 12-member ensemble 4.85 ms on one and 4.24 ms on two. libtorch's own thread count
-/// ([`crate::train::preferred_threads`]) is left as the caller set it.
-fn kernel_threads(members: usize) -> usize {
+/// Threads for the native kernel: one per core, at most one per task (a member on a block of
+/// its prompts), and one alone for a solo run of a small model. Measured on 2 cores: a solo
+/// Setting 1 run (L = 3, d = 5, B = 1000) takes 0.65 ms per step on one thread and 0.80 ms on
+/// two (waking a second thread costs more than half a step's kernel); a 12-member ensemble
+/// 4.85 ms on one and 4.24 ms on two; a solo run of Fig. 5's model (L = 8, d = 20) 37 ms on
+/// one and 22 ms on two. libtorch's own thread count ([`crate::train::preferred_threads`]) is
+/// left as the caller set it.
+fn kernel_threads(arch: &Arch, members: usize, prompts: i64) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    cores.min(members).max(1)
+    let work = prompts * arch.layers * (arch.dim + 1).pow(3);
+    if members == 1 && work < SOLO_THREADS_MIN_WORK {
+        return 1;
+    }
+    let blocks = (prompts.max(1) as usize).div_ceil(crate::model::native::BLOCK_PROMPTS);
+    cores.min(members * blocks).max(1)
 }
+
+/// prompts × layers × (d+1)³ above which a solo run gains from a second thread: Setting 1 is
+/// 0.65 million, Fig. 5's model 74 million.
+const SOLO_THREADS_MIN_WORK: i64 = 4_000_000;
 
 impl BatchedStepper {
     /// Every member at iteration 0, initialised as the faithful run with its seed is
@@ -141,7 +152,7 @@ impl BatchedStepper {
                 members.len(),
                 cfg.train.dtype.kind(),
                 device,
-                kernel_threads(members.len()),
+                kernel_threads(&arch, members.len(), cfg.data.batch),
             ),
             // A step's values wait on the device for 64 steps: the loop never waits for it.
             shape: Shape {
