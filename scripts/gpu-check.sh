@@ -31,15 +31,19 @@ OUT="${OUT:-$ROOT/gpu-check-out}"
 mkdir -p "$OUT"
 BIN=$ROOT/target/release/linattn
 [ -x "$BIN" ] || { echo "gpu-check: no $BIN; run 'bash scripts/gpu-check.sh --prepare' first" >&2; exit 2; }
-PY=$(command -v python3)
-if [ -n "${LINATTN_VENV:-}" ] && [ -x "$LINATTN_VENV/bin/python3" ]; then
+# The PyTorch side: the project's venv where there is one (scripts/env.sh), else this machine's
+# python3 behind a stand-in venv (a GPU machine has torch there and no venv).
+LINATTN_VENV="${LINATTN_VENV:-$HOME/.cache/linattn/venv-torch-2.11.0}"
+if [ -x "$LINATTN_VENV/bin/python3" ]; then
   PY=$LINATTN_VENV/bin/python3
 else
-  # The PyTorch side is found through $LINATTN_VENV/bin/python3: a stand-in for this python3.
-  export LINATTN_VENV=$OUT/venv
+  PY=$(command -v python3)
+  LINATTN_VENV=$OUT/venv
   mkdir -p "$LINATTN_VENV/bin"
   ln -sf "$PY" "$LINATTN_VENV/bin/python3"
 fi
+export LINATTN_VENV
+"$PY" -c 'import torch' 2>/dev/null || { echo "gpu-check: $PY cannot import torch" >&2; exit 2; }
 TORCH_LIB=$("$PY" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
 export LD_LIBRARY_PATH="$TORCH_LIB:${LD_LIBRARY_PATH:-}"
 export LINATTN_BIN=$BIN LINATTN_ROOT=$ROOT LINATTN_REFERENCE=$ROOT/experiments/pytorch_reference.py
