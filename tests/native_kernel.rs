@@ -263,3 +263,21 @@ fn native_hessian_matches_autograds_hessian_of_the_faithful_forward() {
         }
     }
 }
+
+/// One forward-mode pass gives autograd's Hessian-vector product of the faithful forward.
+#[test]
+fn native_hessian_vector_product_matches_autograds() {
+    let cfg = config(&["data.batch=300", "model.heads=2"]);
+    let arch = Arch::from_config(&cfg);
+    let layout = Layout::new(&arch);
+    for (kind, bound) in [(Kind::Float, 1e-5), (Kind::Double, 1e-12)] {
+        let (batch, theta) = batch_and_theta(&cfg, 5, 0.2, kind);
+        let u = Tensor::randn([layout.total], (kind, Device::Cpu));
+        let reference =
+            linattn::measure::landscape::hvp(&arch, &layout.unflatten(&theta), &batch, &u);
+        let native = linattn::model::native::hvp_tensor(&arch, &theta, &batch, &u, 2).unwrap();
+        let r = rel(&native, &reference);
+        println!("{kind:?}: H·u rel {r:.2e}");
+        assert!(r < bound, "{kind:?}: H·u rel {r:e}");
+    }
+}

@@ -49,16 +49,15 @@ impl Point {
             Mode::Fast => model::fast_loss(arch, &views, batch),
         };
         let grad = single(Tensor::run_backward(&[&loss], &[&flat], true, true));
-        let native = (mode == Mode::Fast
-            && flat.device() == Device::Cpu
-            && model::native::applies(arch))
-        .then(|| {
-            let batch = Batch {
-                z: batch.z.shallow_clone(),
-                y_query: batch.y_query.shallow_clone(),
-            };
-            (*arch, batch)
-        });
+        let native =
+            (mode == Mode::Fast && flat.device() == Device::Cpu && model::native::applies(arch))
+                .then(|| {
+                    let batch = Batch {
+                        z: batch.z.shallow_clone(),
+                        y_query: batch.y_query.shallow_clone(),
+                    };
+                    (*arch, batch)
+                });
         Point {
             flat,
             loss,
@@ -72,8 +71,14 @@ impl Point {
         self.grad.detach().norm()
     }
 
-    /// H·u, one backward pass of `⟨∇loss, u⟩`.
+    /// H·u, one backward pass of `⟨∇loss, u⟩` (a native fast-mode point: one forward-mode
+    /// pass of the kernel).
     pub fn hvp(&self, u: &Tensor) -> Tensor {
+        if let Some((arch, batch)) = &self.native {
+            if let Some(hu) = model::native::hvp_tensor(arch, &self.flat, batch, u, 1) {
+                return hu;
+            }
+        }
         let u = u
             .detach()
             .to_kind(self.flat.kind())

@@ -945,14 +945,108 @@ impl<T: Real, const N: usize> Real for Dual<T, N> {
     }
 }
 
-/// Hessian-vector products per pass of [`hessian`]: 8 float32 tangents fill one 256-bit
+/// The gradient of one member's mean loss at one point, and its derivatives along up to
+/// [`TANGENTS`] directions per pass: forward mode over the closed-form gradient. The data's
+/// Gram matrices are formed once for all passes.
+struct ForwardMode<T: Real> {
+    dims: Dims,
+    theta: Vec<T>,
+    streams: Streams<Dual<T, TANGENTS>>,
+    works: Vec<Work<Dual<T, TANGENTS>>>,
+    pool: Option<rayon::ThreadPool>,
+    parts: Vec<Partial<Dual<T, TANGENTS>>>,
+    embedded: Embedded<Dual<T, TANGENTS>>,
+    grad: Vec<Dual<T, TANGENTS>>,
+}
+
+impl<T: Real> ForwardMode<T> {
+    /// At `theta [P]` on one batch, `z [B, n+1, d+1]` and `y_query [B]`.
+    fn new(dims: &Dims, theta: &[T], z: &[T], y_query: &[T], threads: usize) -> Self {
+        assert_eq!(
+            theta.len(),
+            dims.params(),
+            "theta must hold one member's allparam"
+        );
+        let constant = |x: &[T]| -> Vec<Dual<T, TANGENTS>> {
+            x.iter()
+                .map(|&v| Dual {
+                    v,
+                    t: [T::default(); TANGENTS],
+                })
+                .collect()
+        };
+        let (z, y_query) = (constant(z), constant(y_query));
+        let pool = (threads > 1)
+            .then(|| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .ok()
+            })
+            .flatten();
+        let mut works: Vec<Work<_>> = (0..threads.max(1)).map(|_| Work::default()).collect();
+        works.iter_mut().for_each(|w| w.fit(dims));
+        let mut streams = Streams::default();
+        let source = Source::Tokens {
+            z: &z,
+            y_query: &y_query,
+        };
+        streams.load(dims, source, 1, &mut works, pool.as_ref());
+        let blocks = streams.chunks.div_ceil(BLOCK_CHUNKS);
+        ForwardMode {
+            dims: *dims,
+            theta: theta.to_vec(),
+            streams,
+            works,
+            pool,
+            parts: (0..blocks).map(|_| Partial::default()).collect(),
+            embedded: Embedded::default(),
+            grad: vec![Dual::default(); dims.params()],
+        }
+    }
+
+    /// One pass: tangent c of parameter i is `seed(i, c)`; returns the gradient, whose tangent
+    /// c is H·u_c.
+    fn pass(&mut self, seed: impl Fn(usize, usize) -> T) -> &[Dual<T, TANGENTS>] {
+        let dims = &self.dims;
+        let seeded: Vec<Dual<T, TANGENTS>> = self
+            .theta
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| Dual {
+                v,
+                t: std::array::from_fn(|c| seed(i, c)),
+            })
+            .collect();
+        self.embedded.set(dims, &seeded);
+        let lanes = dims.layers * dims.heads * dims.side * dims.side * LANES;
+        for (b, part) in self.parts.iter_mut().enumerate() {
+            (part.member, part.stream, part.block) = (0, 0, b);
+            for t in [&mut part.gpt, &mut part.gqt] {
+                t.clear();
+                t.resize(lanes, Dual::default());
+            }
+            part.loss.clear();
+            part.loss.resize(LANES, Dual::default());
+        }
+        let (embedded, streams) = (&self.embedded, &self.streams);
+        in_threads(
+            self.pool.as_ref(),
+            &mut self.works,
+            &mut self.parts,
+            |work, part| block_of_side(dims, embedded, streams, work, part),
+        );
+        reduce(dims, &self.parts, self.streams.prompts, &mut self.grad);
+        &self.grad
+    }
+}
+
+/// Hessian-vector products per pass of [`ForwardMode`]: 8 float32 tangents fill one 256-bit
 /// register.
 const TANGENTS: usize = 8;
 
 /// The exact Hessian `[P, P]` (row-major) of the mean loss of one member at `theta` on one
-/// batch (`z [B, n+1, d+1]`, `y_query [B]`), by forward mode over the closed-form gradient:
-/// ⌈P / 8⌉ passes of the kernel on [`Dual`] numbers, each giving 8 rows. The data's Gram
-/// matrices are formed once for all passes.
+/// batch (`z [B, n+1, d+1]`, `y_query [B]`): ⌈P / 8⌉ forward-mode passes, each giving 8 rows.
 pub fn hessian<T: Real>(
     dims: &Dims,
     theta: &[T],
@@ -960,72 +1054,12 @@ pub fn hessian<T: Real>(
     y_query: &[T],
     threads: usize,
 ) -> Vec<T> {
-    type D<T> = Dual<T, TANGENTS>;
     let p = dims.params();
-    assert_eq!(theta.len(), p, "theta must hold one member's allparam");
-    let zero = T::default();
-    let constant = |x: &[T]| -> Vec<D<T>> {
-        x.iter()
-            .map(|&v| Dual {
-                v,
-                t: [zero; TANGENTS],
-            })
-            .collect()
-    };
-    let (z, y_query) = (constant(z), constant(y_query));
-    let pool = (threads > 1)
-        .then(|| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .ok()
-        })
-        .flatten();
-    let mut works: Vec<Work<D<T>>> = (0..threads.max(1)).map(|_| Work::default()).collect();
-    works.iter_mut().for_each(|w| w.fit(dims));
-    let mut streams = Streams::default();
-    streams.load(
-        dims,
-        Source::Tokens {
-            z: &z,
-            y_query: &y_query,
-        },
-        1,
-        &mut works,
-        pool.as_ref(),
-    );
-    let blocks = streams.chunks.div_ceil(BLOCK_CHUNKS);
-    let lanes = dims.layers * dims.heads * dims.side * dims.side * LANES;
-    let mut h = vec![zero; p * p];
-    let mut grad = vec![D::<T>::default(); p];
-    let mut embedded = Embedded::default();
-    let mut parts: Vec<Partial<D<T>>> = (0..blocks).map(|_| Partial::default()).collect();
+    let mut fm = ForwardMode::new(dims, theta, z, y_query, threads);
+    let mut h = vec![T::default(); p * p];
     for first in (0..p).step_by(TANGENTS) {
-        let seeded: Vec<D<T>> = theta
-            .iter()
-            .enumerate()
-            .map(|(i, &v)| {
-                let mut t = [zero; TANGENTS];
-                if (first..first + TANGENTS).contains(&i) {
-                    t[i - first] = T::from_f64(1.0);
-                }
-                Dual { v, t }
-            })
-            .collect();
-        embedded.set(dims, &seeded);
-        for (b, part) in parts.iter_mut().enumerate() {
-            (part.member, part.stream, part.block) = (0, 0, b);
-            for t in [&mut part.gpt, &mut part.gqt] {
-                t.clear();
-                t.resize(lanes, D::<T>::default());
-            }
-            part.loss.clear();
-            part.loss.resize(LANES, D::<T>::default());
-        }
-        in_threads(pool.as_ref(), &mut works, &mut parts, |work, part| {
-            block_of_side(dims, &embedded, &streams, work, part)
-        });
-        reduce(dims, &parts, streams.prompts, &mut grad);
+        let one = T::from_f64(1.0);
+        let grad = fm.pass(|i, c| if i == first + c { one } else { T::default() });
         for (j, g) in grad.iter().enumerate() {
             for c in 0..TANGENTS.min(p - first) {
                 h[(first + c) * p + j] = g.t[c];
@@ -1033,6 +1067,21 @@ pub fn hessian<T: Real>(
         }
     }
     h
+}
+
+/// H·u `[P]` at `theta` on one batch, in one forward-mode pass.
+pub fn hvp<T: Real>(
+    dims: &Dims,
+    theta: &[T],
+    z: &[T],
+    y_query: &[T],
+    u: &[T],
+    threads: usize,
+) -> Vec<T> {
+    assert_eq!(u.len(), dims.params(), "u must hold one member's allparam");
+    let mut fm = ForwardMode::new(dims, theta, z, y_query, threads);
+    let grad = fm.pass(|i, c| if c == 0 { u[i] } else { T::default() });
+    grad.iter().map(|g| g.t[0]).collect()
 }
 
 /// [`block`] with the side known at compile time where it is one of the paper's.
@@ -1061,27 +1110,54 @@ pub fn hessian_tensor(
     threads: usize,
 ) -> Option<Tensor> {
     let dims = Dims::of(arch)?;
-    fn run<T: Real + tch::kind::Element>(
-        dims: &Dims,
-        flat: &Tensor,
-        batch: &Batch,
-        threads: usize,
-    ) -> Tensor {
-        let read = |t: &Tensor| -> Vec<T> {
-            let t = t.detach().to_device(Device::Cpu).contiguous();
-            let mut v = vec![T::default(); t.numel()];
-            t.copy_data(&mut v, t.numel());
-            v
-        };
-        let (theta, z, y) = (read(flat), read(&batch.z), read(&batch.y_query));
-        let p = dims.params() as i64;
-        Tensor::from_slice(&hessian(dims, &theta, &z, &y, threads)).view([p, p])
+    let p = dims.params() as i64;
+    on_host(flat, &[flat, &batch.z, &batch.y_query], |v| match v {
+        Host2::F32(v) => Tensor::from_slice(&hessian(&dims, &v[0], &v[1], &v[2], threads)),
+        Host2::F64(v) => Tensor::from_slice(&hessian(&dims, &v[0], &v[1], &v[2], threads)),
+    })
+    .map(|h| h.view([p, p]))
+}
+
+/// H·u `[P]` at `flat [P]` on `batch` by [`hvp`]; `None` as for [`hessian_tensor`].
+pub fn hvp_tensor(
+    arch: &super::Arch,
+    flat: &Tensor,
+    batch: &Batch,
+    u: &Tensor,
+    threads: usize,
+) -> Option<Tensor> {
+    let dims = Dims::of(arch)?;
+    let u = u.to_kind(flat.kind());
+    on_host(flat, &[flat, &batch.z, &batch.y_query, &u], |v| match v {
+        Host2::F32(v) => Tensor::from_slice(&hvp(&dims, &v[0], &v[1], &v[2], &v[3], threads)),
+        Host2::F64(v) => Tensor::from_slice(&hvp(&dims, &v[0], &v[1], &v[2], &v[3], threads)),
+    })
+}
+
+/// Tensors copied to host vectors in the dtype of `like`.
+enum Host2 {
+    F32(Vec<Vec<f32>>),
+    F64(Vec<Vec<f64>>),
+}
+
+fn on_host(like: &Tensor, tensors: &[&Tensor], f: impl FnOnce(Host2) -> Tensor) -> Option<Tensor> {
+    fn read<T: Real + tch::kind::Element>(tensors: &[&Tensor], kind: Kind) -> Vec<Vec<T>> {
+        tensors
+            .iter()
+            .map(|t| {
+                let t = t.detach().to_device(Device::Cpu).to_kind(kind).contiguous();
+                let mut v = vec![T::default(); t.numel()];
+                t.copy_data(&mut v, t.numel());
+                v
+            })
+            .collect()
     }
-    match flat.kind() {
-        Kind::Float => Some(run::<f32>(&dims, flat, batch, threads)),
-        Kind::Double => Some(run::<f64>(&dims, flat, batch, threads)),
-        _ => None,
-    }
+    let out = match like.kind() {
+        Kind::Float => f(Host2::F32(read(tensors, Kind::Float))),
+        Kind::Double => f(Host2::F64(read(tensors, Kind::Double))),
+        _ => return None,
+    };
+    Some(out.to_device(like.device()))
 }
 
 /// The kernel behind fast mode's stepper on a CPU: host buffers kept between steps, the
