@@ -391,11 +391,12 @@ pub fn run(cfg: &Config, req: &BenchRequest) -> Result<Vec<BenchRow>> {
             .map(|r| format!("{} {}", r.mode.name(), r.rust.threads))
             .collect();
         println!(
-            "threads used: pytorch {}; rust {}",
+            "threads used: pytorch {}; rust {} (libtorch's; the native kernel of fast mode on a CPU runs one per core, at most one per member, and one for a solo run of a small model)",
             r.torch.threads,
             rust.join(", ")
         );
     }
+    report_arithmetic(cfg, &rows);
     let mib = |kb: u64| kb as f64 / 1024.0;
     if let Some(fast) = rows.iter().find(|r| r.mode == BenchMode::Fast) {
         match (fast.rust.peak_rss_kb, torch_solo.as_ref().and_then(|t| t.peak_rss_kb)) {
@@ -410,6 +411,36 @@ pub fn run(cfg: &Config, req: &BenchRequest) -> Result<Vec<BenchRow>> {
     }
     println!("load average after: {}", load_average());
     Ok(rows)
+}
+
+/// The native kernel's arithmetic per step and the rate each fast mode achieved (the whole
+/// step: data draw, kernel and update), where the kernel computes the model on a CPU.
+fn report_arithmetic(cfg: &Config, rows: &[BenchRow]) {
+    let Some(dims) = crate::model::native::Dims::of(&Arch::from_config(cfg)) else {
+        return;
+    };
+    if cfg.train.device.tch().ok() != Some(tch::Device::Cpu) {
+        return;
+    }
+    for row in rows.iter().filter(|r| r.mode != BenchMode::Faithful) {
+        let members = ensemble_members(cfg);
+        let (k, u) = match row.mode {
+            BenchMode::Ensemble => {
+                let mut seeds: Vec<u32> = members.iter().map(|m| m.seed).collect();
+                seeds.sort();
+                seeds.dedup();
+                (members.len(), seeds.len())
+            }
+            _ => (1, 1),
+        };
+        let flops = crate::model::native::flops_per_step(&dims, cfg.data.batch as usize, k, u);
+        println!(
+            "arithmetic, {}: {:.1} MFLOP per step in the native kernel ({k} members, {u} streams); {:.1} GFLOP/s over the whole step",
+            row.mode.name(),
+            flops / 1e6,
+            flops / (row.rust.ms_per_step * 1e6)
+        );
+    }
 }
 
 /// R_med at the initialisation of `cfg` (seed, init, eval batch, as a run starts), timed:
