@@ -1325,7 +1325,12 @@ fn reduce<T: Real>(dims: &Dims, parts: &[Partial<T>], prompts: usize, grad: &mut
 /// `streams` streams of `prompts` prompts each (a multiply-add counts two). It counts what the
 /// algorithm of this module does (docs/performance.md), not what a cleverer one would need.
 pub fn flops_per_step(dims: &Dims, prompts: usize, members: usize, streams: usize) -> f64 {
-    let (l, h, s, n) = (dims.layers as f64, dims.heads as f64, dims.side as f64, dims.context as f64);
+    let (l, h, s, n) = (
+        dims.layers as f64,
+        dims.heads as f64,
+        dims.side as f64,
+        dims.context as f64,
+    );
     let (s2, s3) = (s * s, s * s * s);
     // Per stream and prompt: y = x·w for n + 1 tokens, G₀'s upper triangle.
     let data = (n + 1.0) * (s - 1.0) + n * s * (s + 1.0) / 2.0;
@@ -1333,7 +1338,8 @@ pub fn flops_per_step(dims: &Dims, prompts: usize, members: usize, streams: usiz
     // and backward (G R, R̄, q̄, R Ḡ Rᵀ above layer 0, and per head Q̄, W, P̄, Ḡ);
     // the last layer's column of R, forward and backward.
     let mid_forward = (l - 1.0) * (h * 2.0 * s3 + 2.0 * s3 + s2);
-    let mid_backward = (l - 1.0) * (2.0 * s3 + 2.0 * s2 + h * 3.0 * s3) + (l - 2.0).max(0.0) * (2.0 * s3 + h * s3);
+    let mid_backward =
+        (l - 1.0) * (2.0 * s3 + 2.0 * s2 + h * 3.0 * s3) + (l - 2.0).max(0.0) * (2.0 * s3 + h * s3);
     let last = h * 2.0 * s2 + s + h * 4.0 * s2 + 2.0 * s;
     let per_member = mid_forward + mid_backward + last;
     2.0 * prompts as f64 * (streams as f64 * data + members as f64 * per_member)
