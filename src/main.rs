@@ -74,8 +74,8 @@ enum Command {
         /// the arithmetic: at L = 8 an ensemble's step grows about linearly with its members.
         #[arg(long, value_delimiter = ',', requires = "seeds")]
         lrs: Option<Vec<f64>>,
-        /// libtorch intra-op threads (default: 1 for the fast path of small models, where one
-        /// thread is faster, else libtorch's default).
+        /// CPU threads: libtorch's intra-op threads and the cores fast mode's native kernel may
+        /// take (default: libtorch's, one per core).
         #[arg(long)]
         threads: Option<i32>,
     },
@@ -201,8 +201,9 @@ enum Command {
         /// Override every figure's seeds (comma-separated, e.g. 0,1,2).
         #[arg(long, value_delimiter = ',')]
         seeds: Option<Vec<u32>>,
-        /// libtorch intra-op threads on CPU (default 1: on a small or shared machine, spinning
-        /// OpenMP threads cost more than they give for these small models).
+        /// CPU threads per process: libtorch's intra-op threads and the cores fast mode's native
+        /// kernel may take (default 1, so that several shards share a machine; give the core
+        /// count to one process alone).
         #[arg(long, default_value_t = 1)]
         threads: i32,
         /// train.mode of the runs and forward pass of the measurements: fast (default with
@@ -229,8 +230,9 @@ fn stop_flag() -> Result<Arc<AtomicBool>> {
     Ok(flag)
 }
 
-/// Sets libtorch's intra-op thread count, once per process: `given`, else `preferred`.
-fn set_threads(given: Option<i32>, preferred: Option<i32>) -> Result<()> {
+/// Sets libtorch's intra-op thread count, once per process, where `--threads` gives one (else
+/// libtorch's default, one per core). The native kernel of fast mode takes the same count.
+fn set_threads(given: Option<i32>) -> Result<()> {
     if let Some(n) = given {
         if n < 1 {
             return Err(anyhow::anyhow!(BadInput(format!(
@@ -238,7 +240,7 @@ fn set_threads(given: Option<i32>, preferred: Option<i32>) -> Result<()> {
             ))));
         }
     }
-    if let Some(n) = given.or(preferred) {
+    if let Some(n) = given {
         tch::set_num_threads(n);
     }
     Ok(())
@@ -344,10 +346,7 @@ fn run(cli: Cli) -> Result<i32> {
             }
             if let Some(dir) = resume {
                 let cfg = linattn::run::RunFolder::new(&dir).config()?;
-                let group = linattn::train::checkpointed_group(&dir)
-                    .map(|g| g.len())
-                    .unwrap_or(1);
-                set_threads(threads, linattn::train::preferred_threads(&cfg, group))?;
+                set_threads(threads)?;
                 let folders: Vec<PathBuf> = match linattn::train::checkpointed_group(&dir) {
                     Ok(g) => g.iter().map(|f| f.dir().to_path_buf()).collect(),
                     Err(_) => vec![dir.clone()],
@@ -373,7 +372,7 @@ fn run(cli: Cli) -> Result<i32> {
             let mut cfg = Config::load(&config, &sets)?;
             match seeds {
                 None => {
-                    set_threads(threads, linattn::train::preferred_threads(&cfg, 1))?;
+                    set_threads(threads)?;
                     let outcome = linattn::train::train(&cfg, &out, &opts)?;
                     Ok(report_training(
                         &[(out, outcome)],
@@ -423,10 +422,7 @@ fn run(cli: Cli) -> Result<i32> {
                             None => out.join(format!("{}-seed{}", m.optimizer.name(), m.seed)),
                         })
                         .collect();
-                    set_threads(
-                        threads,
-                        linattn::train::preferred_threads(&cfg, members.len()),
-                    )?;
+                    set_threads(threads)?;
                     let outcomes = linattn::train::train_ensemble(&cfg, &members, &outs, &opts)?;
                     Ok(report_training(
                         &outs.into_iter().zip(outcomes).collect::<Vec<_>>(),
@@ -480,22 +476,7 @@ fn run(cli: Cli) -> Result<i32> {
                 )
                 .into());
             }
-            // The thread count `linattn train` would use for this mode.
-            let mut as_trained = cfg.clone();
-            as_trained.train.mode = if mode == BenchMode::Faithful {
-                Mode::Faithful
-            } else {
-                Mode::Fast
-            };
-            let members = if mode == BenchMode::Ensemble {
-                linattn::tools::bench::ENSEMBLE_RUNS
-            } else {
-                1
-            };
-            set_threads(
-                None,
-                linattn::train::preferred_threads(&as_trained, members),
-            )?;
+            // The thread count `linattn train` would use: libtorch's (OMP_NUM_THREADS).
             let m = linattn::tools::bench::worker(&cfg, mode, steps, warmup)?;
             println!("{}", serde_json::to_string(&m)?);
             Ok(exit::OK)
@@ -523,7 +504,7 @@ fn run(cli: Cli) -> Result<i32> {
                 )));
             }
             self::device(device, "--device")?;
-            set_threads(Some(threads), None)?;
+            set_threads(Some(threads))?;
             let req = linattn::figures::Request {
                 figures,
                 scale: linattn::figures::spec::Scale {
@@ -677,7 +658,7 @@ fn run(cli: Cli) -> Result<i32> {
             threads,
         } => {
             let cfg = config.load()?;
-            set_threads(threads.map(|n| n.min(i32::MAX as usize) as i32), None)?;
+            set_threads(threads.map(|n| n.min(i32::MAX as usize) as i32))?;
             let b = linattn::tools::bench::bench_hessian(
                 &cfg,
                 &config.config,

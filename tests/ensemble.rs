@@ -376,22 +376,7 @@ fn a_stopped_ensemble_checkpoints_every_member_and_resuming_one_member_finishes_
 }
 
 #[test]
-fn the_paper_models_fast_path_prefers_one_thread_and_training_leaves_the_thread_count_alone() {
-    let small = config(&["train.mode=fast"]);
-    assert_eq!(
-        train::preferred_threads(&small, 12),
-        Some(1),
-        "the paper's small linear model trains fastest on one thread"
-    );
-    assert_eq!(
-        train::preferred_threads(&config(&["train.mode=faithful"]), 1),
-        None
-    );
-    assert_eq!(
-        train::preferred_threads(&config(&["train.mode=fast", "model.dim=20"]), 1),
-        None,
-        "large matrices use GEMMs"
-    );
+fn training_leaves_the_callers_thread_count_alone() {
     tch::set_num_threads(2);
     let tmp = tempdir();
     train::train(

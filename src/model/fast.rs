@@ -159,22 +159,6 @@ impl PromptAxis {
     }
 }
 
-/// Largest `members · prompts · (d+1)²` for which [`fast_prefers_one_thread`] holds.
-const ONE_THREAD_MAX_FLOATS: i64 = 1 << 20;
-
-/// Whether the fast linear forward on a CPU runs faster on one intra-op thread than on several.
-///
-/// Why: on the prompt-last path every operation touches a few hundred kilobytes, so splitting
-/// it across OpenMP threads costs more in wake-ups than it saves. Measured with libtorch 2.11 on
-/// the 2-core machine, paper default (B = 1000, d = 5), OMP_WAIT_POLICY=passive: one step of one
-/// run 3.1 ms on one thread against 8.8 ms on two; 12 members 43 ms against 46 ms.
-pub fn fast_prefers_one_thread(arch: &Arch, prompts: i64, members: i64) -> bool {
-    arch.attention == Attention::Linear
-        && arch.mlp_hidden == 0
-        && PromptAxis::for_arch(arch) == PromptAxis::Last
-        && members * prompts * (arch.dim + 1).pow(2) <= ONE_THREAD_MAX_FLOATS
-}
-
 /// G = Σ_{i<n} z_i z_iᵀ of tokens `z [K, B, n+1, d+1]`, laid out along `axis`.
 fn gram_of(arch: &Arch, z: &Tensor, axis: PromptAxis) -> Tensor {
     let (n, d1) = (arch.context, arch.dim + 1);

@@ -12,7 +12,7 @@ pub mod fast;
 pub mod native;
 
 pub use faithful::{forward, loss};
-pub use fast::{fast_loss, fast_losses, fast_prefers_one_thread};
+pub use fast::{fast_loss, fast_losses};
 
 use crate::config::{Attention, Config, Parametrization};
 use crate::mlp::Mlp;

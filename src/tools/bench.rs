@@ -384,14 +384,14 @@ pub fn run(cfg: &Config, req: &BenchRequest) -> Result<Vec<BenchRow>> {
         rows.push(row);
     }
     // The Rust side may use fewer intra-op threads than it was given: the fast path on small
-    // models runs faster on one (train::preferred_threads), so each mode says its own.
+    // models could run faster on fewer, so each mode says its own.
     if let Some(r) = rows.first() {
         let rust: Vec<String> = rows
             .iter()
             .map(|r| format!("{} {}", r.mode.name(), r.rust.threads))
             .collect();
         println!(
-            "threads used: pytorch {}; rust {} (libtorch's; the native kernel of fast mode on a CPU runs one per core, at most one per member, and one for a solo run of a small model)",
+            "threads used: pytorch {}; rust {} (libtorch's, which fast mode's native kernel also takes as its cores: at most one per member, one for a solo run of a small model)",
             r.torch.threads,
             rust.join(", ")
         );

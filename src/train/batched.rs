@@ -77,10 +77,10 @@ pub struct BatchedStepper {
 /// Setting 1 run (L = 3, d = 5, B = 1000) takes 0.65 ms per step on one thread and 0.80 ms on
 /// two (waking a second thread costs more than half a step's kernel); a 12-member ensemble
 /// 4.85 ms on one and 4.24 ms on two; a solo run of Fig. 5's model (L = 8, d = 20) 37 ms on
-/// one and 22 ms on two. libtorch's own thread count ([`crate::train::preferred_threads`]) is
-/// left as the caller set it.
+/// one and 22 ms on two. The cores it may take are libtorch's thread count, as the caller set
+/// it (`--threads`), so that one number governs the process.
 fn kernel_threads(arch: &Arch, members: usize, prompts: i64) -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = tch::get_num_threads().max(1) as usize;
     let work = prompts * arch.layers * (arch.dim + 1).pow(3);
     if members == 1 && work < SOLO_THREADS_MIN_WORK {
         return 1;

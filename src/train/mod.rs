@@ -14,7 +14,7 @@ pub use driver::{drive, is_saved_step, step, Stepper};
 pub use faithful::FaithfulStepper;
 
 use crate::config::{Config, Mode};
-use crate::model::{self, Arch, Layout};
+use crate::model::{Arch, Layout};
 use crate::run::{FolderLock, MetricsRow, RunFolder, State, Summary};
 use crate::BadInput;
 use anyhow::{anyhow, Result};
@@ -62,18 +62,6 @@ impl Default for Options {
 pub struct Outcome {
     pub summary: Summary,
     pub metrics: Vec<MetricsRow>,
-}
-
-/// The libtorch intra-op thread count that suits training these members of `cfg` on a CPU:
-/// `Some(1)` where the fast path runs faster on one thread than on several
-/// ([`model::fast_prefers_one_thread`]), else `None` (libtorch's default). The caller (main,
-/// or a library user) sets it; the engine never changes it.
-pub fn preferred_threads(cfg: &Config, members: usize) -> Option<i32> {
-    let fast_on_cpu =
-        cfg.train.mode == Mode::Fast && cfg.train.device.tch().ok() == Some(Device::Cpu);
-    let arch = Arch::from_config(cfg);
-    (fast_on_cpu && model::fast_prefers_one_thread(&arch, cfg.data.batch, members as i64))
-        .then_some(1)
 }
 
 fn device_of(cfg: &Config) -> Result<Device> {
