@@ -206,6 +206,17 @@ enum Command {
         /// count to one process alone).
         #[arg(long, default_value_t = 1)]
         threads: i32,
+        /// Worker processes over the one runs folder, each with --threads threads; each takes
+        /// whichever unit no other holds, then this process draws [default: the cores divided
+        /// by --threads on CPU, 1 on CUDA].
+        #[arg(long, value_name = "N", conflicts_with_all = ["shard", "draw_only"])]
+        jobs: Option<usize>,
+        /// Internal: this process is worker K of N of a `--jobs N` parent.
+        #[arg(long, value_name = "K/N", hide = true, requires = "worker_report")]
+        worker: Option<linattn::figures::Shard>,
+        /// Internal: where a `--jobs` worker writes its report for the parent.
+        #[arg(long, value_name = "FILE", hide = true, requires = "worker")]
+        worker_report: Option<PathBuf>,
         /// train.mode of the runs and forward pass of the measurements: fast (default with
         /// --quick) or faithful (default otherwise: the authors' protocol op for op).
         #[arg(long, value_enum)]
@@ -491,6 +502,9 @@ fn run(cli: Cli) -> Result<i32> {
             iters,
             seeds,
             threads,
+            jobs,
+            worker,
+            worker_report,
             mode,
             shard,
             draw_only,
@@ -505,7 +519,18 @@ fn run(cli: Cli) -> Result<i32> {
             }
             self::device(device, "--device")?;
             set_threads(Some(threads))?;
-            let req = linattn::figures::Request {
+            if jobs == Some(0) {
+                return Err(anyhow::anyhow!(BadInput("--jobs: must be >= 1".into())));
+            }
+            let mut options = options;
+            if worker.is_some() {
+                linattn::figures::jobs::enter_worker(&options.stop)?;
+                // Several processes' bars on one terminal would overwrite each other.
+                if options.progress == Progress::Bar {
+                    options.progress = Progress::Lines;
+                }
+            }
+            let mut req = linattn::figures::Request {
                 figures,
                 scale: linattn::figures::spec::Scale {
                     quick,
@@ -523,14 +548,58 @@ fn run(cli: Cli) -> Result<i32> {
                     ..options
                 },
                 shard,
+                worker,
+                prior: None,
                 draw_only,
             };
             let started = std::time::Instant::now();
-            let report = linattn::figures::reproduce(&req)?;
+            // A worker's command line is its parent's, `--jobs` included: it does its own share.
+            let jobs = match (shard, worker, draw_only, device) {
+                (_, Some(_), _, _) => 1,
+                (None, None, false, DeviceName::Cpu) => {
+                    jobs.unwrap_or_else(|| linattn::figures::jobs::default_jobs(threads as usize))
+                }
+                _ => jobs.unwrap_or(1),
+            };
+            let mut workers = None;
+            if jobs > 1 {
+                // A bad figure or folder is said once, here, before any worker starts.
+                linattn::figures::check(&req)?;
+                let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+                let w = linattn::figures::jobs::run(&args, jobs, &req.options.stop)?;
+                req.prior = Some(linattn::figures::Prior {
+                    started,
+                    worked: w.reports.iter().flat_map(|r| r.worked.clone()).collect(),
+                });
+                workers = Some(w);
+            }
+            let report = match &workers {
+                Some(w) if w.interrupted => linattn::figures::jobs::combine(
+                    &w.reports,
+                    linattn::figures::Report {
+                        interrupted: true,
+                        ..Default::default()
+                    },
+                ),
+                Some(w) => {
+                    linattn::figures::jobs::combine(&w.reports, linattn::figures::reproduce(&req)?)
+                }
+                None => linattn::figures::reproduce(&req)?,
+            };
+            if let Some(path) = &worker_report {
+                linattn::figures::jobs::write_report(path, &report)?;
+                return Ok(if report.interrupted {
+                    exit::INTERRUPTED
+                } else {
+                    exit::OK
+                });
+            }
             let t = report.tally;
-            let who = shard
-                .map(|s| format!(" (shard {}/{})", s.index, s.count))
-                .unwrap_or_default();
+            let who = match (shard, jobs) {
+                (Some(s), _) => format!(" (shard {}/{})", s.index, s.count),
+                (None, 1) => String::new(),
+                (None, n) => format!(" ({n} workers)"),
+            };
             println!(
                 "reproduce{who}: runs trained {}, reused {}, resumed {}, restarted {}; ensembles trained {}; runs measured {}; noise computed {}; units left to other workers {}; {:.0} s",
                 t.trained,

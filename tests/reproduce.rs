@@ -488,7 +488,8 @@ fn a_figure_whose_runs_skip_nonfinite_steps_says_so_in_its_title_and_summary() {
 }
 
 /// A figure with two settings whose fast runs (6 each: 3 seeds × SGD/Adam) train as two
-/// ensembles, long enough to be killed in the middle (a checkpoint every 250 iterations), with
+/// ensembles, long enough to be killed in the middle (6000 iterations: each ensemble trains
+/// for about 2 s on the native kernel; a checkpoint every 250 iterations), with
 /// two noise units: two ensembles to share out between shards.
 const TWO: &str = r#"
 title: "tiny two-setting ensemble figure"
@@ -496,10 +497,10 @@ paper: "none: a test"
 series:
   - {id: s2, label: "Setting 2, B = 100", settings: setting2_normal_n5.yaml, set: [data.batch=100], lr: {sgd: 0.01, adam: 0.005}}
   - {id: s1, label: "Setting 1, B = 100", settings: setting1_normal_n20.yaml, set: [data.batch=100], lr: {sgd: 0.02, adam: 0.02}}
-runs: {optimizers: [sgd, adam], seeds: [0, 1, 2], iters: 1000, save_every: 50}
+runs: {optimizers: [sgd, adam], seeds: [0, 1, 2], iters: 6000, save_every: 250}
 measure:
-  loss_every: 250
-  condition_every: 1000
+  loss_every: 1000
+  condition_every: 6000
   noise: {seed: 1, samples: 20, full_batch: 500}
 panels: [loss, noise, condition]
 quick: {}
@@ -525,7 +526,9 @@ fn two_single() -> &'static (PathBuf, PathBuf) {
         std::fs::create_dir_all(&dir).unwrap();
         let fig = write_figure(&dir, "two", TWO);
         let work = dir.join("single");
-        ok(reproduce_fast(&fig, &work));
+        let mut c = reproduce_fast(&fig, &work);
+        c.arg("--jobs").arg("1");
+        ok(c);
         (fig, work)
     })
 }
@@ -574,6 +577,7 @@ fn a_reproduce_killed_during_an_ensemble_resumes_it_and_gives_the_same_figure_da
     let tmp = tempdir();
     let killed = tmp.path().join("killed");
     let mut c = reproduce_fast(fig, &killed);
+    c.arg("--jobs").arg("1");
     c.stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     let mut child = c.spawn().unwrap();
@@ -594,6 +598,115 @@ fn a_reproduce_killed_during_an_ensemble_resumes_it_and_gives_the_same_figure_da
     );
     assert_eq!(
         figure_numbers(&killed.join("plots"), "two"),
+        figure_numbers(&single.join("plots"), "two")
+    );
+}
+
+/// The number after `word ` in a reproduce line, e.g. `count(out, "resumed")`.
+fn count(out: &str, word: &str) -> usize {
+    out.split(&format!("{word} "))
+        .nth(1)
+        .and_then(|r| r.split([',', ';']).next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no count of {word:?} in {out:?}"))
+}
+
+#[test]
+fn reproduce_with_two_jobs_trains_each_ensemble_in_one_worker_and_draws_the_single_process_figure()
+{
+    let (fig, single) = two_single();
+    let tmp = tempdir();
+    let work = tmp.path().join("jobs");
+    let mut c = reproduce_fast(fig, &work);
+    c.arg("--jobs").arg("2");
+    let o = ok(c);
+    let (out, log) = (stdout(&o), String::from_utf8_lossy(&o.stderr).into_owned());
+    assert!(
+        out.contains("(2 workers): runs trained 12, reused 0, resumed 0, restarted 0; ensembles trained 2; runs measured 12; noise computed 2;"),
+        "{out}"
+    );
+    // Each ensemble is trained by one worker, and the parent trains nothing itself.
+    let trained: Vec<&str> = log.lines().filter(|l| l.contains(" trained ")).collect();
+    assert_eq!(trained.len(), 2, "{log}");
+    assert!(trained.iter().all(|l| l.starts_with("worker ")), "{log}");
+    assert_eq!(
+        figure_numbers(&work.join("plots"), "two"),
+        figure_numbers(&single.join("plots"), "two")
+    );
+    let mut c = reproduce_fast(fig, &work);
+    c.arg("--jobs").arg("2");
+    let out = stdout(&ok(c));
+    assert!(
+        out.contains("runs trained 0, reused 12, resumed 0, restarted 0; ensembles trained 0; runs measured 0; noise computed 0;"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_reproduce_with_jobs_stopped_by_sigterm_exits_130_once_its_workers_checkpointed_and_resumes_to_the_same_figure(
+) {
+    let (fig, single) = two_single();
+    let tmp = tempdir();
+    let work = tmp.path().join("jobs");
+    let mut c = reproduce_fast(fig, &work);
+    c.arg("--jobs").arg("2");
+    let mut parent = c
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(
+        || any_checkpoint(&work.join("runs")),
+        std::time::Duration::from_secs(120),
+    );
+    assert!(Command::new("kill")
+        .arg("-TERM")
+        .arg(parent.id().to_string())
+        .status()
+        .unwrap()
+        .success());
+    // The parent forwards SIGTERM and exits only after its workers have.
+    assert_eq!(parent.wait().unwrap().code(), Some(130));
+    let mut c = reproduce_fast(fig, &work);
+    c.arg("--jobs").arg("2");
+    let out = stdout(&ok(c));
+    assert!(
+        count(&out, "resumed") > 0 && count(&out, "restarted") == 0,
+        "the workers checkpointed when told to stop: {out}"
+    );
+    assert_eq!(
+        figure_numbers(&work.join("plots"), "two"),
+        figure_numbers(&single.join("plots"), "two")
+    );
+}
+
+#[test]
+fn a_reproduce_with_jobs_killed_outright_stops_its_workers_which_resume_on_the_next_invocation() {
+    let (fig, single) = two_single();
+    let tmp = tempdir();
+    let work = tmp.path().join("jobs");
+    let mut c = reproduce_fast(fig, &work);
+    c.arg("--jobs").arg("2");
+    let mut parent = c
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(
+        || any_checkpoint(&work.join("runs")),
+        std::time::Duration::from_secs(120),
+    );
+    parent.kill().unwrap(); // SIGKILL: the kernel tells the workers (SIGTERM)
+    parent.wait().unwrap();
+    let mut c = reproduce_fast(fig, &work);
+    c.arg("--jobs").arg("2");
+    let out = stdout(&ok(c));
+    // Workers left training alone would have finished the runs: nothing to resume.
+    assert!(
+        count(&out, "resumed") > 0 && count(&out, "restarted") == 0,
+        "the orphaned workers stopped at a checkpoint: {out}"
+    );
+    assert_eq!(
+        figure_numbers(&work.join("plots"), "two"),
         figure_numbers(&single.join("plots"), "two")
     );
 }
@@ -667,6 +780,24 @@ fn two_shards_started_together_do_disjoint_work_and_draw_only_gives_the_single_p
 }
 
 #[test]
+fn jobs_must_be_at_least_one_and_do_not_mix_with_a_shard() {
+    let tmp = tempdir();
+    let fig = write_figure(tmp.path(), "tiny", TINY);
+    for extra in [&["--jobs", "0"][..], &["--jobs", "2", "--shard", "1/2"]] {
+        let mut c = reproduce(&fig, tmp.path());
+        c.args(extra);
+        let o = output(c);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(
+            err.contains("--jobs") && err.trim_end().lines().count() == 1,
+            "{extra:?}: {err}"
+        );
+    }
+    assert!(!tmp.path().join("runs").exists(), "nothing was started");
+}
+
+#[test]
 fn a_shard_is_k_of_n_with_k_from_1_to_n() {
     let tmp = tempdir();
     let fig = write_figure(tmp.path(), "tiny", TINY);
@@ -697,23 +828,42 @@ fn a_shard_killed_in_the_middle_and_started_again_completes_the_figure_with_the_
     };
     let mut first = shard(1).spawn().unwrap();
     let second = shard(2).spawn().unwrap();
-    // Each shard trains one of the two ensembles: wait until both have checkpointed.
+    // Shard 1's log, read as it comes, says which of the two ensembles it trains.
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let log = std::sync::Arc::clone(&log);
+        let stderr = first.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                log.lock().unwrap().push_str(&(line + "\n"));
+            }
+        })
+    };
+    // Killed as soon as its ensemble has checkpointed: one ensemble of Setting 2 (n = 5)
+    // takes well under a second on a fast machine, so any later might find it done.
     let runs = shared.join("runs");
-    let groups = ["normal-n5-L3-d5-fast", "normal-n20-L3-d5-fast"];
-    let checkpointed = |g: &str| {
-        let dir = runs.join(g);
-        dir.exists()
-            && std::fs::read_dir(&dir)
+    let checkpointed = || {
+        let text = log.lock().unwrap().clone();
+        let Some(unit) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("shard 1/2: training "))
+        else {
+            return false;
+        };
+        let group = runs.join(unit.split('/').next().unwrap());
+        group.exists()
+            && std::fs::read_dir(&group)
                 .unwrap()
                 .flatten()
                 .any(|r| r.path().join("checkpoint.safetensors").exists())
     };
-    wait_for(
-        || groups.iter().all(|g| checkpointed(g)),
-        std::time::Duration::from_secs(240),
-    );
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    wait_for(checkpointed, std::time::Duration::from_secs(240));
     first.kill().unwrap(); // SIGKILL: its unit keeps a checkpoint and a free lock
+    reader.join().unwrap();
     assert!(
         !first.wait().unwrap().success(),
         "shard 1 finished before it could be killed"
@@ -754,7 +904,7 @@ fn a_shard_killed_in_the_middle_and_started_again_completes_the_figure_with_the_
 fn a_shard_measures_the_runs_it_can_while_another_worker_holds_a_training_unit_and_names_that_unit_only_once_it_trains_it(
 ) {
     let tmp = tempdir();
-    let fig = write_figure(tmp.path(), "two", &TWO.replace("iters: 1000", "iters: 100"));
+    let fig = write_figure(tmp.path(), "two", &TWO.replace("iters: 6000", "iters: 100"));
     let work = tmp.path().join("work");
     let mut c = reproduce_fast(&fig, &work);
     c.arg("--draw-only");

@@ -17,6 +17,7 @@
 //! `--shard K/N` a worker does only the units whose name hashes to K (stable across machines
 //! and invocations), skips a unit another live worker holds the lock of, and draws nothing;
 //! `--draw-only` then draws from the shared runs folder, or names the missing units.
+pub mod jobs;
 pub mod panels;
 pub mod runs;
 pub mod spec;
@@ -84,8 +85,30 @@ pub struct Request {
     pub experiments: Option<PathBuf>,
     pub options: Options,
     pub shard: Option<Shard>,
+    /// Worker K of N of `--jobs N`: takes every unit no other worker holds, waits for none,
+    /// draws nothing (the parent draws).
+    pub worker: Option<Shard>,
+    /// What the workers of `--jobs` did before this (the parent's) pass, for the summary.
+    pub prior: Option<Prior>,
     /// Train nothing, measure nothing: draw, or name what is missing.
     pub draw_only: bool,
+}
+
+/// The work `--jobs` workers did before the parent's pass that draws.
+#[derive(Debug, Clone)]
+pub struct Prior {
+    /// When the workers started: a figure's wall time is counted from here.
+    pub started: Instant,
+    /// Ids of the figures in which some worker trained or measured something.
+    pub worked: Vec<String>,
+}
+
+impl Request {
+    /// Whether this process does every unit itself, waiting for any another process holds,
+    /// and draws (neither a shard nor a worker).
+    fn alone(&self) -> bool {
+        self.shard.is_none() && self.worker.is_none()
+    }
 }
 
 /// `--draw-only` found units that are not done: their names.
@@ -147,8 +170,9 @@ impl FigureData {
     }
 }
 
-/// What an invocation did.
-#[derive(Debug, Default)]
+/// What an invocation did (a `--jobs` worker hands it to its parent as JSON).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Report {
     pub tally: Tally,
     /// Runs whose measurements were (partly) computed in this invocation.
@@ -159,6 +183,8 @@ pub struct Report {
     pub pngs: Vec<PathBuf>,
     /// Ctrl-C/SIGTERM stopped the work; rerunning the same command continues it.
     pub interrupted: bool,
+    /// Ids of the figures in which this invocation trained or measured something.
+    pub worked: Vec<String>,
 }
 
 impl Report {
@@ -350,8 +376,13 @@ fn plan(req: &Request) -> Result<Plan> {
     })
 }
 
-/// Runs the request; see the module documentation.
-pub fn reproduce(req: &Request) -> Result<Report> {
+/// Reads and resolves every requested figure and creates the runs folder: what a bad request
+/// fails on, before any work.
+pub fn check(req: &Request) -> Result<()> {
+    planned(req).map(|_| ())
+}
+
+fn planned(req: &Request) -> Result<Plan> {
     let plan = plan(req)?;
     std::fs::create_dir_all(&req.runs).map_err(|e| {
         anyhow!(BadInput(format!(
@@ -359,6 +390,12 @@ pub fn reproduce(req: &Request) -> Result<Report> {
             req.runs.display()
         )))
     })?;
+    Ok(plan)
+}
+
+/// Runs the request; see the module documentation.
+pub fn reproduce(req: &Request) -> Result<Report> {
+    let plan = planned(req)?;
     let mut report = Report::default();
     if let Some(shard) = req.shard {
         let names = plan
@@ -382,21 +419,29 @@ pub fn reproduce(req: &Request) -> Result<Report> {
     for (f, fig) in plan.figures.iter().enumerate() {
         let started = Instant::now();
         let work_before = report.work();
-        if !req.draw_only && work_figure(f, fig, &plan, req, &mut report)? == Step::Interrupted {
+        let step = match req.draw_only {
+            true => Step::Done,
+            false => work_figure(f, fig, &plan, req, &mut report)?,
+        };
+        if report.work() > work_before {
+            report.worked.push(fig.id.clone());
+        }
+        if step == Step::Interrupted {
             report.interrupted = true;
             return Ok(report);
         }
-        if req.shard.is_some() {
+        if !req.alone() {
             continue;
         }
         let data = figure_data(fig, req)?;
-        draw(
-            &data,
-            req,
-            started,
-            report.work() == work_before,
-            &mut report,
-        )?;
+        let (started, reused) = match &req.prior {
+            Some(p) => (
+                p.started,
+                !report.worked.contains(&fig.id) && !p.worked.contains(&fig.id),
+            ),
+            None => (started, report.work() == work_before),
+        };
+        draw(&data, req, started, reused, &mut report)?;
     }
     Ok(report)
 }
@@ -410,14 +455,15 @@ fn work_figure(
     req: &Request,
     report: &mut Report,
 ) -> Result<Step> {
-    let prefix = match req.shard {
-        Some(s) => format!("shard {}/{}:", s.index, s.count),
-        None => format!("[{}]", fig.id),
+    let prefix = match (req.shard, req.worker) {
+        (Some(s), _) => format!("shard {}/{}:", s.index, s.count),
+        (None, Some(w)) => format!("worker {}/{}:", w.index, w.count),
+        (None, None) => format!("[{}]", fig.id),
     };
     let ours = |name: &str| req.shard.is_none_or(|s| s.owns(name));
-    // A shard leaves a training unit another worker holds to it; its measurements wait
-    // for it below.
-    let wait = req.shard.is_none();
+    // A shard or a worker leaves a training unit another worker holds to it; a shard's
+    // measurements of it wait for it below.
+    let wait = req.alone();
     for unit in plan
         .training
         .iter()
@@ -427,10 +473,13 @@ fn work_figure(
             Step::Interrupted => return Ok(Step::Interrupted),
             Step::Busy => {
                 report.busy += 1;
-                say(format!(
-                    "{prefix} skipped {} (locked by another worker)",
-                    unit.name
-                ));
+                // A `--jobs` worker skips what the others hold as a matter of course.
+                if req.worker.is_none() {
+                    say(format!(
+                        "{prefix} skipped {} (locked by another worker)",
+                        unit.name
+                    ));
+                }
             }
             Step::Done => {}
         }
@@ -452,6 +501,9 @@ fn work_figure(
     {
         match measure_unit(unit, plan, req, &prefix, wait, report)? {
             Step::Interrupted => return Ok(Step::Interrupted),
+            // A `--jobs` worker leaves it to the worker that holds it (which measures it next)
+            // and goes on; the parent's pass finishes anything left.
+            Step::Busy if req.worker.is_some() => {}
             Step::Busy => {
                 say(format!(
                     "{prefix} {} is another worker's for now; measuring it later",
@@ -674,10 +726,12 @@ fn noise_unit(unit: &NoiseUnit, req: &Request, prefix: &str, report: &mut Report
     let folder = RunFolder::new(&unit.dir);
     let Some(_lock) = folder.try_lock()? else {
         report.busy += 1;
-        say(format!(
-            "{prefix} skipped {} (locked by another worker)",
-            unit.name
-        ));
+        if req.worker.is_none() {
+            say(format!(
+                "{prefix} skipped {} (locked by another worker)",
+                unit.name
+            ));
+        }
         return Ok(());
     };
     say(format!(

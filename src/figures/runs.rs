@@ -15,7 +15,8 @@ use anyhow::{anyhow, Result};
 use std::path::{Path, PathBuf};
 
 /// Which of the work a run needed, summed over an invocation.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Tally {
     pub trained: usize,
     /// Finished (completed or diverged) before this invocation: used as they are.
