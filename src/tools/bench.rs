@@ -77,6 +77,57 @@ pub struct Measurement {
     /// Peak resident memory of the process, KiB (absent where the OS does not say).
     #[serde(default)]
     pub peak_rss_kb: Option<u64>,
+    /// The Rust side's fast modes: where a step's time goes (absent on the PyTorch side).
+    #[serde(default)]
+    pub split: Option<Split>,
+}
+
+/// A fast step taken apart, ms per step of each part timed alone over the same steps:
+/// `draw` the data, `gradients` the losses and gradients (the draw included, as a step does
+/// it), `update` the optimizer's. The rest of a step is the loop's own work (the divergence
+/// rule, clipping, metrics).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Split {
+    pub draw_ms: f64,
+    pub gradients_ms: f64,
+    pub update_ms: f64,
+}
+
+/// Times the parts of a fast step of `members` on a stepper of their own, `steps` each after a
+/// warm-up of a few. Every part ends by reading a value back, which also waits for a GPU.
+fn split(base: &Config, members: &[Member], device: tch::Device, steps: i64) -> Result<Split> {
+    let mut stepper = BatchedStepper::start(base, members, device)?;
+    let stepping = Tensor::ones([members.len() as i64], (tch::Kind::Bool, device));
+    let per_step = |t: Instant| t.elapsed().as_secs_f64() * 1000.0 / steps as f64;
+    for i in 0..3 {
+        stepper.draw(i);
+        let _ = stepper.gradients(i);
+        stepper.update(None, &stepping);
+    }
+    let t = Instant::now();
+    for i in 0..steps {
+        stepper.draw(i);
+    }
+    let _ = stepper.flat_params().double_value(&[0, 0]);
+    let draw_ms = per_step(t);
+    let t = Instant::now();
+    let mut last = None;
+    for i in 0..steps {
+        last = Some(stepper.gradients(i).losses);
+    }
+    let _ = last.map(|l| l.double_value(&[0]));
+    let gradients_ms = per_step(t);
+    let t = Instant::now();
+    for _ in 0..steps {
+        stepper.update(None, &stepping);
+    }
+    let _ = stepper.flat_params().double_value(&[0, 0]);
+    Ok(Split {
+        draw_ms,
+        gradients_ms,
+        update_ms: per_step(t),
+    })
 }
 
 /// This process's peak resident memory in KiB (`VmHWM` of /proc/self/status, Linux).
@@ -138,12 +189,17 @@ pub fn worker(cfg: &Config, mode: BenchMode, steps: i64, warmup: i64) -> Result<
         session("warmup", warmup)?;
     }
     let timed = session("timed", steps)?;
+    let split = match mode {
+        BenchMode::Faithful => None,
+        _ => Some(split(&base, &members, device, steps)?),
+    };
     Ok(Measurement {
         ms_per_step: timed.as_secs_f64() * 1000.0 / steps as f64,
         side: "rust".into(),
         device: cfg.train.device.to_string(),
         threads: tch::get_num_threads() as i64,
         peak_rss_kb: peak_rss_kb(),
+        split,
     })
 }
 
@@ -397,6 +453,24 @@ pub fn run(cfg: &Config, req: &BenchRequest) -> Result<Vec<BenchRow>> {
         );
     }
     report_arithmetic(cfg, &rows);
+    for row in &rows {
+        if let Some(s) = row.rust.split {
+            let rest = row.rust.ms_per_step - s.gradients_ms - s.update_ms;
+            let pct = |x: f64| 100.0 * x / row.rust.ms_per_step;
+            println!(
+                "split of a {} step (rust, ms): draw {:.3} ({:.0}%), forward/backward {:.3} ({:.0}%), update {:.3} ({:.0}%), the rest of the loop {:.3} ({:.0}%)",
+                row.mode.name(),
+                s.draw_ms,
+                pct(s.draw_ms),
+                s.gradients_ms - s.draw_ms,
+                pct(s.gradients_ms - s.draw_ms),
+                s.update_ms,
+                pct(s.update_ms),
+                rest,
+                pct(rest)
+            );
+        }
+    }
     let mib = |kb: u64| kb as f64 / 1024.0;
     if let Some(fast) = rows.iter().find(|r| r.mode == BenchMode::Fast) {
         match (fast.rust.peak_rss_kb, torch_solo.as_ref().and_then(|t| t.peak_rss_kb)) {

@@ -164,6 +164,15 @@ impl BatchedStepper {
         })
     }
 
+    /// Draws step `iter`'s data as [`Stepper::gradients`] would, and drops it: what `bench`
+    /// times as the draw of a step.
+    pub fn draw(&mut self, iter: i64) {
+        if self.native.is_some() && self.stream.prompt_rows(iter).is_some() {
+            return;
+        }
+        let _ = self.stream.batch(iter);
+    }
+
     /// Member `i`'s current parameters in `state_dict` shapes, copied to the CPU.
     pub fn member_params(&self, i: usize) -> Vec<Tensor> {
         let row = self.theta.detach().get(i as i64).to_device(Device::Cpu);
