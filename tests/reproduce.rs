@@ -641,15 +641,19 @@ fn reproduce_with_two_jobs_trains_each_ensemble_in_one_worker_and_draws_the_sing
     );
 }
 
-#[test]
-fn a_reproduce_with_jobs_stopped_by_sigterm_exits_130_once_its_workers_checkpointed_and_resumes_to_the_same_figure(
-) {
+/// Starts `reproduce --jobs 2` of [`TWO`], stops it with `stop` once a worker has
+/// checkpointed, then runs the same command again: it must resume (the workers stopped at a
+/// checkpoint) and draw the single-process figure.
+fn jobs_stopped_then_resumed(stop: impl FnOnce(&mut std::process::Child)) {
     let (fig, single) = two_single();
     let tmp = tempdir();
     let work = tmp.path().join("jobs");
-    let mut c = reproduce_fast(fig, &work);
-    c.arg("--jobs").arg("2");
-    let mut parent = c
+    let jobs = || {
+        let mut c = reproduce_fast(fig, &work);
+        c.arg("--jobs").arg("2");
+        c
+    };
+    let mut parent = jobs()
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -658,20 +662,12 @@ fn a_reproduce_with_jobs_stopped_by_sigterm_exits_130_once_its_workers_checkpoin
         || any_checkpoint(&work.join("runs")),
         std::time::Duration::from_secs(120),
     );
-    assert!(Command::new("kill")
-        .arg("-TERM")
-        .arg(parent.id().to_string())
-        .status()
-        .unwrap()
-        .success());
-    // The parent forwards SIGTERM and exits only after its workers have.
-    assert_eq!(parent.wait().unwrap().code(), Some(130));
-    let mut c = reproduce_fast(fig, &work);
-    c.arg("--jobs").arg("2");
-    let out = stdout(&ok(c));
+    stop(&mut parent);
+    let out = stdout(&ok(jobs()));
+    // Workers left training on their own would have finished the runs: nothing to resume.
     assert!(
         count(&out, "resumed") > 0 && count(&out, "restarted") == 0,
-        "the workers checkpointed when told to stop: {out}"
+        "the workers stopped at a checkpoint: {out}"
     );
     assert_eq!(
         figure_numbers(&work.join("plots"), "two"),
@@ -680,35 +676,26 @@ fn a_reproduce_with_jobs_stopped_by_sigterm_exits_130_once_its_workers_checkpoin
 }
 
 #[test]
+fn a_reproduce_with_jobs_stopped_by_sigterm_exits_130_once_its_workers_checkpointed_and_resumes_to_the_same_figure(
+) {
+    jobs_stopped_then_resumed(|parent| {
+        assert!(Command::new("kill")
+            .arg("-TERM")
+            .arg(parent.id().to_string())
+            .status()
+            .unwrap()
+            .success());
+        // The parent forwards SIGTERM and exits only after its workers have.
+        assert_eq!(parent.wait().unwrap().code(), Some(130));
+    });
+}
+
+#[test]
 fn a_reproduce_with_jobs_killed_outright_stops_its_workers_which_resume_on_the_next_invocation() {
-    let (fig, single) = two_single();
-    let tmp = tempdir();
-    let work = tmp.path().join("jobs");
-    let mut c = reproduce_fast(fig, &work);
-    c.arg("--jobs").arg("2");
-    let mut parent = c
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for(
-        || any_checkpoint(&work.join("runs")),
-        std::time::Duration::from_secs(120),
-    );
-    parent.kill().unwrap(); // SIGKILL: the kernel tells the workers (SIGTERM)
-    parent.wait().unwrap();
-    let mut c = reproduce_fast(fig, &work);
-    c.arg("--jobs").arg("2");
-    let out = stdout(&ok(c));
-    // Workers left training alone would have finished the runs: nothing to resume.
-    assert!(
-        count(&out, "resumed") > 0 && count(&out, "restarted") == 0,
-        "the orphaned workers stopped at a checkpoint: {out}"
-    );
-    assert_eq!(
-        figure_numbers(&work.join("plots"), "two"),
-        figure_numbers(&single.join("plots"), "two")
-    );
+    jobs_stopped_then_resumed(|parent| {
+        parent.kill().unwrap(); // SIGKILL: the kernel tells the workers (SIGTERM)
+        parent.wait().unwrap();
+    });
 }
 
 #[test]

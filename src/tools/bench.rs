@@ -458,7 +458,7 @@ pub fn run(cfg: &Config, req: &BenchRequest) -> Result<Vec<BenchRow>> {
             let rest = row.rust.ms_per_step - s.gradients_ms - s.update_ms;
             let pct = |x: f64| 100.0 * x / row.rust.ms_per_step;
             println!(
-                "split of a {} step (rust, ms): draw {:.3} ({:.0}%), forward/backward {:.3} ({:.0}%), update {:.3} ({:.0}%), the rest of the loop {:.3} ({:.0}%)",
+                "split of the {} step (rust, ms; each part timed alone): draw {:.3} ({:.0}%), forward/backward {:.3} ({:.0}%), update {:.3} ({:.0}%), the rest of the loop {:.3} ({:.0}%)",
                 row.mode.name(),
                 s.draw_ms,
                 pct(s.draw_ms),
