@@ -155,28 +155,53 @@ pub fn eval_batch(cfg: &Config, device: Device) -> Batch {
         .to_kind(cfg.train.dtype.kind())
 }
 
-/// The fast mode's data: one stream per seed, drawn directly on the training device.
+/// The fast mode's data: one stream per seed, drawn on the training device.
 ///
 /// The reference protocol draws every batch on the CPU generator and copies it to the device;
-/// fast mode draws on the device instead and does not reproduce the CPU stream. A stream is a
-/// function of (seed, iteration) only ([`rng::seed_stream`]), so it does not depend on which
-/// other streams are drawn beside it (an ensemble member sees exactly the batches of the solo
-/// fast run with its seed), and a resumed run continues it from the iteration alone.
+/// fast mode does not reproduce that stream. A stream is a function of (seed, iteration) only,
+/// so it does not depend on which other streams are drawn beside it (an ensemble member sees
+/// exactly the batches of the solo fast run with its seed), and a resumed run continues it from
+/// the iteration alone.
 ///
 /// Per prompt the normal draws fill `[w; x_1 … x_n; x_query]` (n+2 rows of d) in one call;
-/// `gamma` then draws the n+1 squared radii, also on the device.
+/// `sphere` and `gamma` then put the covariates on the sphere, and `gamma` scales them by radii
+/// drawn with libtorch's `_standard_gamma` after [`rng::seed_stream`].
+/// - On the CPU the normals are linattn's own Philox generator ([`rng::normal`]), and the
+///   setting's transform runs on the host: the native kernel reads the rows where they were
+///   drawn ([`DeviceStream::host_rows`]).
+/// - On a GPU they are libtorch's `normal_` on the device after [`rng::seed_stream`], and the
+///   transform is tensor operations.
 pub struct DeviceStream {
     cfg: DataConfig,
     dim: i64,
     seeds: Vec<u32>,
     teacher: Option<Mlp>,
-    /// `[U, B, n+2, d]`, refilled in place for every batch.
-    normals: Tensor,
+    draws: Draws,
     /// `[B, n+1]` filled with the gamma shape k: the argument of `_standard_gamma`.
     gamma_shape: Option<Tensor>,
     /// The run's `train.dtype`: batches are drawn in float32 (the same numbers whatever the
     /// dtype) and then converted.
     kind: Kind,
+}
+
+enum Draws {
+    /// `[U, B, n+2, d]` rows in float32 and the iteration they hold (`None`: none yet); the
+    /// squared radii of `gamma` are copied through `radii2`.
+    Host {
+        rows: Vec<f32>,
+        iter: Option<i64>,
+        radii2: Vec<f32>,
+    },
+    /// `[U, B, n+2, d]` on the device, refilled in place for every batch.
+    Device { normals: Tensor },
+}
+
+/// The prompt rows of one iteration of every stream, where they were drawn on the host:
+/// `[streams, prompts, n+2, d]` in float32, the setting's transform applied.
+pub struct HostRows<'a> {
+    pub rows: &'a [f32],
+    pub streams: usize,
+    pub prompts: usize,
 }
 
 impl DeviceStream {
@@ -186,12 +211,24 @@ impl DeviceStream {
         let (b, n, d) = (cfg.data.batch, cfg.data.context, cfg.model.dim);
         let opts = (Kind::Float, device);
         let teacher = teacher.map(|t| t.to_device(device));
+        let shape = [seeds.len() as i64, b, n + 2, d];
+        let draws = if device == Device::Cpu {
+            Draws::Host {
+                rows: vec![0.0; shape.iter().product::<i64>() as usize],
+                iter: None,
+                radii2: Vec::new(),
+            }
+        } else {
+            Draws::Device {
+                normals: Tensor::empty(shape, opts),
+            }
+        };
         DeviceStream {
             cfg: cfg.data.clone(),
             dim: d,
             seeds: seeds.to_vec(),
             teacher,
-            normals: Tensor::empty([seeds.len() as i64, b, n + 2, d], opts),
+            draws,
             gamma_shape: (cfg.data.setting == Setting::Gamma)
                 .then(|| Tensor::full([b, n + 1], cfg.data.gamma_shape, opts)),
             kind: cfg.train.dtype.kind(),
@@ -216,47 +253,102 @@ impl DeviceStream {
         .to_kind(self.kind)
     }
 
-    /// Per prompt the rows `[w; x_1 … x_n; x_query]` of iteration `iter`, `[U, B, n+2, d]` in
-    /// float32, the setting's transform of the covariates applied: [`DeviceStream::batch`] is
-    /// these rows with `y_i = x_i · w`. For the native kernel, which forms y and G itself.
-    /// `None` where y reads a teacher's features (`mlp_teacher`) or the run is not in float32
-    /// (its batch forms y in float32 before widening).
-    pub fn prompt_rows(&mut self, iter: i64) -> Option<Tensor> {
+    /// Per prompt the rows `[w; x_1 … x_n; x_query]` of iteration `iter` on the host, the
+    /// setting's transform applied: [`DeviceStream::batch`] is these rows with `y_i = x_i · w`.
+    /// For the native kernel, which forms y and G itself. `None` on a GPU, where y reads a
+    /// teacher's features (`mlp_teacher`), or where the run is not in float32 (its batch forms
+    /// y in float32 before widening).
+    pub fn host_rows(&mut self, iter: i64) -> Option<HostRows<'_>> {
         if self.teacher.is_some() || self.kind != Kind::Float {
             return None;
         }
-        let (w, x) = self.covariates(iter);
-        Some(match self.cfg.setting {
-            // The normals already hold the rows in this order.
-            Setting::Normal => self.normals.shallow_clone(),
-            _ => Tensor::cat(&[&w, &x], 2),
-        })
+        self.draw_host(iter);
+        let (streams, prompts) = (self.seeds.len(), self.cfg.batch as usize);
+        match &self.draws {
+            Draws::Host { rows, .. } => Some(HostRows {
+                rows,
+                streams,
+                prompts,
+            }),
+            Draws::Device { .. } => None,
+        }
+    }
+
+    /// Draws iteration `iter` into the host rows, unless they already hold it.
+    fn draw_host(&mut self, iter: i64) {
+        let (b, n, d) = (self.cfg.batch as usize, self.cfg.context as usize, self.dim as usize);
+        let Draws::Host {
+            rows,
+            iter: held,
+            radii2,
+        } = &mut self.draws
+        else {
+            return;
+        };
+        if *held == Some(iter) {
+            return;
+        }
+        let per_stream = b * (n + 2) * d;
+        for (u, &seed) in self.seeds.iter().enumerate() {
+            let stream = &mut rows[u * per_stream..(u + 1) * per_stream];
+            rng::normal::fill(seed, iter, stream);
+            if matches!(self.cfg.setting, Setting::Normal | Setting::MlpTeacher) {
+                continue;
+            }
+            if let Some(k) = &self.gamma_shape {
+                rng::seed_stream(seed, iter);
+                radii2.resize(b * (n + 1), 0.0);
+                k.internal_standard_gamma().copy_data(radii2, b * (n + 1));
+            }
+            // Gamma(k, scale) = scale · Gamma(k, 1); the radius is its square root.
+            let scale = (10.0 / self.cfg.gamma_shape).sqrt() as f32;
+            for (p, prompt) in stream.chunks_mut((n + 2) * d).enumerate() {
+                // Row 0 is w; rows 1..=n+1 are the covariates, each put on the sphere.
+                for (t, x) in prompt.chunks_mut(d).skip(1).enumerate() {
+                    let norm = x.iter().map(|v| v * v).sum::<f32>().sqrt();
+                    let radius = match self.cfg.setting {
+                        Setting::Gamma => (radii2[p * (n + 1) + t] * scale).sqrt(),
+                        _ => 1.0,
+                    };
+                    x.iter_mut().for_each(|v| *v = *v / norm * radius);
+                }
+            }
+        }
+        *held = Some(iter);
     }
 
     /// The draws of iteration `iter`: `w [U, B, 1, d]` and the covariates `x [U, B, n+1, d]`
     /// (context rows and the query row), transformed as the setting says.
     fn covariates(&mut self, iter: i64) -> (Tensor, Tensor) {
-        let n = self.cfg.context;
-        let mut radii2 = Vec::new();
-        for (u, &seed) in self.seeds.iter().enumerate() {
-            rng::seed_stream(seed, iter);
-            let _ = self.normals.get(u as i64).normal_(0.0, 1.0);
-            if let Some(k) = &self.gamma_shape {
-                radii2.push(k.internal_standard_gamma());
+        let (b, n, d) = (self.cfg.batch, self.cfg.context, self.dim);
+        self.draw_host(iter);
+        let rows = match &self.draws {
+            Draws::Host { rows, .. } => {
+                Tensor::from_slice(rows).view([self.seeds.len() as i64, b, n + 2, d])
             }
-        }
-        let w = self.normals.narrow(2, 0, 1);
-        let mut x = self.normals.narrow(2, 1, n + 1);
-        match self.cfg.setting {
-            Setting::Normal | Setting::MlpTeacher => {}
-            Setting::Sphere => x = unit_rows(&x),
-            Setting::Gamma => {
-                // Gamma(k, scale) = scale · Gamma(k, 1); the radius is its square root.
-                let scale = (10.0 / self.cfg.gamma_shape).sqrt();
-                let radii = (Tensor::stack(&radii2, 0) * scale).sqrt().unsqueeze(-1);
-                x = unit_rows(&x) * radii;
+            Draws::Device { normals } => {
+                let mut radii2 = Vec::new();
+                for (u, &seed) in self.seeds.iter().enumerate() {
+                    rng::seed_stream(seed, iter);
+                    let _ = normals.get(u as i64).normal_(0.0, 1.0);
+                    if let Some(k) = &self.gamma_shape {
+                        radii2.push(k.internal_standard_gamma());
+                    }
+                }
+                let w = normals.narrow(2, 0, 1);
+                let mut x = normals.narrow(2, 1, n + 1);
+                match self.cfg.setting {
+                    Setting::Normal | Setting::MlpTeacher => {}
+                    Setting::Sphere => x = unit_rows(&x),
+                    Setting::Gamma => {
+                        let scale = (10.0 / self.cfg.gamma_shape).sqrt();
+                        let radii = (Tensor::stack(&radii2, 0) * scale).sqrt().unsqueeze(-1);
+                        x = unit_rows(&x) * radii;
+                    }
+                }
+                return (w, x);
             }
-        }
-        (w, x)
+        };
+        (rows.narrow(2, 0, 1), rows.narrow(2, 1, n + 1))
     }
 }

@@ -208,9 +208,9 @@ fn the_native_kernel_declines_the_models_it_does_not_compute() {
     assert!(NativeFast::new(&arch, 1, Kind::Half, Device::Cpu, 1).is_none());
 }
 
-/// The kernel's own y = x·w from the prompt rows gives the batch of `DeviceStream::batch`.
+/// The kernel's own y = x·w from the host rows gives the batch of `DeviceStream::batch`.
 #[test]
-fn native_steps_from_prompt_rows_match_steps_from_the_device_streams_batch() {
+fn native_steps_from_host_rows_match_steps_from_the_device_streams_batch() {
     for setting in ["normal", "sphere", "gamma"] {
         let cfg = config(&["data.batch=100", &format!("data.setting={setting}")]);
         let arch = Arch::from_config(&cfg);
@@ -225,7 +225,7 @@ fn native_steps_from_prompt_rows_match_steps_from_the_device_streams_batch() {
         let mut k = NativeFast::new(&arch, 2, Kind::Float, Device::Cpu, 2).unwrap();
         let (l_batch, g_batch) = k.losses_and_gradients(&theta, &stream.batch(7), None);
         let rows = stream
-            .prompt_rows(7)
+            .host_rows(7)
             .expect("rows for a float32 run without a teacher");
         let (l_rows, g_rows) = k.losses_and_gradients_from_rows(&theta, &rows, None);
         let (lr, gr) = (rel(&l_rows, &l_batch), rel(&g_rows, &g_batch));

@@ -26,7 +26,7 @@
 //! the CPU supports is chosen at run time ([`multiversion`]); the binary runs on any x86-64.
 //! This module has no `unsafe`.
 use crate::config::{Attention, Parametrization};
-use crate::data::Batch;
+use crate::data::{Batch, HostRows};
 use multiversion::multiversion;
 use std::ops::{Add, AddAssign, Mul, Sub};
 use tch::{Device, Kind, Tensor};
@@ -51,12 +51,19 @@ pub trait Real:
     /// `self · a + b` rounded once (an FMA instruction where the CPU has one, else libm's
     /// exact `fma`): the same bits on every CPU.
     fn mul_add(self, a: Self, b: Self) -> Self;
+    /// `rows` as this type without a copy, where it is float32.
+    fn borrow_f32(_rows: &[f32]) -> Option<&[Self]> {
+        None
+    }
 }
 
 impl Real for f32 {
     #[inline(always)]
     fn mul_add(self, a: Self, b: Self) -> Self {
         f32::mul_add(self, a, b)
+    }
+    fn borrow_f32(rows: &[f32]) -> Option<&[f32]> {
+        Some(rows)
     }
     fn from_f64(x: f64) -> Self {
         x as f32
@@ -1171,11 +1178,10 @@ pub struct NativeFast {
     state: Buffers,
 }
 
-/// A step's data as libtorch hands it over.
+/// A step's data: a batch of tensors, or the prompt rows drawn on the host.
 enum Input<'a> {
     Batch(&'a Batch),
-    /// [`crate::data::DeviceStream::prompt_rows`].
-    Rows(&'a Tensor),
+    Rows(&'a HostRows<'a>),
 }
 
 enum Buffers {
@@ -1198,16 +1204,24 @@ struct Host<T> {
 }
 
 impl<T: Real + tch::kind::Element> Host<T> {
-    /// Reads `batch`: `Tokens` (z, y_query) or `Rows` (the prompt rows) into host buffers.
+    /// Reads a batch's tensors (z, y_query) into host buffers, and host rows that are not
+    /// already in `T`.
     fn read(&mut self, input: &Input) {
         let zero = T::default();
-        let tensors: Vec<Tensor> = match input {
-            Input::Batch(b) => vec![b.z.contiguous(), b.y_query.contiguous()],
-            Input::Rows(r) => vec![r.contiguous()],
-        };
-        for (buf, t) in [&mut self.z, &mut self.y].into_iter().zip(&tensors) {
-            buf.resize(t.numel(), zero);
-            t.copy_data(buf, t.numel());
+        match input {
+            Input::Batch(b) => {
+                let tensors = [b.z.contiguous(), b.y_query.contiguous()];
+                for (buf, t) in [&mut self.z, &mut self.y].into_iter().zip(&tensors) {
+                    buf.resize(t.numel(), zero);
+                    t.copy_data(buf, t.numel());
+                }
+            }
+            Input::Rows(r) if T::borrow_f32(r.rows).is_none() => {
+                self.z.clear();
+                self.z
+                    .extend(r.rows.iter().map(|&v| T::from_f64(v as f64)));
+            }
+            Input::Rows(_) => {}
         }
     }
 
@@ -1241,10 +1255,10 @@ impl<T: Real + tch::kind::Element> Host<T> {
                 },
             ),
             Input::Rows(r) => (
-                r.size()[0] as usize,
+                r.streams,
                 Source::Rows {
-                    rows: &self.z,
-                    prompts: r.size()[1] as usize,
+                    rows: T::borrow_f32(r.rows).unwrap_or(&self.z),
+                    prompts: r.prompts,
                 },
             ),
         };
@@ -1398,12 +1412,12 @@ impl NativeFast {
         self.step(theta, &Input::Batch(batch), rows)
     }
 
-    /// As [`NativeFast::losses_and_gradients`], on the batch whose prompt rows
-    /// (`[U, B, n+2, d]`, [`crate::data::DeviceStream::prompt_rows`]) are given.
+    /// As [`NativeFast::losses_and_gradients`], on the batch whose prompt rows were drawn on
+    /// the host ([`crate::data::DeviceStream::host_rows`]).
     pub fn losses_and_gradients_from_rows(
         &mut self,
         theta: &Tensor,
-        prompt_rows: &Tensor,
+        prompt_rows: &HostRows,
         rows: Option<&Tensor>,
     ) -> (Tensor, Tensor) {
         self.step(theta, &Input::Rows(prompt_rows), rows)

@@ -167,7 +167,7 @@ impl BatchedStepper {
     /// Draws step `iter`'s data as [`Stepper::gradients`] would, and drops it: what `bench`
     /// times as the draw of a step.
     pub fn draw(&mut self, iter: i64) {
-        if self.native.is_some() && self.stream.prompt_rows(iter).is_some() {
+        if self.native.is_some() && self.stream.host_rows(iter).is_some() {
             return;
         }
         let _ = self.stream.batch(iter);
@@ -214,7 +214,7 @@ impl Stepper for BatchedStepper {
 
     fn gradients(&mut self, iter: i64) -> Gradients {
         if let (Some(native), None) = (&mut self.native, &self.fed) {
-            if let Some(prompt_rows) = self.stream.prompt_rows(iter) {
+            if let Some(prompt_rows) = self.stream.host_rows(iter) {
                 let rows = self.rows.as_ref();
                 let (losses, grad) =
                     native.losses_and_gradients_from_rows(&self.theta, &prompt_rows, rows);

@@ -1,7 +1,7 @@
 //! Every random seed of linattn, in one place: the authors' `np.random.seed(s);
 //! torch.manual_seed(s)` (the reference protocol, docs/spec.md), numpy's legacy generator that
-//! Setting 3 draws its gamma radii from, and the per-(seed, iteration) seeds of fast mode's data
-//! streams.
+//! Setting 3 draws its gamma radii from, the per-(seed, iteration) seeds of fast mode's data
+//! streams, and the normal generator those streams draw from on the CPU ([`normal`]).
 //!
 //! numpy's legacy generator is reimplemented bit for bit
 //! (`np.random.seed(int)` followed by `np.random.gamma` and friends).
@@ -18,6 +18,8 @@
 //! Floating-point note: every transcendental goes through `f64::ln`, `exp`,
 //! `powf`, `sqrt`, which lower to the same libm calls (`log`, `pow`, ...) as
 //! numpy's C code; expressions keep C's evaluation order (no fused ops).
+
+pub mod normal;
 
 /// Seeds numpy's legacy generator and torch's generators with the same seed, as the authors'
 /// `np.random.seed(s); torch.manual_seed(s)` does. Returns the numpy-compatible generator, which
