@@ -276,7 +276,11 @@ impl DeviceStream {
 
     /// Draws iteration `iter` into the host rows, unless they already hold it.
     fn draw_host(&mut self, iter: i64) {
-        let (b, n, d) = (self.cfg.batch as usize, self.cfg.context as usize, self.dim as usize);
+        let (b, n, d) = (
+            self.cfg.batch as usize,
+            self.cfg.context as usize,
+            self.dim as usize,
+        );
         let Draws::Host {
             rows,
             iter: held,

@@ -7,7 +7,11 @@ use tch::{Device, Kind, Tensor};
 #[test]
 fn philox4x32_10_matches_random123s_known_answer_vectors() {
     let cases = [
-        ([0u32; 4], [0u32; 2], [0x6627_e8d5, 0xe169_c58d, 0xbc57_ac4c, 0x9b00_dbd8]),
+        (
+            [0u32; 4],
+            [0u32; 2],
+            [0x6627_e8d5, 0xe169_c58d, 0xbc57_ac4c, 0x9b00_dbd8],
+        ),
         (
             [u32::MAX; 4],
             [u32::MAX; 2],
@@ -20,7 +24,11 @@ fn philox4x32_10_matches_random123s_known_answer_vectors() {
         ),
     ];
     for (ctr, key, want) in cases {
-        assert_eq!(normal::philox4x32_10(ctr, key), want, "counter {ctr:x?}, key {key:x?}");
+        assert_eq!(
+            normal::philox4x32_10(ctr, key),
+            want,
+            "counter {ctr:x?}, key {key:x?}"
+        );
     }
 }
 
@@ -98,10 +106,9 @@ fn ten_million() -> Vec<f32> {
 fn ten_million_normals_have_the_moments_and_tails_of_n01_and_reach_past_libtorchs_largest() {
     let ours = summarise(&ten_million());
     let _ = tch::manual_seed(0);
-    let torch: Vec<f32> = Vec::try_from(
-        Tensor::empty([10_000_000], (Kind::Float, Device::Cpu)).normal_(0.0, 1.0),
-    )
-    .unwrap();
+    let torch: Vec<f32> =
+        Vec::try_from(Tensor::empty([10_000_000], (Kind::Float, Device::Cpu)).normal_(0.0, 1.0))
+            .unwrap();
     let libtorch = summarise(&torch);
     let n = 1e7f64;
     for (name, s) in [("ours", &ours), ("libtorch", &libtorch)] {
@@ -112,22 +119,44 @@ fn ten_million_normals_have_the_moments_and_tails_of_n01_and_reach_past_libtorch
     }
     // Five standard errors of each sample statistic of 10⁷ normals.
     assert!(ours.mean.abs() < 5.0 / n.sqrt(), "mean {}", ours.mean);
-    assert!((ours.var - 1.0).abs() < 5.0 * (2.0 / n).sqrt(), "var {}", ours.var);
-    assert!(ours.skew.abs() < 5.0 * (6.0 / n).sqrt(), "skew {}", ours.skew);
-    assert!((ours.kurtosis - 3.0).abs() < 5.0 * (24.0 / n).sqrt(), "kurtosis {}", ours.kurtosis);
+    assert!(
+        (ours.var - 1.0).abs() < 5.0 * (2.0 / n).sqrt(),
+        "var {}",
+        ours.var
+    );
+    assert!(
+        ours.skew.abs() < 5.0 * (6.0 / n).sqrt(),
+        "skew {}",
+        ours.skew
+    );
+    assert!(
+        (ours.kurtosis - 3.0).abs() < 5.0 * (24.0 / n).sqrt(),
+        "kurtosis {}",
+        ours.kurtosis
+    );
     // The distribution function on a grid, and the tails, each within five standard errors.
     for (i, &t) in GRID.iter().enumerate() {
-        let p = if t <= 0.0 { upper_tail(-t) } else { 1.0 - upper_tail(t) };
+        let p = if t <= 0.0 {
+            upper_tail(-t)
+        } else {
+            1.0 - upper_tail(t)
+        };
         let got = ours.below[i] as f64 / n;
         let se = (p * (1.0 - p) / n).sqrt();
-        assert!((got - p).abs() < 5.0 * se, "P(z <= {t}) = {got}, want {p} ± {se:.1e}");
+        assert!(
+            (got - p).abs() < 5.0 * se,
+            "P(z <= {t}) = {got}, want {p} ± {se:.1e}"
+        );
     }
     for (i, &t) in THRESHOLDS.iter().enumerate() {
         let expected = 2.0 * upper_tail(t) * n;
         let got = ours.beyond[i] as f64;
         // Poisson: five standard deviations, and at least one count of slack where few fall.
         let allowed = 5.0 * expected.sqrt() + 1.0;
-        assert!((got - expected).abs() < allowed, "|z| > {t}: {got}, expected {expected:.1}");
+        assert!(
+            (got - expected).abs() < allowed,
+            "|z| > {t}: {got}, expected {expected:.1}"
+        );
         // Not thinner than libtorch's: at most the sampling noise of both below it.
         assert!(
             got > libtorch.beyond[i] as f64 - 5.0 * (2.0 * expected).sqrt() - 1.0,
@@ -137,9 +166,17 @@ fn ten_million_normals_have_the_moments_and_tails_of_n01_and_reach_past_libtorch
     }
     // The largest of 10⁷ normals is below 4.9 with probability about e^-9.6 = 7e-5.
     assert!(ours.largest > 4.9, "largest |z| {}", ours.largest);
-    assert!(ours.largest <= LARGEST, "largest |z| {} above the bound", ours.largest);
+    assert!(
+        ours.largest <= LARGEST,
+        "largest |z| {} above the bound",
+        ours.largest
+    );
     // libtorch's own draws obey the bound this module states for them, which ours exceeds.
-    assert!(libtorch.largest <= LIBTORCH_LARGEST + 1e-6, "libtorch {}", libtorch.largest);
+    assert!(
+        libtorch.largest <= LIBTORCH_LARGEST + 1e-6,
+        "libtorch {}",
+        libtorch.largest
+    );
     assert!(LARGEST > LIBTORCH_LARGEST + 0.8);
 }
 
@@ -157,7 +194,10 @@ fn a_stream_is_the_same_however_much_of_it_is_drawn_and_wherever_a_fill_starts()
     assert_eq!(tail[..], long[6 * GROUP..]);
     let mut again = vec![0.0f32; long.len()];
     normal::fill(3, 11, &mut again);
-    assert_eq!(again, long, "a fill is a pure function of (seed, iteration)");
+    assert_eq!(
+        again, long,
+        "a fill is a pure function of (seed, iteration)"
+    );
 }
 
 #[test]
@@ -178,7 +218,10 @@ fn streams_of_other_seeds_and_iterations_are_uncorrelated_and_so_are_neighbours_
     for (seed, iter) in [(2, 0), (1, 1), (1, 1 << 32), (0, 0)] {
         let other = draw(seed, iter);
         let c = corr(&base, &other);
-        assert!(c.abs() < bound, "({seed}, {iter}) against (1, 0): correlation {c}");
+        assert!(
+            c.abs() < bound,
+            "({seed}, {iter}) against (1, 0): correlation {c}"
+        );
     }
     // Box–Muller's cos and sin of one radius are 16 apart; blocks are 1 and 64 apart.
     for lag in [1, 15, 16, 32, 48, 64] {
@@ -186,7 +229,9 @@ fn streams_of_other_seeds_and_iterations_are_uncorrelated_and_so_are_neighbours_
         let sq: Vec<f32> = base.iter().map(|v| v * v - 1.0).collect();
         let c2 = corr(&sq[..len - lag], &sq[lag..]) / 2.0;
         assert!(c.abs() < bound, "lag {lag}: correlation {c}");
-        assert!(c2.abs() < bound * 2.0, "lag {lag}: correlation of squares {c2}");
+        assert!(
+            c2.abs() < bound * 2.0,
+            "lag {lag}: correlation of squares {c2}"
+        );
     }
 }
-

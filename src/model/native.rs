@@ -1218,8 +1218,7 @@ impl<T: Real + tch::kind::Element> Host<T> {
             }
             Input::Rows(r) if T::borrow_f32(r.rows).is_none() => {
                 self.z.clear();
-                self.z
-                    .extend(r.rows.iter().map(|&v| T::from_f64(v as f64)));
+                self.z.extend(r.rows.iter().map(|&v| T::from_f64(v as f64)));
             }
             Input::Rows(_) => {}
         }

@@ -116,7 +116,11 @@ fn sin_cos(x: f32) -> (f32, f32) {
     let z = x * x;
     let s = ((-1.951_529_589_1e-4 * z + 8.332_160_873_6e-3) * z - 1.666_665_461_1e-1) * z * x + x;
     let c = ((2.443_315_711_809_948e-5 * z - 1.388_731_625_493_765e-3) * z
-        + 4.166_664_568_298_827e-2) * z * z - 0.5 * z + 1.0;
+        + 4.166_664_568_298_827e-2)
+        * z
+        * z
+        - 0.5 * z
+        + 1.0;
     (s, c)
 }
 
@@ -215,10 +219,17 @@ mod tests {
     #[test]
     fn octant_reduction_gives_cos_and_sin_of_the_full_turn_to_float_accuracy() {
         let mut worst = 0.0f64;
-        for b in (0..u32::MAX).step_by(9_973).chain([0, 1 << 29, 1 << 30, 3 << 30, u32::MAX]) {
+        for b in (0..u32::MAX)
+            .step_by(9_973)
+            .chain([0, 1 << 29, 1 << 30, 3 << 30, u32::MAX])
+        {
             let theta = b as f64 / 4_294_967_296.0 * std::f64::consts::TAU;
             let (c, s) = cos_sin(b);
-            worst = worst.max((c as f64 - theta.cos()).abs().max((s as f64 - theta.sin()).abs()));
+            worst = worst.max(
+                (c as f64 - theta.cos())
+                    .abs()
+                    .max((s as f64 - theta.sin()).abs()),
+            );
         }
         assert!(worst < 2.0 * f32::EPSILON as f64, "worst error {worst}");
     }
