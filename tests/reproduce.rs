@@ -913,9 +913,24 @@ fn a_shard_measures_the_runs_it_can_while_another_worker_holds_a_training_unit_a
     let mut c = reproduce_fast(&fig, &work);
     c.arg("--shard")
         .arg("1/1")
-        .stdout(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
-    let shard = c.spawn().unwrap();
+    let mut shard = c.spawn().unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let (log, stderr) = (log.clone(), shard.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        })
+    };
     // The shard owns every unit: it must train and measure Setting 1 instead of waiting.
     let setting1 = work.join("runs/normal-n20-L3-d5-fast");
     let measured = |dir: &Path| {
@@ -928,14 +943,20 @@ fn a_shard_measures_the_runs_it_can_while_another_worker_holds_a_training_unit_a
                 == 6
     };
     wait_for(|| measured(&setting1), std::time::Duration::from_secs(240));
+    // Let go only once the shard has come to the runs it left for last, so that it has seen
+    // the lock held there too.
+    let said = |what: &str| log.lock().unwrap().contains(what);
+    wait_for(|| said("waiting for "), std::time::Duration::from_secs(60));
     assert!(
         !work.join("runs").join(held).join("metrics.csv").exists(),
         "the held unit was trained"
     );
+    assert!(!said("training normal-n5-"), "{}", log.lock().unwrap());
     drop(lock);
-    let o = shard.wait_with_output().unwrap();
-    let log = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{log}");
+    let status = shard.wait().unwrap();
+    reader.join().unwrap();
+    let log = log.lock().unwrap().clone();
+    assert!(status.success(), "{log}");
     assert!(
         log.contains("is another worker's for now; measuring it later"),
         "{log}"

@@ -576,6 +576,11 @@ fn train_unit(
             Trained::Done(_, t) => {
                 report.tally.add(t);
                 if t.trained + t.resumed + t.restarted > 0 {
+                    // The other worker let go between the look above and `ensure`'s own locks:
+                    // this worker trained it, so it names it now, still before "trained".
+                    if !said {
+                        say(format!("{prefix} training {}", unit.name));
+                    }
                     say(format!("{prefix} trained {}", unit.name));
                 } else if req.shard.is_some() && was_done {
                     say(format!("{prefix} skipped {} (done)", unit.name));
