@@ -367,3 +367,57 @@ fn analyze_rejects_a_folder_that_is_not_a_run() {
         assert!(!dir.join("measurements.csv").exists());
     }
 }
+
+/// `linattn noise` of `config` with `sets`, `samples` batches and g from 4000 prompts, one
+/// thread; its values.
+fn noise_of(config: &Path, sets: &[&str], samples: usize, out: &Path) -> Vec<f64> {
+    let mut c = single_threaded(linattn());
+    c.arg("noise")
+        .args(["--samples", &samples.to_string(), "--full-batch", "4000"]);
+    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    ok(with_config(c, config, &sets, out));
+    read_noise(out)
+}
+
+#[test]
+fn fast_noise_is_the_faithful_noise_batch_for_batch_within_1e_5_for_linear_softmax_and_mlp_models(
+) {
+    let tmp = tempdir();
+    let linear = experiment("settings/setting1_normal_n20.yaml");
+    let mlp = experiment("settings/mlp_variant.yaml");
+    // What, the config, its sets, and what the fast run sets besides train.mode.
+    let cases: [(&str, &Path, &[&str], &[&str]); 4] = [
+        ("linear (the native kernel)", &linear, &[], &[]),
+        ("linear, fast in float64", &linear, &[], &["train.dtype=float64"]),
+        ("softmax", &linear, &["model.attention=softmax"], &[]),
+        ("MLP variant", &mlp, &["data.batch=500"], &[]),
+    ];
+    for (i, (what, config, sets, fast_sets)) in cases.into_iter().enumerate() {
+        let faithful = noise_of(config, sets, 40, &tmp.path().join(format!("{i}-faithful")));
+        let sets: Vec<&str> = sets
+            .iter()
+            .chain(fast_sets)
+            .copied()
+            .chain(["train.mode=fast"])
+            .collect();
+        let fast = noise_of(config, &sets, 40, &tmp.path().join(format!("{i}-fast")));
+        assert_eq!(fast.len(), 40, "{what}");
+        let worst = faithful
+            .iter()
+            .zip(&fast)
+            .map(|(x, y)| rel_diff(*x, *y))
+            .fold(0f64, f64::max);
+        println!("{what}: fast noise within {worst:.1e} of the faithful values");
+        assert!(worst <= 1e-5, "{what}: {worst:e} relative");
+    }
+}
+
+#[test]
+fn fast_noise_values_do_not_depend_on_how_many_batches_share_a_pass() {
+    // 37 batches are passes of 16, 16 and 5; 70 are four of 16 and one of 6.
+    let tmp = tempdir();
+    let config = experiment("settings/setting1_normal_n20.yaml");
+    let short = noise_of(&config, &["train.mode=fast"], 37, &tmp.path().join("short"));
+    let long = noise_of(&config, &["train.mode=fast"], 70, &tmp.path().join("long"));
+    assert_eq!(short[..], long[..37]);
+}

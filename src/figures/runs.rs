@@ -102,13 +102,17 @@ pub fn run_dir(runs: &Path, cfg: &Config) -> PathBuf {
     ))
 }
 
-/// The config a noise measurement depends on: model, data and seed (not the optimizer). Noise
-/// is always drawn by the faithful protocol (`linattn noise`), whatever mode the runs train in.
+/// The config a noise measurement depends on: model, data, seed and the runs' mode and dtype
+/// (not the optimizer). Noise is always drawn by the faithful protocol (`linattn noise`),
+/// whatever mode the runs train in; the mode says only how its gradients are computed.
 pub fn noise_config(cfg: &Config, seed: u32) -> Config {
     let mut c = cfg.clone();
     c.train = TrainConfig {
         seed,
-        mode: Mode::Faithful,
+        // A fast figure's noise is computed in fast mode (the same batches, values within
+        // rounding of the faithful ones, measure::noise) and a faithful figure's faithfully.
+        mode: cfg.train.mode,
+        dtype: cfg.train.dtype,
         device: cfg.train.device,
         ..TrainConfig::default()
     };

@@ -5,9 +5,15 @@
 //! Drawn as the reference does (docs/spec.md, "What the paper measures"): seed both generators with
 //! train.seed, initialise the model, draw ONE batch of `full_batch` prompts, then the batches
 //! of B one after another. Only the computation of g is split into chunks; the draws are not.
-use crate::config::Config;
+//!
+//! A fast-mode config (`train.mode: fast`) draws the same batches in the same order, and
+//! computes their gradients with fast mode's arithmetic, [`PASS_BATCHES`] batches per pass at
+//! the one θ (the native kernel on a CPU, the batched fast forward and autograd elsewhere):
+//! each value is then the faithful one up to rounding, at a small fraction of its cost.
+use crate::config::{Config, Mode};
 use crate::data::Batch;
-use crate::model::{self, Arch};
+use crate::model::native::NativeFast;
+use crate::model::{self, Arch, Layout};
 use crate::run::io::{self as artifacts, fmt_f32};
 use crate::run::protocol;
 use crate::{optim, plots, BadInput};
@@ -123,10 +129,15 @@ pub enum NoiseOutcome {
 /// What the values depend on: the model, the data, the seed and device, and g's batch. A
 /// partial file written under another key is not resumed from.
 fn resume_key(cfg: &Config, full_batch: i64) -> Result<String> {
-    let key = serde_json::json!({
+    let mut key = serde_json::json!({
         "model": cfg.model, "data": cfg.data, "seed": cfg.train.seed,
         "device": cfg.train.device, "full_batch": full_batch,
     });
+    // Fast mode's values round otherwise; a faithful key stays what it was before fast noise.
+    if cfg.train.mode == Mode::Fast {
+        key["mode"] = serde_json::json!(cfg.train.mode);
+        key["dtype"] = serde_json::json!(cfg.train.dtype);
+    }
     Ok(format!("# {}", serde_json::to_string(&key)?))
 }
 
@@ -210,13 +221,67 @@ pub fn run_noise(
         .map_err(|e| bad(format!("config key train.device: {e}")))?;
     let arch = Arch::from_config(cfg);
     let (init, mut data) = protocol::start(cfg, cfg.train.seed).into_stream(cfg, device);
+    let b = cfg.data.batch;
+    let chunks = (full_batch + b - 1) / b;
+    let bar = crate::progress::bar((chunks + samples) as u64, "noise", progress);
+    if cfg.train.mode == Mode::Fast {
+        let mut passes = Passes::new(cfg, &init, device);
+        // g: the chunks' gradients weighted by their share, summed in float64.
+        let full = data.draw(full_batch);
+        let mut g = Tensor::zeros([passes.layout.total], (tch::Kind::Double, device));
+        let mut c = 0;
+        while c < chunks {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(NoiseOutcome::Interrupted {
+                    measured: noise.len(),
+                });
+            }
+            // A pass holds chunks of one length: the last one may be shorter.
+            let len = b.min(full_batch - c * b);
+            let k = if len < b { 1 } else { (PASS_BATCHES as i64).min(full_batch / b - c) };
+            let pass: Vec<Batch> = (c..c + k)
+                .map(|i| Batch {
+                    z: full.z.narrow(0, i * b, len),
+                    y_query: full.y_query.narrow(0, i * b, len),
+                })
+                .collect();
+            let grads = passes.gradients(&pass).to_kind(tch::Kind::Double);
+            g += grads.sum_dim_intlist([0i64].as_slice(), false, None::<tch::Kind>)
+                * (len as f64 / full_batch as f64);
+            c += k;
+            bar.inc(k as u64);
+        }
+        let g = g.to_kind(cfg.train.dtype.kind());
+        drop(full);
+        data.skip(noise.len() as i64);
+        bar.inc(noise.len() as u64);
+        while noise.len() < samples as usize {
+            if stop.load(Ordering::Relaxed) {
+                save(&noise)?;
+                return Ok(NoiseOutcome::Interrupted {
+                    measured: noise.len(),
+                });
+            }
+            let k = PASS_BATCHES.min(samples as usize - noise.len());
+            let pass: Vec<Batch> = (0..k).map(|_| data.next_batch()).collect();
+            let norms = (passes.gradients(&pass) - g.unsqueeze(0))
+                .norm_scalaropt_dim(2, [1i64].as_slice(), false)
+                .to_kind(tch::Kind::Float)
+                .to_device(tch::Device::Cpu);
+            let before = noise.len() / PARTIAL_EVERY;
+            noise.extend(Vec::<f32>::try_from(&norms)?);
+            if noise.len() / PARTIAL_EVERY > before {
+                save(&noise)?;
+            }
+            bar.inc(k as u64);
+        }
+        bar.finish_and_clear();
+        return finish(cfg, noise, full_batch, started, out, &partial);
+    }
     let params: Vec<Tensor> = init
         .iter()
         .map(|p| p.to_device(device).set_requires_grad(true))
         .collect();
-    let b = cfg.data.batch;
-    let chunks = (full_batch + b - 1) / b;
-    let bar = crate::progress::bar((chunks + samples) as u64, "noise", progress);
 
     // g over all `full_batch` prompts, drawn in one call per tensor as the reference does.
     // The loss is a mean over all of them, so each chunk of (up to) B prompts is weighted by
@@ -270,7 +335,89 @@ pub fn run_noise(
         bar.inc(1);
     }
     bar.finish_and_clear();
+    finish(cfg, noise, full_batch, started, out, &partial)
+}
 
+/// Batches of noise gradients computed together: enough to share a pass's fixed costs and to
+/// give both cores a member each, few enough to keep a pass of Fig. 5's model (L = 8, d = 20,
+/// n = 60, B = 1000) within about 100 MB.
+pub const PASS_BATCHES: usize = 16;
+
+/// Fast mode's gradients at one θ for up to [`PASS_BATCHES`] batches at once: each batch is a
+/// member of an ensemble whose members all sit at θ and read a stream each.
+struct Passes {
+    arch: Arch,
+    layout: Layout,
+    /// θ repeated for every member of a full pass, `[PASS_BATCHES, P]`.
+    theta: Tensor,
+    native: Option<NativeFast>,
+}
+
+impl Passes {
+    fn new(cfg: &Config, init: &[Tensor], device: tch::Device) -> Passes {
+        let arch = Arch::from_config(cfg);
+        let layout = Layout::new(&arch);
+        // Drawn in float32 as a training run's are, then widened for a float64 run.
+        let theta = layout
+            .flatten(init)
+            .to_kind(cfg.train.dtype.kind())
+            .to_device(device)
+            .unsqueeze(0)
+            .repeat([PASS_BATCHES as i64, 1]);
+        let threads = (tch::get_num_threads().max(1) as usize).min(PASS_BATCHES);
+        let native = NativeFast::new(
+            &arch,
+            PASS_BATCHES,
+            cfg.train.dtype.kind(),
+            device,
+            threads,
+        );
+        Passes {
+            arch,
+            layout,
+            theta,
+            native,
+        }
+    }
+
+    /// The gradient of each batch's mean loss, `[K, P]`, for K = `batches.len()` batches of
+    /// one size.
+    fn gradients(&mut self, batches: &[Batch]) -> Tensor {
+        let k = batches.len() as i64;
+        let device = self.theta.device();
+        let batch = Batch {
+            z: Tensor::stack(&batches.iter().map(|b| &b.z).collect::<Vec<_>>(), 0),
+            y_query: Tensor::stack(&batches.iter().map(|b| &b.y_query).collect::<Vec<_>>(), 0),
+        }
+        .to_device(device);
+        let kind = self.theta.kind();
+        let batch = Batch {
+            z: batch.z.to_kind(kind),
+            y_query: batch.y_query.to_kind(kind),
+        };
+        let theta = self.theta.narrow(0, 0, k);
+        let rows = Tensor::arange(k, (tch::Kind::Int64, device));
+        if let Some(native) = &mut self.native {
+            return native.losses_and_gradients(&theta, &batch, Some(&rows)).1;
+        }
+        let theta = theta.detach().set_requires_grad(true);
+        let losses = model::fast_losses(&self.arch, &self.layout.views(&theta), &batch, None);
+        Tensor::run_backward(&[losses.sum(kind)], &[&theta], false, false)
+            .pop()
+            .expect("one gradient")
+    }
+}
+
+/// Writes a finished measurement's files and removes the partial values.
+fn finish(
+    cfg: &Config,
+    noise: Vec<f32>,
+    full_batch: i64,
+    started: Instant,
+    out: &Path,
+    partial: &Path,
+) -> Result<NoiseOutcome> {
+    let b = cfg.data.batch;
     artifacts::write_atomic(&out.join(NOISE_CSV), csv_of("noise\n", &noise).as_bytes())?;
     let values: Vec<f64> = noise.iter().map(|&v| v as f64).collect();
     let (mean, std, quantiles, kurtosis, hill_tail_index, hill_k) = summarize(&values);
@@ -304,7 +451,7 @@ pub fn run_noise(
     };
     plots::histogram(&out.join(NOISE_PNG), &panel)?;
     // noise.json marks the measurement done, so the partial values are no longer needed.
-    std::fs::remove_file(&partial)
+    std::fs::remove_file(partial)
         .or_else(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 Ok(())
