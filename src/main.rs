@@ -229,6 +229,10 @@ enum Command {
         /// exit 4.
         #[arg(long)]
         draw_only: bool,
+        /// Train and measure nothing: time a few steps of each kind of work left, and print
+        /// each figure's units and their predicted wall time with the --jobs workers.
+        #[arg(long, conflicts_with_all = ["shard", "draw_only", "worker"])]
+        estimate: bool,
     },
 }
 
@@ -508,6 +512,7 @@ fn run(cli: Cli) -> Result<i32> {
             mode,
             shard,
             draw_only,
+            estimate,
         } => {
             if iters.is_some_and(|i| i < 1) {
                 return Err(anyhow::anyhow!(BadInput("--iters: must be >= 1".into())));
@@ -561,6 +566,15 @@ fn run(cli: Cli) -> Result<i32> {
                 }
                 _ => jobs.unwrap_or(1),
             };
+            if estimate {
+                println!(
+                    "reproduce --estimate on {}, {threads} thread{} per worker:",
+                    linattn::tools::bench::cpu_model(),
+                    if threads == 1 { "" } else { "s" }
+                );
+                println!("{}", linattn::figures::estimate(&req, jobs)?);
+                return Ok(exit::OK);
+            }
             let mut workers = None;
             if jobs > 1 {
                 // A bad figure or folder is said once, here, before any worker starts.

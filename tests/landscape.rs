@@ -380,15 +380,20 @@ fn noise_of(config: &Path, sets: &[&str], samples: usize, out: &Path) -> Vec<f64
 }
 
 #[test]
-fn fast_noise_is_the_faithful_noise_batch_for_batch_within_1e_5_for_linear_softmax_and_mlp_models(
-) {
+fn fast_noise_is_the_faithful_noise_batch_for_batch_within_1e_5_for_linear_softmax_and_mlp_models()
+{
     let tmp = tempdir();
     let linear = experiment("settings/setting1_normal_n20.yaml");
     let mlp = experiment("settings/mlp_variant.yaml");
     // What, the config, its sets, and what the fast run sets besides train.mode.
     let cases: [(&str, &Path, &[&str], &[&str]); 4] = [
         ("linear (the native kernel)", &linear, &[], &[]),
-        ("linear, fast in float64", &linear, &[], &["train.dtype=float64"]),
+        (
+            "linear, fast in float64",
+            &linear,
+            &[],
+            &["train.dtype=float64"],
+        ),
         ("softmax", &linear, &["model.attention=softmax"], &[]),
         ("MLP variant", &mlp, &["data.batch=500"], &[]),
     ];

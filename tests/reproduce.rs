@@ -971,3 +971,19 @@ fn a_shard_measures_the_runs_it_can_while_another_worker_holds_a_training_unit_a
     c.arg("--draw-only");
     assert!(stdout(&ok(c)).contains("runs trained 0"));
 }
+
+#[test]
+fn reproduce_estimate_predicts_each_figures_work_and_trains_nothing() {
+    let tmp = tempdir();
+    let fig = write_figure(tmp.path(), "two", &TWO.replace("iters: 6000", "iters: 100"));
+    let work = tmp.path().join("work");
+    let mut c = reproduce_fast(&fig, &work);
+    c.arg("--estimate").arg("--jobs").arg("2");
+    let out = stdout(&ok(c));
+    assert!(out.contains("two: "), "{out}");
+    assert!(out.contains("with 2 workers about"), "{out}");
+    assert!(
+        run_folders(&work.join("runs")).is_empty(),
+        "the estimate trained something"
+    );
+}

@@ -17,6 +17,7 @@
 //! `--shard K/N` a worker does only the units whose name hashes to K (stable across machines
 //! and invocations), skips a unit another live worker holds the lock of, and draws nothing;
 //! `--draw-only` then draws from the shared runs folder, or names the missing units.
+pub mod estimate;
 pub mod jobs;
 pub mod panels;
 pub mod runs;
@@ -391,6 +392,12 @@ fn planned(req: &Request) -> Result<Plan> {
         )))
     })?;
     Ok(plan)
+}
+
+/// `reproduce --estimate`: the predicted wall time of what the request has left to do, with
+/// `workers` workers, from work timed here; trains and measures nothing.
+pub fn estimate(req: &Request, workers: usize) -> Result<estimate::Estimate> {
+    estimate::estimate(&planned(req)?, workers)
 }
 
 /// Runs the request; see the module documentation.

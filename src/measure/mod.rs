@@ -398,6 +398,82 @@ pub fn measure_run(
     Ok((rows, true))
 }
 
+/// What [`measure_run`] spends on one point of a run, in seconds: the loss and gradient on the
+/// evaluation batch, a directional smoothness, a full Hessian (an eigendecomposition is
+/// negligible beside it).
+#[derive(Debug, Clone, Copy)]
+pub struct Costs {
+    pub point: f64,
+    pub smoothness: f64,
+    pub hessian: f64,
+}
+
+impl Costs {
+    /// Timed at `cfg`'s initialisation on its evaluation batch, each after a warm-up, what
+    /// `needs` asks for (the rest is 0). A Hessian computed row by row (autograd's) is timed on
+    /// a few rows and scaled to all of them; one from the native kernel is timed whole.
+    pub fn measure(cfg: &Config, needs: &Needs, device: Device) -> Result<Costs> {
+        let arch = Arch::from_config(cfg);
+        let init = crate::run::protocol::start(cfg, cfg.train.seed).init;
+        let params: Vec<Tensor> = init
+            .iter()
+            .map(|p| p.to_kind(cfg.train.dtype.kind()).to_device(device))
+            .collect();
+        let batch = data::eval_batch(cfg, device);
+        let timed = |f: &mut dyn FnMut()| {
+            f();
+            let t = std::time::Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        };
+        let new_point = || Point::with_mode(&arch, &params, &batch, cfg.train.mode);
+        let point = timed(&mut || {
+            let _ = new_point().loss.double_value(&[]);
+        });
+        let at = new_point();
+        let next = at.flat.detach() + 1e-3;
+        let smoothness = match needs.smoothness.is_empty() {
+            true => 0.0,
+            false => timed(&mut || {
+                let _ = at.directional_smoothness(&next);
+            }),
+        };
+        let p = at.flat.size()[0];
+        let hessian = if needs.condition.is_empty() && needs.eigen.is_empty() {
+            0.0
+        } else if cfg.train.mode == crate::config::Mode::Fast
+            && device == Device::Cpu
+            && crate::model::native::applies(&arch)
+        {
+            timed(&mut || {
+                let _ = at.hessian(|| {}).double_value(&[0, 0]);
+            })
+        } else {
+            let rows = p.min(8);
+            timed(&mut || {
+                for i in 0..rows {
+                    let _ = at.hessian_row(i).double_value(&[0]);
+                }
+            }) * p as f64
+                / rows as f64
+        };
+        Ok(Costs {
+            point,
+            smoothness,
+            hessian,
+        })
+    }
+
+    /// The seconds [`measure_run`] takes for `needs` (every wanted step assumed in the
+    /// trajectory).
+    pub fn of(&self, needs: &Needs) -> f64 {
+        let hessians = needs.condition.union(&needs.eigen).count();
+        needs.steps().len() as f64 * self.point
+            + needs.smoothness.len() as f64 * self.smoothness
+            + hessians as f64 * self.hessian
+    }
+}
+
 /// `linattn analyze DIR --every K`: everything at the saved steps that are multiples of K, on
 /// `device` (None: the run's own). Returns the rows of those steps.
 pub fn analyze(

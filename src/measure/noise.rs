@@ -238,7 +238,11 @@ pub fn run_noise(
             }
             // A pass holds chunks of one length: the last one may be shorter.
             let len = b.min(full_batch - c * b);
-            let k = if len < b { 1 } else { (PASS_BATCHES as i64).min(full_batch / b - c) };
+            let k = if len < b {
+                1
+            } else {
+                (PASS_BATCHES as i64).min(full_batch / b - c)
+            };
             let pass: Vec<Batch> = (c..c + k)
                 .map(|i| Batch {
                     z: full.z.narrow(0, i * b, len),
@@ -365,13 +369,7 @@ impl Passes {
             .unsqueeze(0)
             .repeat([PASS_BATCHES as i64, 1]);
         let threads = (tch::get_num_threads().max(1) as usize).min(PASS_BATCHES);
-        let native = NativeFast::new(
-            &arch,
-            PASS_BATCHES,
-            cfg.train.dtype.kind(),
-            device,
-            threads,
-        );
+        let native = NativeFast::new(&arch, PASS_BATCHES, cfg.train.dtype.kind(), device, threads);
         Passes {
             arch,
             layout,
@@ -406,6 +404,51 @@ impl Passes {
             .pop()
             .expect("one gradient")
     }
+}
+
+/// Seconds one batch of a noise measurement of `cfg` costs on this machine (its draw and its
+/// gradient, as [`run_noise`] computes them), timed over a pass after a warm-up one: what
+/// `reproduce --estimate` multiplies by the batches of a noise unit.
+pub fn seconds_per_batch(cfg: &Config) -> Result<f64> {
+    let device = cfg
+        .train
+        .device
+        .tch()
+        .map_err(|e| bad(format!("config key train.device: {e}")))?;
+    let (init, mut data) = protocol::start(cfg, cfg.train.seed).into_stream(cfg, device);
+    let timed = |f: &mut dyn FnMut()| {
+        f();
+        let t = Instant::now();
+        f();
+        t.elapsed().as_secs_f64()
+    };
+    if cfg.train.mode == Mode::Fast {
+        let mut passes = Passes::new(cfg, &init, device);
+        let s = timed(&mut || {
+            let pass: Vec<Batch> = (0..PASS_BATCHES).map(|_| data.next_batch()).collect();
+            let _ = passes.gradients(&pass).double_value(&[0, 0]);
+        });
+        return Ok(s / PASS_BATCHES as f64);
+    }
+    let arch = Arch::from_config(cfg);
+    let params: Vec<Tensor> = init
+        .iter()
+        .map(|p| p.to_device(device).set_requires_grad(true))
+        .collect();
+    const BATCHES: usize = 3;
+    let s = timed(&mut || {
+        for _ in 0..BATCHES {
+            let batch = data.next_batch();
+            let gb = Tensor::run_backward(
+                &[model::loss(&arch, &params, &batch)],
+                &params,
+                false,
+                false,
+            );
+            let _ = optim::gradient_norm(&gb).double_value(&[]);
+        }
+    });
+    Ok(s / BATCHES as f64)
 }
 
 /// Writes a finished measurement's files and removes the partial values.

@@ -140,11 +140,6 @@ pub fn peak_rss_kb() -> Option<u64> {
 /// The Rust side of one mode, in this process: `warmup` untimed steps, then `steps` timed ones,
 /// each a session of the real driver on the same stepper (so the timed one starts warm).
 pub fn worker(cfg: &Config, mode: BenchMode, steps: i64, warmup: i64) -> Result<Measurement> {
-    let device = cfg
-        .train
-        .device
-        .tch()
-        .map_err(|e| anyhow!(BadInput(format!("config key train.device: {e}"))))?;
     let mut base = cfg.clone();
     base.train.mode = if mode == BenchMode::Faithful {
         Mode::Faithful
@@ -155,43 +150,14 @@ pub fn worker(cfg: &Config, mode: BenchMode, steps: i64, warmup: i64) -> Result<
         BenchMode::Ensemble => ensemble_members(cfg),
         _ => vec![Member::from_config(&base)],
     };
-    let mut stepper: Box<dyn Stepper> = match mode {
-        BenchMode::Faithful => Box::new(FaithfulStepper::start(&base, device)?),
-        _ => Box::new(BatchedStepper::start(&base, &members, device)?),
-    };
-    let tmp = tempfile::tempdir()?;
-    let opts = Options {
-        checkpoint_every: 0,
-        ..Options::default()
-    };
-    let mut session = |name: &str, iters: i64| -> Result<std::time::Duration> {
-        let configs: Vec<Config> = members
-            .iter()
-            .map(|m| {
-                let mut c = m.config(&base);
-                c.train.mode = base.train.mode;
-                c.train.iters = iters;
-                c
-            })
-            .collect();
-        let folders: Vec<RunFolder> = (0..members.len())
-            .map(|i| RunFolder::new(tmp.path().join(format!("{name}-{i}"))))
-            .collect();
-        for (f, c) in folders.iter().zip(&configs) {
-            f.create(c)?;
-        }
-        let t0 = Instant::now();
-        // Ends by reading every value back, which also waits for a GPU.
-        train::drive(stepper.as_mut(), &configs, &folders, None, &opts)?;
-        Ok(t0.elapsed())
-    };
+    let mut timer = DriverTimer::start(&base, &members)?;
     if warmup > 0 {
-        session("warmup", warmup)?;
+        timer.session(warmup)?;
     }
-    let timed = session("timed", steps)?;
+    let timed = timer.session(steps)?;
     let split = match mode {
         BenchMode::Faithful => None,
-        _ => Some(split(&base, &members, device, steps)?),
+        _ => Some(split(&base, &members, timer.device, steps)?),
     };
     Ok(Measurement {
         ms_per_step: timed.as_secs_f64() * 1000.0 / steps as f64,
@@ -201,6 +167,75 @@ pub fn worker(cfg: &Config, mode: BenchMode, steps: i64, warmup: i64) -> Result<
         peak_rss_kb: peak_rss_kb(),
         split,
     })
+}
+
+/// Sessions of the real training driver on one stepper (faithful: the one run of `base`;
+/// fast: `members` as one ensemble), into temporary run folders, as `linattn train` runs it
+/// (metrics, snapshots, the final write; no checkpoints).
+pub struct DriverTimer {
+    base: Config,
+    members: Vec<Member>,
+    device: tch::Device,
+    stepper: Box<dyn Stepper>,
+    tmp: tempfile::TempDir,
+    sessions: usize,
+}
+
+impl DriverTimer {
+    pub fn start(base: &Config, members: &[Member]) -> Result<DriverTimer> {
+        let device = base
+            .train
+            .device
+            .tch()
+            .map_err(|e| anyhow!(BadInput(format!("config key train.device: {e}"))))?;
+        let stepper: Box<dyn Stepper> = match base.train.mode {
+            Mode::Faithful => Box::new(FaithfulStepper::start(base, device)?),
+            Mode::Fast => Box::new(BatchedStepper::start(base, members, device)?),
+        };
+        Ok(DriverTimer {
+            base: base.clone(),
+            members: members.to_vec(),
+            device,
+            stepper,
+            tmp: tempfile::tempdir()?,
+            sessions: 0,
+        })
+    }
+
+    /// The wall time of `iters` steps, in fresh run folders.
+    pub fn session(&mut self, iters: i64) -> Result<std::time::Duration> {
+        self.sessions += 1;
+        let configs: Vec<Config> = self
+            .members
+            .iter()
+            .map(|m| {
+                let mut c = m.config(&self.base);
+                c.train.mode = self.base.train.mode;
+                c.train.iters = iters;
+                c
+            })
+            .collect();
+        let folders: Vec<RunFolder> = (0..self.members.len())
+            .map(|i| {
+                RunFolder::new(
+                    self.tmp
+                        .path()
+                        .join(format!("session{}-{i}", self.sessions)),
+                )
+            })
+            .collect();
+        for (f, c) in folders.iter().zip(&configs) {
+            f.create(c)?;
+        }
+        let opts = Options {
+            checkpoint_every: 0,
+            ..Options::default()
+        };
+        let t0 = Instant::now();
+        // Ends by reading every value back, which also waits for a GPU.
+        train::drive(self.stepper.as_mut(), &configs, &folders, None, &opts)?;
+        Ok(t0.elapsed())
+    }
 }
 
 /// What `linattn bench` was asked to do.
@@ -243,7 +278,7 @@ fn load_average() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-fn cpu_model() -> String {
+pub fn cpu_model() -> String {
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
