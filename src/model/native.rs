@@ -51,6 +51,9 @@ pub trait Real:
     /// `self · a + b` rounded once (an FMA instruction where the CPU has one, else libm's
     /// exact `fma`): the same bits on every CPU.
     fn mul_add(self, a: Self, b: Self) -> Self;
+    /// Whether the value is above zero: where ReLU passes its input (and its gradient, as
+    /// PyTorch's `threshold_backward` does: none at zero).
+    fn positive(self) -> bool;
     /// `rows` as this type without a copy, where it is float32.
     fn borrow_f32(_rows: &[f32]) -> Option<&[Self]> {
         None
@@ -61,6 +64,10 @@ impl Real for f32 {
     #[inline(always)]
     fn mul_add(self, a: Self, b: Self) -> Self {
         f32::mul_add(self, a, b)
+    }
+    #[inline(always)]
+    fn positive(self) -> bool {
+        self > 0.0
     }
     fn borrow_f32(rows: &[f32]) -> Option<&[f32]> {
         Some(rows)
@@ -77,6 +84,10 @@ impl Real for f64 {
     #[inline(always)]
     fn mul_add(self, a: Self, b: Self) -> Self {
         f64::mul_add(self, a, b)
+    }
+    #[inline(always)]
+    fn positive(self) -> bool {
+        self > 0.0
     }
     fn from_f64(x: f64) -> Self {
         x
@@ -100,6 +111,9 @@ pub struct Dims {
     /// The paper's restricted parametrization (P̃ = [[P,0],[0,1]], Q̃ = [[Q,0],[0,0]]); else
     /// P̃ = P, Q̃ = Q of side d + 1.
     pub restricted: bool,
+    /// Width h of the MLP front end (App. B) that maps every token's covariates before the
+    /// first layer; 0 for none.
+    pub mlp_hidden: usize,
 }
 
 impl Dims {
@@ -111,6 +125,7 @@ impl Dims {
             side: arch.dim as usize + 1,
             context: arch.context as usize,
             restricted: arch.parametrization == Parametrization::Restricted,
+            mlp_hidden: arch.mlp_hidden.max(0) as usize,
         })
     }
 
@@ -123,9 +138,24 @@ impl Dims {
         }
     }
 
-    /// Parameters per member: `allparam [L, H, 2, k, k]`.
+    /// Parameters per member: `allparam [L, H, 2, k, k]`, then the MLP's (state_dict order).
     pub fn params(&self) -> usize {
+        self.attention_params() + self.mlp_params()
+    }
+
+    /// `allparam [L, H, 2, k, k]`: the first parameters of a member.
+    pub fn attention_params(&self) -> usize {
         self.layers * self.heads * 2 * self.pq() * self.pq()
+    }
+
+    /// The MLP's `w0 [h, d]`, `b0 [h]`, `w2 [d, h]`, `b2 [d]`, after `allparam`.
+    pub fn mlp_params(&self) -> usize {
+        let (d, h) = (self.side - 1, self.mlp_hidden);
+        if h == 0 {
+            0
+        } else {
+            2 * h * d + h + d
+        }
     }
 }
 
@@ -138,17 +168,43 @@ pub const BLOCK_PROMPTS: usize = BLOCK_CHUNKS * LANES;
 
 /// What the kernel keeps of one data stream's batch: `G₀`, `q₀` and `y` per prompt, chunked
 /// [`LANES`] prompts at a time (the last chunk padded with zero prompts, which contribute
-/// nothing to the loss or the gradient).
+/// nothing to the loss or the gradient). With the MLP front end the tokens themselves are kept
+/// instead of `G₀` and `q₀`: each member maps them through its own MLP first.
 #[derive(Debug, Default)]
 pub struct Streams<T> {
     prompts: usize,
     chunks: usize,
-    /// `[U, chunks, side, side, LANES]`.
+    /// `[U, chunks, side, side, LANES]` (empty with the MLP).
     gram: Vec<T>,
-    /// `[U, chunks, side, LANES]`.
+    /// `[U, chunks, side, LANES]` (empty with the MLP).
     query: Vec<T>,
+    /// `[U, chunks, n+1, side, LANES]` with the MLP (else empty).
+    tokens: Vec<T>,
     /// `[U, chunks, LANES]`.
     target: Vec<T>,
+}
+
+/// Floats per chunk of each of [`Streams`]' buffers: gram, query, tokens.
+fn chunk_sizes(dims: &Dims) -> (usize, usize, usize) {
+    let (s, n) = (dims.side, dims.context);
+    if dims.mlp_hidden > 0 {
+        (0, 0, (n + 1) * s * LANES)
+    } else {
+        (s * s * LANES, s * LANES, 0)
+    }
+}
+
+/// `buf` cut into `parts` consecutive pieces of `per` floats (the last ones shorter or empty).
+fn pieces<T>(buf: &mut [T], per: usize, parts: usize) -> Vec<&mut [T]> {
+    let mut rest = buf;
+    (0..parts)
+        .map(|_| {
+            let all = std::mem::take(&mut rest);
+            let (head, tail) = all.split_at_mut(per.min(all.len()));
+            rest = tail;
+            head
+        })
+        .collect()
 }
 
 /// Where a batch comes from, row-major, for `streams` streams of B prompts.
@@ -183,6 +239,10 @@ impl<T: Real> Streams<T> {
         pool: Option<&rayon::ThreadPool>,
     ) {
         let (s, n) = (dims.side, dims.context);
+        assert!(
+            dims.mlp_hidden == 0 || matches!(source, Source::Tokens { .. }),
+            "the MLP variant's labels come from its teacher: the kernel reads its tokens"
+        );
         let prompts = source.prompts(streams);
         let size = match source {
             Source::Tokens { z, .. } => z.len() / (n + 1) / s,
@@ -198,29 +258,36 @@ impl<T: Real> Streams<T> {
         self.chunks = chunks;
         let zero = T::default();
         let slots = streams * chunks;
-        self.gram.resize(slots * s * s * LANES, zero);
-        self.query.resize(slots * s * LANES, zero);
+        let (gs, qs, ts) = chunk_sizes(dims);
+        self.gram.resize(slots * gs, zero);
+        self.query.resize(slots * qs, zero);
+        self.tokens.resize(slots * ts, zero);
         self.target.resize(slots * LANES, zero);
-        let per = slots.div_ceil(works.len().min(slots).max(1));
-        let parts = self
-            .gram
-            .chunks_mut(per * s * s * LANES)
-            .zip(self.query.chunks_mut(per * s * LANES))
-            .zip(self.target.chunks_mut(per * LANES))
+        let groups = works.len().min(slots).max(1);
+        let per = slots.div_ceil(groups);
+        let parts = pieces(&mut self.gram, per * gs, groups)
+            .into_iter()
+            .zip(pieces(&mut self.query, per * qs, groups))
+            .zip(pieces(&mut self.tokens, per * ts, groups))
+            .zip(pieces(&mut self.target, per * LANES, groups))
             .enumerate();
         let jobs: Vec<_> = parts
             .zip(works.iter_mut())
-            .map(|((i, ((gram, query), target)), work)| {
+            .map(|((i, (((gram, query), tokens), target)), work)| {
                 move || {
                     for (j, slot) in (i * per..slots.min((i + 1) * per)).enumerate() {
+                        let out = Loaded {
+                            gram: &mut gram[j * gs..(j + 1) * gs],
+                            query: &mut query[j * qs..(j + 1) * qs],
+                            tokens: &mut tokens[j * ts..(j + 1) * ts],
+                            target: &mut target[j * LANES..(j + 1) * LANES],
+                        };
                         load_chunk(
                             dims,
                             source,
                             (slot / chunks * prompts, prompts),
                             slot % chunks,
-                            &mut gram[j * s * s * LANES..(j + 1) * s * s * LANES],
-                            &mut query[j * s * LANES..(j + 1) * s * LANES],
-                            &mut target[j * LANES..(j + 1) * LANES],
+                            out,
                             work,
                         );
                     }
@@ -229,6 +296,14 @@ impl<T: Real> Streams<T> {
             .collect();
         run_all(pool, jobs);
     }
+}
+
+/// One chunk's slots of [`Streams`]' buffers.
+struct Loaded<'a, T> {
+    gram: &'a mut [T],
+    query: &'a mut [T],
+    tokens: &'a mut [T],
+    target: &'a mut [T],
 }
 
 /// Runs every job, on `pool`'s threads where there is one and more than one job.
@@ -243,18 +318,16 @@ fn run_all<F: FnOnce() + Send>(pool: Option<&rayon::ThreadPool>, jobs: Vec<F>) {
     }
 }
 
-/// `G₀`, `q₀`, `y` of prompts `[c·LANES, (c+1)·LANES)` of the stream whose prompts are
-/// `[first, first + prompts)` of `source`, lane-major; `tokens` is working memory.
+/// `G₀`, `q₀` (or the tokens, with the MLP) and `y` of prompts `[c·LANES, (c+1)·LANES)` of
+/// the stream whose prompts are `[first, first + prompts)` of `source`, lane-major; `work`'s
+/// token buffers are working memory.
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
-#[allow(clippy::too_many_arguments)]
 fn load_chunk<T: Real>(
     dims: &Dims,
     source: Source<T>,
     (first, prompts): (usize, usize),
     c: usize,
-    gram: &mut [T],
-    query: &mut [T],
-    target: &mut [T],
+    out: Loaded<T>,
     work: &mut Work<T>,
 ) {
     let (s, n) = (dims.side, dims.context);
@@ -262,6 +335,7 @@ fn load_chunk<T: Real>(
     let zero = T::default();
     let Work { tokens, raw, .. } = work;
     tokens.resize(per_prompt * LANES, zero);
+    let target = out.target;
     target.fill(zero);
     let valid = LANES.min(prompts.saturating_sub(c * LANES));
     let base = first + c * LANES;
@@ -293,7 +367,18 @@ fn load_chunk<T: Real>(
             }
         }
     }
-    gram.fill(zero);
+    if dims.mlp_hidden > 0 {
+        out.tokens.copy_from_slice(&tokens[..per_prompt * LANES]);
+    } else {
+        gram_and_query(s, n, tokens, out.gram, out.query);
+    }
+}
+
+/// `G₀ = Σ_{t<n} z_t z_tᵀ` and `q₀ = z_n` of one chunk's tokens `[n+1, s, LANES]`.
+#[inline(always)]
+fn gram_and_query<T: Real>(s: usize, n: usize, tokens: &[T], gram: &mut [T], query: &mut [T]) {
+    let zero = T::default();
+    gram[..s * s * LANES].fill(zero);
     for t in 0..n {
         let row = &tokens[t * s * LANES..(t + 1) * s * LANES];
         for a in 0..s {
@@ -314,7 +399,7 @@ fn load_chunk<T: Real>(
             *lane_mut(gram, a * s + b) = v;
         }
     }
-    query.copy_from_slice(&tokens[n * s * LANES..(n + 1) * s * LANES]);
+    query[..s * LANES].copy_from_slice(&tokens[n * s * LANES..(n + 1) * s * LANES]);
 }
 
 /// `dst[e][w] = src[w·per + e]` for the first `valid` of [`LANES`] items of `per` values
@@ -502,11 +587,13 @@ fn mm_ps<T: Real>(
     mm::<T, false, true>(out, a, av, b, bv, dims, acc)
 }
 
-/// P̃ (scaled by 1/n) and Q̃ of every layer and head of one member, `[L, H, side, side]`.
+/// P̃ (scaled by 1/n) and Q̃ of every layer and head of one member, `[L, H, side, side]`,
+/// and its MLP's parameters as they are (`w0 [h, d]`, `b0 [h]`, `w2 [d, h]`, `b2 [d]`).
 #[derive(Debug, Default)]
 struct Embedded<T> {
     pt: Vec<T>,
     qt: Vec<T>,
+    mlp: Vec<T>,
 }
 
 impl<T: Real> Embedded<T> {
@@ -530,11 +617,14 @@ impl<T: Real> Embedded<T> {
                 self.pt[lh * s * s + (s - 1) * s + (s - 1)] = scale;
             }
         }
+        self.mlp.clear();
+        self.mlp.extend_from_slice(&theta[dims.attention_params()..dims.params()]);
     }
 }
 
 /// The result of one task, one member on one block of its stream: lane sums of ∂loss/∂P̃,
-/// ∂loss/∂Q̃ (`[L, H, side, side, LANES]`) and of the squared residuals.
+/// ∂loss/∂Q̃ (`[L, H, side, side, LANES]`), of ∂loss/∂(the MLP's parameters) (`[P_mlp, LANES]`)
+/// and of the squared residuals.
 #[derive(Debug, Default)]
 struct Partial<T> {
     member: usize,
@@ -542,7 +632,25 @@ struct Partial<T> {
     block: usize,
     gpt: Vec<T>,
     gqt: Vec<T>,
+    gmlp: Vec<T>,
     loss: Vec<T>,
+}
+
+impl<T: Real> Partial<T> {
+    /// Zero sums for `member` on `block` of `stream`.
+    fn reset(&mut self, dims: &Dims, (member, stream, block): (usize, usize, usize)) {
+        (self.member, self.stream, self.block) = (member, stream, block);
+        let lanes = dims.layers * dims.heads * dims.side * dims.side * LANES;
+        for (t, len) in [
+            (&mut self.gpt, lanes),
+            (&mut self.gqt, lanes),
+            (&mut self.gmlp, dims.mlp_params() * LANES),
+            (&mut self.loss, LANES),
+        ] {
+            t.clear();
+            t.resize(len, T::default());
+        }
+    }
 }
 
 /// One thread's working memory: per layer of one chunk G_l, R_l, q_l and A_{l,h} = G_l P̃_hᵀ,
@@ -562,9 +670,16 @@ struct Work<T> {
     v: Vec<T>,
     qbar: Vec<T>,
     qbar_next: Vec<T>,
-    /// One chunk's prompts, transposed ([`load_chunk`]): tokens and prompt rows.
+    /// One chunk's prompts, transposed ([`load_chunk`]): tokens and prompt rows. With the MLP,
+    /// `tokens` holds the mapped tokens `[n+1, side]`.
     tokens: Vec<T>,
     raw: Vec<T>,
+    /// The MLP's hidden activations `[n+1, h]` and their gradient, its outputs `[n+1, d]`,
+    /// and the tokens' gradient `[n+1, side]`.
+    hidden: Vec<T>,
+    hidden_bar: Vec<T>,
+    mapped: Vec<T>,
+    tokens_bar: Vec<T>,
 }
 
 impl<T: Real> Work<T> {
@@ -588,6 +703,14 @@ impl<T: Real> Work<T> {
         self.v.resize(h * s * LANES, zero);
         self.qbar.resize(s * LANES, zero);
         self.qbar_next.resize(s * LANES, zero);
+        let (n1, width) = (dims.context + 1, dims.mlp_hidden);
+        if width > 0 {
+            self.tokens.resize(n1 * s * LANES, zero);
+            self.hidden.resize(n1 * width * LANES, zero);
+            self.hidden_bar.resize(n1 * width * LANES, zero);
+            self.mapped.resize(n1 * (s - 1) * LANES, zero);
+            self.tokens_bar.resize(n1 * s * LANES, zero);
+        }
     }
 }
 
@@ -645,16 +768,46 @@ fn block<T: Real, const SIDE: usize>(
         v,
         qbar,
         qbar_next,
+        tokens,
+        hidden,
+        hidden_bar,
+        mapped,
+        tokens_bar,
         ..
     } = work;
-    let Partial { gpt, gqt, loss, .. } = part;
+    let Partial {
+        gpt,
+        gqt,
+        gmlp,
+        loss,
+        ..
+    } = part;
     let loss: &mut Lane<T> = lane_mut(loss, 0);
+    let mlp = (dims.mlp_hidden > 0).then(|| Front {
+        side: s,
+        context: dims.context,
+        width: dims.mlp_hidden,
+        params: &params.mlp,
+    });
+    let per_chunk = (dims.context + 1) * s * LANES;
     let first = part.block * BLOCK_CHUNKS;
     for c in first..data.chunks.min(first + BLOCK_CHUNKS) {
         let at = part.stream * data.chunks + c;
-        g[..m * LANES].copy_from_slice(&data.gram[at * m * LANES..(at + 1) * m * LANES]);
-        q[..s * LANES].copy_from_slice(&data.query[at * s * LANES..(at + 1) * s * LANES]);
+        let raw = data.tokens.get(at * per_chunk..(at + 1) * per_chunk);
+        match (&mlp, raw) {
+            (Some(front), Some(raw)) => {
+                front.forward(raw, tokens, hidden, mapped);
+                gram_and_query(s, dims.context, tokens, g, q);
+            }
+            _ => {
+                g[..m * LANES].copy_from_slice(&data.gram[at * m * LANES..(at + 1) * m * LANES]);
+                q[..s * LANES].copy_from_slice(&data.query[at * s * LANES..(at + 1) * s * LANES]);
+            }
+        }
         let y: Lane<T> = lane(&data.target, at);
+        // Padding prompts (past the batch's end) add nothing: with the MLP their tokens are not
+        // zero (φ(0) = MLP biases), so their residual is masked here.
+        let valid = LANES.min(data.prompts.saturating_sub(c * LANES));
         // Forward through the layers before the last.
         for l in 0..layers - 1 {
             let (g_now, g_rest) = g[l * m * LANES..].split_at_mut(m * LANES);
@@ -745,7 +898,7 @@ fn block<T: Real, const SIDE: usize>(
             }
         }
         let mut obar: Lane<T> = [zero; LANES];
-        for w in 0..LANES {
+        for w in 0..valid {
             let res = out[w] + y[w];
             loss[w] += res * res;
             obar[w] = two_inv_b * res;
@@ -813,8 +966,9 @@ fn block<T: Real, const SIDE: usize>(
             mm_pp(rbar, q_l, column, qbar, row_vec, (s, 1, s), true);
             // q̄_l = q̄ Rᵀ.
             mm_pp(qbar_next, qbar, row_vec, r_l, trans, (1, s, s), false);
-            // Ḡ_l = R Ḡ Rᵀ + Σ_h Q̃_hᵀ R̄ P̃_h (not needed below layer 0).
-            if l > 0 {
+            // Ḡ_l = R Ḡ Rᵀ + Σ_h Q̃_hᵀ R̄ P̃_h (needed at layer 0 only for the MLP below).
+            let below = l > 0 || mlp.is_some();
+            if below {
                 mm_pp(t0, r_l, plain, gbar, plain, (s, s, s), false);
                 mm_pp(gbar_next, t0, plain, r_l, trans, (s, s, s), false);
             }
@@ -850,7 +1004,7 @@ fn block<T: Real, const SIDE: usize>(
                     (s, s, s),
                     true,
                 );
-                if l > 0 {
+                if below {
                     mm_ps(
                         gbar_next,
                         t1,
@@ -865,6 +1019,173 @@ fn block<T: Real, const SIDE: usize>(
             std::mem::swap(gbar, gbar_next);
             std::mem::swap(qbar, qbar_next);
         }
+        // Now Ḡ₀ and q̄₀: back through the Gram matrix to the tokens, and through the MLP.
+        if let (Some(front), Some(raw)) = (&mlp, raw) {
+            let bars = Bars {
+                gram: gbar,
+                query: qbar,
+                sym: t1,
+                tokens: tokens_bar,
+                hidden: hidden_bar,
+            };
+            front.backward(raw, tokens, hidden, bars, gmlp);
+        }
+    }
+}
+
+/// The MLP front end of App. B on one chunk: `φ(x) = W₂ relu(W₀ x + b₀) + b₂` replaces the
+/// covariates of every token (`params`: `w0 [h, d]`, `b0 [h]`, `w2 [d, h]`, `b2 [d]`).
+struct Front<'a, T> {
+    side: usize,
+    context: usize,
+    width: usize,
+    params: &'a [T],
+}
+
+/// The gradients that flow back into the front end: `Ḡ₀` and `q̄₀` in, working memory for
+/// `Ḡ₀ + Ḡ₀ᵀ`, the tokens' gradient and the hidden activations'.
+struct Bars<'a, T> {
+    gram: &'a [T],
+    query: &'a [T],
+    sym: &'a mut [T],
+    tokens: &'a mut [T],
+    hidden: &'a mut [T],
+}
+
+impl<T: Real> Front<'_, T> {
+    /// Offsets of `w0`, `b0`, `w2`, `b2` in the MLP's parameters.
+    fn offsets(&self) -> [usize; 4] {
+        let (d, h) = (self.side - 1, self.width);
+        [0, h * d, h * d + h, 2 * h * d + h]
+    }
+
+    /// `tokens [n+1, side]` from the chunk's `raw` tokens: φ of the covariates, the label
+    /// column as it is; `hidden [n+1, h]` keeps relu(W₀ x + b₀) for the backward pass.
+    #[inline(always)]
+    fn forward(&self, raw: &[T], tokens: &mut [T], hidden: &mut [T], mapped: &mut [T]) {
+        let (s, n1, h) = (self.side, self.context + 1, self.width);
+        let d = s - 1;
+        let [w0, b0, w2, b2] = self.offsets();
+        let p = self.params;
+        mm_ps(
+            hidden,
+            raw,
+            View::plain(s),
+            &p[w0..],
+            View { row: 1, col: d },
+            (n1, d, h),
+            false,
+        );
+        for t in 0..n1 {
+            for j in 0..h {
+                let x = lane_mut(hidden, t * h + j);
+                for v in x.iter_mut() {
+                    let pre = *v + p[b0 + j];
+                    *v = if pre.positive() { pre } else { T::default() };
+                }
+            }
+        }
+        mm_ps(
+            mapped,
+            hidden,
+            View::plain(h),
+            &p[w2..],
+            View { row: 1, col: h },
+            (n1, h, d),
+            false,
+        );
+        for t in 0..n1 {
+            for a in 0..d {
+                let phi = lane(mapped, t * d + a);
+                let out = lane_mut(tokens, t * s + a);
+                for w in 0..LANES {
+                    out[w] = phi[w] + p[b2 + a];
+                }
+            }
+            *lane_mut(tokens, t * s + d) = lane(raw, t * s + d);
+        }
+    }
+
+    /// Adds the chunk's ∂loss/∂(w0, b0, w2, b2) to `grad [P_mlp, LANES]`, from `Ḡ₀` and `q̄₀`:
+    /// `z̄_t = (Ḡ₀ + Ḡ₀ᵀ) z_t` for the context tokens and `z̄_n = q̄₀`, then the MLP backward.
+    #[inline(always)]
+    fn backward(&self, raw: &[T], tokens: &[T], hidden: &[T], bars: Bars<T>, grad: &mut [T]) {
+        let (s, n, h) = (self.side, self.context, self.width);
+        let d = s - 1;
+        let [w0, b0, w2, b2] = self.offsets();
+        let p = self.params;
+        let Bars {
+            gram,
+            query,
+            sym,
+            tokens: tokens_bar,
+            hidden: hidden_bar,
+        } = bars;
+        for i in 0..s {
+            for j in 0..s {
+                let (x, y) = (lane(gram, i * s + j), lane(gram, j * s + i));
+                let o = lane_mut(sym, i * s + j);
+                for w in 0..LANES {
+                    o[w] = x[w] + y[w];
+                }
+            }
+        }
+        let plain = View::plain(s);
+        mm_pp(tokens_bar, tokens, plain, sym, plain, (n, s, s), false);
+        tokens_bar[n * s * LANES..(n + 1) * s * LANES].copy_from_slice(&query[..s * LANES]);
+        // w2̄ += Φ̄ᵀ H, b2̄ += Σ_t Φ̄_t (Φ̄: the first d columns of z̄).
+        let column_major = View { row: 1, col: s };
+        mm_pp(
+            &mut grad[w2 * LANES..b2 * LANES],
+            tokens_bar,
+            column_major,
+            hidden,
+            View::plain(h),
+            (d, n + 1, h),
+            true,
+        );
+        for t in 0..=n {
+            for a in 0..d {
+                let x = lane(tokens_bar, t * s + a);
+                let o = lane_mut(grad, b2 + a);
+                for w in 0..LANES {
+                    o[w] += x[w];
+                }
+            }
+        }
+        // H̄ = Φ̄ W₂, zero where ReLU cut; w0̄ += H̄ᵀ X, b0̄ += Σ_t H̄_t.
+        mm_ps(
+            hidden_bar,
+            tokens_bar,
+            plain,
+            &p[w2..],
+            View::plain(h),
+            (n + 1, d, h),
+            false,
+        );
+        for t in 0..=n {
+            for j in 0..h {
+                let (act, o) = (lane(hidden, t * h + j), lane_mut(hidden_bar, t * h + j));
+                for w in 0..LANES {
+                    if !act[w].positive() {
+                        o[w] = T::default();
+                    }
+                }
+                let g = lane_mut(grad, b0 + j);
+                for w in 0..LANES {
+                    g[w] += o[w];
+                }
+            }
+        }
+        mm_pp(
+            &mut grad[w0 * LANES..b0 * LANES],
+            hidden_bar,
+            View { row: 1, col: h },
+            raw,
+            plain,
+            (h, n + 1, d),
+            true,
+        );
     }
 }
 
@@ -940,6 +1261,10 @@ impl<T: Real, const N: usize> Real for Dual<T, N> {
             v: self.v.mul_add(a.v, b.v),
             t,
         }
+    }
+    #[inline(always)]
+    fn positive(self) -> bool {
+        self.v.positive()
     }
     fn from_f64(x: f64) -> Self {
         Dual {
@@ -1026,15 +1351,8 @@ impl<T: Real> ForwardMode<T> {
             })
             .collect();
         self.embedded.set(dims, &seeded);
-        let lanes = dims.layers * dims.heads * dims.side * dims.side * LANES;
         for (b, part) in self.parts.iter_mut().enumerate() {
-            (part.member, part.stream, part.block) = (0, 0, b);
-            for t in [&mut part.gpt, &mut part.gqt] {
-                t.clear();
-                t.resize(lanes, Dual::default());
-            }
-            part.loss.clear();
-            part.loss.resize(LANES, Dual::default());
+            part.reset(dims, (0, 0, b));
         }
         let (embedded, streams) = (&self.embedded, &self.streams);
         in_threads(
@@ -1234,7 +1552,7 @@ impl<T: Real + tch::kind::Element> Host<T> {
     ) -> (Tensor, Tensor) {
         let threads = pool.map_or(1, |p| p.current_num_threads());
         let (members, p) = (rows.len(), dims.params());
-        let (s, zero) = (dims.side, T::default());
+        let zero = T::default();
         self.read(input);
         self.theta.resize(members * p, zero);
         self.grad.resize(members * p, zero);
@@ -1270,16 +1588,9 @@ impl<T: Real + tch::kind::Element> Host<T> {
         let blocks = self.streams.chunks.div_ceil(BLOCK_CHUNKS);
         self.partials
             .resize_with(members * blocks, Partial::default);
-        let lanes = dims.layers * dims.heads * s * s * LANES;
         for (i, part) in self.partials.iter_mut().enumerate() {
-            (part.member, part.block) = (i / blocks, i % blocks);
-            part.stream = rows[part.member];
-            for t in [&mut part.gpt, &mut part.gqt] {
-                t.clear();
-                t.resize(lanes, zero);
-            }
-            part.loss.clear();
-            part.loss.resize(LANES, zero);
+            let member = i / blocks;
+            part.reset(dims, (member, rows[member], i % blocks));
         }
         let (data, embedded) = (&self.streams, &self.embedded);
         in_threads(pool, &mut self.works, &mut self.partials, |work, part| {
@@ -1331,6 +1642,10 @@ fn reduce<T: Real>(dims: &Dims, parts: &[Partial<T>], prompts: usize, grad: &mut
             }
         }
     }
+    let first = dims.attention_params();
+    for i in 0..dims.mlp_params() {
+        grad[first + i] = sum(&|p| &p.gmlp, i);
+    }
     sum(&|p| &p.loss, 0) * T::from_f64(1.0 / prompts as f64)
 }
 
@@ -1346,7 +1661,12 @@ pub fn flops_per_step(dims: &Dims, prompts: usize, members: usize, streams: usiz
     );
     let (s2, s3) = (s * s, s * s * s);
     // Per stream and prompt: y = x·w for n + 1 tokens, G₀'s upper triangle.
-    let data = (n + 1.0) * (s - 1.0) + n * s * (s + 1.0) / 2.0;
+    // (With the MLP, G₀ is each member's: counted below.)
+    let data = if dims.mlp_hidden > 0 {
+        0.0
+    } else {
+        (n + 1.0) * (s - 1.0) + n * s * (s + 1.0) / 2.0
+    };
     // Per member and prompt: the layers before the last, forward (A_h, T, G R, Rᵀ(G R), q R)
     // and backward (G R, R̄, q̄, R Ḡ Rᵀ above layer 0, and per head Q̄, W, P̄, Ḡ);
     // the last layer's column of R, forward and backward.
@@ -1354,18 +1674,27 @@ pub fn flops_per_step(dims: &Dims, prompts: usize, members: usize, streams: usiz
     let mid_backward =
         (l - 1.0) * (2.0 * s3 + 2.0 * s2 + h * 3.0 * s3) + (l - 2.0).max(0.0) * (2.0 * s3 + h * s3);
     let last = h * 2.0 * s2 + s + h * 4.0 * s2 + 2.0 * s;
-    let per_member = mid_forward + mid_backward + last;
+    // The MLP front end per member and prompt: its forward on n + 1 tokens (two products) and
+    // G₀, then z̄ = (Ḡ₀ + Ḡ₀ᵀ) z and three products back.
+    let width = dims.mlp_hidden as f64;
+    let mlp = if width > 0.0 {
+        let product = (n + 1.0) * width * (s - 1.0);
+        2.0 * product + n * s * (s + 1.0) / 2.0 + n * s2 + 3.0 * product
+    } else {
+        0.0
+    };
+    let per_member = mid_forward + mid_backward + last + mlp;
     2.0 * prompts as f64 * (streams as f64 * data + members as f64 * per_member)
 }
 
-/// Whether the kernel computes `arch`: linear attention without the MLP.
+/// Whether the kernel computes `arch`: linear attention, with or without the MLP front end.
 pub fn applies(arch: &super::Arch) -> bool {
-    arch.attention == Attention::Linear && arch.mlp_hidden == 0
+    arch.attention == Attention::Linear
 }
 
 impl NativeFast {
     /// The kernel for `members` members of `arch` in `kind` on `threads` threads, where it
-    /// applies: linear attention without the MLP, on the CPU, in float32 or float64. `None`
+    /// applies: linear attention (the MLP front end included), on the CPU, in float32 or float64. `None`
     /// elsewhere (the libtorch fast path then runs, as on CUDA).
     pub fn new(
         arch: &super::Arch,

@@ -81,7 +81,8 @@ pub struct BatchedStepper {
 /// it (`--threads`), so that one number governs the process.
 fn kernel_threads(arch: &Arch, members: usize, prompts: i64) -> usize {
     let cores = tch::get_num_threads().max(1) as usize;
-    let work = prompts * arch.layers * (arch.dim + 1).pow(3);
+    let mlp = (arch.context + 1) * arch.mlp_hidden * arch.dim;
+    let work = prompts * (arch.layers * (arch.dim + 1).pow(3) + mlp);
     if members == 1 && work < SOLO_THREADS_MIN_WORK {
         return 1;
     }
@@ -89,8 +90,9 @@ fn kernel_threads(arch: &Arch, members: usize, prompts: i64) -> usize {
     cores.min(members * blocks).max(1)
 }
 
-/// prompts × layers × (d+1)³ above which a solo run gains from a second thread: Setting 1 is
-/// 0.65 million, Fig. 5's model 74 million.
+/// prompts × (layers × (d+1)³ + (n+1)·h·d of an MLP front end) above which a solo run gains
+/// from a second thread: Setting 1 is 0.65 million, App. B's model 7.6 million, Fig. 5's model
+/// 74 million.
 const SOLO_THREADS_MIN_WORK: i64 = 4_000_000;
 
 impl BatchedStepper {
