@@ -25,6 +25,8 @@
 //! SIMD: the kernels are compiled for AVX-512, AVX2+FMA and baseline x86-64, and the widest
 //! the CPU supports is chosen at run time ([`multiversion`]); the binary runs on any x86-64.
 //! This module has no `unsafe`.
+mod softmax;
+
 use crate::config::{Attention, Parametrization};
 use crate::data::{Batch, HostRows};
 use multiversion::multiversion;
@@ -54,6 +56,10 @@ pub trait Real:
     /// Whether the value is above zero: where ReLU passes its input (and its gradient, as
     /// PyTorch's `threshold_backward` does: none at zero).
     fn positive(self) -> bool;
+    /// e^self, with the same bits on every CPU and vector width ([`exp_f32`] for float32).
+    fn exp(self) -> Self;
+    /// 1 / self.
+    fn recip(self) -> Self;
     /// `rows` as this type without a copy, where it is float32.
     fn borrow_f32(_rows: &[f32]) -> Option<&[Self]> {
         None
@@ -68,6 +74,14 @@ impl Real for f32 {
     #[inline(always)]
     fn positive(self) -> bool {
         self > 0.0
+    }
+    #[inline(always)]
+    fn exp(self) -> Self {
+        exp_f32(self)
+    }
+    #[inline(always)]
+    fn recip(self) -> Self {
+        1.0 / self
     }
     fn borrow_f32(rows: &[f32]) -> Option<&[f32]> {
         Some(rows)
@@ -89,6 +103,14 @@ impl Real for f64 {
     fn positive(self) -> bool {
         self > 0.0
     }
+    #[inline(always)]
+    fn exp(self) -> Self {
+        f64::exp(self)
+    }
+    #[inline(always)]
+    fn recip(self) -> Self {
+        1.0 / self
+    }
     fn from_f64(x: f64) -> Self {
         x
     }
@@ -98,6 +120,35 @@ impl Real for f64 {
 }
 
 type Lane<T> = [T; LANES];
+
+/// e^x in float32 from plain multiplies, adds and bit operations, so that a loop over lanes
+/// vectorises on any x86-64 and gives the same bits at every vector width (a call to libm's
+/// `expf` would do neither). Cephes' `expf`: x = k·ln 2 + r with |r| ≤ ln 2 / 2 (k rounded by
+/// the 1.5·2²³ trick, ln 2 split in two for Cody–Waite), a degree-6 polynomial for e^r, and
+/// 2^k written into the exponent bits; about 1 ulp. NaN stays NaN; arguments are clamped to
+/// [−87.3, 88.3], where 2^k stays a normal number.
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const ROUND: f32 = 12_582_912.0;
+    let x = if x < -87.3 {
+        -87.3
+    } else if x > 88.3 {
+        88.3
+    } else {
+        x
+    };
+    let k = (x * LOG2E + ROUND) - ROUND;
+    let r = (x - k * 0.693_359_4) - k * -2.121_944_4e-4;
+    let mut p = 1.987_569_2e-4f32;
+    p = p * r + 1.398_2e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5.000_000_1e-1;
+    let e = (p * (r * r) + r) + 1.0;
+    e * f32::from_bits(((k as i32 + 127) as u32) << 23)
+}
 
 /// The shape of the network as the kernel sees it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -114,6 +165,8 @@ pub struct Dims {
     /// Width h of the MLP front end (App. B) that maps every token's covariates before the
     /// first layer; 0 for none.
     pub mlp_hidden: usize,
+    /// Softmax attention (paper Fig. 4, [`softmax`]) instead of linear.
+    pub softmax: bool,
 }
 
 impl Dims {
@@ -126,6 +179,7 @@ impl Dims {
             context: arch.context as usize,
             restricted: arch.parametrization == Parametrization::Restricted,
             mlp_hidden: arch.mlp_hidden.max(0) as usize,
+            softmax: arch.attention == Attention::Softmax,
         })
     }
 
@@ -149,6 +203,12 @@ impl Dims {
     }
 
     /// The MLP's `w0 [h, d]`, `b0 [h]`, `w2 [d, h]`, `b2 [d]`, after `allparam`.
+    /// Whether a chunk's tokens are kept, not only their `G₀` and `q₀`: the MLP maps them
+    /// per member, and softmax attention needs every token.
+    fn keeps_tokens(&self) -> bool {
+        self.mlp_hidden > 0 || self.softmax
+    }
+
     pub fn mlp_params(&self) -> usize {
         let (d, h) = (self.side - 1, self.mlp_hidden);
         if h == 0 {
@@ -187,7 +247,7 @@ pub struct Streams<T> {
 /// Floats per chunk of each of [`Streams`]' buffers: gram, query, tokens.
 fn chunk_sizes(dims: &Dims) -> (usize, usize, usize) {
     let (s, n) = (dims.side, dims.context);
-    if dims.mlp_hidden > 0 {
+    if dims.keeps_tokens() {
         (0, 0, (n + 1) * s * LANES)
     } else {
         (s * s * LANES, s * LANES, 0)
@@ -367,7 +427,7 @@ fn load_chunk<T: Real>(
             }
         }
     }
-    if dims.mlp_hidden > 0 {
+    if dims.keeps_tokens() {
         out.tokens.copy_from_slice(&tokens[..per_prompt * LANES]);
     } else {
         gram_and_query(s, n, tokens, out.gram, out.query);
@@ -680,6 +740,8 @@ struct Work<T> {
     hidden_bar: Vec<T>,
     mapped: Vec<T>,
     tokens_bar: Vec<T>,
+    /// Softmax attention's per-chunk state.
+    soft: softmax::Work<T>,
 }
 
 impl<T: Real> Work<T> {
@@ -710,6 +772,9 @@ impl<T: Real> Work<T> {
             self.hidden_bar.resize(n1 * width * LANES, zero);
             self.mapped.resize(n1 * (s - 1) * LANES, zero);
             self.tokens_bar.resize(n1 * s * LANES, zero);
+        }
+        if dims.softmax {
+            self.soft.fit(dims);
         }
     }
 }
@@ -773,6 +838,7 @@ fn block<T: Real, const SIDE: usize>(
         hidden_bar,
         mapped,
         tokens_bar,
+        soft,
         ..
     } = work;
     let Partial {
@@ -794,20 +860,33 @@ fn block<T: Real, const SIDE: usize>(
     for c in first..data.chunks.min(first + BLOCK_CHUNKS) {
         let at = part.stream * data.chunks + c;
         let raw = data.tokens.get(at * per_chunk..(at + 1) * per_chunk);
-        match (&mlp, raw) {
-            (Some(front), Some(raw)) => {
-                front.forward(raw, tokens, hidden, mapped);
-                gram_and_query(s, dims.context, tokens, g, q);
-            }
-            _ => {
-                g[..m * LANES].copy_from_slice(&data.gram[at * m * LANES..(at + 1) * m * LANES]);
-                q[..s * LANES].copy_from_slice(&data.query[at * s * LANES..(at + 1) * s * LANES]);
-            }
+        if let (Some(front), Some(raw)) = (&mlp, raw) {
+            front.forward(raw, tokens, hidden, mapped);
         }
         let y: Lane<T> = lane(&data.target, at);
         // Padding prompts (past the batch's end) add nothing: with the MLP their tokens are not
         // zero (φ(0) = MLP biases), so their residual is masked here.
         let valid = LANES.min(data.prompts.saturating_sub(c * LANES));
+        if dims.softmax {
+            let z0: &[T] = match (&mlp, raw) {
+                (Some(_), _) => tokens,
+                (None, raw) => raw.expect("softmax attention keeps the tokens"),
+            };
+            let out = softmax::forward(dims, s, params, z0, soft);
+            let obar = residual(&out, &y, valid, two_inv_b, loss);
+            softmax::backward(dims, s, params, &obar, soft, gpt, gqt);
+            if let (Some(front), Some(raw)) = (&mlp, raw) {
+                front.backward(raw, hidden, &soft.zbar, hidden_bar, gmlp);
+            }
+            continue;
+        }
+        match (&mlp, raw) {
+            (Some(_), Some(_)) => gram_and_query(s, dims.context, tokens, g, q),
+            _ => {
+                g[..m * LANES].copy_from_slice(&data.gram[at * m * LANES..(at + 1) * m * LANES]);
+                q[..s * LANES].copy_from_slice(&data.query[at * s * LANES..(at + 1) * s * LANES]);
+            }
+        }
         // Forward through the layers before the last.
         for l in 0..layers - 1 {
             let (g_now, g_rest) = g[l * m * LANES..].split_at_mut(m * LANES);
@@ -897,12 +976,7 @@ fn block<T: Real, const SIDE: usize>(
                 out[w] += qi[w] * ci[w];
             }
         }
-        let mut obar: Lane<T> = [zero; LANES];
-        for w in 0..valid {
-            let res = out[w] + y[w];
-            loss[w] += res * res;
-            obar[w] = two_inv_b * res;
-        }
+        let obar = residual(&out, &y, valid, two_inv_b, loss);
         // Backward through the last layer: q̄ = ō·col, r̄ = ō·q (column d of R̄).
         let rbar_col = &mut rbar[..s * LANES];
         for i in 0..s {
@@ -1021,16 +1095,56 @@ fn block<T: Real, const SIDE: usize>(
         }
         // Now Ḡ₀ and q̄₀: back through the Gram matrix to the tokens, and through the MLP.
         if let (Some(front), Some(raw)) = (&mlp, raw) {
-            let bars = Bars {
-                gram: gbar,
-                query: qbar,
-                sym: t1,
-                tokens: tokens_bar,
-                hidden: hidden_bar,
-            };
-            front.backward(raw, tokens, hidden, bars, gmlp);
+            tokens_from_gram(s, dims.context, tokens, gbar, qbar, t1, tokens_bar);
+            front.backward(raw, hidden, tokens_bar, hidden_bar, gmlp);
         }
     }
+}
+
+/// Adds the chunk's squared residuals `(out + y)²` to `loss` and returns ∂loss/∂out, for the
+/// first `valid` lanes (zero on padding prompts).
+#[inline(always)]
+fn residual<T: Real>(
+    out: &Lane<T>,
+    y: &Lane<T>,
+    valid: usize,
+    two_inv_b: T,
+    loss: &mut Lane<T>,
+) -> Lane<T> {
+    let mut obar: Lane<T> = [T::default(); LANES];
+    for w in 0..valid {
+        let res = out[w] + y[w];
+        loss[w] += res * res;
+        obar[w] = two_inv_b * res;
+    }
+    obar
+}
+
+/// The tokens' gradient `[n+1, s]` from `Ḡ₀` and `q̄₀` (linear attention reads the tokens only
+/// through them): `z̄_t = (Ḡ₀ + Ḡ₀ᵀ) z_t` for the context tokens and `z̄_n = q̄₀`; `sym` is
+/// working memory.
+#[inline(always)]
+fn tokens_from_gram<T: Real>(
+    s: usize,
+    n: usize,
+    tokens: &[T],
+    gram_bar: &[T],
+    query_bar: &[T],
+    sym: &mut [T],
+    tokens_bar: &mut [T],
+) {
+    for i in 0..s {
+        for j in 0..s {
+            let (x, y) = (lane(gram_bar, i * s + j), lane(gram_bar, j * s + i));
+            let o = lane_mut(sym, i * s + j);
+            for w in 0..LANES {
+                o[w] = x[w] + y[w];
+            }
+        }
+    }
+    let plain = View::plain(s);
+    mm_pp(tokens_bar, tokens, plain, sym, plain, (n, s, s), false);
+    tokens_bar[n * s * LANES..(n + 1) * s * LANES].copy_from_slice(&query_bar[..s * LANES]);
 }
 
 /// The MLP front end of App. B on one chunk: `φ(x) = W₂ relu(W₀ x + b₀) + b₂` replaces the
@@ -1040,16 +1154,6 @@ struct Front<'a, T> {
     context: usize,
     width: usize,
     params: &'a [T],
-}
-
-/// The gradients that flow back into the front end: `Ḡ₀` and `q̄₀` in, working memory for
-/// `Ḡ₀ + Ḡ₀ᵀ`, the tokens' gradient and the hidden activations'.
-struct Bars<'a, T> {
-    gram: &'a [T],
-    query: &'a [T],
-    sym: &'a mut [T],
-    tokens: &'a mut [T],
-    hidden: &'a mut [T],
 }
 
 impl<T: Real> Front<'_, T> {
@@ -1106,33 +1210,22 @@ impl<T: Real> Front<'_, T> {
         }
     }
 
-    /// Adds the chunk's ∂loss/∂(w0, b0, w2, b2) to `grad [P_mlp, LANES]`, from `Ḡ₀` and `q̄₀`:
-    /// `z̄_t = (Ḡ₀ + Ḡ₀ᵀ) z_t` for the context tokens and `z̄_n = q̄₀`, then the MLP backward.
+    /// Adds the chunk's ∂loss/∂(w0, b0, w2, b2) to `grad [P_mlp, LANES]`, from the mapped
+    /// tokens' gradient `tokens_bar [n+1, side]`; `hidden_bar` is working memory.
     #[inline(always)]
-    fn backward(&self, raw: &[T], tokens: &[T], hidden: &[T], bars: Bars<T>, grad: &mut [T]) {
+    fn backward(
+        &self,
+        raw: &[T],
+        hidden: &[T],
+        tokens_bar: &[T],
+        hidden_bar: &mut [T],
+        grad: &mut [T],
+    ) {
         let (s, n, h) = (self.side, self.context, self.width);
         let d = s - 1;
         let [w0, b0, w2, b2] = self.offsets();
         let p = self.params;
-        let Bars {
-            gram,
-            query,
-            sym,
-            tokens: tokens_bar,
-            hidden: hidden_bar,
-        } = bars;
-        for i in 0..s {
-            for j in 0..s {
-                let (x, y) = (lane(gram, i * s + j), lane(gram, j * s + i));
-                let o = lane_mut(sym, i * s + j);
-                for w in 0..LANES {
-                    o[w] = x[w] + y[w];
-                }
-            }
-        }
         let plain = View::plain(s);
-        mm_pp(tokens_bar, tokens, plain, sym, plain, (n, s, s), false);
-        tokens_bar[n * s * LANES..(n + 1) * s * LANES].copy_from_slice(&query[..s * LANES]);
         // w2̄ += Φ̄ᵀ H, b2̄ += Σ_t Φ̄_t (Φ̄: the first d columns of z̄).
         let column_major = View { row: 1, col: s };
         mm_pp(
@@ -1265,6 +1358,23 @@ impl<T: Real, const N: usize> Real for Dual<T, N> {
     #[inline(always)]
     fn positive(self) -> bool {
         self.v.positive()
+    }
+    #[inline(always)]
+    fn exp(self) -> Self {
+        let e = self.v.exp();
+        Dual {
+            v: e,
+            t: self.t.map(|t| t * e),
+        }
+    }
+    #[inline(always)]
+    fn recip(self) -> Self {
+        let r = self.v.recip();
+        let zero = T::default();
+        Dual {
+            v: r,
+            t: self.t.map(|t| zero - t * r * r),
+        }
     }
     fn from_f64(x: f64) -> Self {
         Dual {
@@ -1661,8 +1771,8 @@ pub fn flops_per_step(dims: &Dims, prompts: usize, members: usize, streams: usiz
     );
     let (s2, s3) = (s * s, s * s * s);
     // Per stream and prompt: y = x·w for n + 1 tokens, G₀'s upper triangle.
-    // (With the MLP, G₀ is each member's: counted below.)
-    let data = if dims.mlp_hidden > 0 {
+    // (With the MLP, G₀ is each member's: counted below; softmax attention has none.)
+    let data = if dims.keeps_tokens() {
         0.0
     } else {
         (n + 1.0) * (s - 1.0) + n * s * (s + 1.0) / 2.0
@@ -1677,19 +1787,38 @@ pub fn flops_per_step(dims: &Dims, prompts: usize, members: usize, streams: usiz
     // The MLP front end per member and prompt: its forward on n + 1 tokens (two products) and
     // G₀, then z̄ = (Ḡ₀ + Ḡ₀ᵀ) z and three products back.
     let width = dims.mlp_hidden as f64;
+    let gram = if dims.softmax {
+        0.0
+    } else {
+        n * s * (s + 1.0) / 2.0 + n * s2
+    };
     let mlp = if width > 0.0 {
         let product = (n + 1.0) * width * (s - 1.0);
-        2.0 * product + n * s * (s + 1.0) / 2.0 + n * s2 + 3.0 * product
+        2.0 * product + gram + 3.0 * product
     } else {
         0.0
     };
-    let per_member = mid_forward + mid_backward + last + mlp;
+    let attention = if dims.softmax {
+        // Per head of a layer before the last: U, S, V, Π M V forward; Π̄, V̄, Ū, S̄ᵀU, ŪQ̃ᵀ,
+        // V̄P̃, Q̃̄, P̃̄ and U, V again backward (a multiply-add counts two, below).
+        let n1 = n + 1.0;
+        let (ns2, n2s) = (n1 * s2, n1 * n1 * s);
+        let forward = 2.0 * ns2 + n2s + n * n1 * s;
+        let backward = 4.0 * ns2 + 3.0 * n2s + n * n1 * s + 2.0 * n * s2;
+        // The last layer: u, the query's scores, v, and their backward.
+        let last = h * (s2 + 2.0 * n1 * s + n) + h * (3.0 * n1 * s + 2.0 * s2 + n1 * s);
+        (l - 1.0) * h * (forward + backward) + last
+    } else {
+        mid_forward + mid_backward + last
+    };
+    let per_member = attention + mlp;
     2.0 * prompts as f64 * (streams as f64 * data + members as f64 * per_member)
 }
 
-/// Whether the kernel computes `arch`: linear attention, with or without the MLP front end.
+/// Whether the kernel computes `arch`: every model of the paper (linear or softmax attention,
+/// with or without the MLP front end).
 pub fn applies(arch: &super::Arch) -> bool {
-    arch.attention == Attention::Linear
+    matches!(arch.attention, Attention::Linear | Attention::Softmax)
 }
 
 impl NativeFast {
