@@ -176,6 +176,8 @@ pub struct DeviceStream {
     dim: i64,
     seeds: Vec<u32>,
     teacher: Option<Mlp>,
+    /// The teacher's parameters on the host, for the native kernel ([`HostTeacher`]).
+    host_teacher: Option<(usize, Vec<f32>)>,
     draws: Draws,
     /// `[B, n+1]` filled with the gamma shape k: the argument of `_standard_gamma`.
     gamma_shape: Option<Tensor>,
@@ -197,11 +199,21 @@ enum Draws {
 }
 
 /// The prompt rows of one iteration of every stream, where they were drawn on the host:
-/// `[streams, prompts, n+2, d]` in float32, the setting's transform applied.
+/// `[streams, prompts, n+2, d]` in float32, the setting's transform applied; with the teacher
+/// of `mlp_teacher`, whose features make the labels `y_t = ⟨w, φ*(x_t)⟩`.
 pub struct HostRows<'a> {
     pub rows: &'a [f32],
     pub streams: usize,
     pub prompts: usize,
+    pub teacher: Option<HostTeacher<'a>>,
+}
+
+/// The teacher φ* of `mlp_teacher` in float32 on the host: `w0 [h, d]`, `b0 [h]`,
+/// `w2 [d, h]`, `b2 [d]` flattened in that order, h = `hidden`.
+#[derive(Clone, Copy)]
+pub struct HostTeacher<'a> {
+    pub hidden: usize,
+    pub params: &'a [f32],
 }
 
 impl DeviceStream {
@@ -211,6 +223,12 @@ impl DeviceStream {
         let (b, n, d) = (cfg.data.batch, cfg.data.context, cfg.model.dim);
         let opts = (Kind::Float, device);
         let teacher = teacher.map(|t| t.to_device(device));
+        let host_teacher = teacher.as_ref().filter(|_| device == Device::Cpu).map(|t| {
+            let parts = [&t.w0, &t.b0, &t.w2, &t.b2];
+            let flat = Tensor::cat(&parts.map(|p| p.to_kind(Kind::Float).view(-1)), 0);
+            let params = Vec::<f32>::try_from(&flat).expect("a float32 teacher");
+            (t.b0.size()[0] as usize, params)
+        });
         let shape = [seeds.len() as i64, b, n + 2, d];
         let draws = if device == Device::Cpu {
             Draws::Host {
@@ -228,6 +246,7 @@ impl DeviceStream {
             dim: d,
             seeds: seeds.to_vec(),
             teacher,
+            host_teacher,
             draws,
             gamma_shape: (cfg.data.setting == Setting::Gamma)
                 .then(|| Tensor::full([b, n + 1], cfg.data.gamma_shape, opts)),
@@ -255,11 +274,11 @@ impl DeviceStream {
 
     /// Per prompt the rows `[w; x_1 … x_n; x_query]` of iteration `iter` on the host, the
     /// setting's transform applied: [`DeviceStream::batch`] is these rows with `y_i = x_i · w`.
-    /// For the native kernel, which forms y and G itself. `None` on a GPU, where y reads a
-    /// teacher's features (`mlp_teacher`), or where the run is not in float32 (its batch forms
-    /// y in float32 before widening).
+    /// For the native kernel, which forms y (through the teacher's features, for
+    /// `mlp_teacher`) and G itself. `None` on a GPU, or where the run is not in float32 (its
+    /// batch forms y in float32 before widening).
     pub fn host_rows(&mut self, iter: i64) -> Option<HostRows<'_>> {
-        if self.teacher.is_some() || self.kind != Kind::Float {
+        if self.kind != Kind::Float {
             return None;
         }
         self.draw_host(iter);
@@ -269,6 +288,13 @@ impl DeviceStream {
                 rows,
                 streams,
                 prompts,
+                teacher: self
+                    .host_teacher
+                    .as_ref()
+                    .map(|(hidden, params)| HostTeacher {
+                        hidden: *hidden,
+                        params,
+                    }),
             }),
             Draws::Device { .. } => None,
         }

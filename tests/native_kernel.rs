@@ -290,13 +290,21 @@ fn the_native_kernel_declines_the_dtypes_it_does_not_compute() {
     assert!(NativeFast::new(&arch, 1, Kind::Half, Device::Cpu, 1).is_none());
 }
 
-/// The kernel's own y = x·w from the host rows gives the batch of `DeviceStream::batch`.
+/// The kernel's own labels from the host rows (y = x·w, or φ*(x)·w through the teacher) give the
+/// batch of `DeviceStream::batch`.
 #[test]
 fn native_steps_from_host_rows_match_steps_from_the_device_streams_batch() {
-    for setting in ["normal", "sphere", "gamma"] {
-        let cfg = config(&["data.batch=100", &format!("data.setting={setting}")]);
+    for setting in ["normal", "sphere", "gamma", "mlp_teacher"] {
+        let mut sets = vec!["data.batch=100".to_string(), format!("data.setting={setting}")];
+        if setting == "mlp_teacher" {
+            // The labels through the teacher's features, and the learned MLP in front.
+            sets.extend(["model.mlp_hidden=30".into(), "model.parametrization=full".into()]);
+        }
+        let cfg = Config::from_yaml_str("", &sets).expect("a valid config");
         let arch = Arch::from_config(&cfg);
-        let mut stream = linattn::data::DeviceStream::new(&cfg, &[4, 9], None, Device::Cpu);
+        let teacher = (setting == "mlp_teacher")
+            .then(|| linattn::mlp::Mlp::teacher(&cfg.data, cfg.model.dim));
+        let mut stream = linattn::data::DeviceStream::new(&cfg, &[4, 9], teacher, Device::Cpu);
         let theta = Tensor::stack(
             &[
                 batch_and_theta(&cfg, 0, 0.2, Kind::Float).1,
@@ -306,9 +314,7 @@ fn native_steps_from_host_rows_match_steps_from_the_device_streams_batch() {
         );
         let mut k = NativeFast::new(&arch, 2, Kind::Float, Device::Cpu, 2).unwrap();
         let (l_batch, g_batch) = k.losses_and_gradients(&theta, &stream.batch(7), None);
-        let rows = stream
-            .host_rows(7)
-            .expect("rows for a float32 run without a teacher");
+        let rows = stream.host_rows(7).expect("rows for a float32 run");
         let (l_rows, g_rows) = k.losses_and_gradients_from_rows(&theta, &rows, None);
         let (lr, gr) = (rel(&l_rows, &l_batch), rel(&g_rows, &g_batch));
         println!("{setting}: loss rel {lr:.2e}, gradient rel {gr:.2e}");

@@ -274,8 +274,14 @@ enum Source<'a, T> {
     Tokens { z: &'a [T], y_query: &'a [T] },
     /// Per prompt the rows `[w; x_1 … x_n; x_query]`, `[U, B, n+2, d]`: the tokens are
     /// `[x_i, x_i · w]` (the query's y is 0) and the target is `x_query · w`, the data of
-    /// [`crate::data::DeviceStream::batch`] without its tensors.
-    Rows { rows: &'a [T], prompts: usize },
+    /// [`crate::data::DeviceStream::batch`] without its tensors. With a teacher φ*
+    /// (`mlp_teacher`: its parameters as [`crate::data::HostTeacher`]'s, and its width) the
+    /// labels are `φ*(x_i) · w`.
+    Rows {
+        rows: &'a [T],
+        prompts: usize,
+        teacher: Option<(&'a [T], usize)>,
+    },
 }
 
 impl<T> Source<'_, T> {
@@ -299,10 +305,6 @@ impl<T: Real> Streams<T> {
         pool: Option<&rayon::ThreadPool>,
     ) {
         let (s, n) = (dims.side, dims.context);
-        assert!(
-            dims.mlp_hidden == 0 || matches!(source, Source::Tokens { .. }),
-            "the MLP variant's labels come from its teacher: the kernel reads its tokens"
-        );
         let prompts = source.prompts(streams);
         let size = match source {
             Source::Tokens { z, .. } => z.len() / (n + 1) / s,
@@ -393,7 +395,12 @@ fn load_chunk<T: Real>(
     let (s, n) = (dims.side, dims.context);
     let per_prompt = (n + 1) * s;
     let zero = T::default();
-    let Work { tokens, raw, .. } = work;
+    let Work {
+        tokens,
+        raw,
+        teacher_hidden,
+        ..
+    } = work;
     tokens.resize(per_prompt * LANES, zero);
     let target = out.target;
     target.fill(zero);
@@ -404,20 +411,31 @@ fn load_chunk<T: Real>(
             transpose(&z[base * per_prompt..], per_prompt, valid, tokens);
             target[..valid].copy_from_slice(&y_query[base..base + valid]);
         }
-        Source::Rows { rows, .. } => {
-            // rows[e] lanes: w in e < d, then x_t at (t + 1)·d; y_t = x_t · w lane-wise.
+        Source::Rows { rows, teacher, .. } => {
+            // rows[e] lanes: w in e < d, then x_t at (t + 1)·d; y_t = x_t · w lane-wise, or
+            // φ*(x_t) · w with a teacher.
             let d = s - 1;
             let per_row = (n + 2) * d;
             raw.resize(per_row * LANES, zero);
             transpose(&rows[base * per_row..], per_row, valid, raw);
             for t in 0..=n {
                 let mut y: Lane<T> = [zero; LANES];
-                for a in 0..d {
-                    let (x, wa) = (lane(raw, (t + 1) * d + a), lane(raw, a));
-                    for l in 0..LANES {
-                        y[l] += x[l] * wa[l];
+                let x_t = &raw[(t + 1) * d * LANES..(t + 2) * d * LANES];
+                match teacher {
+                    None => {
+                        for a in 0..d {
+                            let (x, wa) = (lane(x_t, a), lane(raw, a));
+                            for l in 0..LANES {
+                                y[l] += x[l] * wa[l];
+                            }
+                        }
                     }
-                    *lane_mut(tokens, t * s + a) = x;
+                    Some((params, width)) => {
+                        teacher_labels(params, width, x_t, raw, teacher_hidden, &mut y);
+                    }
+                }
+                for a in 0..d {
+                    *lane_mut(tokens, t * s + a) = lane(x_t, a);
                 }
                 if t < n {
                     *lane_mut(tokens, t * s + d) = y;
@@ -431,6 +449,49 @@ fn load_chunk<T: Real>(
         out.tokens.copy_from_slice(&tokens[..per_prompt * LANES]);
     } else {
         gram_and_query(s, n, tokens, out.gram, out.query);
+    }
+}
+
+/// `y = φ*(x) · w` for one token of every prompt of a chunk: `x` and `w` are `d` lanes each,
+/// `params` the teacher's (`w0 [h, d]`, `b0 [h]`, `w2 [d, h]`, `b2 [d]`, h = `width`);
+/// `hidden` is working memory.
+#[inline(always)]
+fn teacher_labels<T: Real>(
+    params: &[T],
+    width: usize,
+    x: &[T],
+    w: &[T],
+    hidden: &mut Vec<T>,
+    y: &mut Lane<T>,
+) {
+    let d = x.len() / LANES;
+    let (b0, w2, b2) = (width * d, width * d + width, 2 * width * d + width);
+    hidden.resize(width * LANES, T::default());
+    for j in 0..width {
+        let mut acc: Lane<T> = [params[b0 + j]; LANES];
+        for a in 0..d {
+            let (xa, c) = (lane(x, a), params[j * d + a]);
+            for l in 0..LANES {
+                acc[l] = c.mul_add(xa[l], acc[l]);
+            }
+        }
+        let h = lane_mut(hidden, j);
+        for l in 0..LANES {
+            h[l] = if acc[l].positive() { acc[l] } else { T::default() };
+        }
+    }
+    for a in 0..d {
+        let mut feature: Lane<T> = [params[b2 + a]; LANES];
+        for j in 0..width {
+            let (hj, c) = (lane(hidden, j), params[w2 + a * width + j]);
+            for l in 0..LANES {
+                feature[l] = c.mul_add(hj[l], feature[l]);
+            }
+        }
+        let wa = lane(w, a);
+        for l in 0..LANES {
+            y[l] += feature[l] * wa[l];
+        }
     }
 }
 
@@ -740,6 +801,8 @@ struct Work<T> {
     hidden_bar: Vec<T>,
     mapped: Vec<T>,
     tokens_bar: Vec<T>,
+    /// The teacher's hidden activations for one token of a chunk (`mlp_teacher` rows).
+    teacher_hidden: Vec<T>,
     /// Softmax attention's per-chunk state.
     soft: softmax::Work<T>,
 }
@@ -1622,6 +1685,8 @@ enum Buffers {
 struct Host<T> {
     z: Vec<T>,
     y: Vec<T>,
+    /// The teacher's parameters in `T` (`mlp_teacher` rows).
+    teacher: Vec<T>,
     theta: Vec<T>,
     grad: Vec<T>,
     losses: Vec<T>,
@@ -1644,11 +1709,17 @@ impl<T: Real + tch::kind::Element> Host<T> {
                     t.copy_data(buf, t.numel());
                 }
             }
-            Input::Rows(r) if T::borrow_f32(r.rows).is_none() => {
-                self.z.clear();
-                self.z.extend(r.rows.iter().map(|&v| T::from_f64(v as f64)));
+            Input::Rows(r) => {
+                if T::borrow_f32(r.rows).is_none() {
+                    self.z.clear();
+                    self.z.extend(r.rows.iter().map(|&v| T::from_f64(v as f64)));
+                }
+                self.teacher.clear();
+                if let Some(t) = &r.teacher {
+                    let params = t.params.iter();
+                    self.teacher.extend(params.map(|&v| T::from_f64(v as f64)));
+                }
             }
-            Input::Rows(_) => {}
         }
     }
 
@@ -1686,6 +1757,7 @@ impl<T: Real + tch::kind::Element> Host<T> {
                 Source::Rows {
                     rows: T::borrow_f32(r.rows).unwrap_or(&self.z),
                     prompts: r.prompts,
+                    teacher: r.teacher.map(|t| (&self.teacher[..], t.hidden)),
                 },
             ),
         };
