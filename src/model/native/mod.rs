@@ -48,6 +48,11 @@ pub trait Real:
     + AddAssign
     + 'static
 {
+    /// Whether [`block`] gets a copy with the paper's side d + 1 = 6 (and the large model's 21)
+    /// known at compile time: its loops unroll, but each copy costs minutes of compile time
+    /// (three SIMD targets each), so only the float types that train have them.
+    const UNROLL_PAPER: bool = false;
+    const UNROLL_LARGE: bool = false;
     fn from_f64(x: f64) -> Self;
     fn to_f64(self) -> f64;
     /// `self · a + b` rounded once (an FMA instruction where the CPU has one, else libm's
@@ -67,6 +72,8 @@ pub trait Real:
 }
 
 impl Real for f32 {
+    const UNROLL_PAPER: bool = true;
+    const UNROLL_LARGE: bool = true;
     #[inline(always)]
     fn mul_add(self, a: Self, b: Self) -> Self {
         f32::mul_add(self, a, b)
@@ -95,6 +102,7 @@ impl Real for f32 {
 }
 
 impl Real for f64 {
+    const UNROLL_PAPER: bool = true;
     #[inline(always)]
     fn mul_add(self, a: Self, b: Self) -> Self {
         f64::mul_add(self, a, b)
@@ -1582,7 +1590,9 @@ pub fn hvp<T: Real>(
     grad.iter().map(|g| g.t[0]).collect()
 }
 
-/// [`block`] with the side known at compile time where it is one of the paper's.
+/// [`block`] with the side known at compile time where it is one of the paper's (d = 5, and
+/// the large model's d = 20) and `T` asks for it ([`Real::UNROLL_PAPER`]). The tests on the
+/// constants come first, so that a type without the copy never instantiates it.
 fn block_of_side<T: Real>(
     dims: &Dims,
     params: &Embedded<T>,
@@ -1590,11 +1600,12 @@ fn block_of_side<T: Real>(
     work: &mut Work<T>,
     part: &mut Partial<T>,
 ) {
-    match dims.side {
-        // The paper's d = 5 and the large model's d = 20.
-        6 => block::<T, 6>(dims, params, data, work, part),
-        21 => block::<T, 21>(dims, params, data, work, part),
-        _ => block::<T, 0>(dims, params, data, work, part),
+    if T::UNROLL_PAPER && dims.side == 6 {
+        block::<T, 6>(dims, params, data, work, part)
+    } else if T::UNROLL_LARGE && dims.side == 21 {
+        block::<T, 21>(dims, params, data, work, part)
+    } else {
+        block::<T, 0>(dims, params, data, work, part)
     }
 }
 
