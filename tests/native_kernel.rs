@@ -295,10 +295,16 @@ fn the_native_kernel_declines_the_dtypes_it_does_not_compute() {
 #[test]
 fn native_steps_from_host_rows_match_steps_from_the_device_streams_batch() {
     for setting in ["normal", "sphere", "gamma", "mlp_teacher"] {
-        let mut sets = vec!["data.batch=100".to_string(), format!("data.setting={setting}")];
+        let mut sets = vec![
+            "data.batch=100".to_string(),
+            format!("data.setting={setting}"),
+        ];
         if setting == "mlp_teacher" {
             // The labels through the teacher's features, and the learned MLP in front.
-            sets.extend(["model.mlp_hidden=30".into(), "model.parametrization=full".into()]);
+            sets.extend([
+                "model.mlp_hidden=30".into(),
+                "model.parametrization=full".into(),
+            ]);
         }
         let cfg = Config::from_yaml_str("", &sets).expect("a valid config");
         let arch = Arch::from_config(&cfg);

@@ -485,7 +485,11 @@ fn teacher_labels<T: Real>(
         }
         let h = lane_mut(hidden, j);
         for l in 0..LANES {
-            h[l] = if acc[l].positive() { acc[l] } else { T::default() };
+            h[l] = if acc[l].positive() {
+                acc[l]
+            } else {
+                T::default()
+            };
         }
     }
     for a in 0..d {
@@ -747,7 +751,8 @@ impl<T: Real> Embedded<T> {
             }
         }
         self.mlp.clear();
-        self.mlp.extend_from_slice(&theta[dims.attention_params()..dims.params()]);
+        self.mlp
+            .extend_from_slice(&theta[dims.attention_params()..dims.params()]);
     }
 }
 

@@ -108,7 +108,14 @@ pub(super) fn forward<T: Real>(
     let (plain, trans) = (View::plain(s), View::transposed(s));
     let (pt, qt) = (&params.pt, &params.qt);
     let Work {
-        zs, probs, last, uq, vd, u, v, ..
+        zs,
+        probs,
+        last,
+        uq,
+        vd,
+        u,
+        v,
+        ..
     } = work;
     let per = n1 * s * LANES;
     zs[..per].copy_from_slice(&z0[..per]);
@@ -124,7 +131,7 @@ pub(super) fn forward<T: Real>(
             mm_pp(p, u, plain, z_now, trans, (n1, s, n1), false); // S = U Zᵀ
             softmax_rows(p, n1, n1);
             mm_ps(v, z_now, plain, pt_h, trans, (n1, s, s), false); // V = Z P̃ᵀ
-            // Z_{l+1} += Π M V: the mask drops column n of Π, so the sum runs over j < n.
+                                                                    // Z_{l+1} += Π M V: the mask drops column n of Π, so the sum runs over j < n.
             mm_pp(z_next, p, View::plain(n1), v, plain, (n1, n, s), true);
         }
     }
@@ -243,7 +250,15 @@ pub(super) fn backward<T: Real>(
         let gq = &mut gqt[lh * m * LANES..(lh + 1) * m * LANES];
         mm_pp(gq, query, column, ubar_q, row_vec, (s, 1, s), true);
         let zbar_n = &mut zbar[n * s * LANES..n1 * s * LANES];
-        mm_ps(zbar_n, ubar_q, row_vec, &qt[lh * m..], trans, (1, s, s), true);
+        mm_ps(
+            zbar_n,
+            ubar_q,
+            row_vec,
+            &qt[lh * m..],
+            trans,
+            (1, s, s),
+            true,
+        );
         // v_j = z_j · P̃[d, :]: P̃̄[d, :] += v̄ᵀ Z; Z̄ += v̄ P̃[d, :].
         let vbar_d = &vbar[..n1 * LANES];
         let gp_row = &mut gpt[(lh * m + d * s) * LANES..(lh * m + (d + 1) * s) * LANES];
@@ -262,16 +277,32 @@ pub(super) fn backward<T: Real>(
             let pv = View::plain(n1);
             mm_ps(u, z_l, plain, qt_h, plain, (n1, s, s), false); // U = Z Q̃
             mm_ps(v, z_l, plain, pt_h, trans, (n1, s, s), false); // V = Z P̃ᵀ
-            // Π̄ = Ā Vᵀ, column n zero (the mask); V̄ = Πᵀ Ā on rows j < n.
+                                                                  // Π̄ = Ā Vᵀ, column n zero (the mask); V̄ = Πᵀ Ā on rows j < n.
             mm_pp(pbar, zbar, plain, v, trans, (n1, s, n1), false);
             for i in 0..n1 {
                 *lane_mut(pbar, i * n1 + n) = [zero; LANES];
             }
-            mm_pp(vbar, p, View::transposed(n1), zbar, plain, (n, n1, s), false);
+            mm_pp(
+                vbar,
+                p,
+                View::transposed(n1),
+                zbar,
+                plain,
+                (n, n1, s),
+                false,
+            );
             softmax_backward(pbar, p, n1, n1);
             // Ū = S̄ Z; Z̄ += S̄ᵀ U + Ū Q̃ᵀ + V̄ P̃; Q̃̄ += Zᵀ Ū; P̃̄ += V̄ᵀ Z.
             mm_pp(ubar, pbar, pv, z_l, plain, (n1, n1, s), false);
-            mm_pp(zbar_next, pbar, View::transposed(n1), u, plain, (n1, n1, s), true);
+            mm_pp(
+                zbar_next,
+                pbar,
+                View::transposed(n1),
+                u,
+                plain,
+                (n1, n1, s),
+                true,
+            );
             mm_ps(zbar_next, ubar, plain, qt_h, trans, (n1, s, s), true);
             mm_ps(zbar_next, vbar, plain, pt_h, plain, (n, s, s), true);
             let gq = &mut gqt[lh * m * LANES..(lh + 1) * m * LANES];
