@@ -1103,15 +1103,7 @@ fn block<T: Real, const SIDE: usize>(
             let q_l = &q[l * s * LANES..(l + 1) * s * LANES];
             // R̄ = q_lᵀ q̄ + G R (Ḡ + Ḡᵀ).
             mm_pp(t0, g_l, plain, r_l, plain, (s, s, s), false); // G R
-            for i in 0..s {
-                for j in 0..s {
-                    let (x, y) = (lane(gbar, i * s + j), lane(gbar, j * s + i));
-                    let o = lane_mut(t1, i * s + j);
-                    for w in 0..LANES {
-                        o[w] = x[w] + y[w];
-                    }
-                }
-            }
+            symmetric_sum(s, gbar, t1);
             mm_pp(rbar, t0, plain, t1, plain, (s, s, s), false);
             mm_pp(rbar, q_l, column, qbar, row_vec, (s, 1, s), true);
             // q̄_l = q̄ Rᵀ.
@@ -1196,6 +1188,21 @@ fn residual<T: Real>(
     obar
 }
 
+/// `out = A + Aᵀ` for per-prompt `s × s` matrices: the gradient that reaches a Gram matrix's
+/// factors (G = Σ z zᵀ is symmetric in them).
+#[inline(always)]
+fn symmetric_sum<T: Real>(s: usize, a: &[T], out: &mut [T]) {
+    for i in 0..s {
+        for j in 0..s {
+            let (x, y) = (lane(a, i * s + j), lane(a, j * s + i));
+            let o = lane_mut(out, i * s + j);
+            for w in 0..LANES {
+                o[w] = x[w] + y[w];
+            }
+        }
+    }
+}
+
 /// The tokens' gradient `[n+1, s]` from `Ḡ₀` and `q̄₀` (linear attention reads the tokens only
 /// through them): `z̄_t = (Ḡ₀ + Ḡ₀ᵀ) z_t` for the context tokens and `z̄_n = q̄₀`; `sym` is
 /// working memory.
@@ -1209,15 +1216,7 @@ fn tokens_from_gram<T: Real>(
     sym: &mut [T],
     tokens_bar: &mut [T],
 ) {
-    for i in 0..s {
-        for j in 0..s {
-            let (x, y) = (lane(gram_bar, i * s + j), lane(gram_bar, j * s + i));
-            let o = lane_mut(sym, i * s + j);
-            for w in 0..LANES {
-                o[w] = x[w] + y[w];
-            }
-        }
-    }
+    symmetric_sum(s, gram_bar, sym);
     let plain = View::plain(s);
     mm_pp(tokens_bar, tokens, plain, sym, plain, (n, s, s), false);
     tokens_bar[n * s * LANES..(n + 1) * s * LANES].copy_from_slice(&query_bar[..s * LANES]);
