@@ -349,11 +349,88 @@ pub fn apply_override(tree: &mut serde_yaml::Value, assignment: &str) -> Result<
     Ok(())
 }
 
+/// The keys whose values differ between two configs, as `section.key: old → new`.
+pub fn changed_keys(a: &Config, b: &Config) -> Vec<String> {
+    let (ta, tb) = (
+        serde_yaml::to_value(a).expect("a Config always serializes"),
+        serde_yaml::to_value(b).expect("a Config always serializes"),
+    );
+    let mut out = vec![];
+    for section in ["model", "data", "train"] {
+        let (sa, sb) = (&ta[section], &tb[section]);
+        let mut keys: Vec<String> = [sa, sb]
+            .iter()
+            .filter_map(|s| s.as_mapping())
+            .flat_map(|m| m.keys().filter_map(|k| k.as_str().map(String::from)))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        for k in keys {
+            let (va, vb) = (&sa[k.as_str()], &sb[k.as_str()]);
+            if va != vb {
+                let show = |v: &serde_yaml::Value| {
+                    serde_yaml::to_string(v)
+                        .unwrap_or_default()
+                        .trim()
+                        .replace('\n', " ")
+                };
+                out.push(format!("{section}.{k}: {} → {}", show(va), show(vb)));
+            }
+        }
+    }
+    out
+}
+
+/// YAML reads a number beyond float64's range, such as `1e400`, as a string, and serde would
+/// then say "invalid type: string": name the key and the real reason instead.
+fn overflowing_number(v: &serde_yaml::Value, key: &str) -> Result<()> {
+    let child = |k: &str| {
+        if key.is_empty() {
+            k.to_string()
+        } else {
+            format!("{key}.{k}")
+        }
+    };
+    match v {
+        serde_yaml::Value::Mapping(m) => {
+            for (k, v) in m {
+                overflowing_number(v, &child(k.as_str().unwrap_or("?")))?;
+            }
+        }
+        serde_yaml::Value::Sequence(items) => {
+            for v in items {
+                overflowing_number(v, key)?;
+            }
+        }
+        serde_yaml::Value::String(s) => {
+            let looks_numeric = s
+                .trim_start_matches(['+', '-'])
+                .starts_with(|c: char| c.is_ascii_digit() || c == '.');
+            if looks_numeric && s.parse::<f64>().is_ok_and(f64::is_infinite) {
+                return Err(bad(format!(
+                    "config key {key}: {s} is beyond the range of a float64 (about 1.8e308)"
+                )));
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 impl Config {
     /// Reads a YAML config, applies `--set` overrides in order, and validates the result.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Config> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| bad(format!("config file {}: {e}", path.display())))?;
+        // An empty file is more likely a wrong path or a failed write than a wish for 10 000
+        // iterations of the defaults; `--set` keys say what is meant.
+        let empty = matches!(serde_yaml::from_str(&text), Ok(serde_yaml::Value::Null));
+        if empty && overrides.is_empty() {
+            return Err(bad(format!(
+                "config file {}: holds no keys (empty or comments only); write the keys to change, or `train: {{}}` for the defaults",
+                path.display()
+            )));
+        }
         Self::from_yaml_str(&text, overrides).map_err(|e| match e.downcast::<BadInput>() {
             // --set problems are about the command line, not the file.
             Ok(BadInput(m)) if m.starts_with("--set") => bad(m),
@@ -371,6 +448,7 @@ impl Config {
         if tree.is_null() {
             tree = serde_yaml::Value::Mapping(Default::default());
         }
+        overflowing_number(&tree, "")?;
         let cfg: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
             let path = e.path().to_string();
             bad(format!("config key {path}: {}", e.into_inner()))
@@ -511,9 +589,8 @@ impl Config {
                 return Err(bad(format!("config key {key}: {msg}")));
             }
         }
-        t.device
-            .tch()
-            .map_err(|e| bad(format!("config key train.device: {e}")))?;
+        // Whether `train.device` exists is asked where a command uses it, not here: a run
+        // folder trained on a GPU node must stay readable on a CPU node.
         Ok(())
     }
 
@@ -593,6 +670,35 @@ mod tests {
             let m = msg(Config::from_yaml_str("", &[set.into()]));
             assert!(m.contains(key), "{set}: {m}");
         }
+    }
+
+    #[test]
+    fn a_number_beyond_float64_names_its_key_and_the_range() {
+        let m = msg(Config::from_yaml_str("train: {lr: 1e400}", &[]));
+        assert!(m.contains("train.lr") && m.contains("range"), "{m}");
+        let m = msg(Config::from_yaml_str(
+            "",
+            &["train.betas=[0.9, 1e999]".into()],
+        ));
+        assert!(m.contains("train.betas") && m.contains("range"), "{m}");
+    }
+
+    #[test]
+    fn an_empty_config_file_is_refused_unless_set_gives_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "# nothing here\n").unwrap();
+        let m = msg(Config::load(&path, &[]));
+        assert!(m.contains("holds no keys"), "{m}");
+        assert_eq!(
+            Config::load(&path, &["train.iters=5".into()])
+                .unwrap()
+                .train
+                .iters,
+            5
+        );
+        std::fs::write(&path, "train: {}\n").unwrap();
+        assert_eq!(Config::load(&path, &[]).unwrap(), Config::default());
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod optim;
 pub mod progress;
 pub mod plots;
 pub mod run;
+pub mod shipped;
 pub mod train;
 pub mod measure;
 pub mod tools;
@@ -28,6 +29,20 @@ impl std::fmt::Display for BadInput {
 }
 
 impl std::error::Error for BadInput {}
+
+/// The message of a panic (from tch's unwrapping wrappers, say) as one line.
+pub fn panic_line(payload: &(dyn std::any::Any + Send)) -> String {
+    let text = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    text.lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("unknown panic")
+        .trim()
+        .to_string()
+}
 
 /// Exit codes of the command-line contract.
 pub mod exit {

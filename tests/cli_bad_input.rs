@@ -103,3 +103,117 @@ fn unknown_subcommand_or_flag_exits_2() {
     c.arg("trian");
     assert_eq!(output(c).status.code(), Some(2));
 }
+
+/// Runs `linattn ARGS` and checks exit 2 with one line naming `must_name`; returns stderr.
+fn assert_args_bad(args: &[&str], must_name: &str) -> String {
+    let mut c = linattn();
+    c.args(args);
+    let o = output(c);
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(2), "{args:?}: stderr: {stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+    assert!(stderr.contains(must_name), "{args:?}: {stderr}");
+    stderr
+}
+
+#[test]
+fn more_threads_than_cpus_or_a_model_beyond_memory_exits_2_before_any_folder_is_made() {
+    let tmp = tempdir();
+    let cfg = tmp.path().join("c.yaml");
+    std::fs::write(&cfg, "train: {iters: 20}\n").unwrap();
+    let out = tmp.path().join("out");
+    let (cfg_s, out_s) = (cfg.to_str().unwrap(), out.to_str().unwrap());
+    assert_args_bad(
+        &[
+            "train",
+            "--config",
+            cfg_s,
+            "--out",
+            out_s,
+            "--threads",
+            "100000",
+        ],
+        "--threads",
+    );
+    for mode in ["fast", "faithful"] {
+        let m = format!("train.mode={mode}");
+        assert_args_bad(
+            &[
+                "train",
+                "--config",
+                cfg_s,
+                "--out",
+                out_s,
+                "--set",
+                "model.layers=1000000",
+                "--set",
+                &m,
+            ],
+            "model.layers",
+        );
+    }
+    assert!(!out.exists(), "a refused run leaves no folder behind");
+}
+
+#[test]
+fn an_empty_config_a_float_beyond_range_and_a_full_batch_below_the_batch_exit_2() {
+    let tmp = tempdir();
+    let empty = tmp.path().join("empty.yaml");
+    std::fs::write(&empty, "# only a comment\n").unwrap();
+    let out = tmp.path().join("out");
+    let (empty_s, out_s) = (empty.to_str().unwrap(), out.to_str().unwrap());
+    assert_args_bad(
+        &["train", "--config", empty_s, "--out", out_s],
+        "holds no keys",
+    );
+    let m = assert_args_bad(
+        &[
+            "train",
+            "--config",
+            empty_s,
+            "--out",
+            out_s,
+            "--set",
+            "train.lr=1e400",
+        ],
+        "train.lr",
+    );
+    assert!(m.contains("range"), "{m}");
+    let setting = experiment("settings/setting1_normal_n20.yaml");
+    let setting = setting.to_str().unwrap();
+    assert_args_bad(
+        &[
+            "noise",
+            "--config",
+            setting,
+            "--samples",
+            "5",
+            "--full-batch",
+            "10",
+            "--out",
+            out_s,
+        ],
+        "--full-batch",
+    );
+    assert_args_bad(
+        &[
+            "compare",
+            "--config",
+            setting,
+            "--set",
+            "train.mode=fast",
+            "--out",
+            out_s,
+        ],
+        "train.mode",
+    );
+    assert_args_bad(
+        &[
+            "reproduce",
+            "--experiments",
+            "/nonexistent/experiments",
+            "--draw-only",
+        ],
+        "--experiments",
+    );
+}

@@ -136,7 +136,8 @@ for t in range(cfg["train"]["iters"]):
 print(f"rows={len(logged)} concat={concat} nested={nested}")
 "#;
     // One optimizer: the norm is logged before the step, whichever optimizer takes it.
-    for (opt, lr) in [("adam", "0.01")] {
+    let (opt, lr) = ("adam", "0.01");
+    {
         let tmp = tempdir();
         let config = experiment("settings/mlp_variant.yaml");
         let rs = tmp.path().join("rust");

@@ -898,7 +898,7 @@ fn a_shard_measures_the_runs_it_can_while_another_worker_holds_a_training_unit_a
     let missing = String::from_utf8_lossy(&output(c).stderr).into_owned();
     // Stand in for a live worker training Setting 2: hold the lock of one of its runs.
     let held = missing
-        .split(|c| c == ':' || c == ';')
+        .split([':', ';'])
         .map(str::trim)
         .find_map(|u| {
             u.strip_suffix(" (training)")

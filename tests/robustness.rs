@@ -198,7 +198,7 @@ fn kill_and_resume(sets: &[&str], extra: &[&str], folders: &[&str]) {
         "the run finished before its metrics could be read mid-run"
     );
     assert!(
-        !rows.is_empty() && rows.len() % 50 == 0,
+        !rows.is_empty() && rows.len().is_multiple_of(50),
         "metrics.csv while training holds the rows up to a checkpoint: {}",
         rows.len()
     );
@@ -614,4 +614,173 @@ fn an_ensemble_killed_between_its_members_checkpoint_writes_resumes_to_byte_iden
             );
         }
     }
+}
+
+// ----------------------------------------------------------------------------- issue 27: damage, edits, travel
+
+/// `train --resume DIR`.
+fn resume_cmd(dir: &Path) -> Command {
+    let mut c = linattn();
+    c.arg("train").arg("--resume").arg(dir);
+    c
+}
+
+#[test]
+fn a_checkpoint_damaged_after_a_kill_or_an_edited_config_is_refused_on_resume() {
+    let tmp = tempdir();
+    let out = tmp.path().join("run");
+    let mut c = train_cmd(&out, &["train.iters=100000", "train.mode=fast"]);
+    c.args(["--checkpoint-every", "50"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = c.spawn().unwrap();
+    wait_for_checkpoint(&out, Duration::from_secs(120));
+    child.kill().unwrap();
+    let _ = child.wait();
+    let ckpt = out.join("checkpoint.safetensors");
+    let bytes = std::fs::read(&ckpt).unwrap();
+
+    // Bytes overwritten in the tensors' data: the file still parses, but its numbers are not
+    // those that were written.
+    let mut damaged = bytes.clone();
+    let n = damaged.len();
+    for b in &mut damaged[n - 256..] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&ckpt, &damaged).unwrap();
+    let o = output(resume_cmd(&out));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("damaged"), "{}", stderr(&o));
+    assert_eq!(stderr(&o).trim_end().lines().count(), 1, "{}", stderr(&o));
+    std::fs::write(&ckpt, &bytes).unwrap();
+
+    // config.yaml edited after the start: the run would continue under another config and
+    // then claim it for all of its rows.
+    let cfg = std::fs::read_to_string(out.join("config.yaml")).unwrap();
+    assert!(cfg.contains("iters: 100000"), "{cfg}");
+    std::fs::write(
+        out.join("config.yaml"),
+        cfg.replace("iters: 100000", "iters: 60"),
+    )
+    .unwrap();
+    let o = output(resume_cmd(&out));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("train.iters: 100000 → 60"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        out.join("checkpoint.safetensors").exists(),
+        "a refused resume keeps the checkpoint"
+    );
+}
+
+#[test]
+fn noise_refuses_a_training_run_a_finished_measurement_without_force_and_a_second_writer() {
+    let tmp = tempdir();
+    let out = tmp.path().join("noise");
+    ok(noise_cmd(&out, &[], 20));
+    let first = std::fs::read(out.join("noise.csv")).unwrap();
+    let o = output(noise_cmd(&out, &["train.seed=3"], 20));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--force"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(out.join("noise.csv")).unwrap(), first);
+    let mut forced = noise_cmd(&out, &["train.seed=3"], 20);
+    forced.arg("--force");
+    ok(forced);
+    assert_ne!(std::fs::read(out.join("noise.csv")).unwrap(), first);
+
+    let run = tmp.path().join("run");
+    ok(train_cmd(&run, &["train.iters=3"]));
+    let o = output(noise_cmd(&run, &[], 20));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("training run"), "{}", stderr(&o));
+    assert!(!run.join("noise.csv").exists());
+
+    let busy = tmp.path().join("busy");
+    let mut child = noise_until_partial(&busy, 100_000, 0);
+    let o = output(noise_cmd(&busy, &[], 20));
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("another linattn process"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn a_run_folder_trained_on_a_gpu_is_analyzed_on_a_cpu_machine_with_device_cpu() {
+    if tch::Cuda::is_available() {
+        println!("SKIPPED: this machine has a GPU, so the folder's device exists here");
+        return;
+    }
+    let tmp = tempdir();
+    let out = tmp.path().join("run");
+    ok(train_cmd(&out, &["train.iters=4"]));
+    let cfg = std::fs::read_to_string(out.join("config.yaml")).unwrap();
+    assert!(cfg.contains("device: cpu"), "{cfg}");
+    std::fs::write(
+        out.join("config.yaml"),
+        cfg.replace("device: cpu", "device: cuda"),
+    )
+    .unwrap();
+    let mut c = linattn();
+    c.arg("analyze").arg(&out).args(["--device", "cpu"]);
+    ok(c);
+    assert!(out.join("measurements.csv").exists());
+    // Without --device the folder's own device is asked for, and named as missing.
+    let mut c = linattn();
+    c.arg("analyze").arg(&out);
+    let o = output(c);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("cuda"), "{}", stderr(&o));
+}
+
+#[test]
+fn the_binary_finds_its_figures_and_its_pytorch_side_without_a_checkout() {
+    let tmp = tempdir();
+    let cache = tmp.path().join("cache");
+    let outside = |args: &[&str]| {
+        let mut c = linattn();
+        c.current_dir(tmp.path())
+            .env("XDG_CACHE_HOME", &cache)
+            .env_remove("LINATTN_REFERENCE")
+            .args(args);
+        c
+    };
+    // Every figure is known, and its missing units are named (exit 4, nothing to draw).
+    let runs = tmp.path().join("runs");
+    let o = output(outside(&[
+        "reproduce",
+        "fig2_setting1",
+        "--quick",
+        "--draw-only",
+        "--runs",
+        runs.to_str().unwrap(),
+    ]));
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("unknown figure"), "{}", stderr(&o));
+    // The PyTorch side is the shipped copy.
+    let config = experiment("settings/setting1_normal_n20.yaml");
+    let mut c = outside(&["compare", "--config", config.to_str().unwrap()]);
+    for s in ["train.iters=2", "data.batch=10"] {
+        c.arg("--set").arg(s);
+    }
+    c.arg("--out").arg(tmp.path().join("cmp"));
+    let o = ok(c);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("bit-identical: yes"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let unpacked: Vec<_> = std::fs::read_dir(cache.join("linattn"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("experiments-"))
+        .collect();
+    assert_eq!(unpacked.len(), 1, "one unpacked copy of the experiments");
+    assert!(unpacked[0].path().join("pytorch_reference.py").is_file());
 }

@@ -272,7 +272,7 @@ struct Plan {
 }
 
 fn plan(req: &Request) -> Result<Plan> {
-    let experiments = spec::experiments_dir(req.experiments.as_deref());
+    let experiments = spec::experiments_dir(req.experiments.as_deref())?;
     let names = if req.figures.is_empty() {
         spec::figure_ids(&experiments)?
     } else {
@@ -728,6 +728,9 @@ fn relative(req: &Request, p: &Path) -> String {
     p.strip_prefix(&req.runs).unwrap_or(p).display().to_string()
 }
 
+/// Measures a noise unit unless it is done. A unit another live process holds is waited for
+/// when this process works alone (as its training units are), and left to that process by a
+/// shard or a `--jobs` worker.
 fn noise_unit(unit: &NoiseUnit, req: &Request, prefix: &str, report: &mut Report) -> Result<()> {
     if measure::noise::read(&unit.dir)?.is_some() {
         if req.shard.is_some() {
@@ -736,16 +739,29 @@ fn noise_unit(unit: &NoiseUnit, req: &Request, prefix: &str, report: &mut Report
         return Ok(());
     }
     let folder = RunFolder::new(&unit.dir);
-    let Some(_lock) = folder.try_lock()? else {
-        report.busy += 1;
-        if req.worker.is_none() {
-            say(format!(
-                "{prefix} skipped {} (locked by another worker)",
-                unit.name
-            ));
+    let mut waiting = Waiting::new(prefix, &unit.name);
+    let _lock = loop {
+        if let Some(lock) = folder.try_lock()? {
+            break lock;
         }
-        return Ok(());
+        if !req.alone() {
+            report.busy += 1;
+            if req.worker.is_none() {
+                say(format!(
+                    "{prefix} skipped {} (locked by another worker)",
+                    unit.name
+                ));
+            }
+            return Ok(());
+        }
+        if !waiting.wait(req) {
+            return Ok(()); // the caller sees the stop flag
+        }
     };
+    // The process that held it may have finished it.
+    if measure::noise::read(&unit.dir)?.is_some() {
+        return Ok(());
+    }
     say(format!(
         "{prefix} noise {}: {} batches",
         unit.name, unit.samples

@@ -178,7 +178,9 @@ fn noise(fig: &FigureData, s: usize, qq_inset: bool) -> AnyPanel {
         Some(n) => {
             let a = n.summary.hill_tail_index;
             let alpha = if a.is_finite() {
-                format!(" (Hill α̂ = {a:.2})")
+                // "α̂" would need a combining circumflex, which the plots' text renderer
+                // draws beside the α, not over it.
+                format!(" (Hill α ≈ {a:.2})")
             } else {
                 String::new()
             };
@@ -272,4 +274,26 @@ pub fn rows(fig: &FigureData) -> Vec<Vec<AnyPanel>> {
         .iter()
         .map(|&k| (0..series).map(|s| panel(fig, k, s)).collect())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    /// The plots' text renderer (plotters with ab_glyph) draws a combining mark as a glyph of
+    /// its own, beside the letter it belongs over, so no text drawn in a PNG may hold one.
+    #[test]
+    fn no_text_drawn_in_a_png_holds_a_combining_mark() {
+        for (file, text) in [
+            ("figures/panels.rs", include_str!("panels.rs")),
+            ("plots/mod.rs", include_str!("../plots/mod.rs")),
+        ] {
+            for (i, line) in text.lines().enumerate() {
+                let code = line.split("//").next().unwrap_or("");
+                assert!(
+                    !code.chars().any(|c| ('\u{300}'..='\u{36f}').contains(&c)),
+                    "{file} line {}: a combining mark in drawn text: {line}",
+                    i + 1
+                );
+            }
+        }
+    }
 }

@@ -462,17 +462,23 @@ fn round_lr(v: f64) -> f64 {
     (v * m).round() / m
 }
 
-/// Where the experiments live: `--experiments DIR`, else `./experiments` when it holds
-/// `figures/`, else the source tree this binary was built from.
-pub fn experiments_dir(given: Option<&Path>) -> PathBuf {
+/// Where the experiments live: `--experiments DIR` (bad input unless it holds `figures/`),
+/// else `./experiments` when it holds `figures/`, else the copy shipped in this binary.
+pub fn experiments_dir(given: Option<&Path>) -> Result<PathBuf> {
     if let Some(d) = given {
-        return d.to_path_buf();
+        if !d.join("figures").is_dir() {
+            return Err(anyhow!(BadInput(format!(
+                "--experiments {}: holds no figures/ folder",
+                d.display()
+            ))));
+        }
+        return Ok(d.to_path_buf());
     }
     let local = PathBuf::from("experiments");
     if local.join("figures").is_dir() {
-        return local;
+        return Ok(local);
     }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("experiments")
+    crate::shipped::unpacked()
 }
 
 /// The figure ids in `experiments/figures/`, sorted (the order `reproduce` runs them in,

@@ -14,59 +14,21 @@ use crate::config::{Config, Mode};
 use crate::data::Batch;
 use crate::model::native::NativeFast;
 use crate::model::{self, Arch, Layout};
-use crate::run::io::{self as artifacts, fmt_f32};
+use crate::run::noise::NoiseFolder;
 use crate::run::protocol;
+use crate::run::RunFolder;
 use crate::{optim, plots, BadInput};
-use anyhow::{anyhow, Context, Result};
-use serde::{Deserialize, Serialize};
+use anyhow::{anyhow, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use tch::Tensor;
 
-pub const NOISE_CSV: &str = "noise.csv";
-pub const NOISE_JSON: &str = "noise.json";
-pub const NOISE_PNG: &str = "noise.png";
+pub use crate::run::noise::{read, NoiseSummary, NOISE_CSV};
 
 /// The quantile levels reported in `noise.json`.
 pub const QUANTILES: [f64; 9] = [0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0];
-
-/// `noise.json`: summary statistics of the `samples` noise norms.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct NoiseSummary {
-    pub count: usize,
-    pub batch: i64,
-    pub full_batch: i64,
-    pub seed: u32,
-    #[serde(deserialize_with = "f64_or_nan")]
-    pub mean: f64,
-    /// Population standard deviation (divides by count).
-    #[serde(deserialize_with = "f64_or_nan")]
-    pub std: f64,
-    /// Level ("0", "0.01", …, "1") → value; linear interpolation between order statistics
-    /// (numpy's default).
-    pub quantiles: BTreeMap<String, f64>,
-    /// Pearson's kurtosis m4/m2², 3 for a normal distribution.
-    #[serde(deserialize_with = "f64_or_nan")]
-    pub kurtosis: f64,
-    /// `kurtosis − 3`.
-    #[serde(deserialize_with = "f64_or_nan")]
-    pub excess_kurtosis: f64,
-    /// Hill's estimate of the tail index α from the `hill_k` largest values (smaller α =
-    /// heavier tail; a normal tail gives a large α that grows with the sample).
-    #[serde(deserialize_with = "f64_or_nan")]
-    pub hill_tail_index: f64,
-    /// k = ⌊count/10⌋, the top 10 % of the sample (at least 1; at most count−1).
-    pub hill_k: usize,
-    /// Seconds of the invocation that finished the measurement (a resumed one counts its own).
-    pub wall_time_s: f64,
-}
-
-/// serde_json writes NaN (an estimate of too small a sample) as null; read it back as NaN.
-fn f64_or_nan<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
-    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
-}
 
 /// Moments, quantiles and the Hill estimate of a sample of positive values.
 pub fn summarize(values: &[f64]) -> (f64, f64, BTreeMap<String, f64>, f64, f64, usize) {
@@ -108,19 +70,47 @@ fn bad(msg: String) -> anyhow::Error {
     anyhow!(BadInput(msg))
 }
 
-/// The values measured so far while a measurement runs, so that a killed one resumes where it
-/// stopped: g is computed again (about 1% of the work at the paper's sizes) and the stream
-/// skips the batches already measured, so the result is bit-identical to an unbroken run.
-pub const NOISE_PARTIAL: &str = "noise.partial.csv";
-
-/// How many batches between two writes of [`NOISE_PARTIAL`] (about a minute for Fig. 5's model
+/// How many batches between two writes of the partial file (about a minute for Fig. 5's model
 /// on one CPU thread); Ctrl-C or SIGTERM writes it at once.
 const PARTIAL_EVERY: usize = 100;
+
+/// `linattn noise`: [`run_noise`] into a folder of its own, locked while it runs (a second
+/// process into the same folder is refused). A finished measurement is replaced only with
+/// `force`; a partial one is continued.
+pub fn measure_into(
+    cfg: &Config,
+    samples: i64,
+    full_batch: i64,
+    out: &Path,
+    force: bool,
+    progress: bool,
+    stop: &AtomicBool,
+) -> Result<NoiseOutcome> {
+    let folder = RunFolder::new(out);
+    if folder.has_config() {
+        return Err(bad(format!(
+            "output folder {}: holds a training run; give the noise measurement a folder of its own",
+            out.display()
+        )));
+    }
+    let _lock = folder.lock()?;
+    let noise = NoiseFolder::new(out);
+    if noise.read()?.is_some() {
+        if !force {
+            return Err(bad(format!(
+                "output folder {}: already holds a finished noise measurement; pass --force to replace it",
+                out.display()
+            )));
+        }
+        noise.clear();
+    }
+    run_noise(cfg, samples, full_batch, out, progress, stop)
+}
 
 /// What [`run_noise`] ended with.
 pub enum NoiseOutcome {
     Done(NoiseSummary),
-    /// Stopped by the stop flag; the values so far are in [`NOISE_PARTIAL`].
+    /// Stopped by the stop flag; the values so far are in the partial file.
     Interrupted {
         measured: usize,
     },
@@ -141,44 +131,6 @@ fn resume_key(cfg: &Config, full_batch: i64) -> Result<String> {
     Ok(format!("# {}", serde_json::to_string(&key)?))
 }
 
-/// The values of a partial file written under `key`; none when there is no such file or it was
-/// written under another key (then the measurement starts over and says so).
-fn read_partial(path: &Path, key: &str) -> Result<Vec<f32>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    let mut lines = text.lines();
-    if lines.next() != Some(key) || lines.next() != Some("noise") {
-        eprintln!(
-            "noise: {} was written for another config; starting over",
-            path.display()
-        );
-        return Ok(vec![]);
-    }
-    lines
-        .map(|l| {
-            l.parse::<f32>().map_err(|e| {
-                anyhow!(BadInput(format!(
-                    "{}: bad value {l:?} ({e})",
-                    path.display()
-                )))
-            })
-        })
-        .collect()
-}
-
-fn csv_of(header: &str, values: &[f32]) -> String {
-    let mut csv = String::with_capacity(header.len() + 12 * (values.len() + 1));
-    csv.push_str(header);
-    for v in values {
-        csv.push_str(&fmt_f32(*v));
-        csv.push('\n');
-    }
-    csv
-}
-
 /// `linattn noise`: writes `noise.csv`, `noise.json` and `noise.png` into `out`. Resumes from
 /// the values of an interrupted measurement of the same config in `out`, and stops at the next
 /// batch once `stop` is set.
@@ -193,8 +145,11 @@ pub fn run_noise(
     if samples < 1 {
         return Err(bad(format!("--samples: must be >= 1, got {samples}")));
     }
-    if full_batch < 1 {
-        return Err(bad(format!("--full-batch: must be >= 1, got {full_batch}")));
+    if full_batch < cfg.data.batch {
+        return Err(bad(format!(
+            "--full-batch: g needs at least one batch of data.batch = {} prompts, got {full_batch}",
+            cfg.data.batch
+        )));
     }
     std::fs::create_dir_all(out).map_err(|e| {
         bad(format!(
@@ -203,16 +158,11 @@ pub fn run_noise(
         ))
     })?;
     let started = Instant::now();
-    let (key, partial) = (resume_key(cfg, full_batch)?, out.join(NOISE_PARTIAL));
-    let mut noise = read_partial(&partial, &key)?;
+    let (key, folder) = (resume_key(cfg, full_batch)?, NoiseFolder::new(out));
+    let mut noise = folder.read_partial(&key)?;
     // A longer measurement's first values are this one's.
     noise.truncate(samples as usize);
-    let save = |values: &[f32]| {
-        artifacts::write_atomic(
-            &partial,
-            csv_of(&format!("{key}\nnoise\n"), values).as_bytes(),
-        )
-    };
+    let save = |values: &[f32]| folder.write_partial(&key, values);
     // Teacher (own seed) → seed(train.seed) → init → batches: the order a training run starts in.
     let device = cfg
         .train
@@ -280,7 +230,7 @@ pub fn run_noise(
             bar.inc(k as u64);
         }
         bar.finish_and_clear();
-        return finish(cfg, noise, full_batch, started, out, &partial);
+        return finish(cfg, noise, full_batch, started, &folder);
     }
     let params: Vec<Tensor> = init
         .iter()
@@ -339,7 +289,7 @@ pub fn run_noise(
         bar.inc(1);
     }
     bar.finish_and_clear();
-    finish(cfg, noise, full_batch, started, out, &partial)
+    finish(cfg, noise, full_batch, started, &folder)
 }
 
 /// Batches of noise gradients computed together: enough to share a pass's fixed costs and to
@@ -457,16 +407,13 @@ fn finish(
     noise: Vec<f32>,
     full_batch: i64,
     started: Instant,
-    out: &Path,
-    partial: &Path,
+    folder: &NoiseFolder,
 ) -> Result<NoiseOutcome> {
-    let b = cfg.data.batch;
-    artifacts::write_atomic(&out.join(NOISE_CSV), csv_of("noise\n", &noise).as_bytes())?;
     let values: Vec<f64> = noise.iter().map(|&v| v as f64).collect();
     let (mean, std, quantiles, kurtosis, hill_tail_index, hill_k) = summarize(&values);
     let summary = NoiseSummary {
         count: values.len(),
-        batch: b,
+        batch: cfg.data.batch,
         full_batch,
         seed: cfg.train.seed,
         mean,
@@ -478,8 +425,7 @@ fn finish(
         hill_k,
         wall_time_s: started.elapsed().as_secs_f64(),
     };
-    let json = serde_json::to_string_pretty(&summary)? + "\n";
-    artifacts::write_atomic(&out.join(NOISE_JSON), json.as_bytes())?;
+    folder.write_finished(&noise, &summary)?;
     // Short enough for one panel's width.
     let title = format!(
         "noise at init, L={} n={} seed {}",
@@ -488,42 +434,14 @@ fn finish(
     let panel = plots::HistogramPanel {
         title,
         x_label: "‖g_B − g‖".into(),
-        values: values.clone(),
+        values,
         bins: 100,
         qq_inset: true,
     };
-    plots::histogram(&out.join(NOISE_PNG), &panel)?;
+    plots::histogram(&folder.png_path(), &panel)?;
     // noise.json marks the measurement done, so the partial values are no longer needed.
-    std::fs::remove_file(partial)
-        .or_else(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                Ok(())
-            } else {
-                Err(e)
-            }
-        })
-        .with_context(|| format!("removing {}", partial.display()))?;
+    folder.remove_partial()?;
     Ok(NoiseOutcome::Done(summary))
-}
-
-/// The noise of a folder written by [`run_noise`]: the values and their summary; None when the
-/// folder holds no complete measurement (`noise.json` is written after `noise.csv`).
-pub fn read(dir: &Path) -> Result<Option<(Vec<f64>, NoiseSummary)>> {
-    let json = dir.join(NOISE_JSON);
-    if !json.exists() {
-        return Ok(None);
-    }
-    let summary: NoiseSummary = serde_json::from_str(&std::fs::read_to_string(&json)?)
-        .with_context(|| format!("reading {}", json.display()))?;
-    let csv = dir.join(NOISE_CSV);
-    let text =
-        std::fs::read_to_string(&csv).with_context(|| format!("reading {}", csv.display()))?;
-    let values = text
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.trim().parse::<f64>().ok())
-        .collect();
-    Ok(Some((values, summary)))
 }
 
 #[cfg(test)]

@@ -135,7 +135,7 @@ impl Optimizer {
         let Some(steps) = find("steps") else {
             return false;
         };
-        let _ = self.steps.get(i).copy_(&steps.reshape([]));
+        self.steps.get(i).copy_(&steps.reshape([]));
         self.step = self.step.max(steps.int64_value(&[0]));
         for (name, t) in [
             ("momentum_buffer", &self.momentum_buf),
@@ -145,7 +145,7 @@ impl Optimizer {
             if t.defined() {
                 match find(name) {
                     Some(v) if v.size() == t.get(i).size() => {
-                        let _ = t.get(i).copy_(v);
+                        t.get(i).copy_(v);
                     }
                     _ => return false,
                 }

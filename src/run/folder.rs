@@ -3,7 +3,8 @@
 //! ```text
 //! config.yaml              the resolved config, written first (a folder that cannot be written
 //!                          is reported before any work)
-//! checkpoint.safetensors   while training: everything needed to continue (rewritten atomically)
+//! checkpoint.safetensors   while training: everything needed to continue, the config it started
+//!                          from, and a SHA-256 of it all (rewritten atomically)
 //! metrics.csv              rewritten at every checkpoint while training, final at the end
 //! trajectory.safetensors   at the end: per parameter [saved steps, *shape], int64 `step`
 //! final.safetensors        at the end: the final parameters under PyTorch names
@@ -15,8 +16,10 @@
 //! A folder is [`State::Done`] once its summary says completed or diverged and its trajectory
 //! is there; [`State::Resumable`] while a checkpoint is there; otherwise [`State::Broken`] (to
 //! be trained again) or [`State::Missing`].
+use super::checkpoint::{self, Checkpoint, Composition};
 use super::io::{self, MetricsRow, Status, Summary, Trajectory};
 use crate::config::Config;
+use crate::model::Layout;
 use crate::BadInput;
 use anyhow::{anyhow, Context, Result};
 use std::path::{Path, PathBuf};
@@ -246,16 +249,35 @@ impl RunFolder {
     }
 
     /// First phase of a checkpoint: the new state beside the current checkpoint.
-    pub fn write_checkpoint_next(&self, named: &[(String, Tensor)]) -> Result<()> {
-        io::write_safetensors(&self.dir.join(CHECKPOINT_NEXT), named)
+    pub fn write_checkpoint_next(&self, ckpt: &Checkpoint, layout: &Layout) -> Result<()> {
+        io::write_checked_safetensors(&self.dir.join(CHECKPOINT_NEXT), &ckpt.to_tensors(layout))
     }
 
     pub fn has_checkpoint_next(&self) -> bool {
         self.dir.join(CHECKPOINT_NEXT).exists()
     }
 
-    pub fn read_checkpoint_next(&self) -> Result<Vec<(String, Tensor)>> {
-        io::read_safetensors(&self.dir.join(CHECKPOINT_NEXT))
+    /// The iteration and ensemble of the file `name` in the folder, if it is there; bad input
+    /// naming the folder when it is damaged.
+    fn stamp_of(&self, name: &str) -> Result<Option<(i64, Composition)>> {
+        let path = self.dir.join(name);
+        if !path.exists() {
+            return Ok(None);
+        }
+        io::read_checked_safetensors(&path)
+            .and_then(|saved| checkpoint::stamp(&saved))
+            .map(Some)
+            .map_err(|e| bad(format!("{}: {e:#}", self.dir.display())))
+    }
+
+    /// The iteration and ensemble of the next checkpoint (see [`Self::write_checkpoint_next`]).
+    pub fn checkpoint_next_stamp(&self) -> Result<Option<(i64, Composition)>> {
+        self.stamp_of(CHECKPOINT_NEXT)
+    }
+
+    /// The iteration and ensemble of the checkpoint.
+    pub fn checkpoint_stamp(&self) -> Result<Option<(i64, Composition)>> {
+        self.stamp_of(CHECKPOINT)
     }
 
     /// Second phase: the next checkpoint becomes the checkpoint (an atomic rename).
@@ -269,8 +291,13 @@ impl RunFolder {
         let _ = std::fs::remove_file(self.dir.join(CHECKPOINT_NEXT));
     }
 
-    pub fn read_checkpoint(&self) -> Result<Vec<(String, Tensor)>> {
-        io::read_safetensors(&self.dir.join(CHECKPOINT))
+    /// The checkpoint, checked against its checksum and against `layout` (the shapes of the
+    /// folder's config); bad input naming the file when either fails.
+    pub fn read_checkpoint(&self, layout: &Layout) -> Result<Checkpoint> {
+        let path = self.dir.join(CHECKPOINT);
+        let saved = io::read_checked_safetensors(&path)?;
+        Checkpoint::from_tensors(&saved, layout)
+            .map_err(|e| bad(format!("{}: {e:#}", path.display())))
     }
 
     pub fn checkpoint_path(&self) -> PathBuf {

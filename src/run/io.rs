@@ -65,6 +65,73 @@ pub fn write_safetensors(path: &Path, named: &[(String, Tensor)]) -> Result<()> 
     write_via_temp(path, |tmp| Ok(Tensor::write_safetensors(&refs, tmp)?))
 }
 
+/// The tensor of a checked file ([`write_checked_safetensors`]) that holds its checksum.
+const CHECKSUM: &str = "checksum";
+
+/// SHA-256 over every tensor but the checksum, in name order: each one's name, kind, shape
+/// and bytes.
+fn checksum(named: &[(String, Tensor)]) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let mut sorted: Vec<&(String, Tensor)> = named.iter().filter(|(n, _)| n != CHECKSUM).collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut h = Sha256::new();
+    for (name, t) in sorted {
+        let t = t.to_device(tch::Device::Cpu).contiguous();
+        h.update(name.as_bytes());
+        h.update([0u8]);
+        h.update(format!("{:?}", t.kind()).as_bytes());
+        for dim in t.size() {
+            h.update(dim.to_le_bytes());
+        }
+        let n = t.numel();
+        let mut bytes = vec![0u8; n * t.kind().elt_size_in_bytes()];
+        t.copy_data_u8(&mut bytes, n);
+        h.update(&bytes);
+    }
+    h.finalize().to_vec()
+}
+
+/// A safetensors file that carries a checksum of its own tensors, so that damage to it (a disk
+/// error, a copy cut short, a stray write) is found when it is read, not carried into results.
+pub fn write_checked_safetensors(path: &Path, named: &[(String, Tensor)]) -> Result<()> {
+    let mut all: Vec<(String, Tensor)> = named
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect();
+    all.push((CHECKSUM.into(), Tensor::from_slice(&checksum(named))));
+    write_safetensors(path, &all)
+}
+
+/// Reads a file written by [`write_checked_safetensors`]; bad input naming the file when its
+/// contents do not match its checksum. (A file without one, from a linattn before checksums,
+/// is read as it is.)
+pub fn read_checked_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    let mut named = read_safetensors(path)?;
+    let Some(i) = named.iter().position(|(n, _)| n == CHECKSUM) else {
+        return Ok(named);
+    };
+    let (_, stored) = named.remove(i);
+    let stored = Vec::<u8>::try_from(&stored).unwrap_or_default();
+    if stored != checksum(&named) {
+        return Err(anyhow!(BadInput(format!(
+            "{}: damaged: its contents do not match the checksum written with them",
+            path.display()
+        ))));
+    }
+    Ok(named)
+}
+
+/// 64-bit FNV-1a: stable across Rust versions and platforms, unlike `DefaultHasher` (for
+/// names, not for integrity).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in bytes {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
 /// Reads a safetensors file; a missing or damaged file is bad input naming the file.
 pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
     if !path.exists() {
@@ -84,11 +151,17 @@ pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
+    /// A process is training the run, or was until it was killed without a word (SIGKILL, the
+    /// kernel's out-of-memory killer): then no process holds the folder's lock, and
+    /// `train --resume` continues from the last checkpoint.
     Running,
     Completed,
     Diverged,
     /// Stopped by Ctrl-C or SIGTERM after writing a checkpoint; `train --resume` continues it.
     Interrupted,
+    /// Stopped by an error (a full disk, a failed allocation), said on stderr; `train --resume`
+    /// continues from the last checkpoint once the cause is fixed.
+    Failed,
 }
 
 /// `summary.json`.
@@ -128,7 +201,7 @@ impl Summary {
     }
 
     pub fn read(path: &Path) -> Result<Summary> {
-        let text = std::fs::read_to_string(&path)
+        let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow!(BadInput(format!("{}: {e}", path.display()))))?;
         serde_json::from_str(&text).map_err(|e| {
             anyhow!(BadInput(format!(

@@ -1,11 +1,12 @@
 //! `linattn compare`: the same config through the Rust model and the PyTorch side, side by side.
 use super::reference;
-use crate::config::Config;
+use crate::config::{Config, Mode};
 use crate::plots;
 use crate::run::io::{self as artifacts, fmt_f32};
 use crate::run::RunFolder;
 use crate::train::{self, Options};
-use anyhow::{Context, Result};
+use crate::BadInput;
+use anyhow::{anyhow, Context, Result};
 use std::path::{Path, PathBuf};
 
 pub struct Comparison {
@@ -39,6 +40,11 @@ pub fn compare(
     out: &Path,
     opts: &Options,
 ) -> Result<Comparison> {
+    if cfg.train.mode == Mode::Fast {
+        return Err(anyhow!(BadInput(
+            "config key train.mode: compare needs faithful mode; fast mode draws its data from other random streams than the PyTorch side, so the two sides would differ from the first step (bench times fast mode against the PyTorch side)".into()
+        )));
+    }
     let (rust_dir, torch_dir) = (out.join("rust"), out.join("torch"));
     let opts = Options {
         force: true,

@@ -13,13 +13,13 @@ pub fn venv() -> PathBuf {
     }
 }
 
-/// The script: `$LINATTN_REFERENCE`, else the checkout this binary was built from.
-pub fn script() -> PathBuf {
-    std::env::var_os("LINATTN_REFERENCE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("experiments/pytorch_reference.py")
-        })
+/// The script: `$LINATTN_REFERENCE`, else the copy shipped in this binary (the one it was
+/// built and tested with).
+pub fn script() -> Result<PathBuf> {
+    match std::env::var_os("LINATTN_REFERENCE") {
+        Some(p) => Ok(PathBuf::from(p)),
+        None => Ok(crate::shipped::unpacked()?.join("pytorch_reference.py")),
+    }
 }
 
 /// A command running the PyTorch side with `args`.
@@ -35,7 +35,7 @@ where
             python.display()
         ))));
     }
-    let script = script();
+    let script = script()?;
     if !script.exists() {
         return Err(anyhow!(BadInput(format!(
             "no PyTorch reference script at {} (set LINATTN_REFERENCE)",

@@ -292,8 +292,7 @@ impl Stepper for BatchedStepper {
             return Err(anyhow!("its optimizer state does not fit the ensemble"));
         }
         tch::no_grad(|| {
-            let _ = self
-                .theta
+            self.theta
                 .get(i as i64)
                 .copy_(&flat.to_kind(self.theta.kind()).to_device(self.shape.device));
         });

@@ -15,8 +15,8 @@ use super::{Options, Outcome, Progress};
 use crate::config::{Config, TrainConfig};
 use crate::model::Layout;
 use crate::optim::{self, NonFinite};
-use crate::run::{MetricsRow, RunFolder, RunRecord, Status, Summary};
-use anyhow::{anyhow, Context, Result};
+use crate::run::{Checkpoint, Composition, MetricsRow, RunFolder, RunRecord, Status, Summary};
+use anyhow::{Context, Result};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -158,14 +158,14 @@ pub fn drive(
             break;
         }
         if opts.checkpoint_every > 0 && iter % opts.checkpoint_every == 0 && iter < t.iters {
-            checkpoint(stepper, &mut recorder, &rule, folders, iter)?;
+            checkpoint(stepper, &mut recorder, &rule, configs, folders, iter)?;
             progress.checkpoint(iter);
         }
     }
     recorder.flush();
     progress.finish();
     if interrupted {
-        checkpoint(stepper, &mut recorder, &rule, folders, iter)?;
+        checkpoint(stepper, &mut recorder, &rule, configs, folders, iter)?;
         return folders
             .iter()
             .zip(&recorder.rows)
@@ -199,32 +199,12 @@ pub fn drive(
     Ok(outcomes)
 }
 
-/// The composition of an ensemble, as each member's checkpoint records it: the member folders
-/// in order, relative to the member's own folder (so a runs folder can move, or be mounted
-/// elsewhere on another machine), and the member's own index.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Composition {
-    pub members: Vec<String>,
-    pub index: usize,
-}
-
-fn relative(from: &std::path::Path, to: &std::path::Path) -> Result<String> {
-    let (from, to) = (from.canonicalize()?, to.canonicalize()?);
-    let path = pathdiff::diff_paths(&to, &from).ok_or_else(|| {
-        anyhow!(
-            "no relative path from {} to {}",
-            from.display(),
-            to.display()
-        )
-    })?;
-    Ok(path.to_string_lossy().into_owned())
-}
-
 /// Writes every member's checkpoint and its metrics so far.
 fn checkpoint(
     stepper: &dyn Stepper,
     recorder: &mut Recorder,
     rule: &NonFinite,
+    configs: &[Config],
     folders: &[RunFolder],
     iter: i64,
 ) -> Result<()> {
@@ -234,47 +214,26 @@ fn checkpoint(
     let snapshots = recorder.snapshots();
     let in_a_row = Vec::<i64>::try_from(&rule.in_a_row.to_device(Device::Cpu))?;
     let active = Vec::<i64>::try_from(&rule.active.to_kind(Kind::Int64).to_device(Device::Cpu))?;
+    let dirs: Vec<&std::path::Path> = folders.iter().map(RunFolder::dir).collect();
     for (i, f) in folders.iter().enumerate() {
-        let composition = Composition {
-            members: folders
-                .iter()
-                .map(|o| relative(f.dir(), o.dir()))
-                .collect::<Result<_>>()?,
-            index: i,
+        let ckpt = Checkpoint {
+            iter,
+            composition: Composition::of(&dirs, i)?,
+            // What the run started from, so that a resume can refuse an edited config.yaml.
+            config: Some(configs[i].clone()),
+            flat: flat.get(i as i64),
+            optim: stepper
+                .member_state(i)
+                .into_iter()
+                .map(|(name, t)| (name, t.detach().to_device(Device::Cpu)))
+                .collect(),
+            rows: recorder.rows[i].clone(),
+            saved_steps: recorder.saved_steps.clone(),
+            snapshots: snapshots.select(1, i as i64),
+            in_a_row: in_a_row[i],
+            active: active[i] != 0,
         };
-        let json = serde_json::to_string(&composition)?;
-        let mut named: Vec<(String, Tensor)> = vec![
-            ("iter".into(), Tensor::from_slice(&[iter])),
-            ("ensemble".into(), Tensor::from_slice(json.as_bytes())),
-            ("rule.in_a_row".into(), Tensor::from_slice(&[in_a_row[i]])),
-            ("rule.active".into(), Tensor::from_slice(&[active[i]])),
-        ];
-        for (name, value) in layout
-            .names
-            .iter()
-            .zip(layout.unflatten(&flat.get(i as i64)))
-        {
-            named.push((format!("param.{name}"), value));
-        }
-        for (name, t) in stepper.member_state(i) {
-            named.push((format!("optim.{name}"), t.detach().to_device(Device::Cpu)));
-        }
-        let rows = &recorder.rows[i];
-        // f64 holds a float32 run's values exactly and a float64 run's as they are.
-        named.push((
-            "metrics.train_loss".into(),
-            Tensor::from_slice(&rows.iter().map(|r| r.train_loss).collect::<Vec<_>>()),
-        ));
-        named.push((
-            "metrics.grad_norm".into(),
-            Tensor::from_slice(&rows.iter().map(|r| r.grad_norm).collect::<Vec<_>>()),
-        ));
-        named.push((
-            "trajectory.step".into(),
-            Tensor::from_slice(&recorder.saved_steps),
-        ));
-        named.push(("trajectory.flat".into(), snapshots.select(1, i as i64)));
-        f.write_checkpoint_next(&named)
+        f.write_checkpoint_next(&ckpt, layout)
             .with_context(|| format!("checkpointing {}", f.dir().display()))?;
     }
     // Only once every member's next checkpoint is written are they renamed in place: a kill
@@ -286,122 +245,6 @@ fn checkpoint(
         f.write_metrics(rows)?;
     }
     Ok(())
-}
-
-/// A member's checkpoint, read back.
-pub struct MemberCheckpoint {
-    pub iter: i64,
-    pub composition: Composition,
-    pub flat: Tensor,
-    pub optim: Vec<(String, Tensor)>,
-    pub rows: Vec<MetricsRow>,
-    pub saved_steps: Vec<i64>,
-    /// `[S, P]`.
-    pub snapshots: Tensor,
-    pub in_a_row: i64,
-    pub active: bool,
-}
-
-/// The iteration and ensemble record of a checkpoint's tensors.
-pub fn iter_and_composition(saved: &[(String, Tensor)]) -> Result<(i64, Composition)> {
-    let get = |name: &str| {
-        saved
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, t)| t.shallow_clone())
-            .ok_or_else(|| anyhow!("has no tensor {name:?}"))
-    };
-    let json = Vec::<u8>::try_from(&get("ensemble")?)?;
-    Ok((
-        get("iter")?.int64_value(&[0]),
-        serde_json::from_slice(&json).context("its ensemble record")?,
-    ))
-}
-
-impl MemberCheckpoint {
-    pub fn read(folder: &RunFolder, layout: &Layout) -> Result<MemberCheckpoint> {
-        let saved = folder.read_checkpoint()?;
-        let get = |name: &str| {
-            saved
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, t)| t.shallow_clone())
-                .ok_or_else(|| anyhow!("has no tensor {name:?}"))
-        };
-        let read = || -> Result<MemberCheckpoint> {
-            let iter = get("iter")?.int64_value(&[0]);
-            let json = Vec::<u8>::try_from(&get("ensemble")?)?;
-            let composition: Composition =
-                serde_json::from_slice(&json).context("its ensemble record")?;
-            let params: Vec<(String, Tensor)> = layout
-                .names
-                .iter()
-                .map(|n| Ok((n.clone(), get(&format!("param.{n}"))?)))
-                .collect::<Result<_>>()?;
-            for ((name, t), shape) in params.iter().zip(&layout.shapes) {
-                if t.size() != *shape {
-                    return Err(anyhow!(
-                        "does not match config.yaml: parameter {name} has shape {:?}, but the config implies {:?}",
-                        t.size(),
-                        shape
-                    ));
-                }
-            }
-            let flat = layout.flatten(
-                &params
-                    .iter()
-                    .map(|(_, t)| t.shallow_clone())
-                    .collect::<Vec<_>>(),
-            );
-            let losses = Vec::<f64>::try_from(&get("metrics.train_loss")?.to_kind(Kind::Double))?;
-            let norms = Vec::<f64>::try_from(&get("metrics.grad_norm")?.to_kind(Kind::Double))?;
-            let saved_steps = Vec::<i64>::try_from(&get("trajectory.step")?)?;
-            let snapshots = get("trajectory.flat")?;
-            if losses.len() != norms.len()
-                || losses.len() as i64 > iter
-                || snapshots.size() != [saved_steps.len() as i64, layout.total]
-            {
-                return Err(anyhow!(
-                    "is inconsistent: iteration {iter} with {} metric rows",
-                    losses.len()
-                ));
-            }
-            let rows = losses
-                .iter()
-                .zip(&norms)
-                .enumerate()
-                .map(|(i, (&train_loss, &grad_norm))| MetricsRow {
-                    iter: i as i64,
-                    train_loss,
-                    grad_norm,
-                })
-                .collect();
-            let optim = saved
-                .iter()
-                .filter_map(|(n, t)| {
-                    n.strip_prefix("optim.")
-                        .map(|k| (k.to_string(), t.shallow_clone()))
-                })
-                .collect();
-            Ok(MemberCheckpoint {
-                iter,
-                composition,
-                flat,
-                optim,
-                rows,
-                saved_steps,
-                snapshots,
-                in_a_row: get("rule.in_a_row")?.int64_value(&[0]),
-                active: get("rule.active")?.int64_value(&[0]) != 0,
-            })
-        };
-        read().map_err(|e| {
-            anyhow!(crate::BadInput(format!(
-                "{}: {e:#}",
-                folder.checkpoint_path().display()
-            )))
-        })
-    }
 }
 
 /// Gathers per-step metrics and parameter snapshots in device buffers and copies them to the

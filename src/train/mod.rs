@@ -15,10 +15,10 @@ pub use faithful::FaithfulStepper;
 
 use crate::config::{Config, Mode};
 use crate::model::{Arch, Layout};
-use crate::run::{FolderLock, MetricsRow, RunFolder, State, Summary};
+use crate::run::{Checkpoint, FolderLock, MetricsRow, RunFolder, State, Summary};
 use crate::BadInput;
 use anyhow::{anyhow, Result};
-use driver::{MemberCheckpoint, Restored};
+use driver::Restored;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -86,6 +86,96 @@ fn claim(folder: &RunFolder, force: bool) -> Result<FolderLock> {
     Ok(lock)
 }
 
+/// The bytes a run of `members` members of `cfg` holds at the least: parameters, gradients
+/// and optimizer state, the trajectory kept until the end, and one step's activations as the
+/// libtorch forward keeps them for its backward (tokens and attention scores per layer and
+/// head). The native kernel holds less; this is a floor for the question "can it fit at all".
+pub fn memory_floor(cfg: &Config, members: usize) -> f64 {
+    let (m, d, t) = (&cfg.model, &cfg.data, &cfg.train);
+    let params = Layout::new(&Arch::from_config(cfg)).total as f64;
+    let saved = (t.iters / t.save_every) as f64 + 2.0;
+    let tokens = (d.context as f64 + 1.0) * (m.dim as f64 + d.context as f64 + 2.0);
+    let activations = m.layers as f64 * m.heads as f64 * d.batch as f64 * tokens;
+    let elt = t.dtype.kind().elt_size_in_bytes() as f64;
+    members as f64 * elt * (5.0 * params + saved * params + activations)
+}
+
+/// The memory this process may still take: the kernel's MemAvailable, lowered to what a
+/// cgroup (a Slurm job, a container) leaves; `None` where neither can be read.
+fn memory_available() -> Option<f64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
+    let available = meminfo.as_deref().and_then(|text| {
+        let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024.0)
+    });
+    let read = |p: &str| -> Option<f64> { std::fs::read_to_string(p).ok()?.trim().parse().ok() };
+    let cgroup = match (
+        read("/sys/fs/cgroup/memory.max"),
+        read("/sys/fs/cgroup/memory.current"),
+    ) {
+        (Some(max), Some(current)) => Some((max - current).max(0.0)),
+        _ => None, // "max" (no limit) does not parse
+    };
+    match (available, cgroup) {
+        (Some(a), Some(c)) => Some(a.min(c)),
+        (a, c) => a.or(c),
+    }
+}
+
+/// Refuses, before any folder is touched, a CPU run that cannot fit in the memory left: such a
+/// run would otherwise thrash the machine for minutes and then die without a word.
+fn check_memory(cfg: &Config, members: usize, device: Device) -> Result<()> {
+    if device != Device::Cpu {
+        return Ok(());
+    }
+    let (need, Some(have)) = (memory_floor(cfg, members), memory_available()) else {
+        return Ok(());
+    };
+    if need > have {
+        return Err(anyhow!(BadInput(format!(
+            "config key model.layers: {} layer(s) of dim {} with batch {} × context {}{} need at least {:.1} GB, more than the {:.1} GB of memory available",
+            cfg.model.layers,
+            cfg.model.dim,
+            cfg.data.batch,
+            cfg.data.context,
+            if members > 1 {
+                format!(" for {members} members")
+            } else {
+                String::new()
+            },
+            need / 1e9,
+            have / 1e9
+        ))));
+    }
+    Ok(())
+}
+
+/// Runs the loop of `folders`, and marks their summaries `failed` when it stops on an error or
+/// a panic (libtorch's failures reach Rust as panics), so that no folder says `running` after
+/// its process has given up on it.
+fn guarded(
+    folders: &[RunFolder],
+    run: impl FnOnce() -> Result<Vec<Outcome>>,
+) -> Result<Vec<Outcome>> {
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|payload| {
+            Err(anyhow!(
+                "internal error: {}",
+                crate::panic_line(payload.as_ref())
+            ))
+        });
+    if result.is_err() {
+        for f in folders {
+            if let Ok(mut s) = f.summary() {
+                s.status = crate::run::Status::Failed;
+                let _ = f.write_summary(&s);
+            }
+        }
+    }
+    result
+}
+
 /// `linattn train`: trains the run of `cfg` (either mode) into `out`.
 pub fn train(cfg: &Config, out: &Path, opts: &Options) -> Result<Outcome> {
     if cfg.train.mode == Mode::Fast {
@@ -93,18 +183,22 @@ pub fn train(cfg: &Config, out: &Path, opts: &Options) -> Result<Outcome> {
             train_ensemble(cfg, &[Member::from_config(cfg)], &[out.to_path_buf()], opts)?;
         return Ok(outcomes.remove(0));
     }
+    let device = device_of(cfg)?;
+    check_memory(cfg, 1, device)?;
     let folder = RunFolder::new(out);
     let _lock = claim(&folder, opts.force)?;
-    let device = device_of(cfg)?;
     folder.create(cfg)?;
-    let mut stepper = FaithfulStepper::start(cfg, device)?;
-    Ok(drive(
-        &mut stepper,
-        std::slice::from_ref(cfg),
-        &[folder],
-        None,
-        opts,
-    )?
+    let folders = [folder];
+    Ok(guarded(&folders, || {
+        let mut stepper = FaithfulStepper::start(cfg, device)?;
+        drive(
+            &mut stepper,
+            std::slice::from_ref(cfg),
+            &folders,
+            None,
+            opts,
+        )
+    })?
     .remove(0))
 }
 
@@ -133,17 +227,20 @@ pub fn train_ensemble(
             ))));
         }
     }
+    let device = device_of(cfg)?;
+    check_memory(cfg, members.len(), device)?;
     let _locks: Vec<FolderLock> = folders
         .iter()
         .map(|f| claim(f, opts.force))
         .collect::<Result<_>>()?;
-    let device = device_of(cfg)?;
     let configs: Vec<Config> = members.iter().map(|m| m.config(cfg)).collect();
     for (f, c) in folders.iter().zip(&configs) {
         f.create(c)?;
     }
-    let mut stepper = BatchedStepper::start(cfg, members, device)?;
-    drive(&mut stepper, &configs, &folders, None, opts)
+    guarded(&folders, || {
+        let mut stepper = BatchedStepper::start(cfg, members, device)?;
+        drive(&mut stepper, &configs, &folders, None, opts)
+    })
 }
 
 /// Finishes or undoes a checkpoint that a kill cut short (see the driver's `checkpoint`): if
@@ -151,30 +248,11 @@ pub fn train_ensemble(
 /// renamed), the next checkpoints are renamed in place; otherwise they are dropped, and every
 /// member stays at the checkpoint before.
 pub fn settle_checkpoints(dir: &Path) -> Result<()> {
-    let bad = |f: &RunFolder, e: anyhow::Error| {
-        anyhow!(BadInput(format!("{}: {e:#}", f.dir().display())))
-    };
-    // (iteration, ensemble) of a member's next checkpoint and of its checkpoint.
-    let next = |f: &RunFolder| -> Result<Option<(i64, driver::Composition)>> {
-        if !f.has_checkpoint_next() {
-            return Ok(None);
-        }
-        Ok(Some(
-            driver::iter_and_composition(&f.read_checkpoint_next().map_err(|e| bad(f, e))?)
-                .map_err(|e| bad(f, e))?,
-        ))
-    };
-    let current = |f: &RunFolder| -> Result<Option<(i64, driver::Composition)>> {
-        if !f.has_checkpoint() {
-            return Ok(None);
-        }
-        Ok(Some(
-            driver::iter_and_composition(&f.read_checkpoint().map_err(|e| bad(f, e))?)
-                .map_err(|e| bad(f, e))?,
-        ))
-    };
     let folder = RunFolder::new(dir);
-    let Some((_, composition)) = next(&folder)?.or(current(&folder)?) else {
+    let Some((_, composition)) = folder
+        .checkpoint_next_stamp()?
+        .or(folder.checkpoint_stamp()?)
+    else {
         return Ok(());
     };
     let folders: Vec<RunFolder> = composition
@@ -188,7 +266,7 @@ pub fn settle_checkpoints(dir: &Path) -> Result<()> {
     let _locks: Vec<FolderLock> = folders.iter().map(RunFolder::lock).collect::<Result<_>>()?;
     let nexts: Vec<Option<i64>> = folders
         .iter()
-        .map(|f| Ok(next(f)?.map(|n| n.0)))
+        .map(|f| Ok(f.checkpoint_next_stamp()?.map(|n| n.0)))
         .collect::<Result<_>>()?;
     let Some(new_iter) = nexts.iter().flatten().copied().max() else {
         return Ok(());
@@ -197,7 +275,7 @@ pub fn settle_checkpoints(dir: &Path) -> Result<()> {
     for (f, n) in folders.iter().zip(&nexts) {
         let at = match n {
             Some(i) => Some(*i),
-            None => current(f)?.map(|c| c.0),
+            None => f.checkpoint_stamp()?.map(|c| c.0),
         };
         complete &= at == Some(new_iter);
     }
@@ -219,7 +297,7 @@ pub fn checkpointed_group(dir: &Path) -> Result<Vec<RunFolder>> {
     let folder = RunFolder::new(dir);
     let cfg = folder.config()?;
     let layout = Layout::new(&Arch::from_config(&cfg));
-    let own = MemberCheckpoint::read(&folder, &layout)?;
+    let own = folder.read_checkpoint(&layout)?;
     let folders: Vec<RunFolder> = own
         .composition
         .members
@@ -284,10 +362,22 @@ pub fn resume(dir: &Path, opts: &Options) -> Result<Vec<Outcome>> {
         .map(RunFolder::config)
         .collect::<Result<_>>()?;
     let layout = Layout::new(&Arch::from_config(&configs[0]));
-    let checkpoints: Vec<MemberCheckpoint> = folders
+    let checkpoints: Vec<Checkpoint> = folders
         .iter()
-        .map(|f| MemberCheckpoint::read(f, &layout))
+        .map(|f| f.read_checkpoint(&layout))
         .collect::<Result<_>>()?;
+    for ((f, c), now) in folders.iter().zip(&checkpoints).zip(&configs) {
+        if let Some(then) = &c.config {
+            let changed = crate::config::changed_keys(then, now);
+            if !changed.is_empty() {
+                return Err(anyhow!(BadInput(format!(
+                    "{}: config.yaml was edited after the run started ({}); a resumed run continues the config it started with: put it back, or train the new config into another folder",
+                    f.dir().display(),
+                    changed.join(", ")
+                ))));
+            }
+        }
+    }
     let iter = checkpoints[0].iter;
     if let Some((f, c)) = folders
         .iter()
@@ -330,5 +420,7 @@ pub fn resume(dir: &Path, opts: &Options) -> Result<Vec<Outcome>> {
         in_a_row: checkpoints.iter().map(|c| c.in_a_row).collect(),
         active: checkpoints.iter().map(|c| c.active).collect(),
     };
-    drive(stepper.as_mut(), &configs, &folders, Some(restored), opts)
+    guarded(&folders, || {
+        drive(stepper.as_mut(), &configs, &folders, Some(restored), opts)
+    })
 }

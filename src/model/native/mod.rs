@@ -136,6 +136,9 @@ type Lane<T> = [T; LANES];
 /// 2^k written into the exponent bits; about 1 ulp. NaN stays NaN; arguments are clamped to
 /// [−87.3, 88.3], where 2^k stays a normal number.
 #[inline(always)]
+// Cephes' constants as published (the last rounds to 0.5 in f32); the clamp written as
+// compares, as Cephes does.
+#[allow(clippy::excessive_precision, clippy::manual_clamp)]
 pub fn exp_f32(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const ROUND: f32 = 12_582_912.0;
@@ -1410,10 +1413,7 @@ impl<T: Real, const N: usize> Mul for Dual<T, N> {
     type Output = Self;
     #[inline(always)]
     fn mul(self, o: Self) -> Self {
-        let mut t = [T::default(); N];
-        for i in 0..N {
-            t[i] = self.v.mul_add(o.t[i], self.t[i] * o.v);
-        }
+        let t = std::array::from_fn(|i| self.v.mul_add(o.t[i], self.t[i] * o.v));
         Dual { v: self.v * o.v, t }
     }
 }
@@ -1421,10 +1421,7 @@ impl<T: Real, const N: usize> Mul for Dual<T, N> {
 impl<T: Real, const N: usize> Real for Dual<T, N> {
     #[inline(always)]
     fn mul_add(self, a: Self, b: Self) -> Self {
-        let mut t = [T::default(); N];
-        for i in 0..N {
-            t[i] = self.v.mul_add(a.t[i], self.t[i].mul_add(a.v, b.t[i]));
-        }
+        let t = std::array::from_fn(|i| self.v.mul_add(a.t[i], self.t[i].mul_add(a.v, b.t[i])));
         Dual {
             v: self.v.mul_add(a.v, b.v),
             t,
