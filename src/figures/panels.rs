@@ -285,6 +285,11 @@ mod tests {
         for (file, text) in [
             ("figures/panels.rs", include_str!("panels.rs")),
             ("plots/mod.rs", include_str!("../plots/mod.rs")),
+            ("plots/axis.rs", include_str!("../plots/axis.rs")),
+            ("plots/lines.rs", include_str!("../plots/lines.rs")),
+            ("plots/histogram.rs", include_str!("../plots/histogram.rs")),
+            ("plots/scatter.rs", include_str!("../plots/scatter.rs")),
+            ("plots/compare.rs", include_str!("../plots/compare.rs")),
         ] {
             for (i, line) in text.lines().enumerate() {
                 let code = line.split("//").next().unwrap_or("");
