@@ -160,110 +160,133 @@ pub fn figure_summary(
         paper_final_loss: spec.paper_numbers.final_loss.clone(),
         paper_noise: spec.paper_numbers.noise.clone(),
     };
-    for (s, series) in spec.series.iter().enumerate() {
-        let (id, label) = (series.id.clone(), series.label.clone());
-        for &o in &spec.runs.optimizers {
-            if spec.lr_grid.is_some() {
-                let grid = stats::lr_grid(fig, s, o);
-                out.lr_choices.push(LrChoice {
-                    series: id.clone(),
-                    label: label.clone(),
-                    optimizer: o,
-                    authors_lr: series.lr.get(o).unwrap_or(f64::NAN),
-                    best_lr: stats::best_lr(&grid),
-                    grid,
-                });
-                continue;
-            }
-            let runs: Vec<_> = fig.runs_of(s, o).collect();
-            let losses: Vec<f64> = runs.iter().map(|r| stats::final_loss(r)).collect();
-            let (mean, std, n) = stats::mean_std(&losses);
-            out.final_loss.push(FinalLoss {
-                series: id.clone(),
-                label: label.clone(),
-                optimizer: o,
-                lr: runs.first().map(|r| r.spec.lr).unwrap_or(f64::NAN),
-                mean: fin(mean),
-                std: (n > 0).then_some(std),
-                seeds: runs.len(),
-                diverged: losses.len() - n,
-                skipped_steps: runs.iter().map(|r| r.skipped_steps).sum(),
-            });
-        }
-        if spec.lr_grid.is_none() {
-            if let Some((ratio, ci95, seeds)) = stats::final_loss_ratio(fig, s) {
-                out.loss_ratios.push(LossRatio {
-                    series: id.clone(),
-                    label: label.clone(),
-                    ratio,
-                    ci95,
-                    seeds,
-                });
-            }
-        }
-        if spec.panels.contains(&PanelKind::Condition) {
-            // The paper's iterations first (reached or not), then every other measured one.
-            let mut iters: Vec<i64> = spec.paper_numbers.ratio.keys().copied().collect();
-            let measured: std::collections::BTreeSet<i64> = fig
-                .runs
-                .iter()
-                .filter(|r| r.spec.series == s)
-                .flat_map(|r| {
-                    r.rows
-                        .iter()
-                        .filter(|(_, row)| row.condition_number.is_some())
-                        .map(|(t, _)| *t)
-                })
-                .filter(|t| *t > 0)
-                .collect();
-            iters.extend(
-                measured
-                    .into_iter()
-                    .filter(|t| !spec.paper_numbers.ratio.contains_key(t)),
-            );
-            for t in iters {
-                out.ratios.push(RatioRow {
-                    series: id.clone(),
-                    label: label.clone(),
-                    iter: t,
-                    paper: spec.paper_numbers.ratio.get(&t).copied(),
-                    ours: stats::condition_ratio(fig, s, t),
-                });
-            }
-        }
+    for s in 0..spec.series.len() {
+        losses_of_series(&mut out, fig, s);
+        ratios_of_series(&mut out, fig, s);
         if let Some(n) = &fig.noise[s] {
+            let series = &spec.series[s];
             out.noise.push(NoiseRow {
-                series: id.clone(),
-                label: label.clone(),
+                series: series.id.clone(),
+                label: series.label.clone(),
                 hill_tail_index: fin(n.summary.hill_tail_index),
                 kurtosis: fin(n.summary.kurtosis),
                 samples: n.values.len(),
                 full_batch: Some(n.summary.full_batch as f64),
             });
         }
-        if spec.panels.contains(&PanelKind::GradVsSmoothness) {
-            if let Some(run) = fig.runs.iter().find(|r| r.spec.series == s) {
-                let pts = stats::log_pairs(run, &fig.needs.smoothness);
-                let with_smoothness = run
-                    .rows
-                    .iter()
-                    .filter(|(t, r)| fig.needs.smoothness.contains(t) && r.dir_smoothness.is_some())
-                    .count();
-                out.correlations.push(Correlation {
-                    series: id.clone(),
-                    label: label.clone(),
-                    optimizer: run.spec.optimizer,
-                    seed: run.spec.seed,
-                    r: fin(stats::pearson(
-                        &pts.iter().map(|p| (p.1, p.2)).collect::<Vec<_>>(),
-                    )),
-                    points: pts.len(),
-                    left_out: with_smoothness - pts.len(),
-                });
-            }
-        }
+        correlation_of_series(&mut out, fig, s);
     }
     out
+}
+
+/// Series `s`'s final losses per optimizer (or its learning-rate grid) and its Adam/SGD ratio.
+fn losses_of_series(out: &mut FigureSummary, fig: &FigureData, s: usize) {
+    let spec = &fig.spec;
+    let (id, label) = (spec.series[s].id.clone(), spec.series[s].label.clone());
+    let series = &spec.series[s];
+    for &o in &spec.runs.optimizers {
+        if spec.lr_grid.is_some() {
+            let grid = stats::lr_grid(fig, s, o);
+            out.lr_choices.push(LrChoice {
+                series: id.clone(),
+                label: label.clone(),
+                optimizer: o,
+                authors_lr: series.lr.get(o).unwrap_or(f64::NAN),
+                best_lr: stats::best_lr(&grid),
+                grid,
+            });
+            continue;
+        }
+        let runs: Vec<_> = fig.runs_of(s, o).collect();
+        let losses: Vec<f64> = runs.iter().map(|r| stats::final_loss(r)).collect();
+        let (mean, std, n) = stats::mean_std(&losses);
+        out.final_loss.push(FinalLoss {
+            series: id.clone(),
+            label: label.clone(),
+            optimizer: o,
+            lr: runs.first().map(|r| r.spec.lr).unwrap_or(f64::NAN),
+            mean: fin(mean),
+            std: (n > 0).then_some(std),
+            seeds: runs.len(),
+            diverged: losses.len() - n,
+            skipped_steps: runs.iter().map(|r| r.skipped_steps).sum(),
+        });
+    }
+    if spec.lr_grid.is_none() {
+        if let Some((ratio, ci95, seeds)) = stats::final_loss_ratio(fig, s) {
+            out.loss_ratios.push(LossRatio {
+                series: id.clone(),
+                label: label.clone(),
+                ratio,
+                ci95,
+                seeds,
+            });
+        }
+    }
+}
+
+/// Series `s`'s R_SGD / R_Adam: the paper's iterations first (reached or not), then every
+/// other measured one.
+fn ratios_of_series(out: &mut FigureSummary, fig: &FigureData, s: usize) {
+    let spec = &fig.spec;
+    let (id, label) = (spec.series[s].id.clone(), spec.series[s].label.clone());
+    if spec.panels.contains(&PanelKind::Condition) {
+        // The paper's iterations first (reached or not), then every other measured one.
+        let mut iters: Vec<i64> = spec.paper_numbers.ratio.keys().copied().collect();
+        let measured: std::collections::BTreeSet<i64> = fig
+            .runs
+            .iter()
+            .filter(|r| r.spec.series == s)
+            .flat_map(|r| {
+                r.rows
+                    .iter()
+                    .filter(|(_, row)| row.condition_number.is_some())
+                    .map(|(t, _)| *t)
+            })
+            .filter(|t| *t > 0)
+            .collect();
+        iters.extend(
+            measured
+                .into_iter()
+                .filter(|t| !spec.paper_numbers.ratio.contains_key(t)),
+        );
+        for t in iters {
+            out.ratios.push(RatioRow {
+                series: id.clone(),
+                label: label.clone(),
+                iter: t,
+                paper: spec.paper_numbers.ratio.get(&t).copied(),
+                ours: stats::condition_ratio(fig, s, t),
+            });
+        }
+    }
+}
+
+/// Series `s`'s correlation of ln gradient norm and ln directional smoothness (Fig. 6).
+fn correlation_of_series(out: &mut FigureSummary, fig: &FigureData, s: usize) {
+    let spec = &fig.spec;
+    let (id, label) = (spec.series[s].id.clone(), spec.series[s].label.clone());
+    if spec.panels.contains(&PanelKind::GradVsSmoothness) {
+        if let Some(run) = fig.runs.iter().find(|r| r.spec.series == s) {
+            let pts = stats::log_pairs(run, &fig.needs.smoothness);
+            let with_smoothness = run
+                .rows
+                .iter()
+                .filter(|(t, r)| fig.needs.smoothness.contains(t) && r.dir_smoothness.is_some())
+                .count();
+            out.correlations.push(Correlation {
+                series: id.clone(),
+                label: label.clone(),
+                optimizer: run.spec.optimizer,
+                seed: run.spec.seed,
+                r: fin(stats::pearson(
+                    &pts.iter().map(|p| (p.1, p.2)).collect::<Vec<_>>(),
+                )),
+                points: pts.len(),
+                left_out: with_smoothness - pts.len(),
+            });
+        }
+    }
 }
 
 pub const DATA_DIR: &str = "data";
@@ -470,6 +493,13 @@ fn missing_ratio(f: &FigureSummary, iter: i64) -> String {
 /// The other headline numbers of every figure in one place: final loss Adam vs SGD, noise
 /// tail index, and the gradient-norm/smoothness correlation.
 fn headline_overview(md: &mut String, figs: &[FigureSummary]) {
+    overview_losses(md, figs);
+    overview_noise(md, figs);
+    overview_correlations(md, figs);
+}
+
+/// Final test loss, Adam against SGD, of every setting of every figure that trains both.
+fn overview_losses(md: &mut String, figs: &[FigureSummary]) {
     let mut loss = vec![];
     for f in figs {
         let series: Vec<&str> =
@@ -493,98 +523,109 @@ fn headline_overview(md: &mut String, figs: &[FigureSummary]) {
             }
         }
     }
-    if !loss.is_empty() {
-        let _ = writeln!(md, "## Final test loss: Adam vs SGD with momentum\n");
-        let header = [
-            "figure",
-            "setting",
-            "scale",
-            "SGD with momentum",
-            "Adam",
-            "Adam / SGD",
-            "Adam / SGD: 95% interval",
-            "diverged (SGD, Adam)",
-        ];
-        let lines = loss.into_iter().map(|(f, sgd, adam)| {
-            let paired = f.loss_ratios.iter().find(|r| r.series == sgd.series);
-            let ratio = match (sgd.mean, adam.mean) {
-                (Some(a), Some(b)) => num(b / a),
-                _ => "—".into(),
-            };
-            let ci = paired
-                .map(|r| interval(r.ci95))
-                .unwrap_or_else(|| "—".into());
-            let (sgd_loss, adam_loss) = (ms(sgd.mean, sgd.std), ms(adam.mean, adam.std));
-            let diverged = format!("{}, {}", sgd.diverged, adam.diverged);
-            vec![
-                f.id.clone(),
-                sgd.label.clone(),
-                f.scale.clone(),
-                sgd_loss,
-                adam_loss,
-                ratio,
-                ci,
-                diverged,
-            ]
-        });
-        table(md, &header, lines);
-        let _ = writeln!(md, "\nPaper: Adam ends below SGD with momentum in every setting (read off its plots; no numbers given).\n");
+    if loss.is_empty() {
+        return;
     }
+    let _ = writeln!(md, "## Final test loss: Adam vs SGD with momentum\n");
+    let header = [
+        "figure",
+        "setting",
+        "scale",
+        "SGD with momentum",
+        "Adam",
+        "Adam / SGD",
+        "Adam / SGD: 95% interval",
+        "diverged (SGD, Adam)",
+    ];
+    let lines = loss.into_iter().map(|(f, sgd, adam)| {
+        let paired = f.loss_ratios.iter().find(|r| r.series == sgd.series);
+        let ratio = match (sgd.mean, adam.mean) {
+            (Some(a), Some(b)) => num(b / a),
+            _ => "—".into(),
+        };
+        let ci = paired
+            .map(|r| interval(r.ci95))
+            .unwrap_or_else(|| "—".into());
+        let (sgd_loss, adam_loss) = (ms(sgd.mean, sgd.std), ms(adam.mean, adam.std));
+        let diverged = format!("{}, {}", sgd.diverged, adam.diverged);
+        vec![
+            f.id.clone(),
+            sgd.label.clone(),
+            f.scale.clone(),
+            sgd_loss,
+            adam_loss,
+            ratio,
+            ci,
+            diverged,
+        ]
+    });
+    table(md, &header, lines);
+    let _ = writeln!(md, "\nPaper: Adam ends below SGD with momentum in every setting (read off its plots; no numbers given).\n");
+}
+
+/// The noise's tail index of every setting of every figure.
+fn overview_noise(md: &mut String, figs: &[FigureSummary]) {
     let noise: Vec<(&FigureSummary, &NoiseRow)> = figs
         .iter()
         .flat_map(|f| f.noise.iter().map(move |n| (f, n)))
         .collect();
-    if !noise.is_empty() {
-        let _ = writeln!(
-            md,
-            "## Gradient noise at initialisation: tail index per setting and depth\n"
-        );
-        let _ = writeln!(md, "Hill estimate α̂ over the largest 10 % of ‖g_B − g‖ (smaller = heavier tail); kurtosis 3 for a normal.\n");
-        let lines = noise.into_iter().map(|(f, n)| {
-            vec![
-                f.id.clone(),
-                n.label.clone(),
-                n.samples.to_string(),
-                or_dash(n.hill_tail_index),
-                or_dash(n.kurtosis),
-            ]
-        });
-        table(
-            md,
-            &["figure", "setting", "samples", "Hill α̂", "kurtosis"],
-            lines,
-        );
-        let _ = writeln!(md, "\nPaper: heavy-tailed noise, heavier with heavy-tailed covariates and with depth (histograms; no numbers given).\n");
+    if noise.is_empty() {
+        return;
     }
+    let _ = writeln!(
+        md,
+        "## Gradient noise at initialisation: tail index per setting and depth\n"
+    );
+    let _ = writeln!(md, "Hill estimate α̂ over the largest 10 % of ‖g_B − g‖ (smaller = heavier tail); kurtosis 3 for a normal.\n");
+    let lines = noise.into_iter().map(|(f, n)| {
+        vec![
+            f.id.clone(),
+            n.label.clone(),
+            n.samples.to_string(),
+            or_dash(n.hill_tail_index),
+            or_dash(n.kurtosis),
+        ]
+    });
+    table(
+        md,
+        &["figure", "setting", "samples", "Hill α̂", "kurtosis"],
+        lines,
+    );
+    let _ = writeln!(md, "\nPaper: heavy-tailed noise, heavier with heavy-tailed covariates and with depth (histograms; no numbers given).\n");
+}
+
+/// Fig. 6's correlations.
+fn overview_correlations(md: &mut String, figs: &[FigureSummary]) {
     let corr: Vec<(&FigureSummary, &Correlation)> = figs
         .iter()
         .flat_map(|f| f.correlations.iter().map(move |c| (f, c)))
         .collect();
-    if !corr.is_empty() {
-        let _ = writeln!(
-            md,
-            "## Correlation of ln gradient norm and ln directional smoothness (Fig. 6)\n"
-        );
-        let lines = corr.into_iter().map(|(f, c)| {
-            let run = format!("{} seed {}", optimizer_label(c.optimizer), c.seed);
-            vec![
-                f.id.clone(),
-                c.label.clone(),
-                run,
-                or_dash(c.r),
-                c.points.to_string(),
-            ]
-        });
-        table(
-            md,
-            &["figure", "setting", "run", "Pearson r", "points"],
-            lines,
-        );
-        let _ = writeln!(
-            md,
-            "\nPaper: strongly positively correlated (scatter plot; no number given).\n"
-        );
+    if corr.is_empty() {
+        return;
     }
+    let _ = writeln!(
+        md,
+        "## Correlation of ln gradient norm and ln directional smoothness (Fig. 6)\n"
+    );
+    let lines = corr.into_iter().map(|(f, c)| {
+        let run = format!("{} seed {}", optimizer_label(c.optimizer), c.seed);
+        vec![
+            f.id.clone(),
+            c.label.clone(),
+            run,
+            or_dash(c.r),
+            c.points.to_string(),
+        ]
+    });
+    table(
+        md,
+        &["figure", "setting", "run", "Pearson r", "points"],
+        lines,
+    );
+    let _ = writeln!(
+        md,
+        "\nPaper: strongly positively correlated (scatter plot; no number given).\n"
+    );
 }
 
 fn lr_section(md: &mut String, f: &FigureSummary) {
@@ -678,176 +719,203 @@ fn figure_section(md: &mut String, f: &FigureSummary) {
     if let Some(n) = &f.notes {
         let _ = writeln!(md, "Notes: {}\n", n.trim());
     }
-    if !f.final_loss.is_empty() {
-        let _ = writeln!(
-            md,
-            "Final test loss (iteration {}), mean (std) over seeds:\n",
-            f.iters
-        );
-        let lines = f.final_loss.iter().map(|r| {
-            let (opt, rate, loss) = (
-                optimizer_label(r.optimizer).to_string(),
-                lr(r.lr),
-                ms(r.mean, r.std),
-            );
-            vec![
-                r.label.clone(),
-                opt,
-                rate,
-                loss,
-                r.seeds.to_string(),
-                r.diverged.to_string(),
-            ]
-        });
-        table(
-            md,
-            &[
-                "setting",
-                "optimizer",
-                "lr",
-                "final test loss",
-                "seeds",
-                "diverged",
-            ],
-            lines,
-        );
-        let skipped: Vec<String> = f
-            .final_loss
-            .iter()
-            .filter(|r| r.skipped_steps > 0)
-            .map(|r| {
-                format!(
-                    "{} {}: {}",
-                    r.label,
-                    optimizer_label(r.optimizer),
-                    r.skipped_steps
-                )
-            })
-            .collect();
-        if !skipped.is_empty() {
-            let _ = writeln!(
-                md,
-                "\nSteps skipped because their loss or gradient was not finite (`train.skip_nonfinite`), \
-                 over all seeds: {}.",
-                skipped.join("; ")
-            );
-        }
-        let series: std::collections::BTreeSet<&str> =
-            f.final_loss.iter().map(|r| r.series.as_str()).collect();
-        let verdicts: Vec<String> = series
-            .iter()
-            .filter_map(|s| {
-                let get = |o: OptimizerKind| {
-                    f.final_loss
-                        .iter()
-                        .find(|r| r.series == *s && r.optimizer == o)
-                        .and_then(|r| r.mean)
-                };
-                let (sgd, adam) = (get(OptimizerKind::Sgd)?, get(OptimizerKind::Adam)?);
-                let label = &f.final_loss.iter().find(|r| r.series == *s)?.label;
-                Some(format!(
-                    "{label}: Adam/SGD final loss = {}",
-                    num(adam / sgd)
-                ))
-            })
-            .collect();
-        if !verdicts.is_empty() {
-            let _ = writeln!(md, "\n{}.", verdicts.join("; "));
-        }
-        if let Some(p) = &f.paper_final_loss {
-            let _ = writeln!(md, "Paper: {p}");
-        }
-        let _ = writeln!(md);
+    final_loss_section(md, f);
+    ratio_section(md, f);
+    noise_section(md, f);
+    correlation_section(md, f);
+}
+
+/// The final test losses, the skipped steps and the Adam/SGD verdict per setting.
+fn final_loss_section(md: &mut String, f: &FigureSummary) {
+    if f.final_loss.is_empty() {
+        return;
     }
-    if !f.ratios.is_empty() {
-        let _ = writeln!(md, "R_SGD / R_Adam, per seed then mean (std) over seeds:\n");
-        let lines = f.ratios.iter().map(|r| {
-            let paper = r
-                .paper
-                .map(|p| format!("{} ({})", num(p[0]), num(p[1])))
-                .unwrap_or_else(|| "—".into());
-            let (ours, per) = match &r.ours {
-                Some(o) => (
-                    format!("{} ({})", num(o.mean), num(o.std)),
-                    o.per_seed
-                        .iter()
-                        .map(|(s, a, b, q)| format!("s{s}: {}/{} = {}", num(*a), num(*b), num(*q)))
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                ),
-                None => (missing_ratio(f, r.iter), String::new()),
-            };
-            let ci = r
-                .ours
-                .as_ref()
-                .map(|o| interval(o.ci95))
-                .unwrap_or_else(|| "—".into());
-            vec![r.label.clone(), r.iter.to_string(), paper, ours, ci, per]
-        });
-        table(
-            md,
-            &[
-                "setting",
-                "iteration",
-                "paper",
-                "ours",
-                "95% interval",
-                "per seed (R_SGD / R_Adam)",
-            ],
-            lines,
+    let _ = writeln!(
+        md,
+        "Final test loss (iteration {}), mean (std) over seeds:\n",
+        f.iters
+    );
+    let lines = f.final_loss.iter().map(|r| {
+        let (opt, rate, loss) = (
+            optimizer_label(r.optimizer).to_string(),
+            lr(r.lr),
+            ms(r.mean, r.std),
         );
-        let _ = writeln!(md);
-    }
-    if !f.noise.is_empty() {
-        let _ = writeln!(
-            md,
-            "Stochastic-gradient noise ‖g_B − g‖ at initialisation (seed 1):\n"
-        );
-        let header = [
+        vec![
+            r.label.clone(),
+            opt,
+            rate,
+            loss,
+            r.seeds.to_string(),
+            r.diverged.to_string(),
+        ]
+    });
+    table(
+        md,
+        &[
             "setting",
-            "samples",
-            "g from prompts",
-            "Hill tail index α̂ (top 10 %)",
-            "kurtosis (normal: 3)",
-        ];
-        let lines = f.noise.iter().map(|n| {
-            let full_batch = n.full_batch.map(|v| format!("{v:.0}")).unwrap_or_default();
-            vec![
-                n.label.clone(),
-                n.samples.to_string(),
-                full_batch,
-                or_dash(n.hill_tail_index),
-                or_dash(n.kurtosis),
-            ]
-        });
-        table(md, &header, lines);
-        if let Some(p) = &f.paper_noise {
-            let _ = writeln!(md, "\nPaper: {p}");
-        }
-        let _ = writeln!(md);
-    }
-    if !f.correlations.is_empty() {
+            "optimizer",
+            "lr",
+            "final test loss",
+            "seeds",
+            "diverged",
+        ],
+        lines,
+    );
+    let skipped: Vec<String> = f
+        .final_loss
+        .iter()
+        .filter(|r| r.skipped_steps > 0)
+        .map(|r| {
+            format!(
+                "{} {}: {}",
+                r.label,
+                optimizer_label(r.optimizer),
+                r.skipped_steps
+            )
+        })
+        .collect();
+    if !skipped.is_empty() {
         let _ = writeln!(
             md,
-            "Correlation of ln gradient norm and ln directional smoothness (Pearson r):\n"
+            "\nSteps skipped because their loss or gradient was not finite (`train.skip_nonfinite`), \
+             over all seeds: {}.",
+            skipped.join("; ")
         );
-        let lines = f.correlations.iter().map(|c| {
-            let run = format!("{} seed {}", optimizer_label(c.optimizer), c.seed);
-            vec![
-                c.label.clone(),
-                run,
-                or_dash(c.r),
-                c.points.to_string(),
-                c.left_out.to_string(),
-            ]
-        });
-        table(
-            md,
-            &["setting", "run", "r", "points", "left out (smoothness ≤ 0)"],
-            lines,
-        );
-        let _ = writeln!(md, "\nPaper (Fig. 6): the two are strongly positively correlated along Adam's trajectory.\n");
     }
+    let series: std::collections::BTreeSet<&str> =
+        f.final_loss.iter().map(|r| r.series.as_str()).collect();
+    let verdicts: Vec<String> = series
+        .iter()
+        .filter_map(|s| {
+            let get = |o: OptimizerKind| {
+                f.final_loss
+                    .iter()
+                    .find(|r| r.series == *s && r.optimizer == o)
+                    .and_then(|r| r.mean)
+            };
+            let (sgd, adam) = (get(OptimizerKind::Sgd)?, get(OptimizerKind::Adam)?);
+            let label = &f.final_loss.iter().find(|r| r.series == *s)?.label;
+            Some(format!(
+                "{label}: Adam/SGD final loss = {}",
+                num(adam / sgd)
+            ))
+        })
+        .collect();
+    if !verdicts.is_empty() {
+        let _ = writeln!(md, "\n{}.", verdicts.join("; "));
+    }
+    if let Some(p) = &f.paper_final_loss {
+        let _ = writeln!(md, "Paper: {p}");
+    }
+    let _ = writeln!(md);
+}
+
+/// R_SGD / R_Adam per seed and over seeds, beside the paper's.
+fn ratio_section(md: &mut String, f: &FigureSummary) {
+    if f.ratios.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "R_SGD / R_Adam, per seed then mean (std) over seeds:\n");
+    let lines = f.ratios.iter().map(|r| {
+        let paper = r
+            .paper
+            .map(|p| format!("{} ({})", num(p[0]), num(p[1])))
+            .unwrap_or_else(|| "—".into());
+        let (ours, per) = match &r.ours {
+            Some(o) => (
+                format!("{} ({})", num(o.mean), num(o.std)),
+                o.per_seed
+                    .iter()
+                    .map(|(s, a, b, q)| format!("s{s}: {}/{} = {}", num(*a), num(*b), num(*q)))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+            None => (missing_ratio(f, r.iter), String::new()),
+        };
+        let ci = r
+            .ours
+            .as_ref()
+            .map(|o| interval(o.ci95))
+            .unwrap_or_else(|| "—".into());
+        vec![r.label.clone(), r.iter.to_string(), paper, ours, ci, per]
+    });
+    table(
+        md,
+        &[
+            "setting",
+            "iteration",
+            "paper",
+            "ours",
+            "95% interval",
+            "per seed (R_SGD / R_Adam)",
+        ],
+        lines,
+    );
+    let _ = writeln!(md);
+}
+
+/// The noise at initialisation: tail index and kurtosis per setting.
+fn noise_section(md: &mut String, f: &FigureSummary) {
+    if f.noise.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "Stochastic-gradient noise ‖g_B − g‖ at initialisation (seed 1):\n"
+    );
+    let header = [
+        "setting",
+        "samples",
+        "g from prompts",
+        "Hill tail index α̂ (top 10 %)",
+        "kurtosis (normal: 3)",
+    ];
+    let lines = f.noise.iter().map(|n| {
+        let full_batch = n.full_batch.map(|v| format!("{v:.0}")).unwrap_or_default();
+        vec![
+            n.label.clone(),
+            n.samples.to_string(),
+            full_batch,
+            or_dash(n.hill_tail_index),
+            or_dash(n.kurtosis),
+        ]
+    });
+    table(md, &header, lines);
+    if let Some(p) = &f.paper_noise {
+        let _ = writeln!(md, "\nPaper: {p}");
+    }
+    let _ = writeln!(md);
+}
+
+/// Fig. 6's correlation of ln gradient norm and ln directional smoothness.
+fn correlation_section(md: &mut String, f: &FigureSummary) {
+    if f.correlations.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "Correlation of ln gradient norm and ln directional smoothness (Pearson r):\n"
+    );
+    let lines = f.correlations.iter().map(|c| {
+        let run = format!("{} seed {}", optimizer_label(c.optimizer), c.seed);
+        vec![
+            c.label.clone(),
+            run,
+            or_dash(c.r),
+            c.points.to_string(),
+            c.left_out.to_string(),
+        ]
+    });
+    table(
+        md,
+        &["setting", "run", "r", "points", "left out (smoothness ≤ 0)"],
+        lines,
+    );
+    let _ = writeln!(
+        md,
+        "\nPaper (Fig. 6): the two are strongly positively correlated along Adam's trajectory.\n"
+    );
 }
 
 /// One markdown table: the header, its separator, one line per row.
