@@ -783,9 +783,21 @@ fn final_loss_section(md: &mut String, f: &FigureSummary) {
             skipped.join("; ")
         );
     }
+    let verdicts = adam_sgd_verdicts(f);
+    if !verdicts.is_empty() {
+        let _ = writeln!(md, "\n{}.", verdicts.join("; "));
+    }
+    if let Some(p) = &f.paper_final_loss {
+        let _ = writeln!(md, "Paper: {p}");
+    }
+    let _ = writeln!(md);
+}
+
+/// Per setting: "label: Adam/SGD final loss = r".
+fn adam_sgd_verdicts(f: &FigureSummary) -> Vec<String> {
     let series: std::collections::BTreeSet<&str> =
         f.final_loss.iter().map(|r| r.series.as_str()).collect();
-    let verdicts: Vec<String> = series
+    series
         .iter()
         .filter_map(|s| {
             let get = |o: OptimizerKind| {
@@ -801,14 +813,7 @@ fn final_loss_section(md: &mut String, f: &FigureSummary) {
                 num(adam / sgd)
             ))
         })
-        .collect();
-    if !verdicts.is_empty() {
-        let _ = writeln!(md, "\n{}.", verdicts.join("; "));
-    }
-    if let Some(p) = &f.paper_final_loss {
-        let _ = writeln!(md, "Paper: {p}");
-    }
-    let _ = writeln!(md);
+        .collect()
 }
 
 /// R_SGD / R_Adam per seed and over seeds, beside the paper's.

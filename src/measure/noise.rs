@@ -11,7 +11,7 @@
 //! the one θ (the native kernel on a CPU, the batched fast forward and autograd elsewhere):
 //! each value is then the faithful one up to rounding, at a small fraction of its cost.
 use crate::config::{Config, Mode};
-use crate::data::Batch;
+use crate::data::{Batch, DataStream};
 use crate::model::native::NativeFast;
 use crate::model::{self, Arch, Layout};
 use crate::run::noise::NoiseFolder;
@@ -162,91 +162,162 @@ pub fn run_noise(
     let mut noise = folder.read_partial(&key)?;
     // A longer measurement's first values are this one's.
     noise.truncate(samples as usize);
-    let save = |values: &[f32]| folder.write_partial(&key, values);
     // Teacher (own seed) → seed(train.seed) → init → batches: the order a training run starts in.
     let device = cfg
         .train
         .device
         .tch()
         .map_err(|e| bad(format!("config key train.device: {e}")))?;
-    let arch = Arch::from_config(cfg);
     let (init, mut data) = protocol::start(cfg, cfg.train.seed).into_stream(cfg, device);
-    let b = cfg.data.batch;
-    let chunks = (full_batch + b - 1) / b;
-    let bar = crate::progress::bar((chunks + samples) as u64, "noise", progress);
-    if cfg.train.mode == Mode::Fast {
-        let mut passes = Passes::new(cfg, &init, device);
-        // g: the chunks' gradients weighted by their share, summed in float64.
-        let full = data.draw(full_batch);
-        let mut g = Tensor::zeros([passes.layout.total], (tch::Kind::Double, device));
-        let mut c = 0;
-        while c < chunks {
-            if stop.load(Ordering::Relaxed) {
-                return Ok(NoiseOutcome::Interrupted {
-                    measured: noise.len(),
-                });
-            }
-            // A pass holds chunks of one length: the last one may be shorter.
-            let len = b.min(full_batch - c * b);
-            let k = if len < b {
-                1
-            } else {
-                (PASS_BATCHES as i64).min(full_batch / b - c)
-            };
-            let pass: Vec<Batch> = (c..c + k)
-                .map(|i| Batch {
-                    z: full.z.narrow(0, i * b, len),
-                    y_query: full.y_query.narrow(0, i * b, len),
-                })
-                .collect();
-            let grads = passes.gradients(&pass).to_kind(tch::Kind::Double);
-            g += grads.sum_dim_intlist([0i64].as_slice(), false, None::<tch::Kind>)
-                * (len as f64 / full_batch as f64);
-            c += k;
-            bar.inc(k as u64);
-        }
-        let g = g.to_kind(cfg.train.dtype.kind());
-        drop(full);
-        data.skip(noise.len() as i64);
-        bar.inc(noise.len() as u64);
-        while noise.len() < samples as usize {
-            if stop.load(Ordering::Relaxed) {
-                save(&noise)?;
-                return Ok(NoiseOutcome::Interrupted {
-                    measured: noise.len(),
-                });
-            }
-            let k = PASS_BATCHES.min(samples as usize - noise.len());
-            let pass: Vec<Batch> = (0..k).map(|_| data.next_batch()).collect();
-            let norms = (passes.gradients(&pass) - g.unsqueeze(0))
-                .norm_scalaropt_dim(2, [1i64].as_slice(), false)
-                .to_kind(tch::Kind::Float)
-                .to_device(tch::Device::Cpu);
-            let before = noise.len() / PARTIAL_EVERY;
-            noise.extend(Vec::<f32>::try_from(&norms)?);
-            if noise.len() / PARTIAL_EVERY > before {
-                save(&noise)?;
-            }
-            bar.inc(k as u64);
-        }
-        bar.finish_and_clear();
-        return finish(cfg, noise, full_batch, started, &folder);
+    let chunks = (full_batch + cfg.data.batch - 1) / cfg.data.batch;
+    let mut m = Measuring {
+        samples: samples as usize,
+        full_batch,
+        chunks,
+        noise,
+        folder,
+        key,
+        bar: crate::progress::bar((chunks + samples) as u64, "noise", progress),
+        stop,
+    };
+    let done = if cfg.train.mode == Mode::Fast {
+        fast_noise(&mut m, cfg, &init, &mut data, device)?
+    } else {
+        faithful_noise(&mut m, cfg, &init, &mut data, device)?
+    };
+    if !done {
+        return Ok(NoiseOutcome::Interrupted {
+            measured: m.noise.len(),
+        });
     }
+    m.bar.finish_and_clear();
+    finish(cfg, m.noise, full_batch, started, &m.folder)
+}
+
+/// A measurement under way: the values so far and where they are kept.
+struct Measuring<'a> {
+    samples: usize,
+    full_batch: i64,
+    /// Chunks of up to B prompts that g is computed in.
+    chunks: i64,
+    noise: Vec<f32>,
+    folder: NoiseFolder,
+    key: String,
+    bar: indicatif::ProgressBar,
+    stop: &'a AtomicBool,
+}
+
+impl Measuring<'_> {
+    /// Whether Ctrl-C/SIGTERM asked to stop; the values so far are saved first with `save`
+    /// (while g is computed there is nothing new to save).
+    fn stopped(&self, save: bool) -> Result<bool> {
+        if !self.stop.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        if save {
+            self.folder.write_partial(&self.key, &self.noise)?;
+        }
+        Ok(true)
+    }
+
+    /// Adds values; the partial file is written whenever their count passes a multiple of
+    /// [`PARTIAL_EVERY`].
+    fn extend(&mut self, values: Vec<f32>) -> Result<()> {
+        let before = self.noise.len() / PARTIAL_EVERY;
+        let added = values.len() as u64;
+        self.noise.extend(values);
+        if self.noise.len() / PARTIAL_EVERY > before {
+            self.folder.write_partial(&self.key, &self.noise)?;
+        }
+        self.bar.inc(added);
+        Ok(())
+    }
+
+    /// Skips the batches measured before (a resumed measurement).
+    fn skip_measured(&self, data: &mut DataStream) {
+        data.skip(self.noise.len() as i64);
+        self.bar.inc(self.noise.len() as u64);
+    }
+}
+
+/// Fast mode: g and the noise from [`PASS_BATCHES`] batches per pass. False when stopped.
+fn fast_noise(
+    m: &mut Measuring,
+    cfg: &Config,
+    init: &[Tensor],
+    data: &mut DataStream,
+    device: tch::Device,
+) -> Result<bool> {
+    let (b, full_batch) = (cfg.data.batch, m.full_batch);
+    let mut passes = Passes::new(cfg, init, device);
+    // g: the chunks' gradients weighted by their share, summed in float64.
+    let full = data.draw(full_batch);
+    let mut g = Tensor::zeros([passes.layout.total], (tch::Kind::Double, device));
+    let mut c = 0;
+    while c < m.chunks {
+        if m.stopped(false)? {
+            return Ok(false);
+        }
+        // A pass holds chunks of one length: the last one may be shorter.
+        let len = b.min(full_batch - c * b);
+        let k = if len < b {
+            1
+        } else {
+            (PASS_BATCHES as i64).min(full_batch / b - c)
+        };
+        let pass: Vec<Batch> = (c..c + k)
+            .map(|i| Batch {
+                z: full.z.narrow(0, i * b, len),
+                y_query: full.y_query.narrow(0, i * b, len),
+            })
+            .collect();
+        let grads = passes.gradients(&pass).to_kind(tch::Kind::Double);
+        g += grads.sum_dim_intlist([0i64].as_slice(), false, None::<tch::Kind>)
+            * (len as f64 / full_batch as f64);
+        c += k;
+        m.bar.inc(k as u64);
+    }
+    let g = g.to_kind(cfg.train.dtype.kind());
+    drop(full);
+    m.skip_measured(data);
+    while m.noise.len() < m.samples {
+        if m.stopped(true)? {
+            return Ok(false);
+        }
+        let k = PASS_BATCHES.min(m.samples - m.noise.len());
+        let pass: Vec<Batch> = (0..k).map(|_| data.next_batch()).collect();
+        let norms = (passes.gradients(&pass) - g.unsqueeze(0))
+            .norm_scalaropt_dim(2, [1i64].as_slice(), false)
+            .to_kind(tch::Kind::Float)
+            .to_device(tch::Device::Cpu);
+        m.extend(Vec::<f32>::try_from(&norms)?)?;
+    }
+    Ok(true)
+}
+
+/// Faithful mode: g and each batch's gradient by autograd, one at a time, as the reference
+/// does. False when stopped.
+fn faithful_noise(
+    m: &mut Measuring,
+    cfg: &Config,
+    init: &[Tensor],
+    data: &mut DataStream,
+    device: tch::Device,
+) -> Result<bool> {
+    let (b, full_batch) = (cfg.data.batch, m.full_batch);
+    let arch = Arch::from_config(cfg);
     let params: Vec<Tensor> = init
         .iter()
         .map(|p| p.to_device(device).set_requires_grad(true))
         .collect();
-
     // g over all `full_batch` prompts, drawn in one call per tensor as the reference does.
     // The loss is a mean over all of them, so each chunk of (up to) B prompts is weighted by
     // its share; the sum runs in the same order as PyTorch's accumulation into `.grad`.
     let full = data.draw(full_batch);
     let mut g: Option<Vec<Tensor>> = None;
-    for c in 0..chunks {
-        if stop.load(Ordering::Relaxed) {
-            return Ok(NoiseOutcome::Interrupted {
-                measured: noise.len(),
-            });
+    for c in 0..m.chunks {
+        if m.stopped(false)? {
+            return Ok(false);
         }
         let (start, len) = (c * b, b.min(full_batch - c * b));
         let chunk = Batch {
@@ -260,19 +331,14 @@ pub fn run_noise(
             None => grads,
             Some(acc) => acc.iter().zip(&grads).map(|(a, x)| a + x).collect(),
         });
-        bar.inc(1);
+        m.bar.inc(1);
     }
     let g = g.expect("full_batch >= 1 gives at least one chunk");
     drop(full);
-
-    data.skip(noise.len() as i64);
-    bar.inc(noise.len() as u64);
-    while noise.len() < samples as usize {
-        if stop.load(Ordering::Relaxed) {
-            save(&noise)?;
-            return Ok(NoiseOutcome::Interrupted {
-                measured: noise.len(),
-            });
+    m.skip_measured(data);
+    while m.noise.len() < m.samples {
+        if m.stopped(true)? {
+            return Ok(false);
         }
         let batch = data.next_batch();
         let gb = Tensor::run_backward(
@@ -282,14 +348,9 @@ pub fn run_noise(
             false,
         );
         let diff: Vec<Tensor> = gb.iter().zip(&g).map(|(a, x)| a - x).collect();
-        noise.push(optim::gradient_norm(&diff).double_value(&[]) as f32);
-        if noise.len() % PARTIAL_EVERY == 0 {
-            save(&noise)?;
-        }
-        bar.inc(1);
+        m.extend(vec![optim::gradient_norm(&diff).double_value(&[]) as f32])?;
     }
-    bar.finish_and_clear();
-    finish(cfg, noise, full_batch, started, &folder)
+    Ok(true)
 }
 
 /// Batches of noise gradients computed together: enough to share a pass's fixed costs and to
