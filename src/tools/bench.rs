@@ -387,6 +387,17 @@ pub fn run(cfg: &Config, req: &BenchRequest) -> Result<Vec<BenchRow>> {
             "bench: --steps and --repeats must be >= 1, --warmup >= 0, and --modes must name a mode".into()
         )));
     }
+    print_header(cfg, req);
+    let (torch_solo, torch_ensemble, rust) = measure_all(req)?;
+    let rows = print_table(req, torch_solo.as_ref(), torch_ensemble.as_ref(), rust);
+    report_arithmetic(cfg, &rows);
+    report_split_and_memory(&rows, torch_solo.as_ref());
+    println!("load average after: {}", load_average());
+    Ok(rows)
+}
+
+/// What is measured, on what machine, and how.
+fn print_header(cfg: &Config, req: &BenchRequest) {
     let (m, d) = (&cfg.model, &cfg.data);
     println!(
         "linattn bench: {} (L={} H={} d={} n={} B={}, {:?} data, {:?}, {:?} attention, mlp_hidden {}), device {}",
@@ -415,6 +426,18 @@ pub fn run(cfg: &Config, req: &BenchRequest) -> Result<Vec<BenchRow>> {
         req.threads.map(|t| t.to_string()).unwrap_or_else(|| "libtorch default".into()),
         if req.passive_wait { "; OMP_WAIT_POLICY=passive" } else { "" }
     );
+}
+
+/// The fastest of `req.repeats` interleaved measurements of each side and mode: PyTorch's
+/// solo run, PyTorch's 12 runs, and the Rust side per mode.
+#[allow(clippy::type_complexity)]
+fn measure_all(
+    req: &BenchRequest,
+) -> Result<(
+    Option<Measurement>,
+    Option<Measurement>,
+    Vec<Option<Measurement>>,
+)> {
     let needs_solo = req.modes.iter().any(|&m| m != BenchMode::Ensemble);
     let (mut torch_solo, mut torch_ensemble) = (None, None);
     let mut rust: Vec<Option<Measurement>> = vec![None; req.modes.len()];
@@ -444,6 +467,16 @@ pub fn run(cfg: &Config, req: &BenchRequest) -> Result<Vec<BenchRow>> {
             rust[i] = faster(rust[i].take(), m);
         }
     }
+    Ok((torch_solo, torch_ensemble, rust))
+}
+
+/// The table of ms/step and ratios, one row per mode, and the threads each side used.
+fn print_table(
+    req: &BenchRequest,
+    torch_solo: Option<&Measurement>,
+    torch_ensemble: Option<&Measurement>,
+    rust: Vec<Option<Measurement>>,
+) -> Vec<BenchRow> {
     println!(
         "{:<10} {:>16} {:>14} {:>14}",
         "mode", "pytorch ms/step", "rust ms/step", "pytorch/rust"
@@ -451,8 +484,8 @@ pub fn run(cfg: &Config, req: &BenchRequest) -> Result<Vec<BenchRow>> {
     let mut rows = Vec::new();
     for (i, &mode) in req.modes.iter().enumerate() {
         let torch = match mode {
-            BenchMode::Ensemble => torch_ensemble.clone(),
-            _ => torch_solo.clone(),
+            BenchMode::Ensemble => torch_ensemble.cloned(),
+            _ => torch_solo.cloned(),
         }
         .expect("measured above");
         let row = BenchRow {
@@ -487,8 +520,12 @@ pub fn run(cfg: &Config, req: &BenchRequest) -> Result<Vec<BenchRow>> {
             rust.join(", ")
         );
     }
-    report_arithmetic(cfg, &rows);
-    for row in &rows {
+    rows
+}
+
+/// Where the Rust step's time goes, and the peak memory of both sides.
+fn report_split_and_memory(rows: &[BenchRow], torch_solo: Option<&Measurement>) {
+    for row in rows {
         if let Some(s) = row.rust.split {
             let rest = row.rust.ms_per_step - s.gradients_ms - s.update_ms;
             let pct = |x: f64| 100.0 * x / row.rust.ms_per_step;
@@ -508,7 +545,7 @@ pub fn run(cfg: &Config, req: &BenchRequest) -> Result<Vec<BenchRow>> {
     }
     let mib = |kb: u64| kb as f64 / 1024.0;
     if let Some(fast) = rows.iter().find(|r| r.mode == BenchMode::Fast) {
-        match (fast.rust.peak_rss_kb, torch_solo.as_ref().and_then(|t| t.peak_rss_kb)) {
+        match (fast.rust.peak_rss_kb, torch_solo.and_then(|t| t.peak_rss_kb)) {
             (Some(r), Some(t)) => println!(
                 "peak resident memory: rust fast run {:.1} MiB, pytorch run {:.1} MiB (rust/pytorch {:.2})",
                 mib(r),
@@ -518,8 +555,6 @@ pub fn run(cfg: &Config, req: &BenchRequest) -> Result<Vec<BenchRow>> {
             _ => println!("peak resident memory: not reported on this system"),
         }
     }
-    println!("load average after: {}", load_average());
-    Ok(rows)
 }
 
 /// The native kernel's arithmetic per step and the rate each fast mode achieved (the whole
