@@ -311,6 +311,9 @@ fn bad(msg: String) -> anyhow::Error {
     anyhow::Error::new(BadInput(msg))
 }
 
+/// A range check: whether it holds, the key it is about, and what to say when it does not.
+type Check = (bool, &'static str, String);
+
 /// Applies one `--set section.key=value` override to the YAML tree. The value is parsed as
 /// YAML, so `--set train.betas=[0.9,0.99]` and `--set model.attention=softmax` both work.
 pub fn apply_override(tree: &mut serde_yaml::Value, assignment: &str) -> Result<()> {
@@ -459,8 +462,25 @@ impl Config {
 
     /// Range checks, each naming the key it is about.
     pub fn validate(&self) -> Result<()> {
-        let (m, d, t) = (&self.model, &self.data, &self.train);
-        let mut checks: Vec<(bool, &str, String)> = vec![
+        let checks = [
+            self.model_checks(),
+            self.data_checks(),
+            self.train_checks(),
+            self.size_checks(),
+        ];
+        for (ok, key, msg) in checks.into_iter().flatten() {
+            if !ok {
+                return Err(bad(format!("config key {key}: {msg}")));
+            }
+        }
+        // Whether `train.device` exists is asked where a command uses it, not here: a run
+        // folder trained on a GPU node must stay readable on a CPU node.
+        Ok(())
+    }
+
+    fn model_checks(&self) -> Vec<Check> {
+        let m = &self.model;
+        vec![
             (
                 m.layers >= 1,
                 "model.layers",
@@ -486,6 +506,12 @@ impl Config {
                 "model.mlp_hidden",
                 format!("must be >= 0, got {}", m.mlp_hidden),
             ),
+        ]
+    }
+
+    fn data_checks(&self) -> Vec<Check> {
+        let d = &self.data;
+        vec![
             (
                 d.context >= 1,
                 "data.context",
@@ -506,6 +532,12 @@ impl Config {
                 "data.teacher_hidden",
                 format!("must be >= 1, got {}", d.teacher_hidden),
             ),
+        ]
+    }
+
+    fn train_checks(&self) -> Vec<Check> {
+        let t = &self.train;
+        vec![
             (
                 t.lr > 0.0 && t.lr.is_finite(),
                 "train.lr",
@@ -554,7 +586,13 @@ impl Config {
                     t.skip_nonfinite
                 ),
             ),
-        ];
+        ]
+    }
+
+    /// What cannot fit, and combinations the modes do not support.
+    fn size_checks(&self) -> Vec<Check> {
+        let (m, d, t) = (&self.model, &self.data, &self.train);
+        let mut checks = vec![];
         // One layer holds B×(n+1)×(n+1) attention scores; refuse what cannot fit in memory
         // before libtorch fails to allocate it.
         let scores =
@@ -584,14 +622,7 @@ impl Config {
             "model.parametrization",
             "the MLP variant (model.mlp_hidden > 0) uses the full parametrization; set model.parametrization: full".into(),
         ));
-        for (ok, key, msg) in checks {
-            if !ok {
-                return Err(bad(format!("config key {key}: {msg}")));
-            }
-        }
-        // Whether `train.device` exists is asked where a command uses it, not here: a run
-        // folder trained on a GPU node must stay readable on a CPU node.
-        Ok(())
+        checks
     }
 
     pub fn to_yaml(&self) -> String {
