@@ -94,58 +94,11 @@ fn busy(e: &anyhow::Error) -> bool {
 /// finished runs are reused; runs with a checkpoint resume together with the ensemble their
 /// checkpoint names; the rest train (again) from the start, fast ones as one ensemble.
 pub fn ensure(cfgs: &[&Config], dirs: &[PathBuf], opts: &Options) -> Result<Trained> {
-    let base = cfgs
-        .first()
-        .ok_or_else(|| anyhow!("a batch needs at least one run"))?;
-    for (cfg, dir) in cfgs.iter().zip(dirs) {
-        // The folder is named after `cfg`, and an ensemble writes `member.config(base)` into it:
-        // were they different, the run would not be found again under its name.
-        if cfg.train.mode == Mode::Fast
-            && config_hash(&Member::from_config(cfg).config(base)) != config_hash(cfg)
-        {
-            return Err(anyhow!(
-                "{}: its config is not that of an ensemble member of {}",
-                dir.display(),
-                group_name(base)
-            ));
-        }
-    }
+    check_members(cfgs, dirs)?;
     let folders: Vec<RunFolder> = dirs.iter().map(RunFolder::new).collect();
     let mut tally = Tally::default();
-    for (i, f) in folders.iter().enumerate() {
-        if !matches!(f.state(), State::Resumable) {
-            continue;
-        }
-        match train::checkpointed_group(f.dir()) {
-            Ok(group) => {
-                match train::resume(f.dir(), opts) {
-                    Ok(outcomes)
-                        if outcomes
-                            .iter()
-                            .any(|o| o.summary.status == Status::Interrupted) =>
-                    {
-                        return Ok(Trained::Interrupted)
-                    }
-                    Ok(_) => tally.resumed += folders.iter().filter(|g| group.contains(g)).count(),
-                    Err(e) if busy(&e) => return Ok(Trained::Busy),
-                    // Another worker finished it between the look at its state and the lock.
-                    Err(_) if matches!(f.state(), State::Done(_)) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            // A checkpoint whose ensemble cannot be put together again: train anew.
-            Err(_) => {
-                check_config(f.dir(), cfgs[i])?;
-                let Some(_lock) = f.try_lock()? else {
-                    return Ok(Trained::Busy);
-                };
-                // Another worker may have finished it (and removed its checkpoint) since the look
-                // at its state: a finished run is never cleared.
-                if !matches!(f.state(), State::Done(_)) {
-                    f.clear();
-                }
-            }
-        }
+    if let Some(stopped) = resume_checkpointed(cfgs, &folders, opts, &mut tally)? {
+        return Ok(stopped);
     }
     let mut summaries: Vec<Option<Summary>> = vec![None; cfgs.len()];
     let mut todo = vec![];
@@ -167,33 +120,9 @@ pub fn ensure(cfgs: &[&Config], dirs: &[PathBuf], opts: &Options) -> Result<Trai
     }
     tally.reused = cfgs.len() - todo.len() - tally.resumed;
     if !todo.is_empty() {
-        let opts = Options {
-            force: true,
-            ..opts.clone()
-        };
-        let trained = match cfgs[todo[0]].train.mode {
-            Mode::Faithful => todo
-                .iter()
-                .map(|&i| train::train(cfgs[i], &dirs[i], &opts))
-                .collect::<Result<Vec<_>>>(),
-            Mode::Fast => {
-                tally.ensembles = 1;
-                let members: Vec<Member> =
-                    todo.iter().map(|&i| Member::from_config(cfgs[i])).collect();
-                let outs: Vec<PathBuf> = todo.iter().map(|&i| dirs[i].clone()).collect();
-                train::train_ensemble(cfgs[todo[0]], &members, &outs, &opts)
-            }
-        };
-        let outcomes = match trained {
-            Ok(o) => o,
-            Err(e) if busy(&e) => return Ok(Trained::Busy),
-            Err(e) => return Err(e),
-        };
-        for (&i, o) in todo.iter().zip(outcomes) {
-            if !matches!(o.summary.status, Status::Completed | Status::Diverged) {
-                return Ok(Trained::Interrupted);
-            }
-            summaries[i] = Some(o.summary);
+        tally.ensembles = usize::from(cfgs[todo[0]].train.mode == Mode::Fast);
+        if let Some(stopped) = train_todo(cfgs, dirs, &todo, opts, &mut summaries)? {
+            return Ok(stopped);
         }
     }
     // Resumed runs finished above.
@@ -214,6 +143,110 @@ pub fn ensure(cfgs: &[&Config], dirs: &[PathBuf], opts: &Options) -> Result<Trai
         summaries.into_iter().flatten().collect(),
         tally,
     ))
+}
+
+/// The folder of each run is named after its config, and an ensemble writes
+/// `member.config(base)` into it: were they different, the run would not be found again under
+/// its name.
+fn check_members(cfgs: &[&Config], dirs: &[PathBuf]) -> Result<()> {
+    let base = cfgs
+        .first()
+        .ok_or_else(|| anyhow!("a batch needs at least one run"))?;
+    for (cfg, dir) in cfgs.iter().zip(dirs) {
+        if cfg.train.mode == Mode::Fast
+            && config_hash(&Member::from_config(cfg).config(base)) != config_hash(cfg)
+        {
+            return Err(anyhow!(
+                "{}: its config is not that of an ensemble member of {}",
+                dir.display(),
+                group_name(base)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Resumes every run with a checkpoint, together with the ensemble its checkpoint names; a
+/// checkpoint whose ensemble cannot be put together again (or that is damaged) is cleared, to
+/// be trained anew. `Some` when training stopped or another worker holds a run.
+fn resume_checkpointed(
+    cfgs: &[&Config],
+    folders: &[RunFolder],
+    opts: &Options,
+    tally: &mut Tally,
+) -> Result<Option<Trained>> {
+    for (i, f) in folders.iter().enumerate() {
+        if !matches!(f.state(), State::Resumable) {
+            continue;
+        }
+        match train::checkpointed_group(f.dir()) {
+            Ok(group) => match train::resume(f.dir(), opts) {
+                Ok(outcomes)
+                    if outcomes
+                        .iter()
+                        .any(|o| o.summary.status == Status::Interrupted) =>
+                {
+                    return Ok(Some(Trained::Interrupted))
+                }
+                Ok(_) => tally.resumed += folders.iter().filter(|g| group.contains(g)).count(),
+                Err(e) if busy(&e) => return Ok(Some(Trained::Busy)),
+                // Another worker finished it between the look at its state and the lock.
+                Err(_) if matches!(f.state(), State::Done(_)) => {}
+                Err(e) => return Err(e),
+            },
+            Err(_) => {
+                check_config(f.dir(), cfgs[i])?;
+                let Some(_lock) = f.try_lock()? else {
+                    return Ok(Some(Trained::Busy));
+                };
+                // Another worker may have finished it (and removed its checkpoint) since the look
+                // at its state: a finished run is never cleared.
+                if !matches!(f.state(), State::Done(_)) {
+                    f.clear();
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Trains the runs `todo` (indices into `cfgs`) from the start, fast ones as one ensemble, and
+/// puts their summaries into `summaries`. `Some` when training stopped or another worker
+/// holds a run.
+fn train_todo(
+    cfgs: &[&Config],
+    dirs: &[PathBuf],
+    todo: &[usize],
+    opts: &Options,
+    summaries: &mut [Option<Summary>],
+) -> Result<Option<Trained>> {
+    let opts = Options {
+        force: true,
+        ..opts.clone()
+    };
+    let trained = match cfgs[todo[0]].train.mode {
+        Mode::Faithful => todo
+            .iter()
+            .map(|&i| train::train(cfgs[i], &dirs[i], &opts))
+            .collect::<Result<Vec<_>>>(),
+        Mode::Fast => {
+            let members: Vec<Member> = todo.iter().map(|&i| Member::from_config(cfgs[i])).collect();
+            let outs: Vec<PathBuf> = todo.iter().map(|&i| dirs[i].clone()).collect();
+            train::train_ensemble(cfgs[todo[0]], &members, &outs, &opts)
+        }
+    };
+    let outcomes = match trained {
+        Ok(o) => o,
+        Err(e) if busy(&e) => return Ok(Some(Trained::Busy)),
+        Err(e) => return Err(e),
+    };
+    for (&i, o) in todo.iter().zip(outcomes) {
+        if !matches!(o.summary.status, Status::Completed | Status::Diverged) {
+            return Ok(Some(Trained::Interrupted));
+        }
+        summaries[i] = Some(o.summary);
+    }
+    Ok(None)
 }
 
 /// Reads back the resolved config of a run folder, checking that it is the one asked for.
