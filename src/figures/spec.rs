@@ -239,6 +239,13 @@ impl FigureSpec {
     }
 
     fn validate(&self) -> Result<()> {
+        self.validate_counts()?;
+        self.validate_series()?;
+        self.validate_panels()
+    }
+
+    /// The counts and the iterations: every one positive.
+    fn validate_counts(&self) -> Result<()> {
         let r = &self.runs;
         let q = &self.quick;
         let positive = |v: i64, key: &str| -> Result<()> {
@@ -284,6 +291,12 @@ impl FigureSpec {
         if q.seeds.as_ref().is_some_and(|s| s.is_empty()) {
             return Err(anyhow!("key quick.seeds: must not be empty"));
         }
+        Ok(())
+    }
+
+    /// Each series: a unique id of safe characters, a positive rate per optimizer.
+    fn validate_series(&self) -> Result<()> {
+        let r = &self.runs;
         let mut ids = std::collections::HashSet::new();
         for (i, s) in self.series.iter().enumerate() {
             if !ids.insert(&s.id) {
@@ -318,6 +331,12 @@ impl FigureSpec {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// What the panels need of the rest.
+    fn validate_panels(&self) -> Result<()> {
+        let r = &self.runs;
         if let Some(g) = &self.lr_grid {
             if g.factors.is_empty() || g.factors.iter().any(|f| !(*f > 0.0 && f.is_finite())) {
                 return Err(anyhow!("key lr_grid.factors: must be positive numbers"));
