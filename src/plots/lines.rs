@@ -102,7 +102,9 @@ pub(super) fn emptiest_corner(
 
 // ---------------------------------------------------------------- line panels
 
-pub(super) fn draw_line_panel(area: &Area, p: &Panel) -> Result<()> {
+/// The axes of a line panel, and the corner its legend hides the least data in (the y axis
+/// is raised to make room above the data when every corner would hide some).
+fn line_axes(p: &Panel) -> (Axis, Axis, (SeriesLabelPosition, usize)) {
     let xs = p
         .curves
         .iter()
@@ -161,8 +163,11 @@ pub(super) fn draw_line_panel(area: &Area, p: &Panel) -> Result<()> {
         });
         corner = (SeriesLabelPosition::UpperRight, 0);
     }
-    let mut ch = chart(area, &p.title, &xa, &ya, &p.x_label, &p.y_label, false)?;
-    let mut any = false;
+    (xa, ya, corner)
+}
+
+/// The shaded bands (mean ± band) of the curves that have one.
+fn draw_bands(ch: &mut Chart, p: &Panel, xa: &Axis, ya: &Axis) -> Result<()> {
     for c in &p.curves {
         if let Some(band) = &c.band {
             let mut poly: Vec<Vec<(f64, f64, f64)>> = vec![vec![]];
@@ -187,6 +192,14 @@ pub(super) fn draw_line_panel(area: &Area, p: &Panel) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+pub(super) fn draw_line_panel(area: &Area, p: &Panel) -> Result<()> {
+    let (xa, ya, corner) = line_axes(p);
+    let mut ch = chart(area, &p.title, &xa, &ya, &p.x_label, &p.y_label, false)?;
+    draw_bands(&mut ch, p, &xa, &ya)?;
+    let mut any = false;
     for c in &p.curves {
         let segs = segments(&c.x, &c.mean, &xa, &ya);
         any |= !segs.is_empty();
