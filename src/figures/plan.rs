@@ -1,0 +1,198 @@
+//! The plan of a `reproduce`: every figure read and resolved, and the units of work it needs
+//! (runs that train together, the measurements of each run, the noise of each series).
+use super::*;
+
+/// A figure read and resolved at the requested scale.
+pub(super) struct Figure {
+    pub(super) id: String,
+    pub(super) spec: FigureSpec,
+    pub(super) res: Resolved,
+    pub(super) plan: Vec<RunSpec>,
+    pub(super) dirs: Vec<PathBuf>,
+    pub(super) needs: Needs,
+}
+
+/// Runs that train together.
+pub(super) struct TrainingUnit {
+    pub(super) name: String,
+    pub(super) figure: usize,
+    pub(super) cfgs: Vec<Config>,
+    pub(super) dirs: Vec<PathBuf>,
+}
+
+/// What all requested figures measure on one run; `training` is the unit that trains it.
+pub(super) struct MeasureUnit {
+    pub(super) name: String,
+    pub(super) figure: usize,
+    pub(super) dir: PathBuf,
+    pub(super) cfg: Config,
+    pub(super) needs: Needs,
+    pub(super) training: usize,
+}
+
+pub(super) struct NoiseUnit {
+    pub(super) name: String,
+    pub(super) figure: usize,
+    pub(super) cfg: Config,
+    pub(super) samples: i64,
+    pub(super) full_batch: i64,
+    pub(super) dir: PathBuf,
+}
+
+/// Every unit, listed figure by figure.
+pub(super) struct Plan {
+    pub(super) figures: Vec<Figure>,
+    pub(super) training: Vec<TrainingUnit>,
+    pub(super) measuring: Vec<MeasureUnit>,
+    pub(super) noise: Vec<NoiseUnit>,
+}
+
+pub(super) fn plan(req: &Request) -> Result<Plan> {
+    let experiments = spec::experiments_dir(req.experiments.as_deref())?;
+    let names = if req.figures.is_empty() {
+        spec::figure_ids(&experiments)?
+    } else {
+        req.figures.clone()
+    };
+    let mut figures = vec![];
+    // Every figure is read first, so that a typo is reported before hours of training.
+    for name in &names {
+        let (id, path) = spec::locate(&experiments, name)?;
+        let spec = FigureSpec::load(&path)?;
+        let res = spec.resolve(&req.scale);
+        let plan = spec
+            .plan(&experiments.join("settings"), &res, req.device)
+            .map_err(|e| anyhow!(BadInput(format!("figure file {}: {e}", path.display()))))?;
+        let dirs = plan
+            .iter()
+            .map(|r| runs::run_dir(&req.runs, &r.cfg))
+            .collect();
+        let needs = Needs::of(&res.measure, res.iters);
+        figures.push(Figure {
+            id,
+            spec,
+            res,
+            plan,
+            dirs,
+            needs,
+        });
+    }
+    let relative = |p: &Path| p.strip_prefix(&req.runs).unwrap_or(p).display().to_string();
+    let (mut training, mut measuring, mut noise): (
+        Vec<TrainingUnit>,
+        Vec<MeasureUnit>,
+        Vec<NoiseUnit>,
+    ) = (vec![], vec![], vec![]);
+    for (f, fig) in figures.iter().enumerate() {
+        let cfgs: Vec<&Config> = fig.plan.iter().map(|r| &r.cfg).collect();
+        for (i, dir) in fig.dirs.iter().enumerate() {
+            match measuring.iter_mut().find(|m| m.dir == *dir) {
+                Some(m) => m.needs = m.needs.union(&fig.needs),
+                None => measuring.push(MeasureUnit {
+                    name: relative(dir),
+                    figure: f,
+                    dir: dir.clone(),
+                    cfg: cfgs[i].clone(),
+                    needs: fig.needs.clone(),
+                    training: usize::MAX,
+                }),
+            }
+        }
+        // A run belongs to the training unit of the first figure that needs it.
+        let unclaimed: Vec<usize> = (0..fig.plan.len())
+            .filter(|&i| !training.iter().any(|u| u.dirs.contains(&fig.dirs[i])))
+            .collect();
+        for batch in runs::batches(&cfgs, &unclaimed) {
+            let first = relative(&fig.dirs[batch[0]]);
+            // No spaces: logs name units as one word.
+            let name = if batch.len() == 1 {
+                first
+            } else {
+                format!("{first}+{}", batch.len() - 1)
+            };
+            training.push(TrainingUnit {
+                name,
+                figure: f,
+                cfgs: batch.iter().map(|&i| cfgs[i].clone()).collect(),
+                dirs: batch.iter().map(|&i| fig.dirs[i].clone()).collect(),
+            });
+        }
+        if let Some(n) = fig.res.measure.noise {
+            for s in 0..fig.spec.series.len() {
+                let base = fig
+                    .plan
+                    .iter()
+                    .find(|r| r.series == s)
+                    .ok_or_else(|| anyhow!("figure {}: series {s} has no runs", fig.id))?;
+                let cfg = runs::noise_config(&base.cfg, n.seed);
+                let dir = runs::noise_dir(&req.runs, &cfg, n.samples, n.full_batch);
+                if !noise.iter().any(|u| u.dir == dir) {
+                    noise.push(NoiseUnit {
+                        name: relative(&dir),
+                        figure: f,
+                        cfg,
+                        samples: n.samples,
+                        full_batch: n.full_batch,
+                        dir,
+                    });
+                }
+            }
+        }
+    }
+    for m in &mut measuring {
+        m.training = training
+            .iter()
+            .position(|u| u.dirs.contains(&m.dir))
+            .expect("every run has a training unit");
+    }
+    Ok(Plan {
+        figures,
+        training,
+        measuring,
+        noise,
+    })
+}
+
+/// Reads and resolves every requested figure and creates the runs folder: what a bad request
+/// fails on, before any work.
+pub fn check(req: &Request) -> Result<()> {
+    planned(req).map(|_| ())
+}
+
+pub(super) fn planned(req: &Request) -> Result<Plan> {
+    let plan = plan(req)?;
+    std::fs::create_dir_all(&req.runs).map_err(|e| {
+        anyhow!(BadInput(format!(
+            "runs folder {}: cannot create it ({e})",
+            req.runs.display()
+        )))
+    })?;
+    Ok(plan)
+}
+
+/// The units `--draw-only` would need and that are not done.
+pub(super) fn missing_units(plan: &Plan) -> Result<Vec<String>> {
+    let mut missing = vec![];
+    for unit in &plan.measuring {
+        let folder = RunFolder::new(&unit.dir);
+        match folder.state() {
+            State::Done(s) => {
+                if !unit
+                    .needs
+                    .available(&unit.cfg, &s)
+                    .missing(&measure::read(&folder)?)
+                    .is_empty()
+                {
+                    missing.push(format!("{} (measurements)", unit.name));
+                }
+            }
+            _ => missing.push(format!("{} (training)", unit.name)),
+        }
+    }
+    for unit in &plan.noise {
+        if measure::noise::read(&unit.dir)?.is_none() {
+            missing.push(format!("{} (noise)", unit.name));
+        }
+    }
+    Ok(missing)
+}
