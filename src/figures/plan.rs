@@ -48,6 +48,30 @@ pub(super) struct Plan {
 }
 
 pub(super) fn plan(req: &Request) -> Result<Plan> {
+    let figures = read_figures(req)?;
+    let mut plan = Plan {
+        figures: vec![],
+        training: vec![],
+        measuring: vec![],
+        noise: vec![],
+    };
+    for (f, fig) in figures.iter().enumerate() {
+        plan_runs(req, &mut plan, f, fig);
+        plan_noise(req, &mut plan, f, fig)?;
+    }
+    for m in &mut plan.measuring {
+        m.training = plan
+            .training
+            .iter()
+            .position(|u| u.dirs.contains(&m.dir))
+            .expect("every run has a training unit");
+    }
+    plan.figures = figures;
+    Ok(plan)
+}
+
+/// Every requested figure, read first, so that a typo is reported before hours of training.
+fn read_figures(req: &Request) -> Result<Vec<Figure>> {
     let experiments = spec::experiments_dir(req.experiments.as_deref())?;
     let names = if req.figures.is_empty() {
         spec::figure_ids(&experiments)?
@@ -55,7 +79,6 @@ pub(super) fn plan(req: &Request) -> Result<Plan> {
         req.figures.clone()
     };
     let mut figures = vec![];
-    // Every figure is read first, so that a typo is reported before hours of training.
     for name in &names {
         let (id, path) = spec::locate(&experiments, name)?;
         let spec = FigureSpec::load(&path)?;
@@ -77,80 +100,77 @@ pub(super) fn plan(req: &Request) -> Result<Plan> {
             needs,
         });
     }
-    let relative = |p: &Path| p.strip_prefix(&req.runs).unwrap_or(p).display().to_string();
-    let (mut training, mut measuring, mut noise): (
-        Vec<TrainingUnit>,
-        Vec<MeasureUnit>,
-        Vec<NoiseUnit>,
-    ) = (vec![], vec![], vec![]);
-    for (f, fig) in figures.iter().enumerate() {
-        let cfgs: Vec<&Config> = fig.plan.iter().map(|r| &r.cfg).collect();
-        for (i, dir) in fig.dirs.iter().enumerate() {
-            match measuring.iter_mut().find(|m| m.dir == *dir) {
-                Some(m) => m.needs = m.needs.union(&fig.needs),
-                None => measuring.push(MeasureUnit {
-                    name: relative(dir),
-                    figure: f,
-                    dir: dir.clone(),
-                    cfg: cfgs[i].clone(),
-                    needs: fig.needs.clone(),
-                    training: usize::MAX,
-                }),
-            }
-        }
-        // A run belongs to the training unit of the first figure that needs it.
-        let unclaimed: Vec<usize> = (0..fig.plan.len())
-            .filter(|&i| !training.iter().any(|u| u.dirs.contains(&fig.dirs[i])))
-            .collect();
-        for batch in runs::batches(&cfgs, &unclaimed) {
-            let first = relative(&fig.dirs[batch[0]]);
-            // No spaces: logs name units as one word.
-            let name = if batch.len() == 1 {
-                first
-            } else {
-                format!("{first}+{}", batch.len() - 1)
-            };
-            training.push(TrainingUnit {
-                name,
+    Ok(figures)
+}
+
+/// A unit's name: its folder relative to the runs folder.
+fn unit_name(req: &Request, p: &Path) -> String {
+    p.strip_prefix(&req.runs).unwrap_or(p).display().to_string()
+}
+
+/// Figure `f`'s runs: a measurement unit per run (shared with earlier figures that need the
+/// same run), and training units for the runs no earlier figure trains.
+fn plan_runs(req: &Request, plan: &mut Plan, f: usize, fig: &Figure) {
+    let cfgs: Vec<&Config> = fig.plan.iter().map(|r| &r.cfg).collect();
+    for (i, dir) in fig.dirs.iter().enumerate() {
+        match plan.measuring.iter_mut().find(|m| m.dir == *dir) {
+            Some(m) => m.needs = m.needs.union(&fig.needs),
+            None => plan.measuring.push(MeasureUnit {
+                name: unit_name(req, dir),
                 figure: f,
-                cfgs: batch.iter().map(|&i| cfgs[i].clone()).collect(),
-                dirs: batch.iter().map(|&i| fig.dirs[i].clone()).collect(),
+                dir: dir.clone(),
+                cfg: cfgs[i].clone(),
+                needs: fig.needs.clone(),
+                training: usize::MAX,
+            }),
+        }
+    }
+    // A run belongs to the training unit of the first figure that needs it.
+    let unclaimed: Vec<usize> = (0..fig.plan.len())
+        .filter(|&i| !plan.training.iter().any(|u| u.dirs.contains(&fig.dirs[i])))
+        .collect();
+    for batch in runs::batches(&cfgs, &unclaimed) {
+        let first = unit_name(req, &fig.dirs[batch[0]]);
+        // No spaces: logs name units as one word.
+        let name = if batch.len() == 1 {
+            first
+        } else {
+            format!("{first}+{}", batch.len() - 1)
+        };
+        plan.training.push(TrainingUnit {
+            name,
+            figure: f,
+            cfgs: batch.iter().map(|&i| cfgs[i].clone()).collect(),
+            dirs: batch.iter().map(|&i| fig.dirs[i].clone()).collect(),
+        });
+    }
+}
+
+/// Figure `f`'s noise units, one per series (shared with earlier figures).
+fn plan_noise(req: &Request, plan: &mut Plan, f: usize, fig: &Figure) -> Result<()> {
+    let Some(n) = fig.res.measure.noise else {
+        return Ok(());
+    };
+    for s in 0..fig.spec.series.len() {
+        let base = fig
+            .plan
+            .iter()
+            .find(|r| r.series == s)
+            .ok_or_else(|| anyhow!("figure {}: series {s} has no runs", fig.id))?;
+        let cfg = runs::noise_config(&base.cfg, n.seed);
+        let dir = runs::noise_dir(&req.runs, &cfg, n.samples, n.full_batch);
+        if !plan.noise.iter().any(|u| u.dir == dir) {
+            plan.noise.push(NoiseUnit {
+                name: unit_name(req, &dir),
+                figure: f,
+                cfg,
+                samples: n.samples,
+                full_batch: n.full_batch,
+                dir,
             });
         }
-        if let Some(n) = fig.res.measure.noise {
-            for s in 0..fig.spec.series.len() {
-                let base = fig
-                    .plan
-                    .iter()
-                    .find(|r| r.series == s)
-                    .ok_or_else(|| anyhow!("figure {}: series {s} has no runs", fig.id))?;
-                let cfg = runs::noise_config(&base.cfg, n.seed);
-                let dir = runs::noise_dir(&req.runs, &cfg, n.samples, n.full_batch);
-                if !noise.iter().any(|u| u.dir == dir) {
-                    noise.push(NoiseUnit {
-                        name: relative(&dir),
-                        figure: f,
-                        cfg,
-                        samples: n.samples,
-                        full_batch: n.full_batch,
-                        dir,
-                    });
-                }
-            }
-        }
     }
-    for m in &mut measuring {
-        m.training = training
-            .iter()
-            .position(|u| u.dirs.contains(&m.dir))
-            .expect("every run has a training unit");
-    }
-    Ok(Plan {
-        figures,
-        training,
-        measuring,
-        noise,
-    })
+    Ok(())
 }
 
 /// Reads and resolves every requested figure and creates the runs folder: what a bad request
