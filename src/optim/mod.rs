@@ -74,6 +74,13 @@ impl NonFinite {
         }
     }
 
+    /// The state a checkpoint recorded: per member, the count of non-finite steps in a row and
+    /// whether it is still active.
+    pub fn restore(&mut self, in_a_row: &[i64], active: &[bool], device: tch::Device) {
+        self.in_a_row = Tensor::from_slice(in_a_row).to_device(device);
+        self.active = Tensor::from_slice(active).to_device(device);
+    }
+
     /// Takes one step's losses and gradient norms `[K]`; returns `[K]` bool, the members that
     /// update in this step. A member that diverges in this step is inactive from now on.
     pub fn step(&mut self, losses: &Tensor, norms: &Tensor) -> Tensor {

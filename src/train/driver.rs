@@ -103,31 +103,8 @@ pub fn drive(
 ) -> Result<Vec<Outcome>> {
     let started = Instant::now();
     let t = configs[0].train.clone();
-    let Shape {
-        members: k,
-        device,
-        ref layout,
-        sync_every,
-    } = *stepper.shape();
-    let mut rule = NonFinite::new(t.skip_nonfinite, k as i64, device);
-    let mut recorder = Recorder::new(
-        k,
-        layout.total,
-        sync_every,
-        configs[0].train.dtype.kind(),
-        device,
-    );
-    let mut iter = 0;
-    match restored {
-        Some(r) => {
-            iter = r.iter;
-            stepper.seek(iter);
-            rule.in_a_row = Tensor::from_slice(&r.in_a_row).to_device(device);
-            rule.active = Tensor::from_slice(&r.active).to_device(device);
-            recorder.restore(r);
-        }
-        None => recorder.snapshot(0, &stepper.flat_params()),
-    }
+    let (k, device) = (stepper.shape().members, stepper.shape().device);
+    let (mut rule, mut recorder, mut iter) = start(stepper, &t, restored);
     let summary_now = |status, iters_done| {
         Summary::of_rust(
             status,
@@ -179,7 +156,53 @@ pub fn drive(
             })
             .collect();
     }
-    let wall = started.elapsed().as_secs_f64();
+    finish(
+        stepper,
+        &mut recorder,
+        folders,
+        started.elapsed().as_secs_f64(),
+    )
+}
+
+/// The non-finite rule, the recorder and the iteration a session starts from: a checkpoint's,
+/// or iteration 0 with its snapshot.
+fn start(
+    stepper: &mut dyn Stepper,
+    t: &TrainConfig,
+    restored: Option<Restored>,
+) -> (NonFinite, Recorder, i64) {
+    let Shape {
+        members: k,
+        device,
+        ref layout,
+        sync_every,
+    } = *stepper.shape();
+    let mut rule = NonFinite::new(t.skip_nonfinite, k as i64, device);
+    let mut recorder = Recorder::new(k, layout.total, sync_every, t.dtype.kind(), device);
+    match restored {
+        Some(r) => {
+            let iter = r.iter;
+            stepper.seek(iter);
+            rule.restore(&r.in_a_row, &r.active, device);
+            recorder.restore(r);
+            (rule, recorder, iter)
+        }
+        None => {
+            recorder.snapshot(0, &stepper.flat_params());
+            (rule, recorder, 0)
+        }
+    }
+}
+
+/// Writes every member's results (metrics, trajectory, final parameters, then the summary that
+/// marks it done), then removes the checkpoints.
+fn finish(
+    stepper: &dyn Stepper,
+    recorder: &mut Recorder,
+    folders: &[RunFolder],
+    wall: f64,
+) -> Result<Vec<Outcome>> {
+    let device = stepper.shape().device;
     let snapshots = recorder.snapshots();
     let flat = stepper.flat_params().to_device(Device::Cpu);
     let mut outcomes = vec![];

@@ -331,6 +331,41 @@ fn normalize(p: &Path) -> PathBuf {
     out
 }
 
+/// The checkpoints of an ensemble's members: each one undamaged, of the config its folder
+/// holds (refused when config.yaml was edited since), and all at one iteration.
+fn read_checkpoints(folders: &[RunFolder], configs: &[Config]) -> Result<Vec<Checkpoint>> {
+    let layout = Layout::new(&Arch::from_config(&configs[0]));
+    let checkpoints: Vec<Checkpoint> = folders
+        .iter()
+        .map(|f| f.read_checkpoint(&layout))
+        .collect::<Result<_>>()?;
+    for ((f, c), now) in folders.iter().zip(&checkpoints).zip(configs) {
+        if let Some(then) = &c.config {
+            let changed = crate::config::changed_keys(then, now);
+            if !changed.is_empty() {
+                return Err(anyhow!(BadInput(format!(
+                    "{}: config.yaml was edited after the run started ({}); a resumed run continues the config it started with: put it back, or train the new config into another folder",
+                    f.dir().display(),
+                    changed.join(", ")
+                ))));
+            }
+        }
+    }
+    let iter = checkpoints[0].iter;
+    if let Some((f, c)) = folders
+        .iter()
+        .zip(&checkpoints)
+        .find(|(_, c)| c.iter != iter)
+    {
+        return Err(anyhow!(BadInput(format!(
+            "{}: checkpointed at iteration {}, but its ensemble at {iter}; train the ensemble again",
+            f.dir().display(),
+            c.iter
+        ))));
+    }
+    Ok(checkpoints)
+}
+
 /// `linattn train --resume DIR`: continues the run in `dir` (and, for a member of an ensemble,
 /// the whole ensemble) from its last checkpoint. Returns the outcomes in the ensemble's order.
 /// A run interrupted before its first checkpoint is trained again from the start.
@@ -361,35 +396,8 @@ pub fn resume(dir: &Path, opts: &Options) -> Result<Vec<Outcome>> {
         .iter()
         .map(RunFolder::config)
         .collect::<Result<_>>()?;
-    let layout = Layout::new(&Arch::from_config(&configs[0]));
-    let checkpoints: Vec<Checkpoint> = folders
-        .iter()
-        .map(|f| f.read_checkpoint(&layout))
-        .collect::<Result<_>>()?;
-    for ((f, c), now) in folders.iter().zip(&checkpoints).zip(&configs) {
-        if let Some(then) = &c.config {
-            let changed = crate::config::changed_keys(then, now);
-            if !changed.is_empty() {
-                return Err(anyhow!(BadInput(format!(
-                    "{}: config.yaml was edited after the run started ({}); a resumed run continues the config it started with: put it back, or train the new config into another folder",
-                    f.dir().display(),
-                    changed.join(", ")
-                ))));
-            }
-        }
-    }
+    let checkpoints = read_checkpoints(&folders, &configs)?;
     let iter = checkpoints[0].iter;
-    if let Some((f, c)) = folders
-        .iter()
-        .zip(&checkpoints)
-        .find(|(_, c)| c.iter != iter)
-    {
-        return Err(anyhow!(BadInput(format!(
-            "{}: checkpointed at iteration {}, but its ensemble at {iter}; train the ensemble again",
-            f.dir().display(),
-            c.iter
-        ))));
-    }
     let device = device_of(&configs[0])?;
     let mut stepper: Box<dyn Stepper> = match (configs[0].train.mode, configs.len()) {
         (Mode::Faithful, 1) => Box::new(FaithfulStepper::start(&configs[0], device)?),
