@@ -14,7 +14,7 @@
 //! The wall time with N workers is a list schedule: each unit (a training unit with the
 //! measurements of its runs, or a noise unit) goes, in the plan's order, to the worker that
 //! is free first. Units another worker already did count nothing.
-use super::{say, Plan};
+use super::{say, Plan, TrainingUnit};
 use crate::measure::{self, noise, Costs};
 use crate::run::{RunFolder, State};
 use crate::tools::bench::DriverTimer;
@@ -149,27 +149,7 @@ pub(super) fn estimate(plan: &Plan, workers: usize) -> Result<Estimate> {
             fig.training_s += s;
             job += s;
         }
-        for m in &plan.measuring {
-            if !unit.dirs.contains(&m.dir) {
-                continue;
-            }
-            let needs = match RunFolder::new(&m.dir).state() {
-                State::Done(s) => m
-                    .needs
-                    .available(&m.cfg, &s)
-                    .missing(&measure::read(&RunFolder::new(&m.dir))?),
-                _ => m.needs.clone(),
-            };
-            if needs.is_empty() {
-                continue;
-            }
-            let s = costs(&m.cfg, &needs, &mut t)?.of(&needs);
-            let fig = &mut figures[m.figure];
-            fig.measured_runs += 1;
-            fig.hessians += needs.condition.union(&needs.eigen).count();
-            fig.measuring_s += s;
-            job += s;
-        }
+        job += measuring_s(plan, unit, &mut figures, &mut t)?;
         if job > 0.0 {
             jobs.push(job);
         }
@@ -204,6 +184,38 @@ pub(super) fn estimate(plan: &Plan, workers: usize) -> Result<Estimate> {
         workers,
         wall_s: load.into_iter().fold(0.0, f64::max),
     })
+}
+
+/// The seconds the measurements of a training unit's runs take, added to their figures.
+fn measuring_s(
+    plan: &Plan,
+    unit: &TrainingUnit,
+    figures: &mut [FigureEstimate],
+    t: &mut Timings,
+) -> Result<f64> {
+    let mut total = 0.0;
+    for m in &plan.measuring {
+        if !unit.dirs.contains(&m.dir) {
+            continue;
+        }
+        let needs = match RunFolder::new(&m.dir).state() {
+            State::Done(s) => m
+                .needs
+                .available(&m.cfg, &s)
+                .missing(&measure::read(&RunFolder::new(&m.dir))?),
+            _ => m.needs.clone(),
+        };
+        if needs.is_empty() {
+            continue;
+        }
+        let s = costs(&m.cfg, &needs, t)?.of(&needs);
+        let fig = &mut figures[m.figure];
+        fig.measured_runs += 1;
+        fig.hessians += needs.condition.union(&needs.eigen).count();
+        fig.measuring_s += s;
+        total += s;
+    }
+    Ok(total)
 }
 
 /// `1 h 02 min`, `3 min 10 s`, `12 s`.

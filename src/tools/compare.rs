@@ -32,6 +32,26 @@ fn rel(a: f64, b: f64) -> f64 {
     }
 }
 
+/// The largest elementwise relative difference of the two sides' final parameters, and
+/// whether they are bit-identical.
+fn compare_final(rust_run: &RunFolder, torch_run: &RunFolder) -> Result<(f64, bool)> {
+    let mut bit_identical = true;
+    let rust_final = artifacts::read_safetensors(&rust_run.final_path())?;
+    let torch_final = artifacts::read_safetensors(&torch_run.final_path())?;
+    let mut max_rel_params = 0f64;
+    for (name, a) in &rust_final {
+        let b = &torch_final
+            .iter()
+            .find(|(n, _)| n == name)
+            .with_context(|| format!("the PyTorch side's final.safetensors has no {name}"))?
+            .1;
+        bit_identical &= a.equal(b);
+        let diff = (a - b).abs() / b.abs().clamp_min(f64::MIN_POSITIVE);
+        max_rel_params = max_rel_params.max(diff.max().double_value(&[]));
+    }
+    Ok((max_rel_params, bit_identical))
+}
+
 /// Runs both sides into `out/rust` and `out/torch` and writes `compare.csv` and `compare.png`.
 pub fn compare(
     cfg: &Config,
@@ -85,19 +105,8 @@ pub fn compare(
     }
     artifacts::write_atomic(&out.join("compare.csv"), csv.as_bytes())?;
 
-    let rust_final = artifacts::read_safetensors(&rust_run.final_path())?;
-    let torch_final = artifacts::read_safetensors(&torch_run.final_path())?;
-    let mut max_rel_params = 0f64;
-    for (name, a) in &rust_final {
-        let b = &torch_final
-            .iter()
-            .find(|(n, _)| n == name)
-            .with_context(|| format!("the PyTorch side's final.safetensors has no {name}"))?
-            .1;
-        bit_identical &= a.equal(b);
-        let diff = (a - b).abs() / b.abs().clamp_min(f64::MIN_POSITIVE);
-        max_rel_params = max_rel_params.max(diff.max().double_value(&[]));
-    }
+    let (max_rel_params, params_identical) = compare_final(&rust_run, &torch_run)?;
+    bit_identical &= params_identical;
     let iters: Vec<f64> = rust.iter().map(|r| r.iter as f64).collect();
     let losses = |m: &[artifacts::MetricsRow]| m.iter().map(|r| r.train_loss).collect::<Vec<_>>();
     plots::compare_overlay(
