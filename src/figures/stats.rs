@@ -146,6 +146,7 @@ pub fn resampled_mean(values: &[f64], idx: &[usize]) -> f64 {
 /// R_SGD / R_Adam at iteration `t`, computed per seed (the runs of the two optimizers with the
 /// same seed), then summarised over seeds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Ratio {
     pub iter: i64,
     pub mean: f64,
@@ -225,6 +226,7 @@ pub fn final_loss_ratio(fig: &FigureData, s: usize) -> Option<(f64, Option<[f64;
 
 /// One learning rate of the grid: final test loss over seeds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GridPoint {
     pub lr: f64,
     /// Mean final loss over seeds; None (the worst result) when any seed diverged.

@@ -13,6 +13,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FinalLoss {
     pub series: String,
     pub label: String,
@@ -29,6 +30,7 @@ pub struct FinalLoss {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RatioRow {
     pub series: String,
     pub label: String,
@@ -40,6 +42,7 @@ pub struct RatioRow {
 
 /// Adam's final test loss over SGD with momentum's (mean over mean) for one series.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LossRatio {
     pub series: String,
     pub label: String,
@@ -51,6 +54,7 @@ pub struct LossRatio {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NoiseRow {
     pub series: String,
     pub label: String,
@@ -61,6 +65,7 @@ pub struct NoiseRow {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Correlation {
     pub series: String,
     pub label: String,
@@ -74,6 +79,7 @@ pub struct Correlation {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LrChoice {
     pub series: String,
     pub label: String,
@@ -85,6 +91,7 @@ pub struct LrChoice {
 
 /// Everything `summary.md` says about one figure.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FigureSummary {
     pub id: String,
     pub title: String,
@@ -988,4 +995,26 @@ pub fn write_all(plots: &Path) -> Result<()> {
         &plots.join("summary.json"),
         (serde_json::to_string_pretty(&json)? + "\n").as_bytes(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The figure data are a file format with `deny_unknown_fields`: every committed one must
+    /// still read back (a renamed or dropped field would leave it out of the summary).
+    #[test]
+    fn every_committed_figure_data_file_reads_back_with_no_unknown_field() {
+        let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("plots");
+        let mut read = 0;
+        for dir in [root.join(DATA_DIR), root.join("ratio_check").join(DATA_DIR)] {
+            for e in std::fs::read_dir(&dir).unwrap().flatten() {
+                let text = std::fs::read_to_string(e.path()).unwrap();
+                serde_json::from_str::<FigureSummary>(&text)
+                    .unwrap_or_else(|err| panic!("{}: {err}", e.path().display()));
+                read += 1;
+            }
+        }
+        assert!(read >= 10, "{read} files");
+    }
 }

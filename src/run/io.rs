@@ -166,6 +166,7 @@ pub enum Status {
 
 /// `summary.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Summary {
     pub status: Status,
     /// The iteration whose loss or gradient was not finite.

@@ -69,6 +69,7 @@ pub fn ensemble_members(cfg: &Config) -> Vec<Member> {
 
 /// What one measuring process reports (one JSON line; the PyTorch side prints the same keys).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Measurement {
     pub ms_per_step: f64,
     pub side: String,

@@ -432,3 +432,51 @@ pub fn resume(dir: &Path, opts: &Options) -> Result<Vec<Outcome>> {
         drive(stepper.as_mut(), &configs, &folders, Some(restored), opts)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::Status;
+
+    #[test]
+    fn a_run_stopped_by_an_error_or_a_panic_is_marked_failed_not_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = RunFolder::new(dir.path().join("run"));
+        std::fs::create_dir_all(f.dir()).unwrap();
+        let running = Summary::of_rust(Status::Running, None, 3, 0.0, Device::Cpu);
+        f.write_summary(&running).unwrap();
+        let e = guarded(std::slice::from_ref(&f), || {
+            Err(anyhow!("no space left on device"))
+        });
+        assert!(format!("{:#}", e.unwrap_err()).contains("no space"));
+        assert_eq!(f.summary().unwrap().status, Status::Failed);
+
+        f.write_summary(&running).unwrap();
+        let e = guarded(std::slice::from_ref(&f), || {
+            panic!("DefaultCPUAllocator: can't allocate memory")
+        });
+        assert!(format!("{:#}", e.unwrap_err()).contains("can't allocate memory"));
+        assert_eq!(f.summary().unwrap().status, Status::Failed);
+    }
+
+    #[test]
+    fn the_memory_floor_refuses_a_million_layers_and_admits_every_model_of_the_paper() {
+        let mut huge = Config::default();
+        huge.model.layers = 1_000_000;
+        assert!(memory_floor(&huge, 1) > 1e12, "{}", memory_floor(&huge, 1));
+        // Fig. 5's model, an ensemble of 24 members (reproduce's largest), saved every 50 steps.
+        let mut fig5 = Config::default();
+        (fig5.model.layers, fig5.model.dim, fig5.data.context) = (8, 20, 60);
+        fig5.train.save_every = 50;
+        assert!(memory_floor(&fig5, 24) < 5e9, "{}", memory_floor(&fig5, 24));
+        // App. B's MLP variant, every step saved, 12 members.
+        let mut app_b = Config::default();
+        (app_b.model.mlp_hidden, app_b.data.batch) = (30, 2000);
+        app_b.model.parametrization = crate::config::Parametrization::Full;
+        assert!(
+            memory_floor(&app_b, 12) < 2e9,
+            "{}",
+            memory_floor(&app_b, 12)
+        );
+    }
+}
