@@ -195,6 +195,10 @@ fn an_empty_config_a_float_beyond_range_and_a_full_batch_below_the_batch_exit_2(
         ],
         "--full-batch",
     );
+    assert!(
+        !out.exists(),
+        "a refused measurement leaves no folder behind"
+    );
     assert_args_bad(
         &[
             "compare",

@@ -74,6 +74,20 @@ fn bad(msg: String) -> anyhow::Error {
 /// on one CPU thread); Ctrl-C or SIGTERM writes it at once.
 const PARTIAL_EVERY: usize = 100;
 
+/// `--samples` and `--full-batch`, checked before any folder is touched.
+fn check_counts(cfg: &Config, samples: i64, full_batch: i64) -> Result<()> {
+    if samples < 1 {
+        return Err(bad(format!("--samples: must be >= 1, got {samples}")));
+    }
+    if full_batch < cfg.data.batch {
+        return Err(bad(format!(
+            "--full-batch: g needs at least one batch of data.batch = {} prompts, got {full_batch}",
+            cfg.data.batch
+        )));
+    }
+    Ok(())
+}
+
 /// `linattn noise`: [`run_noise`] into a folder of its own, locked while it runs (a second
 /// process into the same folder is refused). A finished measurement is replaced only with
 /// `force`; a partial one is continued.
@@ -86,6 +100,7 @@ pub fn measure_into(
     progress: bool,
     stop: &AtomicBool,
 ) -> Result<NoiseOutcome> {
+    check_counts(cfg, samples, full_batch)?;
     let folder = RunFolder::new(out);
     if folder.has_config() {
         return Err(bad(format!(
@@ -142,15 +157,7 @@ pub fn run_noise(
     progress: bool,
     stop: &AtomicBool,
 ) -> Result<NoiseOutcome> {
-    if samples < 1 {
-        return Err(bad(format!("--samples: must be >= 1, got {samples}")));
-    }
-    if full_batch < cfg.data.batch {
-        return Err(bad(format!(
-            "--full-batch: g needs at least one batch of data.batch = {} prompts, got {full_batch}",
-            cfg.data.batch
-        )));
-    }
+    check_counts(cfg, samples, full_batch)?;
     std::fs::create_dir_all(out).map_err(|e| {
         bad(format!(
             "output folder {}: cannot create it ({e})",
