@@ -1409,19 +1409,29 @@ impl<T: Real, const N: usize> Sub for Dual<T, N> {
     }
 }
 
+// The index loops below are what the compiler vectorises; `std::array::from_fn` made the
+// forward-mode Hessian 1.5× slower (a Setting 1 Hessian: 321 → 495 ms).
 impl<T: Real, const N: usize> Mul for Dual<T, N> {
     type Output = Self;
     #[inline(always)]
+    #[allow(clippy::needless_range_loop)]
     fn mul(self, o: Self) -> Self {
-        let t = std::array::from_fn(|i| self.v.mul_add(o.t[i], self.t[i] * o.v));
+        let mut t = [T::default(); N];
+        for i in 0..N {
+            t[i] = self.v.mul_add(o.t[i], self.t[i] * o.v);
+        }
         Dual { v: self.v * o.v, t }
     }
 }
 
 impl<T: Real, const N: usize> Real for Dual<T, N> {
     #[inline(always)]
+    #[allow(clippy::needless_range_loop)]
     fn mul_add(self, a: Self, b: Self) -> Self {
-        let t = std::array::from_fn(|i| self.v.mul_add(a.t[i], self.t[i].mul_add(a.v, b.t[i])));
+        let mut t = [T::default(); N];
+        for i in 0..N {
+            t[i] = self.v.mul_add(a.t[i], self.t[i].mul_add(a.v, b.t[i]));
+        }
         Dual {
             v: self.v.mul_add(a.v, b.v),
             t,
