@@ -310,20 +310,26 @@ fn sigterm_stops_a_fast_run_with_exit_130_and_a_checkpoint_to_resume_from() {
     );
 }
 
-#[test]
-fn a_truncated_or_mismatched_checkpoint_is_bad_input() {
-    let tmp = tempdir();
-    let out = tmp.path().join("run");
-    let mut c = train_cmd(&out, &["train.iters=100000"]);
+/// Starts `train` with `sets` into `out`, checkpointing every 50 iterations, and kills it
+/// (SIGKILL) once a checkpoint is there; returns the checkpoint's bytes.
+fn killed_after_a_checkpoint(out: &Path, sets: &[&str]) -> Vec<u8> {
+    let mut c = train_cmd(out, sets);
     c.args(["--checkpoint-every", "50"])
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let mut child = c.spawn().unwrap();
-    wait_for_checkpoint(&out, Duration::from_secs(120));
+    wait_for_checkpoint(out, Duration::from_secs(120));
     child.kill().unwrap();
     let _ = child.wait();
+    std::fs::read(out.join("checkpoint.safetensors")).unwrap()
+}
+
+#[test]
+fn a_truncated_or_mismatched_checkpoint_is_bad_input() {
+    let tmp = tempdir();
+    let out = tmp.path().join("run");
+    let bytes = killed_after_a_checkpoint(&out, &["train.iters=100000"]);
     let ckpt = out.join("checkpoint.safetensors");
-    let bytes = std::fs::read(&ckpt).unwrap();
 
     // Shapes that disagree with config.yaml.
     let cfg = std::fs::read_to_string(out.join("config.yaml")).unwrap();
@@ -629,16 +635,8 @@ fn resume_cmd(dir: &Path) -> Command {
 fn a_checkpoint_damaged_after_a_kill_or_an_edited_config_is_refused_on_resume() {
     let tmp = tempdir();
     let out = tmp.path().join("run");
-    let mut c = train_cmd(&out, &["train.iters=100000", "train.mode=fast"]);
-    c.args(["--checkpoint-every", "50"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut child = c.spawn().unwrap();
-    wait_for_checkpoint(&out, Duration::from_secs(120));
-    child.kill().unwrap();
-    let _ = child.wait();
+    let bytes = killed_after_a_checkpoint(&out, &["train.iters=100000", "train.mode=fast"]);
     let ckpt = out.join("checkpoint.safetensors");
-    let bytes = std::fs::read(&ckpt).unwrap();
 
     // Bytes overwritten in the tensors' data: the file still parses, but its numbers are not
     // those that were written.
