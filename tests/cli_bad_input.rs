@@ -104,10 +104,17 @@ fn unknown_subcommand_or_flag_exits_2() {
     assert_eq!(output(c).status.code(), Some(2));
 }
 
-/// Runs `linattn ARGS` and checks exit 2 with one line naming `must_name`; returns stderr.
+/// Runs `linattn ARGS` under an 8 GB address-space limit (so that a check that failed could not
+/// take the machine) and checks exit 2 with one line naming `must_name`; returns stderr.
 fn assert_args_bad(args: &[&str], must_name: &str) -> String {
-    let mut c = linattn();
-    c.args(args);
+    let bin = linattn().get_program().to_owned();
+    let mut c = std::process::Command::new("prlimit");
+    c.arg("--as=8000000000").arg("--").arg(bin).args(args);
+    for (k, v) in linattn().get_envs() {
+        if let Some(v) = v {
+            c.env(k, v);
+        }
+    }
     let o = output(c);
     let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
     assert_eq!(o.status.code(), Some(2), "{args:?}: stderr: {stderr}");

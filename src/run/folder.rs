@@ -159,8 +159,27 @@ impl RunFolder {
         Config::load(&path, &[]).with_context(|| format!("reading {}", path.display()))
     }
 
+    /// `summary.json`, as it stands: a summary that says `running` while no process holds the
+    /// folder's lock belongs to a process that was killed without a word (SIGKILL, the
+    /// out-of-memory killer), and reads as `interrupted`, which `train --resume` continues.
     pub fn summary(&self) -> Result<Summary> {
-        Summary::read(&self.dir.join(SUMMARY))
+        let mut s = Summary::read(&self.dir.join(SUMMARY))?;
+        if s.status == Status::Running && !self.held() {
+            s.status = Status::Interrupted;
+        }
+        Ok(s)
+    }
+
+    /// Whether a live process holds the folder's lock (looked at without creating anything).
+    fn held(&self) -> bool {
+        use fs2::FileExt;
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.dir.join(LOCK))
+        {
+            Ok(file) => file.try_lock_exclusive().is_err(),
+            Err(_) => false,
+        }
     }
 
     pub fn write_summary(&self, summary: &Summary) -> Result<()> {

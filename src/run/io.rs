@@ -151,9 +151,9 @@ pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
-    /// A process is training the run, or was until it was killed without a word (SIGKILL, the
-    /// kernel's out-of-memory killer): then no process holds the folder's lock, and
-    /// `train --resume` continues from the last checkpoint.
+    /// A process is training the run. A file that says so while no process holds the folder's
+    /// lock (the process was killed without a word: SIGKILL, the out-of-memory killer) reads as
+    /// [`Status::Interrupted`] (`RunFolder::summary`).
     Running,
     Completed,
     Diverged,
