@@ -277,16 +277,16 @@ impl RunFolder {
     }
 
     /// The iteration and ensemble of the file `name` in the folder, if it is there; bad input
-    /// naming the folder when it is damaged.
+    /// naming the file when it is damaged (as [`Self::read_checkpoint`] does).
     fn stamp_of(&self, name: &str) -> Result<Option<(i64, Composition)>> {
         let path = self.dir.join(name);
         if !path.exists() {
             return Ok(None);
         }
-        io::read_checked_safetensors(&path)
-            .and_then(|saved| checkpoint::stamp(&saved))
+        let saved = io::read_checked_safetensors(&path)?;
+        checkpoint::stamp(&saved)
             .map(Some)
-            .map_err(|e| bad(format!("{}: {e:#}", self.dir.display())))
+            .map_err(|e| bad(format!("{}: {e:#}", path.display())))
     }
 
     /// The iteration and ensemble of the next checkpoint (see [`Self::write_checkpoint_next`]).
