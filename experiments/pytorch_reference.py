@@ -64,7 +64,8 @@ DEFAULTS = {
 }
 # Keys a config may set that a resolved config.yaml names only when not at their default (as
 # the Rust side writes them).
-OPTIONAL = {"train": {"skip_nonfinite": 0}}
+OPTIONAL = {"train": {"skip_nonfinite": 0, "weight_decay": 0.0}, "data": {"train_prompts": 0}}
+OPTIMIZERS = ("sgd", "adam", "adamw", "sign", "normalized", "lion", "adam_mini", "muon")
 SEED_MAX = 2**32 - 1  # np.random.seed accepts [0, 2^32)
 # kind, then bounds: ("int", lo, hi) | ("float", lo, lo_open, hi, hi_open) | ("enum", choices)
 RULES = {
@@ -76,14 +77,15 @@ RULES = {
     "data.context": ("int", 1, None), "data.batch": ("int", 1, None),
     "data.gamma_shape": ("float", 0, True, None, False), "data.teacher_hidden": ("int", 1, None),
     "data.teacher_seed": ("int", 0, SEED_MAX), "data.eval_seed": ("int", 0, SEED_MAX),
-    "train.optimizer": ("enum", ("sgd", "adam")), "train.lr": ("float", 0, True, None, False),
+    "train.optimizer": ("enum", OPTIMIZERS), "train.lr": ("float", 0, True, None, False),
     "train.momentum": ("float", 0, False, 1, True), "train.betas": ("betas",),
     "train.eps": ("float", 0, True, None, False), "train.clip": ("float", 0, False, None, False),
     "train.clip_mode": ("enum", ("threshold", "clip_grad_norm")),
     "train.mode": ("enum", ("faithful", "fast")), "train.iters": ("int", 1, None),
     "train.seed": ("int", 0, SEED_MAX), "train.device": ("device",),
     "train.save_every": ("int", 1, None), "train.optimizer_impl": ("enum", ("reference", "libtorch")),
-    "train.skip_nonfinite": ("int", 0, None),
+    "train.skip_nonfinite": ("int", 0, None), "train.weight_decay": ("float", 0, False, None, False),
+    "data.train_prompts": ("int", 0, None),
 }
 
 
@@ -182,6 +184,14 @@ def load_config(path, sets=()):
         for key, default in OPTIONAL.get(sec, {}).items():
             if body.get(key, default) == default:
                 body.pop(key, None)
+    tp = cfg["data"].get("train_prompts", 0)
+    if 0 < tp < cfg["data"]["batch"]:
+        raise InputError(f"config key data.train_prompts: must be 0 (fresh prompts every step) or at "
+                         f"least data.batch = {cfg['data']['batch']}, got {tp}")
+    decays = ("adamw", "lion", "adam_mini", "muon")
+    if cfg["train"].get("weight_decay", 0) > 0 and cfg["train"]["optimizer"] not in decays:
+        raise InputError(f"config key train.weight_decay: applies to {', '.join(decays)} only, "
+                         f"not {cfg['train']['optimizer']}")
     if cfg["model"]["mlp_hidden"] > 0 and cfg["model"]["parametrization"] != "full":
         raise InputError("config key model.parametrization: must be full when model.mlp_hidden > 0, "
                          f"got {_show(cfg['model']['parametrization'])}")
@@ -296,6 +306,171 @@ def concat_norm(tensors):
     return torch.linalg.vector_norm(torch.cat([g.reshape(-1) for g in tensors]))
 
 
+# ----------------------------------------------------------------------------- optimizers
+# train.optimizer beyond the paper's two (docs/spec.md writes each one's equations). adamw and
+# muon are torch.optim's own; the others are written from their papers op for op as the Rust side
+# computes them (src/optim), with ops both sides can express: PyTorch's `add_(x, alpha=a)` fuses
+# a multiply-add that tch cannot call, so a scaled sum is a `lerp_` or a product then a sum.
+
+
+def blocks(model):
+    """The blocks of adam_mini and muon, in state_dict order: each P and Q of each layer and head
+    (as (allparam, (l, h, j)): a 2-D slice), then each MLP weight and bias (as (tensor, ()))."""
+    A = model.allparam
+    out = [(A, (l, h, j)) for l in range(A.shape[0]) for h in range(A.shape[1]) for j in range(2)]
+    if model.mlp is not None:
+        out += [(p, ()) for p in model.mlp.parameters()]
+    return out
+
+
+class HeavyBall:
+    """Kunstner et al. (ICLR 2023), sign descent and normalized GD with momentum, as their code
+    (explib/optim/normalized_gd.py) runs them: the direction d = sign(g) (`sign`) or g / ||g||
+    with ||g|| the l2 norm of all gradients concatenated (`normalized`), then torch's heavy-ball
+    momentum on d (buf = d at the first step, then buf = mu*buf + d), and p -= lr*buf."""
+
+    def __init__(self, params, lr, momentum, normalized):
+        self.params, self.lr, self.momentum, self.normalized = params, lr, momentum, normalized
+        self.bufs = [None] * len(params)
+
+    @torch.no_grad()
+    def step(self):
+        grads = [p.grad for p in self.params]
+        if self.normalized:
+            norm = concat_norm(grads)
+            ds = [g / norm for g in grads]
+        else:
+            ds = [torch.sign(g) for g in grads]
+        for i, (p, d) in enumerate(zip(self.params, ds)):
+            if self.momentum != 0:
+                if self.bufs[i] is None:
+                    self.bufs[i] = torch.clone(d).detach()
+                else:
+                    self.bufs[i].mul_(self.momentum).add_(d)
+                d = self.bufs[i]
+            p.add_(d, alpha=-self.lr)
+
+    def zero_grad(self):
+        for p in self.params:
+            p.grad = None
+
+
+class Lion:
+    """Lion (Chen et al., 2023): c = b1*m + (1-b1)*g; p *= 1 - lr*wd; p -= lr*sign(c);
+    m = b2*m + (1-b2)*g. The two convex combinations are lerps (m.lerp(g, 1-b))."""
+
+    def __init__(self, params, lr, betas, weight_decay):
+        self.params, self.lr, self.betas, self.wd = params, lr, betas, weight_decay
+        self.exp_avg = [torch.zeros_like(p) for p in params]
+
+    @torch.no_grad()
+    def step(self):
+        b1, b2 = self.betas
+        for p, m in zip(self.params, self.exp_avg):
+            g = p.grad
+            update = m.lerp(g, 1 - b1).sign_()
+            p.mul_(1 - self.lr * self.wd)
+            p.add_(update, alpha=-self.lr)
+            m.lerp_(g, 1 - b2)
+
+    def zero_grad(self):
+        for p in self.params:
+            p.grad = None
+
+
+class AdamMini:
+    """Adam-mini (Zhang et al., 2024; the official code's one-value-per-tensor branch, with the
+    blocks of `blocks`): m per parameter, one second moment v per block, the mean of g*g over the
+    block; decoupled weight decay (none on biases, as the official code); Adam's bias corrections
+    and eps outside the square root."""
+
+    def __init__(self, model, lr, betas, eps, weight_decay):
+        self.model, self.lr, self.betas, self.eps, self.wd = model, lr, betas, eps, weight_decay
+        self.blocks = blocks(model)
+        self.m = [torch.zeros_like(p[i]) for p, i in self.blocks]
+        self.v = [torch.zeros((), dtype=p.dtype, device=p.device) for p, _ in self.blocks]
+        self.decays = [p.dim() != 1 for p, i in self.blocks]  # MLP biases are the 1-D tensors
+        self.t = 0
+
+    @torch.no_grad()
+    def step(self):
+        b1, b2 = self.betas
+        self.t += 1
+        bias_correction1 = 1 - b1 ** self.t
+        bias_correction2_sqrt = math.sqrt(1 - b2 ** self.t)
+        for (p, i), m, v, decays in zip(self.blocks, self.m, self.v, self.decays):
+            param, g = p[i], p.grad[i]
+            mean_sq = torch.sum(g * g) / g.numel()
+            if decays and self.wd > 0:
+                param.mul_(1 - self.lr * self.wd)
+            m.lerp_(g, 1 - b1)
+            v.mul_(b2).add_(mean_sq * (1 - b2))
+            h = (v.sqrt() / bias_correction2_sqrt).add_(self.eps)
+            stepsize = (1 / bias_correction1) / h
+            update = m * stepsize
+            update.mul_(self.lr)
+            param.add_(-update)
+
+    def zero_grad(self):
+        self.model.zero_grad(set_to_none=True)
+
+
+class MuonWithAdamW:
+    """torch.optim.Muon on every P and Q (2-D slices of allparam, given to Muon as leaf views of
+    its storage) and the MLP's weight matrices; torch.optim.AdamW on the MLP's biases, as Muon's
+    documentation advises. Both take the run's lr and weight_decay; Muon its momentum (Nesterov,
+    its Newton-Schulz coefficients and steps, its default lr adjustment), AdamW its betas and eps."""
+
+    def __init__(self, model, t):
+        self.model = model
+        mats = [(p, i) for p, i in blocks(model) if len(i) == 3 or p.dim() == 2]
+        self.views = [(p, i, p.data[i] if i else p) for p, i in mats]
+        biases = [p for p, i in blocks(model) if not i and p.dim() == 1]
+        self.muon = torch.optim.Muon([v for _, _, v in self.views], lr=t["lr"],
+                                     weight_decay=t.get("weight_decay", 0.0),
+                                     momentum=t["momentum"], nesterov=True)
+        self.adamw = torch.optim.AdamW(biases, lr=t["lr"], betas=tuple(t["betas"]), eps=t["eps"],
+                                       weight_decay=t.get("weight_decay", 0.0)) if biases else None
+
+    @torch.no_grad()
+    def step(self):
+        for p, i, v in self.views:
+            if i:
+                v.grad = p.grad[i]
+        self.muon.step()
+        if self.adamw is not None:
+            self.adamw.step()
+
+    def zero_grad(self):
+        self.model.zero_grad(set_to_none=True)
+        for _, i, v in self.views:
+            if i:
+                v.grad = None
+
+
+def make_optimizer(t, model):
+    """The optimizer `train.optimizer` names, over the model's parameters (state_dict order)."""
+    params, kind = list(model.parameters()), t["optimizer"]
+    wd = t.get("weight_decay", 0.0)
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=t["lr"], momentum=t["momentum"])
+    if kind in ("adam", "adamw"):
+        # train.ipynb uses AdamW(weight_decay=0); nonlinear_regression.ipynb uses Adam. With
+        # weight_decay 0 the two run the same update (AdamW is Adam with
+        # decoupled_weight_decay=True, and the decay branch is skipped at 0).
+        return torch.optim.AdamW(params, lr=t["lr"], betas=tuple(t["betas"]), eps=t["eps"],
+                                 weight_decay=wd if kind == "adamw" else 0)
+    if kind in ("sign", "normalized"):
+        return HeavyBall(params, t["lr"], t["momentum"], kind == "normalized")
+    if kind == "lion":
+        return Lion(params, t["lr"], t["betas"], wd)
+    if kind == "adam_mini":
+        return AdamMini(model, t["lr"], t["betas"], t["eps"], wd)
+    if kind == "muon":
+        return MuonWithAdamW(model, t)
+    raise AssertionError(kind)
+
+
 class Run:
     """Everything one training run needs: teacher, seeded init, optimizer (mode is always faithful:
     data is drawn on the CPU generator and then moved to the device)."""
@@ -307,19 +482,27 @@ class Run:
         seed_all(t["seed"])
         self.model = LinearTransformer(cfg).to(device)
         self.params = list(self.model.parameters())  # state_dict order
-        if t["optimizer"] == "sgd":
-            self.opt = torch.optim.SGD(self.params, lr=t["lr"], momentum=t["momentum"])
-        else:
-            # train.ipynb uses AdamW(weight_decay=0); nonlinear_regression.ipynb uses Adam. With
-            # weight_decay 0 the two run the same update (AdamW is Adam with
-            # decoupled_weight_decay=True, and the decay branch is skipped at 0).
-            self.opt = torch.optim.AdamW(self.params, lr=t["lr"], betas=tuple(t["betas"]),
-                                         eps=t["eps"], weight_decay=0)
+        self.opt = make_optimizer(t, self.model)
+        self.t, self.train_set = 0, None
+
+    def batch(self):
+        """The batch of this iteration: fresh prompts (the paper's protocol), or with
+        data.train_prompts = N the prompts (t*B + i) mod N of the training set, drawn as one batch
+        of N prompts at the first step (where the protocol draws the first batch)."""
+        d = self.cfg["data"]
+        n_set, B = d.get("train_prompts", 0), d["batch"]
+        if n_set == 0:
+            return draw_batch(self.cfg, B, self.teacher)
+        if self.train_set is None:
+            self.train_set = draw_batch(self.cfg, n_set, self.teacher)
+        at = torch.arange(self.t * B, self.t * B + B) % n_set
+        return self.train_set[0][at], self.train_set[1][at]
 
     def step(self):
         """One iteration; returns (loss, grad_norm) as Python floats of the float32 values.
         When either is not finite nothing is updated (the caller skips the step or stops)."""
-        Z, yq = draw_batch(self.cfg, self.cfg["data"]["batch"], self.teacher)
+        Z, yq = self.batch()
+        self.t += 1
         loss = self.model(Z.to(self.device), yq.to(self.device))
         loss.backward()
         grads = [p.grad for p in self.params]

@@ -42,6 +42,20 @@ pub enum Setting {
 pub enum OptimizerKind {
     Sgd,
     Adam,
+    /// `torch.optim.AdamW`: Adam with decoupled weight decay (`train.weight_decay`).
+    Adamw,
+    /// Sign descent with heavy-ball momentum on the signs (Kunstner et al., 2023).
+    Sign,
+    /// Normalized GD with heavy-ball momentum: the gradient over its global l2 norm (Kunstner
+    /// et al., 2023).
+    Normalized,
+    /// Lion (Chen et al., 2023).
+    Lion,
+    /// Adam-mini (Zhang et al., 2024): one second moment per block.
+    #[value(name = "adam_mini")]
+    AdamMini,
+    /// `torch.optim.Muon` on each P, Q and MLP weight matrix; AdamW on the MLP's biases.
+    Muon,
 }
 
 impl OptimizerKind {
@@ -50,7 +64,24 @@ impl OptimizerKind {
         match self {
             OptimizerKind::Sgd => "sgd",
             OptimizerKind::Adam => "adam",
+            OptimizerKind::Adamw => "adamw",
+            OptimizerKind::Sign => "sign",
+            OptimizerKind::Normalized => "normalized",
+            OptimizerKind::Lion => "lion",
+            OptimizerKind::AdamMini => "adam_mini",
+            OptimizerKind::Muon => "muon",
         }
+    }
+
+    /// Whether `train.weight_decay` means something for this optimizer (decoupled, θ ← θ(1 − lr·λ)).
+    pub fn decays(self) -> bool {
+        matches!(
+            self,
+            OptimizerKind::Adamw
+                | OptimizerKind::Lion
+                | OptimizerKind::AdamMini
+                | OptimizerKind::Muon
+        )
     }
 }
 
@@ -231,6 +262,11 @@ pub struct DataConfig {
     pub teacher_hidden: i64,
     pub teacher_seed: u32,
     pub eval_seed: u32,
+    /// A fixed training set of this many prompts, drawn once from the run's seed; every step
+    /// takes its batch from it (docs/spec.md says how). 0, the paper's protocol: fresh prompts
+    /// at every step.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub train_prompts: i64,
 }
 
 impl Default for DataConfig {
@@ -243,6 +279,7 @@ impl Default for DataConfig {
             teacher_hidden: 10,
             teacher_seed: 7,
             eval_seed: 99,
+            train_prompts: 0,
         }
     }
 }
@@ -271,6 +308,13 @@ pub struct TrainConfig {
     /// (Fig. 5) a rare prompt's loss overflows while the model itself is fine.
     #[serde(skip_serializing_if = "is_zero")]
     pub skip_nonfinite: i64,
+    /// Decoupled weight decay λ of adamw, lion, adam_mini and muon; 0 (as the authors run).
+    #[serde(skip_serializing_if = "is_zero_f64")]
+    pub weight_decay: f64,
+}
+
+fn is_zero_f64(x: &f64) -> bool {
+    *x == 0.0
 }
 
 fn is_zero(n: &i64) -> bool {
@@ -295,6 +339,7 @@ impl Default for TrainConfig {
             optimizer_impl: OptimizerImpl::Reference,
             dtype: Dtype::Float32,
             skip_nonfinite: 0,
+            weight_decay: 0.0,
         }
     }
 }
@@ -532,6 +577,14 @@ impl Config {
                 "data.teacher_hidden",
                 format!("must be >= 1, got {}", d.teacher_hidden),
             ),
+            (
+                d.train_prompts == 0 || d.train_prompts >= d.batch,
+                "data.train_prompts",
+                format!(
+                    "must be 0 (fresh prompts every step) or at least data.batch = {}, got {}",
+                    d.batch, d.train_prompts
+                ),
+            ),
         ]
     }
 
@@ -586,6 +639,19 @@ impl Config {
                     t.skip_nonfinite
                 ),
             ),
+            (
+                t.weight_decay >= 0.0 && t.weight_decay.is_finite(),
+                "train.weight_decay",
+                format!("must be >= 0, got {}", t.weight_decay),
+            ),
+            (
+                t.weight_decay == 0.0 || t.optimizer.decays(),
+                "train.weight_decay",
+                format!(
+                    "applies to adamw, lion, adam_mini and muon only, not {}",
+                    t.optimizer.name()
+                ),
+            ),
         ]
     }
 
@@ -616,6 +682,15 @@ impl Config {
             t.dtype == Dtype::Float32 || t.mode == Mode::Fast,
             "train.dtype",
             "float64 needs train.mode: fast (for reproduce: --mode fast); the faithful mode is the authors' float32, op for op".into(),
+        ));
+        checks.push((
+            t.optimizer_impl == OptimizerImpl::Reference
+                || matches!(t.optimizer, OptimizerKind::Sgd | OptimizerKind::Adam),
+            "train.optimizer_impl",
+            format!(
+                "libtorch has SGD and Adam only; {} needs optimizer_impl: reference",
+                t.optimizer.name()
+            ),
         ));
         checks.push((
             m.mlp_hidden == 0 || m.parametrization == Parametrization::Full,

@@ -44,6 +44,8 @@ pub struct DataStream {
     numpy: LegacyRandomState,
     teacher: Option<Mlp>,
     device: Device,
+    /// The fixed training set of `data.train_prompts` (on the CPU), once drawn.
+    set: Option<Batch>,
 }
 
 impl DataStream {
@@ -61,6 +63,46 @@ impl DataStream {
             numpy,
             teacher,
             device,
+            set: None,
+        }
+    }
+
+    /// The batch of training iteration `iter`: the next fresh batch (the paper's protocol), or
+    /// with `data.train_prompts: N` the prompts (iter·B + i) mod N, i < B, of the training
+    /// set, drawn as one batch of N prompts at the first call (where the paper's protocol
+    /// draws the first batch: with N = B the set is that batch).
+    pub fn training_batch(&mut self, iter: i64) -> Batch {
+        let (n_set, b) = (self.cfg.train_prompts, self.cfg.batch);
+        if n_set == 0 {
+            return self.next_batch();
+        }
+        let set = self.training_set();
+        let at = Tensor::arange_start(iter * b, iter * b + b, (Kind::Int64, Device::Cpu))
+            .remainder(n_set);
+        Batch {
+            z: set.z.index_select(0, &at),
+            y_query: set.y_query.index_select(0, &at),
+        }
+        .to_device(self.device)
+    }
+
+    /// The training set, drawn at the first call.
+    fn training_set(&mut self) -> &Batch {
+        if self.set.is_none() {
+            self.set = Some(self.draw(self.cfg.train_prompts));
+        }
+        self.set.as_ref().expect("just drawn")
+    }
+
+    /// Stands the training stream where an uninterrupted run has it after `iters` iterations
+    /// ([`DataStream::training_batch`]): past `iters` fresh batches, or past the set's draw.
+    pub fn skip_training(&mut self, iters: i64) {
+        match self.cfg.train_prompts {
+            0 => self.skip(iters),
+            _ if iters > 0 => {
+                self.training_set();
+            }
+            _ => {}
         }
     }
 
@@ -184,6 +226,14 @@ pub struct DeviceStream {
     /// The run's `train.dtype`: batches are drawn in float32 (the same numbers whatever the
     /// dtype) and then converted.
     kind: Kind,
+    /// The fixed training set of `data.train_prompts`, once drawn: `[U, N, n+2, d]` rows.
+    set: Option<PromptSet>,
+}
+
+/// A fast run's training set: per stream the N prompts of its first ⌈N/B⌉ iterations' draws.
+enum PromptSet {
+    Host(Vec<f32>),
+    Device(Tensor),
 }
 
 enum Draws {
@@ -251,6 +301,7 @@ impl DeviceStream {
             gamma_shape: (cfg.data.setting == Setting::Gamma)
                 .then(|| Tensor::full([b, n + 1], cfg.data.gamma_shape, opts)),
             kind: cfg.train.dtype.kind(),
+            set: None,
         }
     }
 
@@ -300,8 +351,57 @@ impl DeviceStream {
         }
     }
 
-    /// Draws iteration `iter` into the host rows, unless they already hold it.
+    /// Fills the host rows with iteration `iter`'s prompts, unless they already hold it: fresh
+    /// draws, or with `data.train_prompts: N` the prompts (iter·B + i) mod N of the training
+    /// set (per stream the prompts of its first ⌈N/B⌉ iterations, in order).
     fn draw_host(&mut self, iter: i64) {
+        let n_set = self.cfg.train_prompts as usize;
+        if n_set == 0 {
+            return self.draw_fresh(iter);
+        }
+        if matches!(&self.draws, Draws::Host { iter: held, .. } if *held == Some(iter)) {
+            return;
+        }
+        let (b, per) = (
+            self.cfg.batch as usize,
+            (self.cfg.context as usize + 2) * self.dim as usize,
+        );
+        let streams = self.seeds.len();
+        if self.set.is_none() {
+            let mut set = vec![0.0f32; streams * n_set * per];
+            for chunk in 0..n_set.div_ceil(b) {
+                self.draw_fresh(chunk as i64);
+                let Draws::Host { rows, .. } = &self.draws else {
+                    return;
+                };
+                let take = b.min(n_set - chunk * b);
+                for u in 0..streams {
+                    let to = (u * n_set + chunk * b) * per;
+                    set[to..to + take * per].copy_from_slice(&rows[u * b * per..][..take * per]);
+                }
+            }
+            self.set = Some(PromptSet::Host(set));
+        }
+        let (
+            Some(PromptSet::Host(set)),
+            Draws::Host {
+                rows, iter: held, ..
+            },
+        ) = (&self.set, &mut self.draws)
+        else {
+            return;
+        };
+        for u in 0..streams {
+            for i in 0..b {
+                let from = (u * n_set + (iter as usize * b + i) % n_set) * per;
+                rows[(u * b + i) * per..][..per].copy_from_slice(&set[from..from + per]);
+            }
+        }
+        *held = Some(iter);
+    }
+
+    /// Draws iteration `iter` of the streams into the host rows, unless they already hold it.
+    fn draw_fresh(&mut self, iter: i64) {
         let (b, n, d) = (
             self.cfg.batch as usize,
             self.cfg.context as usize,
@@ -348,8 +448,20 @@ impl DeviceStream {
     }
 
     /// The draws of iteration `iter`: `w [U, B, 1, d]` and the covariates `x [U, B, n+1, d]`
-    /// (context rows and the query row), transformed as the setting says.
+    /// (context rows and the query row), transformed as the setting says; from the training set
+    /// where `data.train_prompts` is set.
     fn covariates(&mut self, iter: i64) -> (Tensor, Tensor) {
+        if self.cfg.train_prompts > 0 && matches!(self.draws, Draws::Device { .. }) {
+            let n = self.cfg.context;
+            let rows = self.device_set_rows(iter);
+            return (rows.narrow(2, 0, 1), rows.narrow(2, 1, n + 1));
+        }
+        self.covariates_fresh(iter)
+    }
+
+    /// [`DeviceStream::covariates`] of fresh draws (on the host: whatever
+    /// [`DeviceStream::draw_host`] holds).
+    fn covariates_fresh(&mut self, iter: i64) -> (Tensor, Tensor) {
         let (b, n, d) = (self.cfg.batch, self.cfg.context, self.dim);
         self.draw_host(iter);
         let rows = match &self.draws {
@@ -380,5 +492,28 @@ impl DeviceStream {
             }
         };
         (rows.narrow(2, 0, 1), rows.narrow(2, 1, n + 1))
+    }
+
+    /// On a GPU, the rows `[U, B, n+2, d]` of iteration `iter` from the training set (drawn at
+    /// the first call from the first ⌈N/B⌉ iterations, as on the host).
+    fn device_set_rows(&mut self, iter: i64) -> Tensor {
+        let (n_set, b) = (self.cfg.train_prompts, self.cfg.batch);
+        if self.set.is_none() {
+            let parts: Vec<Tensor> = (0..(n_set + b - 1) / b)
+                .map(|chunk| {
+                    let (w, x) = self.covariates_fresh(chunk);
+                    Tensor::cat(&[w, x], 2)
+                })
+                .collect();
+            self.set = Some(PromptSet::Device(
+                Tensor::cat(&parts, 1).narrow(1, 0, n_set),
+            ));
+        }
+        let Some(PromptSet::Device(set)) = &self.set else {
+            unreachable!("a GPU stream's set is on the device")
+        };
+        let at = Tensor::arange_start(iter * b, iter * b + b, (Kind::Int64, set.device()))
+            .remainder(n_set);
+        set.index_select(1, &at)
     }
 }

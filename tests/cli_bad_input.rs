@@ -66,6 +66,36 @@ fn a_wrong_type_or_an_out_of_range_value_exits_2_naming_the_key() {
 }
 
 #[test]
+fn a_setting_the_optimizer_or_the_data_cannot_use_exits_2_naming_the_key() {
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["train.optimizer=sgd", "train.weight_decay=0.1"],
+            "train.weight_decay",
+        ),
+        (
+            &["train.optimizer=adam", "train.weight_decay=0.1"],
+            "train.weight_decay",
+        ),
+        (
+            &["train.optimizer=adamw", "train.weight_decay=-1"],
+            "train.weight_decay",
+        ),
+        (
+            &["train.optimizer=lion", "train.optimizer_impl=libtorch"],
+            "train.optimizer_impl",
+        ),
+        (
+            &["data.batch=200", "data.train_prompts=100"],
+            "data.train_prompts",
+        ),
+    ];
+    for (sets, key) in cases {
+        assert_bad_input("", sets, key);
+    }
+    assert_bad_input("", &["train.optimizer=rmsprop"], "train.optimizer");
+}
+
+#[test]
 fn cuda_without_gpu_exits_2_naming_the_key() {
     if tch::Cuda::is_available() {
         println!("SKIPPED: this machine has a GPU, so device: cuda is valid here");

@@ -252,6 +252,29 @@ fn sigkill_then_resume_of_a_12_member_ensemble_gives_byte_identical_files() {
     );
 }
 
+#[test]
+fn sigkill_then_resume_of_a_faithful_run_on_a_fixed_training_set_gives_byte_identical_files() {
+    kill_and_resume(&["train.iters=1200", "data.train_prompts=1500"], &[], &[""]);
+}
+
+#[test]
+fn sigkill_then_resume_of_an_ensemble_of_the_testbed_optimizers_on_a_fixed_training_set_gives_byte_identical_files(
+) {
+    let kinds = ["adamw", "sign", "normalized", "lion", "adam_mini", "muon"];
+    let members: Vec<String> = kinds.iter().map(|k| format!("{k}-seed0")).collect();
+    let folders: Vec<&str> = members.iter().map(String::as_str).collect();
+    kill_and_resume(
+        &[
+            "train.iters=800",
+            "train.mode=fast",
+            "train.lr=0.001",
+            "data.train_prompts=2500",
+        ],
+        &["--seeds", "0", "--optimizers", &kinds.join(",")],
+        &folders,
+    );
+}
+
 /// Starts `train` with `sets` (and no periodic checkpoint), sends SIGTERM half a second after
 /// it began, and checks what an interrupted run reports: exit 130, how to resume, and an
 /// `interrupted` summary next to its checkpoint.

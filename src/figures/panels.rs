@@ -83,6 +83,7 @@ fn short(o: OptimizerKind) -> &'static str {
     match o {
         OptimizerKind::Sgd => "SGD",
         OptimizerKind::Adam => "Adam",
+        other => other.name(),
     }
 }
 
@@ -90,6 +91,7 @@ pub fn optimizer_label(o: OptimizerKind) -> &'static str {
     match o {
         OptimizerKind::Sgd => "SGD with momentum",
         OptimizerKind::Adam => "Adam",
+        other => other.name(),
     }
 }
 
@@ -97,6 +99,8 @@ fn color(o: OptimizerKind) -> plotters::style::RGBColor {
     match o {
         OptimizerKind::Sgd => SGD_COLOR,
         OptimizerKind::Adam => ADAM_COLOR,
+        // The figures compare SGD and Adam; the testbed's optimizers have no colour of their own.
+        _ => plotters::style::RGBColor(31, 119, 180),
     }
 }
 

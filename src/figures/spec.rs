@@ -74,6 +74,7 @@ impl Lrs {
         match o {
             OptimizerKind::Sgd => self.sgd,
             OptimizerKind::Adam => self.adam,
+            _ => None,
         }
     }
 }

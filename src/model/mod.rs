@@ -109,6 +109,23 @@ pub fn check_shapes(arch: &Arch, named: &[(String, Tensor)]) -> Result<()> {
     Ok(())
 }
 
+/// One block of a member's parameters ([`Layout::blocks`]): `rows × cols` values from `offset`
+/// of the flat vector, row-major; an MLP bias is one row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Block {
+    pub offset: i64,
+    pub rows: i64,
+    pub cols: i64,
+    pub bias: bool,
+}
+
+impl Block {
+    /// How many values the block holds.
+    pub fn size(&self) -> i64 {
+        self.rows * self.cols
+    }
+}
+
 /// Where each parameter lives in one member's flat parameter vector (`state_dict` order, as
 /// PyTorch's `torch.cat([p.view(-1) for p in params])` and `torch.autograd.functional.hessian`
 /// see them).
@@ -152,6 +169,40 @@ impl Layout {
                     .view(s.as_slice())
             })
             .collect()
+    }
+
+    /// The blocks of one member's flat vector, in order: each P and each Q of each layer and
+    /// head, then each MLP weight and bias. Adam-mini keeps one second moment per block, and
+    /// Muon orthogonalizes each matrix (docs/spec.md).
+    pub fn blocks(&self) -> Vec<Block> {
+        let mut out = vec![];
+        for (shape, &offset) in self.shapes.iter().zip(&self.offsets) {
+            match *shape.as_slice() {
+                [layers, heads, two, rows, cols] => {
+                    let size = rows * cols;
+                    out.extend((0..layers * heads * two).map(|b| Block {
+                        offset: offset + b * size,
+                        rows,
+                        cols,
+                        bias: false,
+                    }))
+                }
+                [rows, cols] => out.push(Block {
+                    offset,
+                    rows,
+                    cols,
+                    bias: false,
+                }),
+                [len] => out.push(Block {
+                    offset,
+                    rows: 1,
+                    cols: len,
+                    bias: true,
+                }),
+                _ => unreachable!("a parameter is allparam, an MLP weight or an MLP bias"),
+            }
+        }
+        out
     }
 
     /// The parameters as views of one member's `flat [P]`, in their own shapes.

@@ -73,6 +73,8 @@ pub fn noise_config(cfg: &Config, seed: u32) -> Config {
         device: cfg.train.device,
         ..TrainConfig::default()
     };
+    // The noise is measured on fresh prompts whatever the training set.
+    c.data.train_prompts = 0;
     c
 }
 

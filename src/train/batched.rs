@@ -42,12 +42,17 @@ impl Member {
 
     /// The resolved config of this member's run folder: `cfg` with this member's seed,
     /// optimizer and learning rate, in fast mode (its data stream and arithmetic are fast
-    /// mode's, so `linattn train` on this config repeats the run).
+    /// mode's, so `linattn train` on this config repeats the run). The ensemble's
+    /// `train.weight_decay` applies to the members whose optimizer has one; the others' configs
+    /// say 0.
     pub fn config(&self, cfg: &Config) -> Config {
         let mut c = cfg.clone();
         c.train.seed = self.seed;
         c.train.optimizer = self.optimizer;
         c.train.lr = self.lr;
+        if !self.optimizer.decays() {
+            c.train.weight_decay = 0.0;
+        }
         c.train.mode = Mode::Fast;
         c
     }
@@ -143,7 +148,7 @@ impl BatchedStepper {
             members.iter().map(|m| (m.optimizer, m.lr)).collect();
         Ok(BatchedStepper {
             arch,
-            optimizer: Optimizer::new(&cfg.train, &rules, layout.total, device),
+            optimizer: Optimizer::new(&cfg.train, &rules, layout.blocks(), layout.total, device),
             theta,
             stream: DeviceStream::new(cfg, &seeds, teacher, device),
             rows: (!identity).then(|| Tensor::from_slice(&rows).to_device(device)),
@@ -259,11 +264,7 @@ impl Stepper for BatchedStepper {
                 Some(c) => &self.grad * c.unsqueeze(1),
                 None => self.grad.shallow_clone(),
             };
-            let delta = self
-                .optimizer
-                .update(&clipped, stepping)
-                .where_scalarother(&stepping.unsqueeze(1), 0.0);
-            let _ = self.theta.g_sub_(&delta);
+            self.optimizer.update(&mut self.theta, &clipped, stepping);
         });
     }
 

@@ -33,9 +33,11 @@ impl FaithfulStepper {
         let (init, data) = protocol::start(cfg, cfg.train.seed).into_stream(cfg, device);
         let vs = nn::VarStore::new(device);
         let mut params = Vec::new();
-        for ((name, shape), value) in arch.param_specs().into_iter().zip(&init) {
-            // Parameter names come from the path (`mlp / 0 / weight`), so checkpoints name themselves.
-            let mut path = vs.root();
+        for (i, ((name, shape), value)) in arch.param_specs().into_iter().zip(&init).enumerate() {
+            // Parameter names come from the path (`mlp / 0 / weight`), so checkpoints name
+            // themselves; each parameter is its own group, so that an optimizer can give each
+            // its own rate (Muon's adjusted one).
+            let mut path = vs.root().set_group(i);
             let mut parts: Vec<&str> = name.split('.').collect();
             let leaf = parts.pop().expect("parameter names are not empty");
             for p in parts {
@@ -80,14 +82,17 @@ impl Stepper for FaithfulStepper {
         &self.shape
     }
 
-    fn gradients(&mut self, _iter: i64) -> Gradients {
+    fn gradients(&mut self, iter: i64) -> Gradients {
         for p in &self.params {
             let mut g = p.grad();
             if g.defined() {
                 let _ = g.zero_();
             }
         }
-        let batch = self.fed.take().unwrap_or_else(|| self.data.next_batch());
+        let batch = self
+            .fed
+            .take()
+            .unwrap_or_else(|| self.data.training_batch(iter));
         let loss = model::loss(&self.arch, &self.params, &batch);
         loss.backward();
         let grads: Vec<Tensor> = self.params.iter().map(|p| p.grad()).collect();
@@ -150,6 +155,6 @@ impl Stepper for FaithfulStepper {
     fn seek(&mut self, iter: i64) {
         // Replays the draws of the iterations already done: the CPU generators then stand
         // exactly where an uninterrupted run has them.
-        self.data.skip(iter);
+        self.data.skip_training(iter);
     }
 }
