@@ -280,7 +280,7 @@ impl Group {
                         run.cols,
                     ]);
                     let adjust = (run.rows as f64 / run.cols as f64).max(1.0).sqrt();
-                    let o = newton_schulz(&x).to_kind(grad.kind()) * adjust;
+                    let o = super::newton_schulz(&x).to_kind(grad.kind()) * adjust;
                     cols.copy_(&o.reshape([k, count * run.size()]));
                 }
                 out
@@ -305,32 +305,6 @@ impl Group {
         let denom = self.get("exp_avg_sq").sqrt() / &v.bias_correction2_sqrt + h.eps;
         self.get("exp_avg") / denom * &v.inv_bias_correction1
     }
-}
-
-/// torch.optim.Muon's orthogonalization of each matrix of `x [n, rows, cols]`: in bfloat16,
-/// transposed when taller than wide, scaled to Frobenius norm at most 1, then five
-/// Newton–Schulz steps `X ← a·X + (b·A + c·A²)·X`, `A = X·Xᵀ`, with Muon's coefficients.
-fn newton_schulz(x: &Tensor) -> Tensor {
-    const COEFFICIENTS: (f64, f64, f64) = (3.4445, -4.7750, 2.0315);
-    const STEPS: usize = 5;
-    const EPS: f64 = 1e-7;
-    let (a, b, c) = COEFFICIENTS;
-    let tall = x.size()[1] > x.size()[2];
-    let mut o = x.to_kind(Kind::BFloat16);
-    if tall {
-        o = o.transpose(1, 2);
-    }
-    let norms = o.norm_scalaropt_dim(2, [1i64, 2].as_slice(), true);
-    o /= norms.clamp_min(EPS);
-    for _ in 0..STEPS {
-        let gram = o.bmm(&o.transpose(1, 2));
-        let update = gram.baddbmm(&gram, &gram, b, c);
-        o = o.baddbmm(&update, &o, a, 1.0);
-    }
-    if tall {
-        o = o.transpose(1, 2);
-    }
-    o
 }
 
 /// Consecutive blocks of one shape and kind, as one `[k, count·rows·cols]` slice.

@@ -9,7 +9,7 @@
 //! `--resume`).
 use crate::config::{OptimizerImpl, OptimizerKind, TrainConfig};
 use anyhow::Result;
-use tch::{nn, nn::OptimizerConfig, Kind, Tensor};
+use tch::{nn, nn::OptimizerConfig, Tensor};
 
 /// What the heavy-ball rules apply momentum to.
 #[derive(Clone, Copy, PartialEq)]
@@ -349,7 +349,7 @@ impl Optimizer {
                 .get(&format!("momentum_buffer.{b}"))
                 .expect("Muon's buffer");
             let _ = buf.lerp_(&grad, 1.0 - mu);
-            let update = newton_schulz(&grad.lerp(&buf, mu));
+            let update = super::newton_schulz(&grad.lerp(&buf, mu));
             if self.weight_decay != 0.0 {
                 let _ = param
                     .shallow_clone()
@@ -407,39 +407,5 @@ impl Optimizer {
             }
         }
         true
-    }
-}
-
-/// torch.optim.Muon's `_zeropower_via_newtonschulz` of one matrix: in bfloat16, transposed
-/// when taller than wide, divided by max(‖X‖_F, 1e-7), then five steps
-/// `X ← a·X + (b·A + c·A²)·X`, `A = X·Xᵀ` (`mm`, as torch's `@`). torch calls
-/// `addmm(…, beta, alpha)`, which tch does not expose; `baddbmm` on a batch of one is the same
-/// arithmetic in another kernel (on 1200 random 5×5 to 30×5 products in bfloat16, one pair
-/// differed in its last bit).
-fn newton_schulz(g: &Tensor) -> Tensor {
-    const COEFFICIENTS: (f64, f64, f64) = (3.4445, -4.7750, 2.0315);
-    const STEPS: usize = 5;
-    const EPS: f64 = 1e-7;
-    let (a, b, c) = COEFFICIENTS;
-    let tall = g.size()[0] > g.size()[1];
-    let mut x = g.to_kind(Kind::BFloat16);
-    if tall {
-        x = x.tr();
-    }
-    let norm = x.norm().clamp_min(EPS);
-    let mut x = x / norm;
-    for _ in 0..STEPS {
-        let gram = x.mm(&x.tr());
-        let gram3 = gram.unsqueeze(0);
-        let update = gram3.baddbmm(&gram3, &gram3, b, c);
-        x = x
-            .unsqueeze(0)
-            .baddbmm(&update, &x.unsqueeze(0), a, 1.0)
-            .squeeze_dim(0);
-    }
-    if tall {
-        x.tr()
-    } else {
-        x
     }
 }
