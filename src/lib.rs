@@ -5,6 +5,7 @@
 //! each imports only modules listed before it here (tests/layering.rs checks it).
 pub mod config;
 pub mod rng;
+pub mod stats;
 pub mod mlp;
 pub mod data;
 pub mod model;

@@ -26,7 +26,7 @@ pub mod jobs;
 pub mod panels;
 pub mod runs;
 pub mod spec;
-pub mod stats;
+pub mod numbers;
 pub mod summary;
 
 use crate::config::{Config, DeviceName, OptimizerKind};

@@ -2,8 +2,8 @@
 //! one series, in the paper's visual language (log-scale curves, mean over seeds ± std/4,
 //! SGD with momentum black, Adam red; density histograms; scatter coloured by iteration).
 //! Adding a panel kind means one function here and one arm in [`panel`].
+use super::numbers;
 use super::spec::PanelKind;
-use super::stats;
 use super::{FigureData, RunResult};
 use crate::config::OptimizerKind;
 use crate::measure::Row;
@@ -118,7 +118,7 @@ fn curves(
 ) -> Vec<Curve> {
     per_optimizer(fig, |o| {
         let runs: Vec<&RunResult> = fig.runs_of(s, o).collect();
-        let (x, mean, band) = stats::seed_curve(&runs, field, grid);
+        let (x, mean, band) = numbers::seed_curve(&runs, field, grid);
         let lr = runs.first().map(|r| r.spec.lr).unwrap_or(f64::NAN);
         Curve {
             label: format!("{} (lr {lr})", optimizer_label(o)),
@@ -208,8 +208,8 @@ fn grad_vs_smoothness(fig: &FigureData, s: usize) -> AnyPanel {
     let Some(run) = fig.runs.iter().find(|r| r.spec.series == s) else {
         return AnyPanel::Blank;
     };
-    let pts = stats::log_pairs(run, &fig.needs.smoothness);
-    let r = stats::pearson(&pts.iter().map(|p| (p.1, p.2)).collect::<Vec<_>>());
+    let pts = numbers::log_pairs(run, &fig.needs.smoothness);
+    let r = crate::stats::pearson(&pts.iter().map(|p| (p.1, p.2)).collect::<Vec<_>>());
     AnyPanel::Scatter(ScatterPanel {
         title: format!(
             "{label}: {} seed {} (r = {r:.2})",
@@ -230,9 +230,9 @@ fn grad_vs_smoothness(fig: &FigureData, s: usize) -> AnyPanel {
 /// those points and the summary lists them.
 fn lr_sweep(fig: &FigureData, s: usize) -> AnyPanel {
     let curves = per_optimizer(fig, |o| {
-        let grid = stats::lr_grid(fig, s, o);
+        let grid = numbers::lr_grid(fig, s, o);
         let diverged = grid.iter().filter(|p| p.diverged > 0).count();
-        let outcome = match stats::best_lr(&grid) {
+        let outcome = match numbers::best_lr(&grid) {
             Some(b) if diverged > 0 => format!(": best {b}, {diverged} diverged"),
             Some(b) => format!(": best {b}"),
             None => format!(": all {} learning rates diverged", grid.len()),

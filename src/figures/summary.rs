@@ -1,12 +1,13 @@
 //! `plots/summary.md` and `plots/summary.json`: per figure, the headline numbers we measured
 //! beside the paper's. Each reproduced figure leaves its numbers in `plots/data/<id>.json`;
 //! the summary is rebuilt from all of them, so figures reproduced one at a time add up.
+use super::numbers::{self, GridPoint, Ratio};
 use super::panels::optimizer_label;
 use super::spec::PanelKind;
-use super::stats::{self, GridPoint, Ratio};
 use super::FigureData;
 use crate::config::{Mode, OptimizerKind};
 use crate::run::io as artifacts;
+use crate::stats;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
@@ -193,19 +194,19 @@ fn losses_of_series(out: &mut FigureSummary, fig: &FigureData, s: usize) {
     let series = &spec.series[s];
     for &o in &spec.runs.optimizers {
         if spec.lr_grid.is_some() {
-            let grid = stats::lr_grid(fig, s, o);
+            let grid = numbers::lr_grid(fig, s, o);
             out.lr_choices.push(LrChoice {
                 series: id.clone(),
                 label: label.clone(),
                 optimizer: o,
                 authors_lr: series.lr.get(o).unwrap_or(f64::NAN),
-                best_lr: stats::best_lr(&grid),
+                best_lr: numbers::best_lr(&grid),
                 grid,
             });
             continue;
         }
         let runs: Vec<_> = fig.runs_of(s, o).collect();
-        let losses: Vec<f64> = runs.iter().map(|r| stats::final_loss(r)).collect();
+        let losses: Vec<f64> = runs.iter().map(|r| numbers::final_loss(r)).collect();
         let (mean, std, n) = stats::mean_std(&losses);
         out.final_loss.push(FinalLoss {
             series: id.clone(),
@@ -220,7 +221,7 @@ fn losses_of_series(out: &mut FigureSummary, fig: &FigureData, s: usize) {
         });
     }
     if spec.lr_grid.is_none() {
-        if let Some((ratio, ci95, seeds)) = stats::final_loss_ratio(fig, s) {
+        if let Some((ratio, ci95, seeds)) = numbers::final_loss_ratio(fig, s) {
             out.loss_ratios.push(LossRatio {
                 series: id.clone(),
                 label: label.clone(),
@@ -263,7 +264,7 @@ fn ratios_of_series(out: &mut FigureSummary, fig: &FigureData, s: usize) {
                 label: label.clone(),
                 iter: t,
                 paper: spec.paper_numbers.ratio.get(&t).copied(),
-                ours: stats::condition_ratio(fig, s, t),
+                ours: numbers::condition_ratio(fig, s, t),
             });
         }
     }
@@ -275,7 +276,7 @@ fn correlation_of_series(out: &mut FigureSummary, fig: &FigureData, s: usize) {
     let (id, label) = (spec.series[s].id.clone(), spec.series[s].label.clone());
     if spec.panels.contains(&PanelKind::GradVsSmoothness) {
         if let Some(run) = fig.runs.iter().find(|r| r.spec.series == s) {
-            let pts = stats::log_pairs(run, &fig.needs.smoothness);
+            let pts = numbers::log_pairs(run, &fig.needs.smoothness);
             let with_smoothness = run
                 .rows
                 .iter()
@@ -950,9 +951,9 @@ pub fn lr_grid_csv(fig: &FigureData) -> String {
         String::from("setting,optimizer,lr,seed,status,final_test_loss,authors_lr,chosen\n");
     for (i, series) in fig.spec.series.iter().enumerate() {
         for &o in &fig.spec.runs.optimizers {
-            let best = stats::best_lr(&stats::lr_grid(fig, i, o));
+            let best = numbers::best_lr(&numbers::lr_grid(fig, i, o));
             for r in fig.runs_of(i, o) {
-                let loss = stats::final_loss(r);
+                let loss = numbers::final_loss(r);
                 let _ = writeln!(
                     s,
                     "{},{},{},{},{},{},{},{}",

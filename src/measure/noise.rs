@@ -26,6 +26,7 @@ use std::time::Instant;
 use tch::Tensor;
 
 pub use crate::run::noise::{read, NoiseSummary, NOISE_CSV};
+use crate::stats::{hill_estimator, quantile};
 
 /// The quantile levels reported in `noise.json`.
 pub const QUANTILES: [f64; 9] = [0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0];
@@ -38,32 +39,12 @@ pub fn summarize(values: &[f64]) -> (f64, f64, BTreeMap<String, f64>, f64, f64, 
     let (m2, m4) = (moment(2), moment(4));
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
-    let quantile = |q: f64| {
-        let pos = q * (sorted.len() - 1) as f64;
-        let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-        sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
-    };
     let quantiles = QUANTILES
         .iter()
-        .map(|&q| (format!("{q}"), quantile(q)))
+        .map(|&q| (format!("{q}"), quantile(&sorted, q)))
         .collect();
     let (hill, k) = hill_estimator(&sorted);
     (mean, m2.sqrt(), quantiles, m4 / (m2 * m2), hill, k)
-}
-
-/// Hill's estimator on an ascending sample: `α̂ = 1 / ((1/k) Σ_{i<k} ln(X_(i) / X_(k)))` with
-/// X_(0) ≥ X_(1) ≥ … the values in descending order, k = ⌊n/10⌋ clamped to [1, n−1].
-/// NaN when there are fewer than two values.
-pub fn hill_estimator(ascending: &[f64]) -> (f64, usize) {
-    let n = ascending.len();
-    if n < 2 {
-        return (f64::NAN, 0);
-    }
-    let k = (n / 10).clamp(1, n - 1);
-    let desc = |i: usize| ascending[n - 1 - i];
-    let threshold = desc(k);
-    let mean_log = (0..k).map(|i| (desc(i) / threshold).ln()).sum::<f64>() / k as f64;
-    (1.0 / mean_log, k)
 }
 
 fn bad(msg: String) -> anyhow::Error {
@@ -515,18 +496,6 @@ fn finish(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hill_estimator_recovers_the_index_of_a_pareto_sample() {
-        // Exact Pareto(α=2) quantiles: x = (1 − u)^(−1/α) on a fine grid.
-        let n = 100_000;
-        let xs: Vec<f64> = (0..n)
-            .map(|i| (1.0 - (i as f64 + 0.5) / n as f64).powf(-0.5))
-            .collect();
-        let (alpha, k) = hill_estimator(&xs);
-        assert_eq!(k, n / 10);
-        assert!((alpha - 2.0).abs() < 0.02, "alpha {alpha}");
-    }
 
     #[test]
     fn summary_of_a_small_sample_matches_hand_computation() {

@@ -1,28 +1,14 @@
-//! The numbers drawn and reported: means over seeds, condition-number ratios, correlations
-//! and the learning-rate choice. Shared by the panels and the summary so that a number in
+//! The numbers a figure draws and reports: curves over seeds, condition-number ratios, final
+//! losses, correlations and the learning-rate choice, from the run folders (the statistics
+//! themselves are [`crate::stats`]). Shared by the panels and the summary so that a number in
 //! `summary.md` is the number in the PNG.
 use super::{FigureData, RunResult};
 use crate::config::OptimizerKind;
 use crate::measure::Row;
 use crate::run::Status;
+use crate::stats::{bootstrap, mean_std, resampled_mean};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
-
-/// Mean, sample standard deviation (n − 1; 0 for one value) and count of the finite values.
-pub fn mean_std(values: &[f64]) -> (f64, f64, usize) {
-    let v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
-    let n = v.len();
-    if n == 0 {
-        return (f64::NAN, f64::NAN, 0);
-    }
-    let mean = v.iter().sum::<f64>() / n as f64;
-    let std = if n > 1 {
-        (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
-    } else {
-        0.0
-    };
-    (mean, std, n)
-}
 
 /// (iterations, mean over runs, std/4) of one quantity at the iterations of `grid` (the figure's
 /// stride for it: a run folder may hold more points, measured for another figure) where at
@@ -72,22 +58,6 @@ pub fn log_pairs(run: &RunResult, grid: &BTreeSet<i64>) -> Vec<(i64, f64, f64)> 
         .collect()
 }
 
-/// Pearson's correlation coefficient; NaN for fewer than 3 points or no spread.
-pub fn pearson(pts: &[(f64, f64)]) -> f64 {
-    let n = pts.len() as f64;
-    if pts.len() < 3 {
-        return f64::NAN;
-    }
-    let (mx, my) = (
-        pts.iter().map(|p| p.0).sum::<f64>() / n,
-        pts.iter().map(|p| p.1).sum::<f64>() / n,
-    );
-    let sxy: f64 = pts.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
-    let sxx: f64 = pts.iter().map(|p| (p.0 - mx).powi(2)).sum();
-    let syy: f64 = pts.iter().map(|p| (p.1 - my).powi(2)).sum();
-    sxy / (sxx * syy).sqrt()
-}
-
 /// The final test loss of a run; a diverged run (or a non-finite loss) is +∞, the worst result.
 pub fn final_loss(run: &RunResult) -> f64 {
     if run.summary.status == Status::Diverged {
@@ -101,46 +71,6 @@ pub fn final_loss(run: &RunResult) -> f64 {
         Some(v) if v.is_finite() => v,
         _ => f64::INFINITY,
     }
-}
-
-/// Resamples drawn by [`bootstrap`]: enough that the percentiles of a 6-seed sample move by
-/// well under 1 % between generator seeds.
-pub const BOOTSTRAP_RESAMPLES: usize = 10_000;
-
-/// A percentile-bootstrap 95% interval `[lo, hi]` of `statistic` over the seeds: the seeds are
-/// drawn with replacement `BOOTSTRAP_RESAMPLES` times (MT19937 seeded with 0, so a summary is
-/// the same every time it is drawn), the statistic taken on each resample, and the 2.5th and
-/// 97.5th percentiles (linear interpolation) reported. `statistic` gets the resampled seed
-/// indices. None for fewer than two seeds, or when a resample gives no finite value.
-pub fn bootstrap(seeds: usize, statistic: impl Fn(&[usize]) -> f64) -> Option<[f64; 2]> {
-    if seeds < 2 {
-        return None;
-    }
-    let mut rng = crate::rng::LegacyRandomState::new(0);
-    let mut idx = vec![0; seeds];
-    let mut values = Vec::with_capacity(BOOTSTRAP_RESAMPLES);
-    for _ in 0..BOOTSTRAP_RESAMPLES {
-        for i in idx.iter_mut() {
-            *i = ((rng.random_sample() * seeds as f64) as usize).min(seeds - 1);
-        }
-        let v = statistic(&idx);
-        if !v.is_finite() {
-            return None;
-        }
-        values.push(v);
-    }
-    values.sort_by(f64::total_cmp);
-    let at = |q: f64| {
-        let pos = q * (values.len() - 1) as f64;
-        let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-        values[lo] + (values[hi] - values[lo]) * (pos - lo as f64)
-    };
-    Some([at(0.025), at(0.975)])
-}
-
-/// The mean of `values` over the resampled indices.
-pub fn resampled_mean(values: &[f64], idx: &[usize]) -> f64 {
-    idx.iter().map(|&i| values[i]).sum::<f64>() / idx.len() as f64
 }
 
 /// R_SGD / R_Adam at iteration `t`, computed per seed (the runs of the two optimizers with the
@@ -274,55 +204,6 @@ pub fn best_lr(grid: &[GridPoint]) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mean_std_uses_n_minus_1_and_skips_non_finite() {
-        let (m, s, n) = mean_std(&[1.0, 3.0, f64::NAN, f64::INFINITY]);
-        assert_eq!((m, n), (2.0, 2));
-        assert!((s - 2f64.sqrt()).abs() < 1e-15);
-        assert_eq!(mean_std(&[5.0]).1, 0.0);
-        assert!(mean_std(&[]).0.is_nan());
-    }
-
-    #[test]
-    fn the_bootstrap_interval_of_a_mean_matches_the_exact_resampling_distribution() {
-        // Two seeds: a resample's mean is 0, 0.5 or 1 with probabilities 1/4, 1/2, 1/4, so the
-        // 2.5th and 97.5th percentiles are 0 and 1.
-        let two = [0.0, 1.0];
-        assert_eq!(
-            bootstrap(2, |idx| resampled_mean(&two, idx)),
-            Some([0.0, 1.0])
-        );
-        // Six seeds 1..6: mean 3.5, the normal approximation 3.5 ± 1.96·1.708/√6 = [2.13, 4.87];
-        // the percentile bootstrap is a little narrower (it uses the n, not n − 1, spread).
-        let six = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
-        let [lo, hi] = bootstrap(6, |idx| resampled_mean(&six, idx)).unwrap();
-        assert!(
-            (2.1..2.5).contains(&lo) && (4.5..4.9).contains(&hi),
-            "[{lo}, {hi}]"
-        );
-        assert_eq!(
-            bootstrap(6, |idx| resampled_mean(&six, idx)),
-            Some([lo, hi]),
-            "the same every time"
-        );
-        assert_eq!(
-            bootstrap(3, |idx| resampled_mean(&[2.0, 2.0, 2.0], idx)),
-            Some([2.0, 2.0])
-        );
-        assert_eq!(
-            bootstrap(1, |idx| resampled_mean(&[2.0], idx)),
-            None,
-            "one seed has no interval"
-        );
-    }
-
-    #[test]
-    fn pearson_of_a_line_is_one() {
-        let pts: Vec<(f64, f64)> = (0..10).map(|i| (i as f64, 2.0 * i as f64 + 1.0)).collect();
-        assert!((pearson(&pts) - 1.0).abs() < 1e-12);
-        assert!(pearson(&pts[..2]).is_nan());
-    }
 
     #[test]
     fn a_diverged_grid_point_is_never_the_best() {
