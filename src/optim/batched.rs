@@ -10,9 +10,8 @@ use tch::{Device, Kind, Tensor};
 /// Members are grouped by optimizer kind. Each group computes its rule on every member's row
 /// (`[K, …]` state; a row outside the group is never read) and the directions are merged by
 /// member: an ensemble over several optimizers is a few whole-tensor ops per group, and every
-/// op runs on the same `[K, P]` tensors whatever the mix, so a member's bits do not depend on
-/// which other optimizers share its ensemble (the paper's SGD + Adam ensembles stay as they
-/// were when these were the only two). The arithmetic is torch.optim's where
+/// op runs on the same `[K, P]` tensors whatever the mix (so the paper's SGD + Adam ensembles
+/// keep the bits they had when these were the only two). The arithmetic is torch.optim's where
 /// torch has the optimizer (SGD: `buf = μ·buf + g`; Adam with bias corrections), and the
 /// papers' equations otherwise (docs/spec.md). A zero momentum buffer makes the first step
 /// `buf = g`, exactly torch's `clone(g)`.
