@@ -11,9 +11,10 @@
 //! - a noise unit: a pass of its batches ([`measure::noise::seconds_per_batch`]), times its
 //!   batches and g's chunks.
 //!
-//! The wall time with N workers is a list schedule: each unit (a training unit with the
-//! measurements of its runs, or a noise unit) goes, in the plan's order, to the worker that
-//! is free first. Units another worker already did count nothing.
+//! The wall time with N workers is a list schedule, as `--jobs` workers take units: the worker
+//! that is free first takes the first unit in the plan's order that it can start (a training
+//! unit, a noise unit, or one run's measurements once its training unit is over). Units
+//! another worker already did count nothing.
 use super::{say, Plan, TrainingUnit};
 use crate::measure::{self, noise, Costs};
 use crate::run::{RunFolder, State};
@@ -131,15 +132,15 @@ pub(super) fn estimate(plan: &Plan, workers: usize) -> Result<Estimate> {
             ..Default::default()
         })
         .collect();
-    // Seconds of each schedulable unit, in the plan's order.
-    let mut jobs: Vec<f64> = vec![];
+    // Each schedulable unit, in the plan's order.
+    let mut jobs: Vec<Job> = vec![];
     for unit in &plan.training {
         let done = unit
             .dirs
             .iter()
             .all(|d| matches!(RunFolder::new(d).state(), State::Done(_)));
-        let mut job = 0.0;
         let fig = &mut figures[unit.figure];
+        let mut after = None;
         if !done {
             say(format!("estimate: timing the steps of {}", unit.name));
             let iters = unit.cfgs.iter().map(|c| c.train.iters).max().unwrap_or(0);
@@ -147,11 +148,11 @@ pub(super) fn estimate(plan: &Plan, workers: usize) -> Result<Estimate> {
             fig.training_units += 1;
             fig.runs += unit.cfgs.len();
             fig.training_s += s;
-            job += s;
+            after = Some(jobs.len());
+            jobs.push(Job { s, after: None });
         }
-        job += measuring_s(plan, unit, &mut figures, &mut t)?;
-        if job > 0.0 {
-            jobs.push(job);
+        for s in measuring_s(plan, unit, &mut figures, &mut t)? {
+            jobs.push(Job { s, after });
         }
     }
     for unit in &plan.noise {
@@ -168,32 +169,69 @@ pub(super) fn estimate(plan: &Plan, workers: usize) -> Result<Estimate> {
         let fig = &mut figures[unit.figure];
         fig.noise_units += 1;
         fig.noise_s += s;
-        jobs.push(s);
+        jobs.push(Job { s, after: None });
     }
     let workers = workers.max(1);
-    let mut load = vec![0.0f64; workers];
-    for job in &jobs {
-        let first_free = (0..workers)
-            .min_by(|&a, &b| load[a].total_cmp(&load[b]))
-            .expect("at least one worker");
-        load[first_free] += job;
-    }
     Ok(Estimate {
         work_s: figures.iter().map(FigureEstimate::total_s).sum(),
         figures,
         workers,
-        wall_s: load.into_iter().fold(0.0, f64::max),
+        wall_s: schedule(&jobs, workers),
     })
 }
 
-/// The seconds the measurements of a training unit's runs take, added to their figures.
+/// A unit of work for the schedule: its seconds, and the training unit it must wait for.
+struct Job {
+    s: f64,
+    after: Option<usize>,
+}
+
+/// The wall time of `jobs` on `workers` workers: the worker free first takes the first job
+/// whose training is over by then (or, when none is, waits for the first to become ready).
+fn schedule(jobs: &[Job], workers: usize) -> f64 {
+    let mut free_at = vec![0.0f64; workers.max(1)];
+    let mut end: Vec<Option<f64>> = vec![None; jobs.len()];
+    let ready = |j: &Job, end: &[Option<f64>]| match j.after {
+        None => Some(0.0),
+        Some(a) => end[a],
+    };
+    let mut pending: Vec<usize> = (0..jobs.len()).collect();
+    while !pending.is_empty() {
+        let w = (0..free_at.len())
+            .min_by(|&a, &b| free_at[a].total_cmp(&free_at[b]))
+            .expect("at least one worker");
+        let now = free_at[w];
+        // Jobs come after the job they wait for in the plan's order, so the first pending job
+        // always has a known ready time.
+        let pick = pending
+            .iter()
+            .position(|&i| ready(&jobs[i], &end).is_some_and(|r| r <= now))
+            .unwrap_or_else(|| {
+                let soonest = pending
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(p, &i)| ready(&jobs[i], &end).map(|r| (p, r)))
+                    .min_by(|a, b| a.1.total_cmp(&b.1))
+                    .expect("a job whose training is scheduled");
+                soonest.0
+            });
+        let i = pending.remove(pick);
+        let start = now.max(ready(&jobs[i], &end).unwrap_or(now));
+        end[i] = Some(start + jobs[i].s);
+        free_at[w] = start + jobs[i].s;
+    }
+    free_at.into_iter().fold(0.0, f64::max)
+}
+
+/// The seconds the measurements of each of a training unit's runs take (runs with nothing
+/// left to measure left out), added to their figures.
 fn measuring_s(
     plan: &Plan,
     unit: &TrainingUnit,
     figures: &mut [FigureEstimate],
     t: &mut Timings,
-) -> Result<f64> {
-    let mut total = 0.0;
+) -> Result<Vec<f64>> {
+    let mut runs = vec![];
     for m in &plan.measuring {
         if !unit.dirs.contains(&m.dir) {
             continue;
@@ -213,9 +251,9 @@ fn measuring_s(
         fig.measured_runs += 1;
         fig.hessians += needs.condition.union(&needs.eigen).count();
         fig.measuring_s += s;
-        total += s;
+        runs.push(s);
     }
-    Ok(total)
+    Ok(runs)
 }
 
 /// `1 h 02 min`, `3 min 10 s`, `12 s`.
@@ -258,5 +296,61 @@ impl std::fmt::Display for Estimate {
             if self.workers == 1 { "" } else { "s" },
             duration(self.wall_s)
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_workers_share_the_measurements_of_a_unit_another_worker_trained() {
+        // A 100 s training unit with two 40 s measurements, and a 10 s unit: the second worker
+        // ends its short unit, waits for the long one, then takes one of its two runs.
+        let jobs = [
+            Job {
+                s: 100.0,
+                after: None,
+            },
+            Job {
+                s: 40.0,
+                after: Some(0),
+            },
+            Job {
+                s: 40.0,
+                after: Some(0),
+            },
+            Job {
+                s: 10.0,
+                after: None,
+            },
+        ];
+        assert_eq!(schedule(&jobs, 2), 140.0);
+        assert_eq!(schedule(&jobs, 1), 190.0);
+    }
+
+    #[test]
+    fn a_free_worker_takes_a_later_unit_that_is_ready_before_one_that_is_not() {
+        let jobs = [
+            Job {
+                s: 50.0,
+                after: None,
+            },
+            Job {
+                s: 10.0,
+                after: Some(0),
+            },
+            Job {
+                s: 30.0,
+                after: None,
+            },
+            Job {
+                s: 30.0,
+                after: None,
+            },
+        ];
+        // Worker 2 takes the two 30 s units while worker 1 trains, then the measurement waits
+        // for nobody: 50 + 10 on worker 1, 30 + 30 on worker 2.
+        assert_eq!(schedule(&jobs, 2), 60.0);
     }
 }

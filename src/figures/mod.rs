@@ -268,19 +268,41 @@ pub fn reproduce(req: &Request) -> Result<Report> {
             return Err(anyhow::Error::new(Incomplete(missing)));
         }
     }
+    // A `--jobs` worker leaves what another worker holds and goes on; when its pass is over it
+    // comes back for those units, so that a long unit's measurements (App. B's 12 runs, each
+    // with 23 Hessians) are shared by the workers that are free instead of waiting for the one
+    // that trained them.
+    let waiting = work::Waiting::new("", "the units other workers hold");
+    loop {
+        let busy_before = report.busy;
+        if pass(&plan, req, &mut report)? == Step::Interrupted {
+            report.interrupted = true;
+            return Ok(report);
+        }
+        if req.worker.is_none() || report.busy == busy_before {
+            return Ok(report);
+        }
+        if !waiting.pause(req) {
+            report.interrupted = true;
+            return Ok(report);
+        }
+    }
+}
+
+/// One pass over the plan's figures: each one's units of work, then (alone) its drawing.
+fn pass(plan: &Plan, req: &Request, report: &mut Report) -> Result<Step> {
     for (f, fig) in plan.figures.iter().enumerate() {
         let started = Instant::now();
         let work_before = report.work();
         let step = match req.draw_only {
             true => Step::Done,
-            false => work_figure(f, fig, &plan, req, &mut report)?,
+            false => work_figure(f, fig, plan, req, report)?,
         };
-        if report.work() > work_before {
+        if report.work() > work_before && !report.worked.contains(&fig.id) {
             report.worked.push(fig.id.clone());
         }
         if step == Step::Interrupted {
-            report.interrupted = true;
-            return Ok(report);
+            return Ok(Step::Interrupted);
         }
         if !req.alone() {
             continue;
@@ -293,7 +315,7 @@ pub fn reproduce(req: &Request) -> Result<Report> {
             ),
             None => (started, report.work() == work_before),
         };
-        draw(&data, req, started, reused, &mut report)?;
+        draw(&data, req, started, reused, report)?;
     }
-    Ok(report)
+    Ok(Step::Done)
 }

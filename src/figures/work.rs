@@ -60,9 +60,9 @@ pub(super) fn work_figure(
     {
         match measure_unit(unit, plan, req, &prefix, wait, report)? {
             Step::Interrupted => return Ok(Step::Interrupted),
-            // A `--jobs` worker leaves it to the worker that holds it (which measures it next)
-            // and goes on; the parent's pass finishes anything left.
-            Step::Busy if req.worker.is_some() => {}
+            // A `--jobs` worker leaves it to the worker that holds it and goes on; it comes
+            // back for it after its pass if it is still not done (`reproduce`).
+            Step::Busy if req.worker.is_some() => report.busy += 1,
             Step::Busy => {
                 say(format!(
                     "{prefix} {} is another worker's for now; measuring it later",
@@ -191,6 +191,11 @@ impl<'a> Waiting<'a> {
             ));
             self.said = true;
         }
+        self.pause(req)
+    }
+
+    /// [`Waiting::wait`] without the line.
+    pub(super) fn pause(&self, req: &Request) -> bool {
         if req.options.stop.load(Ordering::Relaxed) {
             return false;
         }
