@@ -132,44 +132,48 @@ pub(super) fn estimate(plan: &Plan, workers: usize) -> Result<Estimate> {
             ..Default::default()
         })
         .collect();
-    // Each schedulable unit, in the plan's order.
+    // Each schedulable unit, in the order `--jobs` workers take them: figure by figure in
+    // the plan's work order, each figure's training units (with its runs' measurements after
+    // them), then its noise.
     let mut jobs: Vec<Job> = vec![];
-    for unit in &plan.training {
-        let done = unit
-            .dirs
-            .iter()
-            .all(|d| matches!(RunFolder::new(d).state(), State::Done(_)));
-        let fig = &mut figures[unit.figure];
-        let mut after = None;
-        if !done {
-            say(format!("estimate: timing the steps of {}", unit.name));
-            let iters = unit.cfgs.iter().map(|c| c.train.iters).max().unwrap_or(0);
-            let s = seconds_per_step(&unit.cfgs, &mut t)? * iters as f64;
-            fig.training_units += 1;
-            fig.runs += unit.cfgs.len();
-            fig.training_s += s;
-            after = Some(jobs.len());
+    for &f in &plan.work_order {
+        for unit in plan.training.iter().filter(|u| u.figure == f) {
+            let done = unit
+                .dirs
+                .iter()
+                .all(|d| matches!(RunFolder::new(d).state(), State::Done(_)));
+            let mut after = None;
+            if !done {
+                say(format!("estimate: timing the steps of {}", unit.name));
+                let iters = unit.cfgs.iter().map(|c| c.train.iters).max().unwrap_or(0);
+                let s = seconds_per_step(&unit.cfgs, &mut t)? * iters as f64;
+                let fig = &mut figures[f];
+                fig.training_units += 1;
+                fig.runs += unit.cfgs.len();
+                fig.training_s += s;
+                after = Some(jobs.len());
+                jobs.push(Job { s, after: None });
+            }
+            for s in measuring_s(plan, unit, &mut figures, &mut t)? {
+                jobs.push(Job { s, after });
+            }
+        }
+        for unit in plan.noise.iter().filter(|u| u.figure == f) {
+            if noise::read(&unit.dir)?.is_some() {
+                continue;
+            }
+            say(format!(
+                "estimate: timing the noise batches of {}",
+                unit.name
+            ));
+            let b = unit.cfg.data.batch;
+            let batches = unit.samples + (unit.full_batch + b - 1) / b;
+            let s = noise_batch(&unit.cfg, &mut t)? * batches as f64;
+            let fig = &mut figures[f];
+            fig.noise_units += 1;
+            fig.noise_s += s;
             jobs.push(Job { s, after: None });
         }
-        for s in measuring_s(plan, unit, &mut figures, &mut t)? {
-            jobs.push(Job { s, after });
-        }
-    }
-    for unit in &plan.noise {
-        if noise::read(&unit.dir)?.is_some() {
-            continue;
-        }
-        say(format!(
-            "estimate: timing the noise batches of {}",
-            unit.name
-        ));
-        let b = unit.cfg.data.batch;
-        let batches = unit.samples + (unit.full_batch + b - 1) / b;
-        let s = noise_batch(&unit.cfg, &mut t)? * batches as f64;
-        let fig = &mut figures[unit.figure];
-        fig.noise_units += 1;
-        fig.noise_s += s;
-        jobs.push(Job { s, after: None });
     }
     let workers = workers.max(1);
     Ok(Estimate {

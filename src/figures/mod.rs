@@ -291,7 +291,14 @@ pub fn reproduce(req: &Request) -> Result<Report> {
 
 /// One pass over the plan's figures: each one's units of work, then (alone) its drawing.
 fn pass(plan: &Plan, req: &Request, report: &mut Report) -> Result<Step> {
-    for (f, fig) in plan.figures.iter().enumerate() {
+    // Alone, the figures come in the request's order, each drawn when its work is done; workers
+    // that share the machine start the longest units first.
+    let order: Vec<usize> = match req.alone() {
+        true => (0..plan.figures.len()).collect(),
+        false => plan.work_order.clone(),
+    };
+    for f in order {
+        let fig = &plan.figures[f];
         let started = Instant::now();
         let work_before = report.work();
         let step = match req.draw_only {

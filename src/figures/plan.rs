@@ -42,6 +42,10 @@ pub(super) struct NoiseUnit {
 /// Every unit, listed figure by figure.
 pub(super) struct Plan {
     pub(super) figures: Vec<Figure>,
+    /// The figures in the order workers that share the machine take them: the one with the
+    /// largest training unit first ([`TrainingUnit::size`]), so that the longest unit (Fig. 5's
+    /// ensemble, about 50 min) does not start last and end alone.
+    pub(super) work_order: Vec<usize>,
     pub(super) training: Vec<TrainingUnit>,
     pub(super) measuring: Vec<MeasureUnit>,
     pub(super) noise: Vec<NoiseUnit>,
@@ -51,6 +55,7 @@ pub(super) fn plan(req: &Request) -> Result<Plan> {
     let figures = read_figures(req)?;
     let mut plan = Plan {
         figures: vec![],
+        work_order: vec![],
         training: vec![],
         measuring: vec![],
         noise: vec![],
@@ -66,8 +71,41 @@ pub(super) fn plan(req: &Request) -> Result<Plan> {
             .position(|u| u.dirs.contains(&m.dir))
             .expect("every run has a training unit");
     }
+    let largest = |f: usize| {
+        plan.training
+            .iter()
+            .filter(|u| u.figure == f)
+            .map(TrainingUnit::size)
+            .fold(0.0, f64::max)
+    };
+    let mut order: Vec<usize> = (0..figures.len()).collect();
+    order.sort_by(|&a, &b| largest(b).total_cmp(&largest(a)));
+    plan.work_order = order;
     plan.figures = figures;
     Ok(plan)
+}
+
+impl TrainingUnit {
+    /// A rough count of the multiply-adds its training takes: the model's work per token
+    /// (attention's side² per layer and head, softmax's scores, the MLP's two matrices) times
+    /// the tokens, iterations and runs. Only the order of units depends on it.
+    pub(super) fn size(&self) -> f64 {
+        self.cfgs
+            .iter()
+            .map(|c| {
+                let (m, d) = (&c.model, &c.data);
+                let side = (m.dim + 1) as f64;
+                let tokens = (d.context + 1) as f64;
+                let scores = match m.attention {
+                    crate::config::Attention::Softmax => tokens,
+                    _ => 1.0,
+                };
+                let per_token = (m.layers * m.heads) as f64 * side * side * scores
+                    + 2.0 * m.mlp_hidden as f64 * side;
+                per_token * tokens * d.batch as f64 * c.train.iters as f64
+            })
+            .sum()
+    }
 }
 
 /// Every requested figure, read first, so that a typo is reported before hours of training.
