@@ -16,7 +16,7 @@ The training step is the authors' (train.ipynb `clip_and_step`; nonlinear_regres
       of the per-parameter norms for its coefficient `min(1, (norm + 1e-6).reciprocal() * c)`.
 
   train   --config FILE [--set K=V]... --out DIR [--device D]   (default when argv[1] is --...)
-  analyze DIR [--every K] [--vectorize]                          (writes DIR/measurements.csv)
+  analyze DIR [--every K] [--vectorize] [--spectrum]             (writes DIR/measurements.csv)
   noise   --config FILE [--set K=V]... --samples S [--full-batch N] [--out DIR] [--device D]
   bench   --config FILE [--set K=V]... --steps N [--warmup W] [--ensemble K] [--device D]
   bench-hessian --config FILE [--set K=V]... [--repeats R] [--threads N] [--device D]
@@ -651,6 +651,54 @@ def flat_loss(model, Z, yq):
     return names, unflatten, loss_of_flat
 
 
+def hessian_blocks(model):
+    """(name, first index, size) of each block of the flat parameter vector, as Adam-mini's:
+    each P and Q of each layer and head (allparam[l, h, 0] and [l, h, 1]), then each other
+    parameter (the MLP's weights and biases) whole."""
+    out, o = [], 0
+    for k, v in model.state_dict().items():
+        if k == "allparam":
+            L, H, _, s, _ = v.shape
+            for l in range(L):
+                for h in range(H):
+                    for which in "PQ":
+                        out.append((f"{which}.l{l}.h{h}", o, s * s))
+                        o += s * s
+        else:
+            out.append((k, o, v.numel()))
+            o += v.numel()
+    return out
+
+
+def block_heterogeneity(spectra, num_bins=10000, sigma_squared=1e-5, overhead=0.01):
+    """Zhang et al.'s mean pairwise Jensen-Shannon distance between the blocks' spectral
+    densities, each smoothed as PyHessian's density_generate does (Gaussians of variance
+    sigma_squared * max(1, range), normalised), on one grid spanning all blocks; each Gaussian
+    is integrated over the bins (a difference of erf), as docs/spec.md defines it."""
+    if len(spectra) < 2 or not all(np.isfinite(e).all() for e in spectra):
+        return float("nan")
+    lo = min(e.min() for e in spectra) - overhead
+    hi = max(e.max() for e in spectra) + overhead
+    scale = math.sqrt(2.0 * sigma_squared * max(1.0, hi - lo))
+    width = (hi - lo) / num_bins
+    edges = lo + np.arange(num_bins + 1) * width
+    dens = []
+    for e in spectra:
+        d = np.zeros(num_bins)
+        for lam in e:
+            c = torch.erf(torch.from_numpy((edges - lam) / scale)).numpy()
+            d += 0.5 * (c[1:] - c[:-1])
+        dens.append(d / d.sum())
+
+    def js(p, q):
+        m = 0.5 * (p + q)
+        kl = lambda a: np.sum(np.where(a > 0, a * np.log(np.where(a > 0, a, 1.0) / np.where(m > 0, m, 1.0)), 0.0))
+        return np.sqrt(max(0.5 * kl(p) + 0.5 * kl(q), 0.0))
+
+    pairs = [js(dens[i], dens[j]) for i in range(len(dens)) for j in range(i + 1, len(dens))]
+    return float(np.mean(pairs))
+
+
 def cmd_analyze(args):
     if args.every < 1:
         raise InputError(f"--every: must be >= 1, got {args.every}")
@@ -674,7 +722,8 @@ def cmd_analyze(args):
     index = {t: i for i, t in enumerate(steps)}
     theta = lambda i: torch.cat([traj[k][i].to(dtype).reshape(-1) for k in names])
 
-    rows = []
+    rows, spectrum_rows = [], []
+    blocks = hessian_blocks(model)
     for i, t in enumerate(steps):
         if t % args.every:
             continue
@@ -700,10 +749,24 @@ def cmd_analyze(args):
             cond_eig, sharp = fmt(lam_abs.max() / torch.median(lam_abs), dtype), fmt(lam[-1], dtype)
         except RuntimeError:  # non-finite Hessian (diverged run)
             cond_eig, sharp = "NaN", "NaN"
-        rows.append([str(t), fmt(loss, dtype), fmt(gn, dtype), ds, fmt(cond, dtype), cond_eig, sharp])
+        het = ""
+        if args.spectrum:
+            Hd = H.detach().to(torch.float64)
+            if torch.isfinite(Hd).all():
+                spectra = [torch.linalg.eigvalsh(Hd).numpy()]
+                spectra += [torch.linalg.eigvalsh(Hd[o:o + n, o:o + n]).numpy() for _, o, n in blocks]
+                het = repr(block_heterogeneity(spectra[1:]))
+                for name, eigs in zip(["all"] + [b[0] for b in blocks], spectra):
+                    spectrum_rows += [[str(t), name, repr(float(x))] for x in eigs]
+            else:
+                het = "NaN"
+        rows.append([str(t), fmt(loss, dtype), fmt(gn, dtype), ds, fmt(cond, dtype), cond_eig, sharp, het])
     write_csv(os.path.join(args.dir, "measurements.csv"),
-              "iter,test_loss,grad_norm,dir_smoothness,condition_number,condition_number_eig,sharpness",
+              "iter,test_loss,grad_norm,dir_smoothness,condition_number,condition_number_eig,sharpness,"
+              "block_heterogeneity",
               rows)
+    if args.spectrum:
+        write_csv(os.path.join(args.dir, "spectrum.csv"), "iter,block,eigenvalue", spectrum_rows)
     return 0
 
 
@@ -829,6 +892,8 @@ def build_parser():
     p.add_argument("--every", type=int, default=1)
     p.add_argument("--vectorize", action="store_true",
                    help="vmap the Hessian's rows (faster; not bit-identical to the default loop)")
+    p.add_argument("--spectrum", action="store_true",
+                   help="block spectra into DIR/spectrum.csv and block_heterogeneity into measurements.csv")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_analyze)
     p = sub.add_parser("noise", help="stochastic-gradient noise ||g_B - g|| at initialisation")

@@ -176,6 +176,11 @@ struct AnalyzeArgs {
     /// Device for the analysis (default: the run's train.device).
     #[arg(long)]
     device: Option<DeviceName>,
+    /// Also the exact eigenvalues of the whole Hessian and of each block's diagonal
+    /// sub-Hessian (each P and Q, each MLP weight and bias) into DIR/spectrum.csv, and their
+    /// block_heterogeneity (Zhang et al., 2024) into measurements.csv.
+    #[arg(long)]
+    spectrum: bool,
 }
 
 /// The flags of `linattn noise`.
@@ -762,11 +767,17 @@ fn compare_command(args: CompareArgs, options: linattn::train::Options) -> Resul
 
 /// `linattn analyze`.
 fn analyze_command(args: AnalyzeArgs, options: linattn::train::Options) -> Result<i32> {
-    let AnalyzeArgs { dir, every, device } = args;
+    let AnalyzeArgs {
+        dir,
+        every,
+        device,
+        spectrum,
+    } = args;
     let device = device.map(|d| self::device(d, "--device")).transpose()?;
     let rows = linattn::measure::analyze(
         &dir,
         every,
+        spectrum,
         device,
         options.progress == Progress::Bar,
         &options.stop,
@@ -777,14 +788,24 @@ fn analyze_command(args: AnalyzeArgs, options: linattn::train::Options) -> Resul
             .unwrap_or_else(|| "-".into())
     };
     match rows.last() {
-        Some((t, r)) => println!(
-            "analyzed {} steps; at iteration {t}: test_loss {} condition_number {} sharpness {}; wrote {}",
-            rows.len(),
-            f(r.test_loss),
-            f(r.condition_number),
-            f(r.sharpness),
-            path.display()
-        ),
+        Some((t, r)) => {
+            println!(
+                "analyzed {} steps; at iteration {t}: test_loss {} condition_number {} sharpness {}{}; wrote {}",
+                rows.len(),
+                f(r.test_loss),
+                f(r.condition_number),
+                f(r.sharpness),
+                match spectrum {
+                    true => format!(" block_heterogeneity {}", f(r.block_heterogeneity)),
+                    false => String::new(),
+                },
+                path.display()
+            );
+            if spectrum {
+                let folder = linattn::run::RunFolder::new(&dir);
+                println!("wrote {}", folder.spectrum_path().display());
+            }
+        }
         None => println!("no saved step is a multiple of {every}; nothing measured"),
     }
     Ok(exit::OK)

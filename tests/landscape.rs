@@ -191,7 +191,7 @@ fn read_analysis(dir: &Path) -> HashMap<i64, HashMap<String, Option<f64>>> {
         .collect();
     assert_eq!(
         header.join(","),
-        "iter,test_loss,grad_norm,dir_smoothness,condition_number,condition_number_eig,sharpness",
+        "iter,test_loss,grad_norm,dir_smoothness,condition_number,condition_number_eig,sharpness,block_heterogeneity",
         "{}",
         dir.display()
     );
@@ -278,6 +278,102 @@ fn analyze_matches_the_pytorch_side_for_sgd_and_adam() {
         assert_eq!(b[&100]["dir_smoothness"], None);
     }
     println!("{}", report.join("\n"));
+}
+
+/// spectrum.csv as (iter, block, eigenvalue) rows in file order.
+fn read_spectrum(dir: &Path) -> Vec<(i64, String, f64)> {
+    let text = std::fs::read_to_string(dir.join("spectrum.csv")).expect("spectrum.csv");
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some("iter,block,eigenvalue"),
+        "{}",
+        dir.display()
+    );
+    lines
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (
+                f[0].parse().unwrap(),
+                f[1].to_string(),
+                f[2].parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn block_spectra_and_heterogeneity_match_the_pytorch_side() {
+    // The MLP variant: P and Q blocks and the MLP's weight and bias blocks.
+    let config = experiment("settings/mlp_variant.yaml");
+    let tmp = tempdir();
+    let sets = vec!["train.iters=20".to_string(), "data.batch=200".to_string()];
+    let (rs, py) = (tmp.path().join("rust"), tmp.path().join("torch"));
+    let mut c = single_threaded(linattn());
+    c.arg("train");
+    ok(with_config(c, &config, &sets, &rs));
+    let mut c = single_threaded(reference());
+    c.arg("train");
+    ok(with_config(c, &config, &sets, &py));
+    for (mut c, dir) in [
+        (single_threaded(linattn()), &rs),
+        (single_threaded(reference()), &py),
+    ] {
+        c.arg("analyze")
+            .arg(dir)
+            .args(["--every", "20", "--spectrum"]);
+        ok(c);
+    }
+    let (a, b) = (read_spectrum(&rs), read_spectrum(&py));
+    assert_eq!(a.len(), b.len(), "spectrum rows");
+    // 551 parameters at 2 steps, the whole Hessian and its blocks (which partition it).
+    assert_eq!(a.len(), 2 * 2 * 551);
+    let blocks: Vec<&str> =
+        a.iter()
+            .filter(|r| r.0 == 0)
+            .map(|r| r.1.as_str())
+            .fold(vec![], |mut v, n| {
+                if v.last() != Some(&n) {
+                    v.push(n);
+                }
+                v
+            });
+    assert_eq!(
+        blocks.len(),
+        1 + 6 + 4,
+        "all, 3 layers × (P, Q), the MLP's four: {blocks:?}"
+    );
+    assert_eq!(&blocks[..3], ["all", "P.l0.h0", "Q.l0.h0"]);
+    let scale = a.iter().map(|r| r.2.abs()).fold(0f64, f64::max);
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(
+            (x.0, &x.1),
+            (y.0, &y.1),
+            "the same step and block in the same order"
+        );
+        assert!(
+            (x.2 - y.2).abs() <= 1e-5 * scale,
+            "iteration {} block {}: rust {} vs pytorch {}",
+            x.0,
+            x.1,
+            x.2,
+            y.2
+        );
+    }
+    let (ma, mb) = (read_analysis(&rs), read_analysis(&py));
+    for t in [0, 20] {
+        let x = ma[&t]["block_heterogeneity"].expect("rust block_heterogeneity");
+        let y = mb[&t]["block_heterogeneity"].expect("pytorch block_heterogeneity");
+        assert!(
+            x > 0.0 && x <= 2f64.ln().sqrt() + 1e-12,
+            "a JS distance: {x}"
+        );
+        assert!(
+            rel_diff(x, y) < 1e-3,
+            "iteration {t}: rust {x} vs pytorch {y}"
+        );
+        println!("iteration {t}: block_heterogeneity rust {x} pytorch {y}");
+    }
 }
 
 fn read_noise(dir: &Path) -> Vec<f64> {

@@ -95,7 +95,7 @@ fn costs(cfg: &crate::config::Config, needs: &measure::Needs, t: &mut Timings) -
     // What is timed depends on what is needed (a Hessian of Fig. 5's model costs minutes).
     let wants = [
         !needs.smoothness.is_empty(),
-        !needs.condition.is_empty() || !needs.eigen.is_empty(),
+        !needs.hessian_steps().is_empty(),
     ];
     let k = format!("{}{wants:?}", key(cfg, 1));
     if let Some(&c) = t.costs.get(&k) {
@@ -253,7 +253,7 @@ fn measuring_s(
         let s = costs(&m.cfg, &needs, t)?.of(&needs);
         let fig = &mut figures[m.figure];
         fig.measured_runs += 1;
-        fig.hessians += needs.condition.union(&needs.eigen).count();
+        fig.hessians += needs.hessian_steps().len();
         fig.measuring_s += s;
         runs.push(s);
     }

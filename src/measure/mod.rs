@@ -11,6 +11,7 @@
 //! one, as the PyTorch side measures it.
 pub mod landscape;
 pub mod noise;
+pub mod spectrum;
 
 use crate::config::Config;
 use crate::data;
@@ -27,7 +28,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tch::{Device, Tensor};
 
-const HEADER: &str =
+const HEADER: &str = "iter,test_loss,grad_norm,dir_smoothness,condition_number,condition_number_eig,sharpness,block_heterogeneity";
+/// The header of files written before `block_heterogeneity` joined the row.
+const HEADER_V2: &str =
     "iter,test_loss,grad_norm,dir_smoothness,condition_number,condition_number_eig,sharpness";
 /// The header of files written before `condition_number_eig` and `sharpness` joined the row.
 const HEADER_V1: &str = "iter,test_loss,grad_norm,dir_smoothness,condition_number";
@@ -47,6 +50,9 @@ pub struct Row {
     pub condition_number_eig: Option<f64>,
     /// λ_max of H (beyond the paper).
     pub sharpness: Option<f64>,
+    /// The mean pairwise Jensen–Shannon distance between the spectral densities of the
+    /// Hessian's blocks (Zhang et al., 2024; [`landscape::block_heterogeneity`]).
+    pub block_heterogeneity: Option<f64>,
 }
 
 pub type Rows = BTreeMap<i64, Row>;
@@ -60,6 +66,8 @@ pub struct Needs {
     pub condition: BTreeSet<i64>,
     /// The eigenvalues of the full Hessian (condition_number_eig, sharpness).
     pub eigen: BTreeSet<i64>,
+    /// The block spectra (`spectrum.csv`) and block_heterogeneity.
+    pub spectrum: BTreeSet<i64>,
 }
 
 /// What is measured on the evaluation batch of each run, and how often (a figure's `measure:`
@@ -158,13 +166,20 @@ impl Needs {
             smoothness,
             condition,
             eigen: BTreeSet::new(),
+            spectrum: BTreeSet::new(),
         }
     }
 
-    /// Everything at each of `steps` (`analyze`): smoothness where t+1 is among `saved`.
-    pub fn everything(steps: &[i64], saved: &[i64]) -> Needs {
+    /// Everything at each of `steps` (`analyze`): smoothness where t+1 is among `saved`; the
+    /// block spectra with `spectrum`.
+    pub fn everything(steps: &[i64], saved: &[i64], spectrum: bool) -> Needs {
         let all: BTreeSet<i64> = steps.iter().copied().collect();
         Needs {
+            spectrum: if spectrum {
+                all.clone()
+            } else {
+                BTreeSet::new()
+            },
             smoothness: all
                 .iter()
                 .copied()
@@ -184,6 +199,7 @@ impl Needs {
             smoothness: u(&self.smoothness, &other.smoothness),
             condition: u(&self.condition, &other.condition),
             eigen: u(&self.eigen, &other.eigen),
+            spectrum: u(&self.spectrum, &other.spectrum),
         }
     }
 
@@ -202,6 +218,7 @@ impl Needs {
                 .collect(),
             condition: keep(&self.condition),
             eigen: keep(&self.eigen),
+            spectrum: keep(&self.spectrum),
         }
     }
 
@@ -218,11 +235,22 @@ impl Needs {
             smoothness: lacks(&self.smoothness, |r| r.dir_smoothness),
             condition: lacks(&self.condition, |r| r.condition_number),
             eigen: lacks(&self.eigen, |r| r.sharpness),
+            spectrum: lacks(&self.spectrum, |r| r.block_heterogeneity),
         }
     }
 
     pub fn is_empty(&self) -> bool {
         self.steps().is_empty()
+    }
+
+    /// The steps that need a full Hessian.
+    pub fn hessian_steps(&self) -> BTreeSet<i64> {
+        self.condition
+            .iter()
+            .chain(&self.eigen)
+            .chain(&self.spectrum)
+            .copied()
+            .collect()
     }
 
     fn steps(&self) -> BTreeSet<i64> {
@@ -231,6 +259,7 @@ impl Needs {
             .chain(&self.smoothness)
             .chain(&self.condition)
             .chain(&self.eigen)
+            .chain(&self.spectrum)
             .copied()
             .collect()
     }
@@ -261,7 +290,8 @@ pub fn read(folder: &RunFolder) -> Result<Rows> {
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let mut lines = text.lines();
     let columns = match lines.next() {
-        Some(HEADER) => 7,
+        Some(HEADER) => 8,
+        Some(HEADER_V2) => 7,
         Some(HEADER_V1) => 5,
         _ => {
             return Err(anyhow!(BadInput(format!(
@@ -299,6 +329,7 @@ pub fn read(folder: &RunFolder) -> Result<Rows> {
                 condition_number: num(4)?,
                 condition_number_eig: num(5)?,
                 sharpness: num(6)?,
+                block_heterogeneity: num(7)?,
             },
         );
     }
@@ -314,13 +345,14 @@ fn write(folder: &RunFolder, rows: &Rows) -> Result<()> {
     s.push('\n');
     for (t, r) in rows {
         s.push_str(&format!(
-            "{t},{},{},{},{},{},{}\n",
+            "{t},{},{},{},{},{},{},{}\n",
             f(r.test_loss),
             f(r.grad_norm),
             f(r.dir_smoothness),
             f(r.condition_number),
             f(r.condition_number_eig),
-            f(r.sharpness)
+            f(r.sharpness),
+            f(r.block_heterogeneity)
         ));
     }
     io::write_atomic(&folder.measurements_path(), s.as_bytes())
@@ -367,9 +399,10 @@ pub fn measure_run(
         Ok(ps.iter().map(|p| p.to_device(device)).collect())
     };
     // Counted in backward passes: a Hessian is one per parameter, the rest one each.
-    let hessians = todo.condition.union(&todo.eigen).count() as u64;
+    let hessians = todo.hessian_steps().len() as u64;
     let work = steps.len() as u64 + todo.smoothness.len() as u64 + hessians * layout.total as u64;
     let bar = crate::progress::bar(work, "measure", progress);
+    let mut spectrum = spectrum::read(folder)?;
     for &t in &steps {
         if stop.load(Ordering::Relaxed) {
             break;
@@ -383,7 +416,7 @@ pub fn measure_run(
             row.dir_smoothness = Some(point.directional_smoothness(&layout.flatten(&at(t + 1)?)));
             bar.inc(1);
         }
-        if todo.condition.contains(&t) || todo.eigen.contains(&t) {
+        if todo.hessian_steps().contains(&t) {
             let h = point.hessian(|| bar.inc(1));
             row.condition_number = Some(landscape::condition_number(&h.diagonal(0, 0, 1)));
             if todo.eigen.contains(&t) {
@@ -391,9 +424,21 @@ pub fn measure_run(
                 row.condition_number_eig = Some(eig);
                 row.sharpness = Some(sharpness);
             }
+            if todo.spectrum.contains(&t) {
+                let spectra = landscape::block_spectra(&h, &layout.blocks());
+                row.block_heterogeneity = Some(match spectra.split_first() {
+                    Some((_, blocks)) => landscape::block_heterogeneity(blocks),
+                    None => f64::NAN,
+                });
+                spectrum.insert(t, spectra);
+            }
         }
     }
     bar.finish_and_clear();
+    // The spectra first: a row's block_heterogeneity says its spectrum is in spectrum.csv.
+    if !todo.spectrum.is_empty() {
+        spectrum::write(folder, &layout.block_names(), &spectrum)?;
+    }
     write(folder, &rows)?;
     Ok((rows, true))
 }
@@ -439,7 +484,7 @@ impl Costs {
             }),
         };
         let p = at.flat.size()[0];
-        let hessian = if needs.condition.is_empty() && needs.eigen.is_empty() {
+        let hessian = if needs.hessian_steps().is_empty() {
             0.0
         } else if cfg.train.mode == crate::config::Mode::Fast
             && device == Device::Cpu
@@ -467,7 +512,7 @@ impl Costs {
     /// The seconds [`measure_run`] takes for `needs` (every wanted step assumed in the
     /// trajectory).
     pub fn of(&self, needs: &Needs) -> f64 {
-        let hessians = needs.condition.union(&needs.eigen).count();
+        let hessians = needs.hessian_steps().len();
         needs.steps().len() as f64 * self.point
             + needs.smoothness.len() as f64 * self.smoothness
             + hessians as f64 * self.hessian
@@ -479,6 +524,7 @@ impl Costs {
 pub fn analyze(
     dir: &Path,
     every: i64,
+    spectrum: bool,
     device: Option<Device>,
     progress: bool,
     stop: &AtomicBool,
@@ -512,7 +558,7 @@ pub fn analyze(
         &folder,
         &cfg,
         &summary,
-        &Needs::everything(&selected, &saved),
+        &Needs::everything(&selected, &saved, spectrum),
         device,
         progress,
         stop,

@@ -205,6 +205,26 @@ impl Layout {
         out
     }
 
+    /// A name for each of [`Layout::blocks`], in order: `P.l0.h0`, `Q.l0.h0`, … (layer and
+    /// head from 0), then the MLP's parameter names (`mlp.0.weight`, …).
+    pub fn block_names(&self) -> Vec<String> {
+        let mut out = vec![];
+        for (name, shape) in self.names.iter().zip(&self.shapes) {
+            match *shape.as_slice() {
+                [layers, heads, 2, _, _] => {
+                    for l in 0..layers {
+                        for h in 0..heads {
+                            out.push(format!("P.l{l}.h{h}"));
+                            out.push(format!("Q.l{l}.h{h}"));
+                        }
+                    }
+                }
+                _ => out.push(name.clone()),
+            }
+        }
+        out
+    }
+
     /// The parameters as views of one member's `flat [P]`, in their own shapes.
     pub fn unflatten(&self, flat: &Tensor) -> Vec<Tensor> {
         self.views(&flat.unsqueeze(0))

@@ -35,6 +35,7 @@ const TRAJECTORY: &str = "trajectory.safetensors";
 const FINAL: &str = "final.safetensors";
 const SUMMARY: &str = "summary.json";
 const MEASUREMENTS: &str = "measurements.csv";
+const SPECTRUM: &str = "spectrum.csv";
 const LOCK: &str = ".linattn.lock";
 
 /// What a run writes, and what is measured on its trajectory: clearing a folder removes them
@@ -48,6 +49,7 @@ const RUN_FILES: &[&str] = &[
     FINAL,
     SUMMARY,
     MEASUREMENTS,
+    SPECTRUM,
 ];
 
 /// Where a run folder stands.
@@ -118,6 +120,11 @@ impl RunFolder {
 
     pub fn measurements_path(&self) -> PathBuf {
         self.dir.join(MEASUREMENTS)
+    }
+
+    /// The Hessian's block spectra (`analyze --spectrum`).
+    pub fn spectrum_path(&self) -> PathBuf {
+        self.dir.join(SPECTRUM)
     }
 
     pub fn metrics_path(&self) -> PathBuf {
