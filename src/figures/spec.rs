@@ -150,6 +150,8 @@ pub struct QuickSpec {
     pub smoothness_until: Option<i64>,
     pub condition_every: Option<i64>,
     pub condition_at_init: Option<bool>,
+    pub spectrum_every: Option<i64>,
+    pub spectrum_at: Option<Vec<i64>>,
     pub noise_samples: Option<i64>,
     pub noise_full_batch: Option<i64>,
     pub lr_factors: Option<Vec<f64>>,
@@ -267,6 +269,8 @@ impl FigureSpec {
         for (v, k) in [
             (self.measure.smoothness_every, "measure.smoothness_every"),
             (self.measure.condition_every, "measure.condition_every"),
+            (self.measure.spectrum_every, "measure.spectrum_every"),
+            (q.spectrum_every, "quick.spectrum_every"),
             (q.iters, "quick.iters"),
             (q.save_every, "quick.save_every"),
             (q.loss_every, "quick.loss_every"),
@@ -278,6 +282,11 @@ impl FigureSpec {
             if let Some(v) = v {
                 positive(v, k)?;
             }
+        }
+        if let Some(t) = self.measure.spectrum_at.iter().find(|t| **t < 0) {
+            return Err(anyhow!(
+                "key measure.spectrum_at: iterations must be >= 0, got {t}"
+            ));
         }
         if let Some(t) = self.measure.condition_at.iter().find(|t| **t <= 0) {
             return Err(anyhow!(
@@ -383,6 +392,8 @@ impl FigureSpec {
         m.smoothness_until = q.smoothness_until.or(m.smoothness_until);
         m.condition_every = q.condition_every.or(m.condition_every);
         m.condition_at_init = q.condition_at_init.unwrap_or(m.condition_at_init);
+        m.spectrum_every = q.spectrum_every.or(m.spectrum_every);
+        m.spectrum_at = q.spectrum_at.unwrap_or(m.spectrum_at);
         if let Some(n) = &mut m.noise {
             n.samples = q.noise_samples.unwrap_or(n.samples);
             n.full_batch = q.noise_full_batch.unwrap_or(n.full_batch);

@@ -96,6 +96,13 @@ pub struct MeasureSpec {
     /// Also measure the condition number at iteration 0 (the same for both optimizers).
     #[serde(default = "yes")]
     pub condition_at_init: bool,
+    /// The Hessian's block spectra (`spectrum.csv`) and block_heterogeneity every K
+    /// iterations from 0 (a full Hessian each, beyond the paper).
+    #[serde(default)]
+    pub spectrum_every: Option<i64>,
+    /// Further iterations for the block spectra (those past the end are dropped).
+    #[serde(default)]
+    pub spectrum_at: Vec<i64>,
     /// Stochastic-gradient noise at initialisation, per series.
     #[serde(default)]
     pub noise: Option<NoiseSpec>,
@@ -118,6 +125,8 @@ impl Default for MeasureSpec {
             condition_every: None,
             condition_at: vec![],
             condition_at_init: true,
+            spectrum_every: None,
+            spectrum_at: vec![],
             noise: None,
         }
     }
@@ -161,12 +170,22 @@ impl Needs {
             }
             None => BTreeSet::new(),
         };
+        let mut spectrum = match m.spectrum_every {
+            Some(e) => grid(e, 0, iters),
+            None => BTreeSet::new(),
+        };
+        spectrum.extend(
+            m.spectrum_at
+                .iter()
+                .copied()
+                .filter(|t| (0..=iters).contains(t)),
+        );
         Needs {
             loss,
             smoothness,
             condition,
             eigen: BTreeSet::new(),
-            spectrum: BTreeSet::new(),
+            spectrum,
         }
     }
 
@@ -643,5 +662,24 @@ mod tests {
             n.condition.iter().copied().collect::<Vec<_>>(),
             vec![0, 500, 750, 1000, 1250, 1500, 2000]
         );
+    }
+
+    #[test]
+    fn block_spectra_follow_their_stride_and_their_listed_iterations() {
+        let m = MeasureSpec {
+            spectrum_every: Some(500),
+            spectrum_at: vec![100, 5000],
+            ..MeasureSpec::default()
+        };
+        let n = Needs::of(&m, 1000);
+        assert_eq!(
+            n.spectrum.iter().copied().collect::<Vec<_>>(),
+            vec![0, 100, 500, 1000]
+        );
+        assert!(
+            n.hessian_steps().contains(&100),
+            "a spectrum needs a Hessian"
+        );
+        assert!(Needs::of(&MeasureSpec::default(), 1000).spectrum.is_empty());
     }
 }
