@@ -107,7 +107,9 @@ impl Point {
     pub fn hessian(&self, mut on_row: impl FnMut()) -> Tensor {
         let p = self.flat.size()[0];
         if let Some((arch, batch)) = &self.native {
-            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            // libtorch's intra-op threads, as the caller set them (`--threads`; one per
+            // `reproduce` worker): not every core, which two workers would oversubscribe.
+            let threads = tch::get_num_threads().max(1) as usize;
             if let Some(h) = model::native::hessian_tensor(arch, &self.flat, batch, threads) {
                 (0..p).for_each(|_| on_row());
                 return h;
