@@ -7,7 +7,7 @@ use linattn::data::Batch;
 use linattn::measure::landscape::{self, Point};
 use linattn::model::{Arch, Layout};
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 // ----------------------------------------------------------------------------- exactness
@@ -208,6 +208,19 @@ fn read_analysis(dir: &Path) -> HashMap<i64, HashMap<String, Option<f64>>> {
         .collect()
 }
 
+/// One run of `config` with `sets` trained by each side, into `tmp/rust` and `tmp/torch`.
+fn train_both_sides(config: &Path, sets: &[String], tmp: &Path) -> (PathBuf, PathBuf) {
+    let (rs, py) = (tmp.join("rust"), tmp.join("torch"));
+    for (mut c, out) in [
+        (single_threaded(linattn()), &rs),
+        (single_threaded(reference()), &py),
+    ] {
+        c.arg("train");
+        ok(with_config(c, config, sets, out));
+    }
+    (rs, py)
+}
+
 #[test]
 fn analyze_matches_the_pytorch_side_for_sgd_and_adam() {
     let config = experiment("settings/setting1_normal_n20.yaml");
@@ -223,13 +236,7 @@ fn analyze_matches_the_pytorch_side_for_sgd_and_adam() {
             // and the claim, the same measurement on both sides, does not depend on its size.
             "data.batch=200".to_string(),
         ];
-        let (rs, py) = (tmp.path().join("rust"), tmp.path().join("torch"));
-        let mut c = single_threaded(linattn());
-        c.arg("train");
-        ok(with_config(c, &config, &sets, &rs));
-        let mut c = single_threaded(reference());
-        c.arg("train");
-        ok(with_config(c, &config, &sets, &py));
+        let (rs, py) = train_both_sides(&config, &sets, tmp.path());
         // Every 50 keeps CI time sane; trajectories hold every step, so t+1 is always there.
         let mut c = single_threaded(linattn());
         c.arg("analyze").arg(&rs).args(["--every", "50"]);
@@ -308,13 +315,7 @@ fn block_spectra_and_heterogeneity_match_the_pytorch_side() {
     let config = experiment("settings/mlp_variant.yaml");
     let tmp = tempdir();
     let sets = vec!["train.iters=20".to_string(), "data.batch=200".to_string()];
-    let (rs, py) = (tmp.path().join("rust"), tmp.path().join("torch"));
-    let mut c = single_threaded(linattn());
-    c.arg("train");
-    ok(with_config(c, &config, &sets, &rs));
-    let mut c = single_threaded(reference());
-    c.arg("train");
-    ok(with_config(c, &config, &sets, &py));
+    let (rs, py) = train_both_sides(&config, &sets, tmp.path());
     for (mut c, dir) in [
         (single_threaded(linattn()), &rs),
         (single_threaded(reference()), &py),
