@@ -421,7 +421,11 @@ pub fn measure_run(
     let hessians = todo.hessian_steps().len() as u64;
     let work = steps.len() as u64 + todo.smoothness.len() as u64 + hessians * layout.total as u64;
     let bar = crate::progress::bar(work, "measure", progress);
-    let mut spectrum = spectrum::read(folder)?;
+    // Read (and rewritten) only when spectra are asked for: most measurements never touch it.
+    let mut spectrum = match todo.spectrum.is_empty() {
+        true => spectrum::Spectra::new(),
+        false => spectrum::read(folder)?,
+    };
     for &t in &steps {
         if stop.load(Ordering::Relaxed) {
             break;
