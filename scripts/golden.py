@@ -20,9 +20,10 @@ runs in a few minutes.
 
 Normalisation: CSV, YAML and safetensors files are compared byte for byte (their SHA-256);
 JSON files without the keys that measure time or the machine (wall_time_s, machine, device,
-all_reused); measurement CSVs by their values per iteration and column, whatever the column
-order or file name (analysis.csv and measurements.csv are the same measurements). A figure's
-data JSON may gain keys; every key the manifest holds must keep its value.
+all_reused) or hold checksums of files digested here anyway (sha256); measurement CSVs by
+their values per iteration and column, whatever the column order or file name (analysis.csv
+and measurements.csv are the same measurements). A figure's data JSON may gain keys; every
+key the manifest holds must keep its value.
 """
 import argparse
 import glob
@@ -38,7 +39,8 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = os.path.join(ROOT, "experiments", "settings")
 ITERS = 40
-VOLATILE = {"wall_time_s", "machine", "device", "all_reused"}
+# sha256: the checksums summary.json and noise.json record of files that are digested here.
+VOLATILE = {"wall_time_s", "machine", "device", "all_reused", "sha256"}
 MEASURE_COLUMNS = ["test_loss", "grad_norm", "dir_smoothness", "condition_number",
                    "condition_number_eig", "sharpness"]
 

@@ -352,9 +352,7 @@ pub struct Config {
     pub train: TrainConfig,
 }
 
-fn bad(msg: String) -> anyhow::Error {
-    anyhow::Error::new(BadInput(msg))
-}
+use crate::bad_input as bad;
 
 /// A range check: whether it holds, the key it is about, and what to say when it does not.
 type Check = (bool, &'static str, String);
@@ -465,44 +463,76 @@ fn overflowing_number(v: &serde_yaml::Value, key: &str) -> Result<()> {
     Ok(())
 }
 
+fn yaml_tree(text: &str) -> Result<serde_yaml::Value> {
+    serde_yaml::from_str(text).map_err(|e| bad(format!("not valid YAML: {e}")))
+}
+
+/// The config of a YAML tree (overrides applied), each error naming its key.
+fn from_tree(mut tree: serde_yaml::Value) -> Result<Config> {
+    if tree.is_null() {
+        tree = serde_yaml::Value::Mapping(Default::default());
+    }
+    overflowing_number(&tree, "")?;
+    serde_path_to_error::deserialize(tree).map_err(|e| {
+        let path = e.path().to_string();
+        bad(format!("config key {path}: {}", e.into_inner()))
+    })
+}
+
+/// A bad-input error about the file's contents, prefixed with the file.
+pub fn in_file(path: &Path, e: anyhow::Error) -> anyhow::Error {
+    match e.downcast::<BadInput>() {
+        Ok(BadInput(m)) => bad(format!("{}: {m}", path.display())),
+        Err(e) => e,
+    }
+}
+
 impl Config {
     /// Reads a YAML config, applies `--set` overrides in order, and validates the result.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Config> {
+        let cfg = Self::read(path, overrides)?;
+        cfg.validate().map_err(|e| in_file(path, e))?;
+        Ok(cfg)
+    }
+
+    /// [`Config::load`] without the range checks, for a caller that sets typed values before
+    /// it validates (reproduce's figures: the checks that depend on the mode must see the mode
+    /// the runs will have).
+    pub fn read(path: &Path, overrides: &[String]) -> Result<Config> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| bad(format!("config file {}: {e}", path.display())))?;
+        let mut tree = yaml_tree(&text).map_err(|e| in_file(path, e))?;
         // An empty file is more likely a wrong path or a failed write than a wish for 10 000
         // iterations of the defaults; `--set` keys say what is meant.
-        let empty = matches!(serde_yaml::from_str(&text), Ok(serde_yaml::Value::Null));
-        if empty && overrides.is_empty() {
+        if tree.is_null() && overrides.is_empty() {
             return Err(bad(format!(
                 "config file {}: holds no keys (empty or comments only); write the keys to change, or `train: {{}}` for the defaults",
                 path.display()
             )));
         }
-        Self::from_yaml_str(&text, overrides).map_err(|e| match e.downcast::<BadInput>() {
-            // --set problems are about the command line, not the file.
-            Ok(BadInput(m)) if m.starts_with("--set") => bad(m),
-            Ok(BadInput(m)) => bad(format!("{}: {m}", path.display())),
-            Err(e) => e,
-        })
-    }
-
-    pub fn from_yaml_str(text: &str, overrides: &[String]) -> Result<Config> {
-        let mut tree: serde_yaml::Value =
-            serde_yaml::from_str(text).map_err(|e| bad(format!("not valid YAML: {e}")))?;
+        // --set problems are about the command line, not the file: not prefixed with it.
         for o in overrides {
             apply_override(&mut tree, o)?;
         }
-        if tree.is_null() {
-            tree = serde_yaml::Value::Mapping(Default::default());
+        from_tree(tree).map_err(|e| in_file(path, e))
+    }
+
+    pub fn from_yaml_str(text: &str, overrides: &[String]) -> Result<Config> {
+        let mut tree = yaml_tree(text)?;
+        for o in overrides {
+            apply_override(&mut tree, o)?;
         }
-        overflowing_number(&tree, "")?;
-        let cfg: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
-            let path = e.path().to_string();
-            bad(format!("config key {path}: {}", e.into_inner()))
-        })?;
+        let cfg = from_tree(tree)?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The run's libtorch device; bad input naming the key when this machine lacks it.
+    pub fn device(&self) -> Result<tch::Device> {
+        self.train
+            .device
+            .tch()
+            .map_err(|e| bad(format!("config key train.device: {e}")))
     }
 
     /// Range checks, each naming the key it is about.

@@ -31,6 +31,11 @@ impl std::fmt::Display for BadInput {
 
 impl std::error::Error for BadInput {}
 
+/// A [`BadInput`] error: one line for the user, exit code 2.
+pub fn bad_input(msg: String) -> anyhow::Error {
+    anyhow::Error::new(BadInput(msg))
+}
+
 /// The message of a panic (from tch's unwrapping wrappers, say) as one line.
 pub fn panic_line(payload: &(dyn std::any::Any + Send)) -> String {
     let text = payload

@@ -322,7 +322,7 @@ fn report_training(outcomes: &[(PathBuf, Outcome)], fast: bool) -> i32 {
             Status::Interrupted | Status::Running | Status::Failed => {
                 let how = if fast && outcome.metrics.is_empty() {
                     format!(
-                        "nothing to keep; run the same command again with --force ({})",
+                        "nothing to keep; run the same command again ({})",
                         out.display()
                     )
                 } else {

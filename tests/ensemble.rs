@@ -1,4 +1,4 @@
-//! Ensemble training (the batched stepper): a member fed the same batches as a solo run follows
+//! Ensemble training (the ensemble stepper): a member fed the same batches as a solo run follows
 //! the same trajectory (within 1e-5 relative), members never influence each other, a diverging
 //! member stops while the others go on, and a stopped ensemble resumes to the same files.
 mod common;
@@ -7,7 +7,7 @@ use linattn::config::{Config, OptimizerKind};
 use linattn::data::Batch;
 use linattn::optim::NonFinite;
 use linattn::run::{protocol, RunFolder, State, Status};
-use linattn::train::{self, BatchedStepper, FaithfulStepper, Member, Options, Stepper};
+use linattn::train::{self, EnsembleStepper, FaithfulStepper, Member, Options, Stepper};
 use std::path::PathBuf;
 use tch::{Device, Tensor};
 
@@ -52,9 +52,9 @@ impl<S: Stepper> Stepped<S> {
     }
 }
 
-fn ensemble(cfg: &Config, members: &[Member]) -> Stepped<BatchedStepper> {
+fn ensemble(cfg: &Config, members: &[Member]) -> Stepped<EnsembleStepper> {
     Stepped::new(
-        BatchedStepper::start(cfg, members, Device::Cpu).unwrap(),
+        EnsembleStepper::start(cfg, members, Device::Cpu).unwrap(),
         cfg,
     )
 }
@@ -247,7 +247,7 @@ fn ensemble_member_stays_close_to_the_faithful_run() {
 #[test]
 fn ensemble_members_start_from_the_faithful_runs_initial_parameters() {
     let cfg = config(&["data.batch=50"]);
-    let ens = BatchedStepper::start(&cfg, &members(), Device::Cpu).unwrap();
+    let ens = EnsembleStepper::start(&cfg, &members(), Device::Cpu).unwrap();
     for (i, m) in members().iter().enumerate() {
         let mut c = m.config(&cfg);
         c.train.mode = linattn::config::Mode::Faithful;

@@ -1,10 +1,10 @@
-//! Each optimizer written twice agrees with itself: the per-tensor rule of the faithful engine
-//! (`optim::reference`, which the PyTorch side checks bit for bit) and the `[K, P]` rule of the
-//! batched engine (`optim::batched`, fast mode and ensembles), fed the same gradients. And in an
+//! Each optimizer written twice agrees with itself: the per-tensor rule of the faithful stepper
+//! (`optim::faithful`, which the PyTorch side checks bit for bit) and the `[K, P]` rule of the
+//! ensemble stepper (`optim::ensemble`, fast mode, one run or many), fed the same gradients. And in an
 //! ensemble over every optimizer each member updates as it does alone.
 use linattn::config::{Config, OptimizerKind};
 use linattn::model::{Arch, Layout};
-use linattn::optim::{batched, reference};
+use linattn::optim::{ensemble, faithful};
 use tch::{nn, Device, Kind, Tensor};
 
 const ALL: [OptimizerKind; 8] = [
@@ -81,9 +81,9 @@ fn layouts_differ_by(kind: OptimizerKind, mlp: bool, steps: usize) -> f64 {
     let vs = nn::VarStore::new(Device::Cpu);
     let params = variables(&arch, &vs);
     let mut theta = layout.flatten(&params).unsqueeze(0);
-    let mut per_tensor = reference::Optimizer::new(&cfg.train, &vs, &params).unwrap();
+    let mut per_tensor = faithful::FaithfulOptimizer::new(&cfg.train, &vs, &params).unwrap();
     let members = [(kind, cfg.train.lr)];
-    let mut flat = batched::Optimizer::new(
+    let mut flat = ensemble::EnsembleOptimizer::new(
         &cfg.train,
         &members,
         layout.blocks(),
@@ -148,18 +148,18 @@ fn in_an_ensemble_over_every_optimizer_each_member_updates_as_alone() {
     let k = members.len() as i64;
     let start = Tensor::randn([k, layout.total], (Kind::Float, Device::Cpu)) * 0.1;
     let mut together = start.copy();
-    let mut all = batched::Optimizer::new(
+    let mut all = ensemble::EnsembleOptimizer::new(
         &cfg.train,
         &members,
         layout.blocks(),
         layout.total,
         Device::Cpu,
     );
-    let mut alone: Vec<(Tensor, batched::Optimizer)> = members
+    let mut alone: Vec<(Tensor, ensemble::EnsembleOptimizer)> = members
         .iter()
         .enumerate()
         .map(|(i, m)| {
-            let opt = batched::Optimizer::new(
+            let opt = ensemble::EnsembleOptimizer::new(
                 &cfg.train,
                 &[*m],
                 layout.blocks(),

@@ -987,3 +987,72 @@ fn reproduce_estimate_predicts_each_figures_work_and_trains_nothing() {
         "the estimate trained something"
     );
 }
+
+/// A figure whose noise unit takes some seconds (3000 batches of B = 1000), after a tiny
+/// training unit.
+const SLOW_NOISE: &str = r#"
+title: "slow noise"
+paper: "none: a test"
+series:
+  - {id: s1, label: "Setting 1", settings: setting1_normal_n20.yaml, lr: {sgd: 0.02, adam: 0.02}}
+runs: {optimizers: [sgd], seeds: [0], iters: 4, save_every: 1}
+measure:
+  loss_every: 2
+  noise: {seed: 1, samples: 3000, full_batch: 10000}
+panels: [loss, noise]
+quick: {}
+"#;
+
+#[test]
+fn a_second_plain_reproduce_waits_for_the_unit_the_first_holds_then_draws() {
+    let tmp = tempdir();
+    let fig = write_figure(tmp.path(), "slow_noise", SLOW_NOISE);
+    let work = tmp.path().join("w");
+    // Its output into a file: a pipe nobody reads could fill and stop it.
+    let first_log = tmp.path().join("first.log");
+    let file = std::fs::File::create(&first_log).unwrap();
+    let mut first = reproduce_into(&fig, &work, &tmp.path().join("plots1"));
+    first
+        .args(["--jobs", "1"])
+        .stdout(file.try_clone().unwrap())
+        .stderr(file);
+    let mut first = first.spawn().unwrap();
+    // The noise folder appears when the first process takes its lock, after its training.
+    let noise_folder = || {
+        work.join("runs").exists()
+            && std::fs::read_dir(work.join("runs"))
+                .unwrap()
+                .flatten()
+                .filter_map(|g| std::fs::read_dir(g.path()).ok())
+                .flatten()
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("noise-"))
+    };
+    wait_for(noise_folder, std::time::Duration::from_secs(120));
+    let mut second = reproduce_into(&fig, &work, &tmp.path().join("plots2"));
+    second.args(["--jobs", "1"]);
+    let second = output(second);
+    let second_ok = second.status.success();
+    let first_status = first.wait().unwrap();
+    let first = std::fs::read_to_string(&first_log).unwrap();
+    let second = format!(
+        "{}{}",
+        String::from_utf8_lossy(&second.stdout),
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert_eq!(first_status.code(), Some(0), "{first}");
+    assert!(second_ok, "{second}");
+    let said = |log: &str, what: &str| {
+        log.lines()
+            .any(|l| l.contains(what) && l.contains("/noise-seed1-"))
+    };
+    assert!(
+        said(&second, "waiting for "),
+        "the second process waits for the noise unit the first holds: {second}"
+    );
+    assert!(tmp.path().join("plots2/slow_noise.png").is_file());
+    assert!(
+        said(&first, "measured ") && !said(&second, "measured "),
+        "the noise is measured once, by the first: {first}\n{second}"
+    );
+}

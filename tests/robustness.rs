@@ -347,6 +347,69 @@ fn killed_after_a_checkpoint(out: &Path, sets: &[&str]) -> Vec<u8> {
     std::fs::read(out.join("checkpoint.safetensors")).unwrap()
 }
 
+/// The trajectory chunks of a training run folder, by name.
+fn chunks(out: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(out.join("trajectory.partial"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".safetensors") && !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn checkpoints_append_the_trajectory_rather_than_rewrite_it_and_a_damaged_chunk_is_refused() {
+    let tmp = tempdir();
+    let out = tmp.path().join("run");
+    let mut c = train_cmd(&out, &["train.iters=100000", "train.mode=fast"]);
+    c.args(["--checkpoint-every", "50"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = c.spawn().unwrap();
+    let start = Instant::now();
+    while chunks(&out).len() < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "{:?}",
+            chunks(&out)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    // Contiguous chunks from snapshot 0, each written once.
+    let names = chunks(&out);
+    let mut end = 0;
+    for n in &names {
+        let (a, b) = n.trim_end_matches(".safetensors").split_once('-').unwrap();
+        let (a, b): (i64, i64) = (a.parse().unwrap(), b.parse().unwrap());
+        assert!(a == end && b > a, "{names:?}");
+        end = b;
+    }
+    // The checkpoint holds no snapshot: it is smaller than the 50 of one chunk.
+    let size = |p: &Path| std::fs::metadata(p).unwrap().len();
+    let chunk = out.join("trajectory.partial").join(&names[1]);
+    assert!(
+        size(&out.join("checkpoint.safetensors")) < size(&chunk),
+        "{} vs {}",
+        size(&out.join("checkpoint.safetensors")),
+        size(&chunk)
+    );
+    // One bit flipped in a chunk: the resume is refused with one line, the chunk kept.
+    let first = out.join("trajectory.partial").join(&names[0]);
+    let bytes = std::fs::read(&first).unwrap();
+    std::fs::write(&first, flipped(&bytes)).unwrap();
+    let o = output(resume_cmd(&out));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("damaged"), "{}", stderr(&o));
+    assert_eq!(stderr(&o).trim_end().lines().count(), 1, "{}", stderr(&o));
+    assert!(out.join("checkpoint.safetensors").exists());
+}
+
 #[test]
 fn a_truncated_or_mismatched_checkpoint_is_bad_input() {
     let tmp = tempdir();
@@ -417,10 +480,11 @@ fn noise_cmd(out: &Path, sets: &[&str], samples: usize) -> Command {
     )
 }
 
-/// Values in a partial noise file (a key line, a header, then one value per line).
+/// Values in a partial noise file (a key line, a checksum line, a header, then one value per
+/// line).
 fn partial_values(dir: &Path) -> usize {
     std::fs::read_to_string(dir.join("noise.partial.csv"))
-        .map(|t| t.lines().count().saturating_sub(2))
+        .map(|t| t.lines().count().saturating_sub(3))
         .unwrap_or(0)
 }
 
@@ -532,12 +596,18 @@ const ENSEMBLE: &[&str] = &["--seeds", "0,1", "--optimizers", "sgd,adam"];
 const MEMBERS: [&str; 4] = ["sgd-seed0", "adam-seed0", "sgd-seed1", "adam-seed1"];
 const ENSEMBLE_SETS: &[&str] = &["train.iters=800"];
 
-/// Trains the 4-member ensemble into `out` and stops it with SIGTERM (a whole checkpoint is
-/// written) once its checkpoints hold more than `past` iterations; returns their iteration.
-fn ensemble_stopped_past(out: &Path, past: usize) -> usize {
-    let mut c = train_cmd(out, ENSEMBLE_SETS);
-    c.args(ENSEMBLE)
-        .args(["--checkpoint-every", "50"])
+/// Trains the 4-member ensemble into `out` (or resumes it there) and stops it with SIGTERM (a
+/// whole checkpoint is written) once its checkpoints hold more than `past` iterations; returns
+/// their iteration.
+fn ensemble_stopped_past(out: &Path, past: usize, resume: bool) -> usize {
+    let mut c = if resume {
+        resume_cmd(&out.join(MEMBERS[3]))
+    } else {
+        let mut c = train_cmd(out, ENSEMBLE_SETS);
+        c.args(ENSEMBLE);
+        c
+    };
+    c.args(["--checkpoint-every", "50"])
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let child = c.spawn().unwrap();
@@ -598,21 +668,31 @@ fn an_ensemble_killed_between_its_members_checkpoint_writes_resumes_to_byte_iden
     c.args(ENSEMBLE);
     ok(c);
     let (old, new) = (t.join("old"), t.join("new"));
-    let i1 = ensemble_stopped_past(&old, 0);
-    let i2 = ensemble_stopped_past(&new, i1);
+    // The later checkpoint continues the earlier one's history, as a kill would find it.
+    let i1 = ensemble_stopped_past(&old, 0, false);
+    copy_dir(&old, &new);
+    let i2 = ensemble_stopped_past(&new, i1, true);
     assert!(i2 > i1);
     let next = |dir: &Path, m: &str| dir.join(m).join("checkpoint.next.safetensors");
     let ckpt = |dir: &Path, m: &str| dir.join(m).join("checkpoint.safetensors");
+    // A member writes its new snapshots (a trajectory chunk) before its next checkpoint.
+    let chunks_of_new = |dir: &Path, m: &str| {
+        let to = dir.join(m).join("trajectory.partial");
+        std::fs::remove_dir_all(&to).unwrap();
+        copy_dir(&new.join(m).join("trajectory.partial"), &to);
+    };
     // Cut in the first phase: two members have written their next checkpoint, two have not.
     let first_phase = t.join("first_phase");
     copy_dir(&old, &first_phase);
     for m in &MEMBERS[..2] {
+        chunks_of_new(&first_phase, m);
         std::fs::copy(ckpt(&new, m), next(&first_phase, m)).unwrap();
     }
     // Cut in the second phase: two members' next checkpoints are renamed in place, two not yet.
     let second_phase = t.join("second_phase");
     copy_dir(&old, &second_phase);
     for (k, m) in MEMBERS.iter().enumerate() {
+        chunks_of_new(&second_phase, m);
         let to = if k < 2 {
             ckpt(&second_phase, m)
         } else {
@@ -702,6 +782,55 @@ fn a_checkpoint_damaged_after_a_kill_or_an_edited_config_is_refused_on_resume() 
     );
 }
 
+/// `bytes` with one bit of its last byte flipped (the file still parses).
+fn flipped(bytes: &[u8]) -> Vec<u8> {
+    let mut b = bytes.to_vec();
+    *b.last_mut().unwrap() ^= 1;
+    b
+}
+
+#[test]
+fn a_finished_runs_damaged_results_are_refused_on_reading_and_damaged_measurements_measured_again()
+{
+    let tmp = tempdir();
+    let out = tmp.path().join("run");
+    ok(train_cmd(&out, &["train.iters=6"]));
+    let analyze = || {
+        let mut c = linattn();
+        c.arg("analyze").arg(&out).args(["--every", "3"]);
+        output(c)
+    };
+    let o = analyze();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let measured = std::fs::read(out.join("measurements.csv")).unwrap();
+
+    // A damaged measurements.csv is work to redo, not a result: measured again, to the same
+    // bytes.
+    std::fs::write(out.join("measurements.csv"), flipped(&measured)).unwrap();
+    let o = analyze();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("measuring again"), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(out.join("measurements.csv")).unwrap(),
+        measured
+    );
+
+    // A damaged trajectory is a result: refused with one line naming it, and nothing written.
+    std::fs::remove_file(out.join("measurements.csv")).unwrap();
+    let traj = out.join("trajectory.safetensors");
+    let bytes = std::fs::read(&traj).unwrap();
+    std::fs::write(&traj, flipped(&bytes)).unwrap();
+    let o = analyze();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("trajectory.safetensors: damaged"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(stderr(&o).trim_end().lines().count(), 1, "{}", stderr(&o));
+    assert!(!out.join("measurements.csv").exists());
+}
+
 #[test]
 fn noise_refuses_a_training_run_a_finished_measurement_without_force_and_a_second_writer() {
     let tmp = tempdir();
@@ -766,31 +895,56 @@ fn a_run_folder_trained_on_a_gpu_is_analyzed_on_a_cpu_machine_with_device_cpu() 
 }
 
 #[test]
-fn the_binary_finds_its_figures_and_its_pytorch_side_without_a_checkout() {
+fn a_binary_copied_away_from_its_build_tree_reproduces_a_figure_and_compares_from_another_folder() {
     let tmp = tempdir();
     let cache = tmp.path().join("cache");
+    // The binary as `cargo install` or a cluster's shared disk holds it: a copy, outside the
+    // checkout it was built in, run from a folder with no experiments/ in it. (Nothing it reads
+    // at run time may come from the build tree: the experiments, the PyTorch side and the
+    // font are carried inside it.)
+    let bin = tmp.path().join("bin/linattn");
+    std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+    let built = std::env::var_os("LINATTN_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_linattn").into());
+    std::fs::copy(&built, &bin).unwrap();
+    let work = tmp.path().join("elsewhere");
+    std::fs::create_dir_all(&work).unwrap();
+    let venv = python().parent().unwrap().parent().unwrap().to_path_buf();
     let outside = |args: &[&str]| {
-        let mut c = linattn();
-        c.current_dir(tmp.path())
+        let mut c = Command::new(&bin);
+        c.current_dir(&work)
+            .env("LINATTN_VENV", &venv)
             .env("XDG_CACHE_HOME", &cache)
             .env_remove("LINATTN_REFERENCE")
             .args(args);
         c
     };
-    // Every figure is known, and its missing units are named (exit 4, nothing to draw).
-    let runs = tmp.path().join("runs");
-    let o = output(outside(&[
+    // The whole figure at quick scale, shortened: trained, measured (noise included), drawn.
+    let o = ok(outside(&[
         "reproduce",
         "fig2_setting1",
         "--quick",
-        "--draw-only",
+        "--iters",
+        "40",
+        "--seeds",
+        "0",
+        "--jobs",
+        "1",
         "--runs",
-        runs.to_str().unwrap(),
+        "runs",
+        "--plots",
+        "plots",
     ]));
-    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
-    assert!(!stderr(&o).contains("unknown figure"), "{}", stderr(&o));
+    assert!(
+        work.join("plots/fig2_setting1.png").is_file(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(work.join("plots/summary.md").is_file());
     // The PyTorch side is the shipped copy.
-    let config = experiment("settings/setting1_normal_n20.yaml");
+    let config = work.join("setting1.yaml");
+    std::fs::copy(experiment("settings/setting1_normal_n20.yaml"), &config).unwrap();
     let mut c = outside(&["compare", "--config", config.to_str().unwrap()]);
     for s in ["train.iters=2", "data.batch=10"] {
         c.arg("--set").arg(s);

@@ -101,11 +101,7 @@ fn costs(cfg: &crate::config::Config, needs: &measure::Needs, t: &mut Timings) -
     if let Some(&c) = t.costs.get(&k) {
         return Ok(c);
     }
-    let device = cfg
-        .train
-        .device
-        .tch()
-        .map_err(|e| anyhow::anyhow!("config key train.device: {e}"))?;
+    let device = cfg.device()?;
     let c = Costs::measure(cfg, needs, device)?;
     t.costs.insert(k, c);
     Ok(c)

@@ -443,13 +443,17 @@ impl FigureSpec {
         let series = &self.series[s];
         let mut sets = series.set.clone();
         sets.extend(res.extra_set.iter().cloned());
-        sets.push(format!("train.iters={}", res.iters));
-        sets.push(format!("train.save_every={}", res.save_every));
-        sets.push(format!("train.device={device}"));
-        // A set, not an assignment after loading: the checks that depend on the mode
-        // (train.dtype) see the mode the runs will have.
-        sets.push(format!("train.mode={}", res.mode.name()));
-        Config::load(&settings_dir.join(&series.settings), &sets)
+        let path = settings_dir.join(&series.settings);
+        let mut cfg = Config::read(&path, &sets)?;
+        cfg.train.iters = res.iters;
+        cfg.train.save_every = res.save_every;
+        cfg.train.device = device;
+        cfg.train.mode = res.mode;
+        // Validated once every value is in: the checks that depend on the mode (train.dtype)
+        // see the mode the runs will have.
+        cfg.validate()
+            .map_err(|e| crate::config::in_file(&path, e))?;
+        Ok(cfg)
     }
 
     /// Every run of the figure at `res`: series × optimizers × lrs × seeds.

@@ -73,14 +73,24 @@ pub(super) fn work_figure(
             Step::Done => {}
         }
     }
-    // Then each pass takes whichever of them has become free, so that one long unit of
-    // another worker does not hold up the rest.
+    measure_when_free(deferred, plan, req, &prefix, report)
+}
+
+/// Measures the `deferred` units another worker held: each pass takes whichever of them has
+/// become free, so that one long unit of another worker does not hold up the rest.
+fn measure_when_free(
+    mut deferred: Vec<&MeasureUnit>,
+    plan: &Plan,
+    req: &Request,
+    prefix: &str,
+    report: &mut Report,
+) -> Result<Step> {
     let what = format!("{} runs", deferred.len());
-    let mut waiting = Waiting::new(&prefix, &what);
+    let mut waiting = Waiting::new(prefix, &what);
     while !deferred.is_empty() {
         let mut busy = vec![];
         for unit in deferred {
-            match measure_unit(unit, plan, req, &prefix, false, report)? {
+            match measure_unit(unit, plan, req, prefix, false, report)? {
                 Step::Interrupted => return Ok(Step::Interrupted),
                 Step::Busy => busy.push(unit),
                 Step::Done => {}

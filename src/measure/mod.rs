@@ -16,24 +16,37 @@ pub mod spectrum;
 use crate::config::Config;
 use crate::data;
 use crate::model::{Arch, Layout};
-use crate::run::io::{self, fmt_metric};
+use crate::run::folder::MEASUREMENTS;
+use crate::run::io::{self, Metric};
 use crate::run::{RunFolder, Status, Summary};
 use crate::train::is_saved_step;
 use crate::BadInput;
 use anyhow::{anyhow, Context, Result};
 use landscape::Point;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tch::{Device, Tensor};
 
-const HEADER: &str = "iter,test_loss,grad_norm,dir_smoothness,condition_number,condition_number_eig,sharpness,block_heterogeneity";
-/// The header of files written before `block_heterogeneity` joined the row.
-const HEADER_V2: &str =
-    "iter,test_loss,grad_norm,dir_smoothness,condition_number,condition_number_eig,sharpness";
-/// The header of files written before `condition_number_eig` and `sharpness` joined the row.
-const HEADER_V1: &str = "iter,test_loss,grad_norm,dir_smoothness,condition_number";
+/// A line of `measurements.csv`, as written (every column) and as read: a file written before
+/// `condition_number_eig` and `sharpness` joined the row (5 columns), or `block_heterogeneity`
+/// (7), reads with those quantities not measured.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Line {
+    iter: i64,
+    test_loss: Option<Metric>,
+    grad_norm: Option<Metric>,
+    dir_smoothness: Option<Metric>,
+    condition_number: Option<Metric>,
+    #[serde(default)]
+    condition_number_eig: Option<Metric>,
+    #[serde(default)]
+    sharpness: Option<Metric>,
+    #[serde(default)]
+    block_heterogeneity: Option<Metric>,
+}
 
 /// One row of `measurements.csv`; `None` is a quantity not measured at that step.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -305,50 +318,36 @@ pub fn read(folder: &RunFolder) -> Result<Rows> {
     if !path.exists() {
         return Ok(Rows::new());
     }
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let mut lines = text.lines();
-    let columns = match lines.next() {
-        Some(HEADER) => 8,
-        Some(HEADER_V2) => 7,
-        Some(HEADER_V1) => 5,
-        _ => {
-            return Err(anyhow!(BadInput(format!(
-                "{}: unexpected header; remove the file to measure again",
-                path.display()
-            ))))
-        }
-    };
+    if !folder.intact(MEASUREMENTS)? {
+        // Derived data: measured again rather than refused.
+        eprintln!(
+            "{}: does not match the SHA-256 in summary.json (damaged, or its writer was killed before recording it); measuring again",
+            path.display()
+        );
+        return Ok(Rows::new());
+    }
+    let mut reader =
+        csv::Reader::from_path(&path).with_context(|| format!("reading {}", path.display()))?;
     let mut rows = Rows::new();
-    for (i, line) in lines.enumerate() {
-        let f: Vec<&str> = line.split(',').collect();
-        let bad = || {
+    for (i, line) in reader.deserialize::<Line>().enumerate() {
+        let l = line.map_err(|e| {
             anyhow!(BadInput(format!(
-                "{} line {}: not a measurements row",
+                "{} line {}: not a measurements row ({e}); remove the file to measure again",
                 path.display(),
                 i + 2
             )))
-        };
-        if f.len() != columns {
-            return Err(bad());
-        }
-        let num = |k: usize| -> Result<Option<f64>> {
-            match f.get(k) {
-                None | Some(&"") => Ok(None),
-                // A float32 run's values read back as the float32 numbers they were.
-                Some(s) => io::parse_metric(s).map(Some).map_err(|_| bad()),
-            }
-        };
+        })?;
+        let v = |m: Option<Metric>| m.map(|m| m.0);
         rows.insert(
-            f[0].parse().map_err(|_| bad())?,
+            l.iter,
             Row {
-                test_loss: num(1)?,
-                grad_norm: num(2)?,
-                dir_smoothness: num(3)?,
-                condition_number: num(4)?,
-                condition_number_eig: num(5)?,
-                sharpness: num(6)?,
-                block_heterogeneity: num(7)?,
+                test_loss: v(l.test_loss),
+                grad_norm: v(l.grad_norm),
+                dir_smoothness: v(l.dir_smoothness),
+                condition_number: v(l.condition_number),
+                condition_number_eig: v(l.condition_number_eig),
+                sharpness: v(l.sharpness),
+                block_heterogeneity: v(l.block_heterogeneity),
             },
         );
     }
@@ -359,22 +358,40 @@ pub fn read(folder: &RunFolder) -> Result<Rows> {
 /// measurements are float32 numbers, a float64 run's keep their digits (a test loss beyond
 /// float32's range is not read back as inf).
 fn write(folder: &RunFolder, rows: &Rows) -> Result<()> {
-    let f = |v: Option<f64>| v.map(fmt_metric).unwrap_or_default();
-    let mut s = String::from(HEADER);
-    s.push('\n');
-    for (t, r) in rows {
-        s.push_str(&format!(
-            "{t},{},{},{},{},{},{},{}\n",
-            f(r.test_loss),
-            f(r.grad_norm),
-            f(r.dir_smoothness),
-            f(r.condition_number),
-            f(r.condition_number_eig),
-            f(r.sharpness),
-            f(r.block_heterogeneity)
-        ));
+    let m = |v: Option<f64>| v.map(Metric);
+    let mut w = csv::Writer::from_writer(vec![]);
+    for (&iter, r) in rows {
+        w.serialize(Line {
+            iter,
+            test_loss: m(r.test_loss),
+            grad_norm: m(r.grad_norm),
+            dir_smoothness: m(r.dir_smoothness),
+            condition_number: m(r.condition_number),
+            condition_number_eig: m(r.condition_number_eig),
+            sharpness: m(r.sharpness),
+            block_heterogeneity: m(r.block_heterogeneity),
+        })?;
     }
-    io::write_atomic(&folder.measurements_path(), s.as_bytes())
+    let bytes = w
+        .into_inner()
+        .map_err(|e| anyhow!("measurements.csv: {e}"))?;
+    io::write_atomic(&folder.measurements_path(), &bytes)?;
+    folder.record_sha256(&[MEASUREMENTS])
+}
+
+/// The run's trajectory, each parameter's shape checked against `layout` (its config's).
+fn trajectory(folder: &RunFolder, layout: &Layout) -> Result<io::Trajectory> {
+    let traj = folder.trajectory(&layout.names)?;
+    for ((name, t), shape) in traj.params.iter().zip(&layout.shapes) {
+        if t.size()[1..] != shape[..] {
+            return Err(anyhow!(BadInput(format!(
+                "{}: {name} has shape {:?} per step, but config.yaml implies {shape:?}",
+                folder.dir().display(),
+                &t.size()[1..]
+            ))));
+        }
+    }
+    Ok(traj)
 }
 
 /// Measures what `needs` asks for on the finished run in `folder` and is not measured yet, on
@@ -397,16 +414,7 @@ pub fn measure_run(
     }
     let arch = Arch::from_config(cfg);
     let layout = Layout::new(&arch);
-    let traj = folder.trajectory(&layout.names)?;
-    for ((name, t), shape) in traj.params.iter().zip(&layout.shapes) {
-        if t.size()[1..] != shape[..] {
-            return Err(anyhow!(BadInput(format!(
-                "{}: {name} has shape {:?} per step, but config.yaml implies {shape:?}",
-                folder.dir().display(),
-                &t.size()[1..]
-            ))));
-        }
-    }
+    let traj = trajectory(folder, &layout)?;
     let batch = data::eval_batch(cfg, device);
     let at = |t: i64| -> Result<Vec<Tensor>> {
         let ps = traj.at(t).ok_or_else(|| {
@@ -650,6 +658,28 @@ mod tests {
             text.contains(",0.1,"),
             "a float32 value is written as float32's shortest decimal: {text}"
         );
+    }
+
+    #[test]
+    fn measurements_that_do_not_match_their_recorded_checksum_are_measured_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let folder = RunFolder::new(tmp.path());
+        let done = Summary::of_rust(Status::Completed, None, 5, 0.0, Device::Cpu);
+        folder.write_summary(&done).unwrap();
+        let row = Row {
+            test_loss: Some(0.5),
+            ..Row::default()
+        };
+        let rows: Rows = [(0, row), (5, row)].into_iter().collect();
+        write(&folder, &rows).unwrap();
+        assert_eq!(read(&folder).unwrap(), rows);
+        let path = folder.measurements_path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace("0.5", "0.6")).unwrap();
+        assert!(read(&folder).unwrap().is_empty(), "read as not measured");
+        // A file of a linattn before checksums (none recorded) is read as it is.
+        folder.write_summary(&done).unwrap();
+        assert_eq!(read(&folder).unwrap()[&0].test_loss, Some(0.6f32 as f64));
     }
 
     #[test]

@@ -17,9 +17,8 @@ use crate::model::{self, Arch, Layout};
 use crate::run::noise::NoiseFolder;
 use crate::run::protocol;
 use crate::run::RunFolder;
-use crate::{optim, plots, BadInput};
-use anyhow::{anyhow, Result};
-use std::collections::BTreeMap;
+use crate::{optim, plots};
+use anyhow::Result;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -31,8 +30,15 @@ use crate::stats::{hill_estimator, quantile};
 /// The quantile levels reported in `noise.json`.
 pub const QUANTILES: [f64; 9] = [0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0];
 
-/// Moments, quantiles and the Hill estimate of a sample of positive values.
-pub fn summarize(values: &[f64]) -> (f64, f64, BTreeMap<String, f64>, f64, f64, usize) {
+/// `noise.json` of a sample of positive values (the noise norms of `batch`-prompt batches
+/// against a `full_batch` gradient): moments, quantiles and the Hill estimate.
+pub fn summarize(
+    values: &[f64],
+    batch: i64,
+    full_batch: i64,
+    seed: u32,
+    wall_time_s: f64,
+) -> NoiseSummary {
     let n = values.len() as f64;
     let mean = values.iter().sum::<f64>() / n;
     let moment = |p: i32| values.iter().map(|v| (v - mean).powi(p)).sum::<f64>() / n;
@@ -43,13 +49,26 @@ pub fn summarize(values: &[f64]) -> (f64, f64, BTreeMap<String, f64>, f64, f64, 
         .iter()
         .map(|&q| (format!("{q}"), quantile(&sorted, q)))
         .collect();
-    let (hill, k) = hill_estimator(&sorted);
-    (mean, m2.sqrt(), quantiles, m4 / (m2 * m2), hill, k)
+    let (hill_tail_index, hill_k) = hill_estimator(&sorted);
+    let kurtosis = m4 / (m2 * m2);
+    NoiseSummary {
+        count: values.len(),
+        batch,
+        full_batch,
+        seed,
+        mean,
+        std: m2.sqrt(),
+        quantiles,
+        kurtosis,
+        excess_kurtosis: kurtosis - 3.0,
+        hill_tail_index,
+        hill_k,
+        wall_time_s,
+        sha256: None,
+    }
 }
 
-fn bad(msg: String) -> anyhow::Error {
-    anyhow!(BadInput(msg))
-}
+use crate::bad_input as bad;
 
 /// How many batches between two writes of the partial file (about a minute for Fig. 5's model
 /// on one CPU thread); Ctrl-C or SIGTERM writes it at once.
@@ -151,11 +170,7 @@ pub fn run_noise(
     // A longer measurement's first values are this one's.
     noise.truncate(samples as usize);
     // Teacher (own seed) → seed(train.seed) → init → batches: the order a training run starts in.
-    let device = cfg
-        .train
-        .device
-        .tch()
-        .map_err(|e| bad(format!("config key train.device: {e}")))?;
+    let device = cfg.device()?;
     let (init, mut data) = protocol::start(cfg, cfg.train.seed).into_stream(cfg, device);
     let chunks = (full_batch + cfg.data.batch - 1) / cfg.data.batch;
     let mut m = Measuring {
@@ -409,11 +424,7 @@ impl Passes {
 /// gradient, as [`run_noise`] computes them), timed over a pass after a warm-up one: what
 /// `reproduce --estimate` multiplies by the batches of a noise unit.
 pub fn seconds_per_batch(cfg: &Config) -> Result<f64> {
-    let device = cfg
-        .train
-        .device
-        .tch()
-        .map_err(|e| bad(format!("config key train.device: {e}")))?;
+    let device = cfg.device()?;
     let (init, mut data) = protocol::start(cfg, cfg.train.seed).into_stream(cfg, device);
     let timed = |f: &mut dyn FnMut()| {
         f();
@@ -459,21 +470,13 @@ fn finish(
     folder: &NoiseFolder,
 ) -> Result<NoiseOutcome> {
     let values: Vec<f64> = noise.iter().map(|&v| v as f64).collect();
-    let (mean, std, quantiles, kurtosis, hill_tail_index, hill_k) = summarize(&values);
-    let summary = NoiseSummary {
-        count: values.len(),
-        batch: cfg.data.batch,
+    let summary = summarize(
+        &values,
+        cfg.data.batch,
         full_batch,
-        seed: cfg.train.seed,
-        mean,
-        std,
-        quantiles,
-        kurtosis,
-        excess_kurtosis: kurtosis - 3.0,
-        hill_tail_index,
-        hill_k,
-        wall_time_s: started.elapsed().as_secs_f64(),
-    };
+        cfg.train.seed,
+        started.elapsed().as_secs_f64(),
+    );
     folder.write_finished(&noise, &summary)?;
     // Short enough for one panel's width.
     let title = format!(
@@ -499,9 +502,10 @@ mod tests {
 
     #[test]
     fn summary_of_a_small_sample_matches_hand_computation() {
-        let (mean, std, q, kurt, _, _) = summarize(&[1.0, 2.0, 3.0, 4.0]);
-        assert_eq!(mean, 2.5);
-        assert!((std - 1.25f64.sqrt()).abs() < 1e-15);
+        let s = summarize(&[1.0, 2.0, 3.0, 4.0], 10, 100, 1, 0.0);
+        let (q, kurt) = (&s.quantiles, s.kurtosis);
+        assert_eq!((s.count, s.mean), (4, 2.5));
+        assert!((s.std - 1.25f64.sqrt()).abs() < 1e-15);
         assert_eq!(q["0.5"], 2.5);
         assert_eq!(q["0.25"], 1.75);
         assert_eq!((q["0"], q["1"]), (1.0, 4.0));

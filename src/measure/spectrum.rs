@@ -1,5 +1,6 @@
 //! `spectrum.csv`: the exact eigenvalues of the Hessian at the analyzed steps, whole (block
 //! `all`) and of each block's diagonal sub-Hessian (`analyze --spectrum`; docs/spec.md).
+use crate::run::folder::SPECTRUM;
 use crate::run::{io, RunFolder};
 use anyhow::{anyhow, Context, Result};
 use std::collections::BTreeMap;
@@ -24,6 +25,13 @@ pub fn read(folder: &RunFolder) -> Result<Spectra> {
     let path = folder.spectrum_path();
     let mut out = Spectra::new();
     if !path.exists() {
+        return Ok(out);
+    }
+    if !folder.intact(SPECTRUM)? {
+        eprintln!(
+            "{}: does not match the SHA-256 in summary.json (damaged, or its writer was killed before recording it); measuring again",
+            path.display()
+        );
         return Ok(out);
     }
     let mut reader =
@@ -69,5 +77,6 @@ pub fn write(folder: &RunFolder, block_names: &[String], spectra: &Spectra) -> R
         }
     }
     let bytes = w.into_inner().map_err(|e| anyhow!("spectrum.csv: {e}"))?;
-    io::write_atomic(&folder.spectrum_path(), &bytes)
+    io::write_atomic(&folder.spectrum_path(), &bytes)?;
+    folder.record_sha256(&[SPECTRUM])
 }

@@ -16,7 +16,6 @@ pub use fast::{fast_loss, fast_losses};
 
 use crate::config::{Attention, Config, Parametrization};
 use crate::mlp::Mlp;
-use anyhow::{bail, Result};
 use tch::{Device, Kind, Tensor};
 
 /// The shape of the network, derived once from the config.
@@ -89,24 +88,6 @@ pub fn init_values(arch: &Arch, init_std: f64) -> Vec<Tensor> {
         values.extend(Mlp::init_pytorch_default(arch.dim, arch.mlp_hidden, arch.dim).into_values());
     }
     values
-}
-
-/// Checks that checkpoint values have the shapes the architecture expects.
-pub fn check_shapes(arch: &Arch, named: &[(String, Tensor)]) -> Result<()> {
-    for (name, shape) in arch.param_specs() {
-        match named.iter().find(|(n, _)| *n == name) {
-            None => bail!("missing parameter {name}"),
-            Some((_, t)) if t.size() != shape => {
-                bail!(
-                    "parameter {name} has shape {:?}, but the config implies {:?}",
-                    t.size(),
-                    shape
-                )
-            }
-            Some(_) => {}
-        }
-    }
-    Ok(())
 }
 
 /// One block of a member's parameters ([`Layout::blocks`]): `rows × cols` values from `offset`

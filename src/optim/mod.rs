@@ -2,14 +2,15 @@
 //! logged, the clip coefficient, the rule for steps whose loss or gradient is not finite,
 //! Muon's orthogonalization, and every optimizer (the paper's SGD with momentum and Adam, and
 //! the testbed's six, docs/spec.md) in each tensor layout:
-//! - [`reference`]: one tensor per parameter, torch.optim's single-tensor code path op for op
-//!   (the faithful engine, bit-identical to PyTorch on CPU);
-//! - [`batched`]: all members' parameters as one flat `[K, P]` tensor (fast mode, ensembles).
+//! - [`faithful`]: one tensor per parameter, torch.optim's single-tensor code path op for op
+//!   (the faithful stepper, bit-identical to PyTorch on CPU);
+//! - [`ensemble`]: all members' parameters as one flat `[K, P]` tensor (the ensemble stepper:
+//!   fast mode, one run or many).
 //!
-//! The rules act on per-member tensors `[K]` (the faithful engine's K is 1) and never read a
-//! value back to the host, so the batched engine stays asynchronous on a GPU.
-pub mod batched;
-pub mod reference;
+//! The rules act on per-member tensors `[K]` (the faithful stepper's K is 1) and never read a
+//! value back to the host, so the ensemble stepper stays asynchronous on a GPU.
+pub mod ensemble;
+pub mod faithful;
 
 use crate::config::ClipMode;
 use tch::{Kind, Tensor};
@@ -95,7 +96,7 @@ impl NonFinite {
 }
 
 /// torch.optim.Muon's `_zeropower_via_newtonschulz` of one matrix `[rows, cols]` (the
-/// faithful engine) or of each matrix of `[n, rows, cols]` (the batched engine): in bfloat16,
+/// faithful stepper) or of each matrix of `[n, rows, cols]` (the ensemble stepper): in bfloat16,
 /// transposed when taller than wide, divided by max(‖X‖_F, 1e-7), then five steps
 /// `X ← a·X + (b·A + c·A²)·X`, `A = X·Xᵀ`, with Muon's coefficients. `A` is `matmul` (`mm` for
 /// one matrix, as torch's `@`). torch then calls `addmm(…, beta, alpha)`, which tch does not

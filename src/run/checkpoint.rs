@@ -11,10 +11,14 @@
 //! optim.<name>            the optimizer's state, names of the stepper's choosing
 //! metrics.train_loss      float64 [t]  every row so far (a float32 run's values exactly)
 //! metrics.grad_norm       float64 [t]
-//! trajectory.step         int64 [S]    the saved steps so far
-//! trajectory.flat         [S, P]       the parameters at those steps, flat in layout order
+//! trajectory.count        int64 [1]    S, the snapshots saved so far
 //! checksum                uint8 [32]   SHA-256 of all of the above
 //! ```
+//!
+//! The snapshots themselves are not rewritten at every checkpoint (that cost O(iterations²)
+//! bytes): each checkpoint appends the new ones to the folder's `trajectory.partial/`
+//! ([`super::folder`]). A checkpoint of a linattn before 2026-12 holds them whole instead, as
+//! `trajectory.step` (int64 [S]) and `trajectory.flat` ([S, P]), and is still read.
 use super::io::MetricsRow;
 use crate::config::Config;
 use crate::model::Layout;
@@ -63,9 +67,13 @@ pub struct Checkpoint {
     pub flat: Tensor,
     pub optim: Vec<(String, Tensor)>,
     pub rows: Vec<MetricsRow>,
+    /// The steps saved so far, and `[S, P]` the parameters at them. Read from the file alone
+    /// they are empty (unless it is of the old format): the folder fills them in from its
+    /// trajectory chunks.
     pub saved_steps: Vec<i64>,
-    /// `[S, P]`.
     pub snapshots: Tensor,
+    /// S, the number of snapshots saved so far.
+    pub saved: i64,
     pub in_a_row: i64,
     pub active: bool,
 }
@@ -76,6 +84,41 @@ fn get(saved: &[(String, Tensor)], name: &str) -> Result<Tensor> {
         .find(|(n, _)| n == name)
         .map(|(_, t)| t.shallow_clone())
         .ok_or_else(|| anyhow!("has no tensor {name:?}"))
+}
+
+/// The parameters, flat in layout order, each checked against the shape `layout` gives it.
+fn flat_params(saved: &[(String, Tensor)], layout: &Layout) -> Result<Tensor> {
+    let params: Vec<Tensor> = layout
+        .names
+        .iter()
+        .map(|n| get(saved, &format!("param.{n}")))
+        .collect::<Result<_>>()?;
+    for ((name, t), shape) in layout.names.iter().zip(&params).zip(&layout.shapes) {
+        if t.size() != *shape {
+            return Err(anyhow!(
+                "does not match config.yaml: parameter {name} has shape {:?}, but the config implies {:?}",
+                t.size(),
+                shape
+            ));
+        }
+    }
+    Ok(layout.flatten(&params))
+}
+
+/// The saved steps, the snapshots `[S, P]` and S: from a file of the old format, which holds
+/// them; else none but S (the folder's trajectory chunks hold them).
+fn trajectory(
+    saved: &[(String, Tensor)],
+    layout: &Layout,
+    flat: &Tensor,
+) -> Result<(Vec<i64>, Tensor, i64)> {
+    if let Ok(count) = get(saved, "trajectory.count") {
+        let none = Tensor::empty([0, layout.total], (flat.kind(), flat.device()));
+        return Ok((vec![], none, count.int64_value(&[0])));
+    }
+    let steps = Vec::<i64>::try_from(&get(saved, "trajectory.step")?)?;
+    let count = steps.len() as i64;
+    Ok((steps, get(saved, "trajectory.flat")?, count))
 }
 
 /// The iteration and ensemble of a checkpoint's tensors, without reading the rest.
@@ -118,11 +161,7 @@ impl Checkpoint {
         };
         named.push(("metrics.train_loss".into(), column(|r| r.train_loss)));
         named.push(("metrics.grad_norm".into(), column(|r| r.grad_norm)));
-        named.push((
-            "trajectory.step".into(),
-            Tensor::from_slice(&self.saved_steps),
-        ));
-        named.push(("trajectory.flat".into(), self.snapshots.shallow_clone()));
+        named.push(("trajectory.count".into(), Tensor::from_slice(&[self.saved])));
         named
     }
 
@@ -130,30 +169,17 @@ impl Checkpoint {
     /// (the shapes its config implies).
     pub fn from_tensors(saved: &[(String, Tensor)], layout: &Layout) -> Result<Checkpoint> {
         let (iter, composition) = stamp(saved)?;
-        let params: Vec<Tensor> = layout
-            .names
-            .iter()
-            .map(|n| get(saved, &format!("param.{n}")))
-            .collect::<Result<_>>()?;
-        for ((name, t), shape) in layout.names.iter().zip(&params).zip(&layout.shapes) {
-            if t.size() != *shape {
-                return Err(anyhow!(
-                    "does not match config.yaml: parameter {name} has shape {:?}, but the config implies {:?}",
-                    t.size(),
-                    shape
-                ));
-            }
-        }
+        let flat = flat_params(saved, layout)?;
         let column = |name: &str| -> Result<Vec<f64>> {
             Ok(Vec::<f64>::try_from(
                 &get(saved, name)?.to_kind(Kind::Double),
             )?)
         };
         let (losses, norms) = (column("metrics.train_loss")?, column("metrics.grad_norm")?);
-        let saved_steps = Vec::<i64>::try_from(&get(saved, "trajectory.step")?)?;
-        let snapshots = get(saved, "trajectory.flat")?;
+        let (saved_steps, snapshots, count) = trajectory(saved, layout, &flat)?;
         if losses.len() != norms.len()
             || losses.len() as i64 > iter
+            || count < 1
             || snapshots.size() != [saved_steps.len() as i64, layout.total]
         {
             return Err(anyhow!(
@@ -183,7 +209,7 @@ impl Checkpoint {
             iter,
             composition,
             config,
-            flat: layout.flatten(&params),
+            flat,
             optim: saved
                 .iter()
                 .filter_map(|(n, t)| {
@@ -194,6 +220,7 @@ impl Checkpoint {
             rows,
             saved_steps,
             snapshots,
+            saved: count,
             in_a_row: get(saved, "rule.in_a_row")?.int64_value(&[0]),
             active: get(saved, "rule.active")?.int64_value(&[0]) != 0,
         })

@@ -5,6 +5,7 @@
 //!                          is reported before any work)
 //! checkpoint.safetensors   while training: everything needed to continue, the config it started
 //!                          from, and a SHA-256 of it all (rewritten atomically)
+//! trajectory.partial/      while training: the snapshots so far, a checked file per checkpoint
 //! metrics.csv              rewritten at every checkpoint while training, final at the end
 //! trajectory.safetensors   at the end: per parameter [saved steps, *shape], int64 `step`
 //! final.safetensors        at the end: the final parameters under PyTorch names
@@ -20,8 +21,7 @@ use super::checkpoint::{self, Checkpoint, Composition};
 use super::io::{self, MetricsRow, Status, Summary, Trajectory};
 use crate::config::Config;
 use crate::model::Layout;
-use crate::BadInput;
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use tch::Tensor;
 
@@ -34,9 +34,14 @@ const METRICS: &str = "metrics.csv";
 const TRAJECTORY: &str = "trajectory.safetensors";
 const FINAL: &str = "final.safetensors";
 const SUMMARY: &str = "summary.json";
-const MEASUREMENTS: &str = "measurements.csv";
-const SPECTRUM: &str = "spectrum.csv";
+pub const MEASUREMENTS: &str = "measurements.csv";
+pub const SPECTRUM: &str = "spectrum.csv";
 const LOCK: &str = ".linattn.lock";
+/// While training: the trajectory so far, appended to at each checkpoint as one checked
+/// safetensors file of the new snapshots, `<first>-<end>.safetensors` (snapshot indices,
+/// end excluded; tensors `step` [n] and `flat` [n, P]), so that no checkpoint rewrites what
+/// an earlier one wrote. Removed with the checkpoint once the run's results are written.
+const TRAJECTORY_PARTIAL: &str = "trajectory.partial";
 
 /// What a run writes, and what is measured on its trajectory: clearing a folder removes them
 /// all, since measurements of an old trajectory must never be reused for a new one.
@@ -100,9 +105,7 @@ impl std::fmt::Display for FolderBusy {
 
 impl std::error::Error for FolderBusy {}
 
-fn bad(msg: String) -> anyhow::Error {
-    anyhow!(BadInput(msg))
-}
+use crate::bad_input as bad;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunFolder {
@@ -127,20 +130,22 @@ impl RunFolder {
         self.dir.join(SPECTRUM)
     }
 
-    pub fn metrics_path(&self) -> PathBuf {
-        self.dir.join(METRICS)
-    }
-
-    pub fn final_path(&self) -> PathBuf {
-        self.dir.join(FINAL)
-    }
-
     pub fn has_config(&self) -> bool {
         self.dir.join(CONFIG).exists()
     }
 
     pub fn has_checkpoint(&self) -> bool {
         self.dir.join(CHECKPOINT).exists()
+    }
+
+    /// Whether the folder holds anything a run produced: a checkpoint, metrics, a trajectory,
+    /// final parameters or measurements. A start that failed before its first checkpoint
+    /// leaves only `config.yaml` and `summary.json`, which a retry may replace.
+    pub fn holds_results(&self) -> bool {
+        RUN_FILES
+            .iter()
+            .filter(|f| !matches!(**f, CONFIG | SUMMARY))
+            .any(|f| self.dir.join(f).exists())
     }
 
     /// The resolved `config.yaml`; bad input when the folder is not a run folder.
@@ -193,12 +198,62 @@ impl RunFolder {
         summary.write(&self.dir.join(SUMMARY))
     }
 
+    /// `metrics.csv`; bad input naming it when it does not match the SHA-256 its summary
+    /// records.
     pub fn metrics(&self) -> Result<Vec<MetricsRow>> {
+        self.verify(METRICS)?;
         io::read_metrics(&self.dir.join(METRICS))
     }
 
+    /// `trajectory.safetensors`, checked as [`RunFolder::metrics`] is.
     pub fn trajectory(&self, names: &[String]) -> Result<Trajectory> {
+        self.verify(TRAJECTORY)?;
         Trajectory::read(&self.dir.join(TRAJECTORY), names)
+    }
+
+    /// `final.safetensors`, checked as [`RunFolder::metrics`] is.
+    pub fn final_params(&self) -> Result<Vec<(String, Tensor)>> {
+        self.verify(FINAL)?;
+        io::read_safetensors(&self.dir.join(FINAL))
+    }
+
+    /// Whether the folder's file `name` (written by the run or by a measurement) matches the
+    /// SHA-256 that `summary.json` records for it; true when it records none.
+    pub fn intact(&self, name: &str) -> Result<bool> {
+        let Ok(summary) = Summary::read(&self.dir.join(SUMMARY)) else {
+            return Ok(true);
+        };
+        match summary.sha256.get(name) {
+            None => Ok(true),
+            Some(want) => Ok(io::file_sha256(&self.dir.join(name))? == *want),
+        }
+    }
+
+    /// Bad input naming the file when it is not [`RunFolder::intact`].
+    fn verify(&self, name: &str) -> Result<()> {
+        if self.intact(name)? {
+            return Ok(());
+        }
+        Err(bad(format!(
+            "{}: damaged: its contents do not match the SHA-256 that summary.json records; train the run again (train --force, or remove the folder and reproduce)",
+            self.dir.join(name).display()
+        )))
+    }
+
+    /// Records in `summary.json` the SHA-256 of the folder's files `names`, as they are now
+    /// (a measurement calls it after each write of its file).
+    /// A folder without a summary (not a run's) has nothing to record them in.
+    pub fn record_sha256(&self, names: &[&str]) -> Result<()> {
+        let path = self.dir.join(SUMMARY);
+        if !path.exists() {
+            return Ok(());
+        }
+        let mut s = Summary::read(&path)?;
+        for &name in names {
+            s.sha256
+                .insert(name.to_string(), io::file_sha256(&self.dir.join(name))?);
+        }
+        self.write_summary(&s)
     }
 
     pub fn state(&self) -> State {
@@ -272,11 +327,115 @@ impl RunFolder {
         for f in RUN_FILES {
             let _ = std::fs::remove_file(self.dir.join(f));
         }
+        let _ = std::fs::remove_dir_all(self.dir.join(TRAJECTORY_PARTIAL));
     }
 
-    /// First phase of a checkpoint: the new state beside the current checkpoint.
+    /// First phase of a checkpoint: the snapshots no chunk holds yet appended as a chunk, then
+    /// the new state beside the current checkpoint.
     pub fn write_checkpoint_next(&self, ckpt: &Checkpoint, layout: &Layout) -> Result<()> {
+        self.append_trajectory(&ckpt.saved_steps, &ckpt.snapshots)?;
         io::write_checked_safetensors(&self.dir.join(CHECKPOINT_NEXT), &ckpt.to_tensors(layout))
+    }
+
+    /// The trajectory chunks, `(first, end, path)` in order.
+    fn chunks(&self) -> Result<Vec<(i64, i64, PathBuf)>> {
+        let dir = self.dir.join(TRAJECTORY_PARTIAL);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+        };
+        let mut out = vec![];
+        for e in entries {
+            let e = e.with_context(|| format!("reading {}", dir.display()))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            // Anything else (a temporary file of a write that was cut short) is not a chunk.
+            let range = name
+                .strip_suffix(".safetensors")
+                .and_then(|r| r.split_once('-'))
+                .and_then(|(a, b)| Some((a.parse::<i64>().ok()?, b.parse::<i64>().ok()?)));
+            if let Some((first, end)) = range {
+                out.push((first, end, e.path()));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Writes the snapshots `[written, S)` that no chunk holds yet as one chunk.
+    fn append_trajectory(&self, steps: &[i64], snapshots: &Tensor) -> Result<()> {
+        let written = self.chunks()?.last().map_or(0, |c| c.1);
+        let total = steps.len() as i64;
+        if total <= written {
+            return Ok(());
+        }
+        let dir = self.dir.join(TRAJECTORY_PARTIAL);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let chunk = vec![
+            (
+                "step".to_string(),
+                Tensor::from_slice(&steps[written as usize..]),
+            ),
+            (
+                "flat".to_string(),
+                snapshots.narrow(0, written, total - written),
+            ),
+        ];
+        io::write_checked_safetensors(
+            &dir.join(format!("{written:09}-{total:09}.safetensors")),
+            &chunk,
+        )
+    }
+
+    /// The first `count` snapshots, `[count, p]`, from the chunks, each checked. Chunks past
+    /// `count` were written by a process killed before its checkpoint was promoted; they are
+    /// removed (the resumed run writes them again).
+    fn read_trajectory(&self, count: i64, p: i64) -> Result<(Vec<i64>, Tensor)> {
+        let (mut steps, mut parts) = (vec![], vec![]);
+        let damaged = |why: String| {
+            bad(format!(
+                "{}: the trajectory so far is damaged: {why}; train the run again (train --force, or remove the folder and reproduce)",
+                self.dir.join(TRAJECTORY_PARTIAL).display()
+            ))
+        };
+        for (first, end, path) in self.chunks()? {
+            if first >= count {
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("removing {}", path.display()))?;
+                continue;
+            }
+            if first != steps.len() as i64 || end > count {
+                return Err(damaged(format!(
+                    "snapshots {first}-{end} do not follow the {} before them",
+                    steps.len()
+                )));
+            }
+            let named = io::read_checked_safetensors(&path)?;
+            let get = |n: &str| {
+                named
+                    .iter()
+                    .find(|(m, _)| m == n)
+                    .map(|(_, t)| t.shallow_clone())
+                    .ok_or_else(|| damaged(format!("{} has no tensor {n:?}", path.display())))
+            };
+            let (s, flat) = (Vec::<i64>::try_from(&get("step")?)?, get("flat")?);
+            if s.len() as i64 != end - first || flat.size() != [end - first, p] {
+                return Err(damaged(format!(
+                    "{} holds {:?} for snapshots {first}-{end}",
+                    path.display(),
+                    flat.size()
+                )));
+            }
+            steps.extend(s);
+            parts.push(flat);
+        }
+        if steps.len() as i64 != count {
+            return Err(damaged(format!(
+                "{} snapshots where the checkpoint holds {count}",
+                steps.len()
+            )));
+        }
+        Ok((steps, Tensor::cat(&parts, 0)))
     }
 
     pub fn has_checkpoint_next(&self) -> bool {
@@ -322,8 +481,13 @@ impl RunFolder {
     pub fn read_checkpoint(&self, layout: &Layout) -> Result<Checkpoint> {
         let path = self.dir.join(CHECKPOINT);
         let saved = io::read_checked_safetensors(&path)?;
-        Checkpoint::from_tensors(&saved, layout)
-            .map_err(|e| bad(format!("{}: {e:#}", path.display())))
+        let mut ckpt = Checkpoint::from_tensors(&saved, layout)
+            .map_err(|e| bad(format!("{}: {e:#}", path.display())))?;
+        if (ckpt.saved_steps.len() as i64) < ckpt.saved {
+            let (steps, snapshots) = self.read_trajectory(ckpt.saved, layout.total)?;
+            (ckpt.saved_steps, ckpt.snapshots) = (steps, snapshots.to_kind(ckpt.flat.kind()));
+        }
+        Ok(ckpt)
     }
 
     pub fn checkpoint_path(&self) -> PathBuf {
@@ -333,6 +497,7 @@ impl RunFolder {
     pub fn remove_checkpoint(&self) {
         let _ = std::fs::remove_file(self.dir.join(CHECKPOINT));
         let _ = std::fs::remove_file(self.dir.join(CHECKPOINT_NEXT));
+        let _ = std::fs::remove_dir_all(self.dir.join(TRAJECTORY_PARTIAL));
     }
 
     /// The metrics so far, while the run trains (readable at every checkpoint).
@@ -357,15 +522,55 @@ impl RunFolder {
             .zip(record.final_params)
             .collect();
         io::write_safetensors(&self.dir.join(FINAL), &final_params)?;
-        let summary = Summary::of_rust(
+        let mut summary = Summary::of_rust(
             record.status,
             record.diverged_at,
             record.metrics.len() as i64,
             record.wall_time_s,
             record.device,
         );
+        for name in [METRICS, TRAJECTORY, FINAL] {
+            summary
+                .sha256
+                .insert(name.into(), io::file_sha256(&self.dir.join(name))?);
+        }
         self.write_summary(&summary)
             .context("writing summary.json")?;
         Ok(summary)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    #[test]
+    fn checkpoints_append_only_new_snapshots_and_a_resume_drops_those_written_past_its_checkpoint()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let f = RunFolder::new(dir.path());
+        let snaps = Tensor::arange(15, (Kind::Float, Device::Cpu)).reshape([5, 3]);
+        let steps = [0i64, 10, 20, 30, 40];
+        f.append_trajectory(&steps[..2], &snaps.narrow(0, 0, 2))
+            .unwrap();
+        f.append_trajectory(&steps[..2], &snaps.narrow(0, 0, 2))
+            .unwrap();
+        f.append_trajectory(&steps, &snaps).unwrap();
+        let ranges: Vec<(i64, i64)> = f.chunks().unwrap().iter().map(|c| (c.0, c.1)).collect();
+        assert_eq!(ranges, [(0, 2), (2, 5)], "each snapshot written once");
+
+        let (s, t) = f.read_trajectory(5, 3).unwrap();
+        assert_eq!(s, steps);
+        assert!(t.equal(&snaps));
+        // The checkpoint holds 2: the chunk written after it (by a process killed before it
+        // promoted its next checkpoint) is dropped, and written again by the resumed run.
+        let (s, t) = f.read_trajectory(2, 3).unwrap();
+        assert_eq!(s, [0, 10]);
+        assert!(t.equal(&snaps.narrow(0, 0, 2)));
+        assert_eq!(f.chunks().unwrap().len(), 1);
+        // A count inside a chunk, or past the chunks, is damage.
+        assert!(format!("{:#}", f.read_trajectory(1, 3).unwrap_err()).contains("damaged"));
+        assert!(format!("{:#}", f.read_trajectory(3, 3).unwrap_err()).contains("damaged"));
     }
 }

@@ -121,6 +121,21 @@ pub fn read_checked_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
     Ok(named)
 }
 
+/// The SHA-256 of `bytes` in hex, as `sha256sum` prints it.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The SHA-256 of the file at `path`, in hex.
+pub fn file_sha256(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(sha256_hex(&bytes))
+}
+
 /// 64-bit FNV-1a: stable across Rust versions and platforms, unlike `DefaultHasher` (for
 /// names, not for integrity).
 pub fn fnv1a(bytes: &[u8]) -> u64 {
@@ -175,6 +190,12 @@ pub struct Summary {
     pub wall_time_s: f64,
     pub device: String,
     pub side: String,
+    /// File name → SHA-256 of the files the run wrote and that are read back (metrics,
+    /// trajectory, final parameters, measurements), so that a damaged one is found when it is
+    /// read rather than carried into a figure. Absent in a running run's summary, in the PyTorch
+    /// side's and in those of a linattn before checksums.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub sha256: std::collections::BTreeMap<String, String>,
 }
 
 impl Summary {
@@ -193,6 +214,7 @@ impl Summary {
             wall_time_s,
             device: crate::config::describe(device),
             side: "rust".into(),
+            sha256: Default::default(),
         }
     }
 
@@ -259,6 +281,27 @@ pub fn parse_metric(s: &str) -> Result<f64, std::num::ParseFloatError> {
     }
 }
 
+/// A metric field of a CSV file, written by [`fmt_metric`] and read by [`parse_metric`], so
+/// that a float32 value reads back as the float32 it was. In an `Option`, an empty field is
+/// `None` (a quantity not measured).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Metric(pub f64);
+
+impl Serialize for Metric {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&fmt_metric(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Metric {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Metric, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_metric(&s)
+            .map(Metric)
+            .map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+    }
+}
+
 pub const METRICS_HEADER: &str = "iter,train_loss,grad_norm";
 
 pub fn metrics_csv(rows: &[MetricsRow]) -> String {
@@ -301,13 +344,6 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRow>> {
         });
     }
     Ok(rows)
-}
-
-/// Per parameter, the per-step snapshots stacked into `[S, *shape]`.
-pub fn stack_snapshots(snapshots: &[Vec<Tensor>], num_params: usize) -> Vec<Tensor> {
-    (0..num_params)
-        .map(|i| Tensor::stack(&snapshots.iter().map(|s| &s[i]).collect::<Vec<_>>(), 0))
-        .collect()
 }
 
 /// The trajectory file: per parameter `[S, *shape]` (already stacked), plus the int64 `step`

@@ -5,11 +5,12 @@
 //! noise.csv           `noise`, then ‖g_B − g‖ per batch in the stream's order (float32)
 //! noise.json          the summary ([`NoiseSummary`]); written last, it marks the folder done
 //! noise.png           the density histogram with a normal Q-Q inset
-//! noise.partial.csv   while measuring: a key line (what the values depend on), `noise`, the
-//!                     values so far; removed once noise.json is written
+//! noise.partial.csv   while measuring: a key line (what the values depend on), the SHA-256
+//!                     of the rest, `noise`, the values so far; removed once noise.json is
+//!                     written
 //! .linattn.lock       an flock held by the process that measures
 //! ```
-use super::io::{fmt_f32, write_atomic};
+use super::io::{fmt_f32, sha256_hex, write_atomic};
 use crate::BadInput;
 use anyhow::{anyhow, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -54,6 +55,10 @@ pub struct NoiseSummary {
     pub hill_k: usize,
     /// Seconds of the invocation that finished the measurement (a resumed one counts its own).
     pub wall_time_s: f64,
+    /// The SHA-256 of `noise.csv`, so that a damaged file is found when it is read (absent in
+    /// files of a linattn before checksums).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 /// serde_json writes NaN (an estimate of too small a sample) as null; read it back as NaN.
@@ -61,14 +66,54 @@ fn f64_or_nan<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64
     Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
-fn csv_of(header: &str, values: &[f32]) -> String {
-    let mut csv = String::with_capacity(header.len() + 12 * (values.len() + 1));
-    csv.push_str(header);
-    for v in values {
-        csv.push_str(&fmt_f32(*v));
-        csv.push('\n');
+/// A line of `noise.csv` (and of `noise.partial.csv` after its key line): one value, float32
+/// as written ([`F32`]); read as f64 from the decimal for the figures, as f32 to resume.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Line<V> {
+    noise: V,
+}
+
+/// A float32 value written as [`fmt_f32`] writes it (csv's own float format differs).
+struct F32(f32);
+
+impl Serialize for F32 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&fmt_f32(self.0))
     }
-    csv
+}
+
+/// `head` (whole lines, the header `noise` last), then one line per value.
+fn csv_of(head: &str, values: &[f32]) -> Result<Vec<u8>> {
+    let mut w = csv::WriterBuilder::new()
+        .has_headers(false)
+        .from_writer(head.as_bytes().to_vec());
+    for &v in values {
+        w.serialize(Line { noise: F32(v) })?;
+    }
+    w.into_inner().map_err(|e| anyhow!("{NOISE_CSV}: {e}"))
+}
+
+/// The values of `text` (the header `noise`, then a value per line); bad input naming `path`
+/// and the line when one is not a value. `skipped` lines of the file come before `text`.
+fn values_of<V: serde::de::DeserializeOwned>(
+    text: &str,
+    path: &Path,
+    skipped: usize,
+) -> Result<Vec<V>> {
+    csv::Reader::from_reader(text.as_bytes())
+        .deserialize::<Line<V>>()
+        .enumerate()
+        .map(|(i, line)| {
+            line.map(|l| l.noise).map_err(|e| {
+                anyhow!(BadInput(format!(
+                    "{} line {}: not a noise value ({e}); remove it to measure again",
+                    path.display(),
+                    skipped + i + 2
+                )))
+            })
+        })
+        .collect()
 }
 
 /// A noise measurement's folder.
@@ -101,11 +146,26 @@ impl NoiseFolder {
         let csv = self.values_path();
         let text =
             std::fs::read_to_string(&csv).with_context(|| format!("reading {}", csv.display()))?;
-        let values = text
-            .lines()
-            .skip(1)
-            .filter_map(|l| l.trim().parse::<f64>().ok())
-            .collect();
+        if summary
+            .sha256
+            .as_ref()
+            .is_some_and(|want| *want != sha256_hex(text.as_bytes()))
+        {
+            return Err(anyhow!(BadInput(format!(
+                "{}: damaged: its contents do not match the SHA-256 in {NOISE_JSON}; measure again (noise --force, or remove the folder and reproduce)",
+                csv.display()
+            ))));
+        }
+        // f64 from the decimal, as the figures have always read them.
+        let values: Vec<f64> = values_of(&text, &csv, 0)?;
+        if values.len() != summary.count {
+            return Err(anyhow!(BadInput(format!(
+                "{}: {} values where {NOISE_JSON} says {}; remove the folder to measure again",
+                csv.display(),
+                values.len(),
+                summary.count
+            ))));
+        }
         Ok(Some((values, summary)))
     }
 
@@ -118,38 +178,44 @@ impl NoiseFolder {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
-        let mut lines = text.lines();
-        if lines.next() != Some(key) || lines.next() != Some("noise") {
+        // The key line, the checksum line, then the values as noise.csv holds them.
+        let mut parts = text.splitn(3, '\n');
+        let (first, sum, body) = (parts.next(), parts.next(), parts.next().unwrap_or(""));
+        if first != Some(key) || !body.starts_with("noise\n") {
             eprintln!(
                 "noise: {} was written for another config; starting over",
                 path.display()
             );
             return Ok(vec![]);
         }
-        lines
-            .map(|l| {
-                l.parse::<f32>().map_err(|e| {
-                    anyhow!(BadInput(format!(
-                        "{}: bad value {l:?} ({e})",
-                        path.display()
-                    )))
-                })
-            })
-            .collect()
+        if sum != Some(&format!("sha256 {}", sha256_hex(body.as_bytes()))) {
+            // Work, not a result: measured again rather than refused.
+            eprintln!(
+                "noise: {} does not match its SHA-256 (damaged); starting over",
+                path.display()
+            );
+            return Ok(vec![]);
+        }
+        values_of(body, &path, 2)
     }
 
     /// The values so far, under `key` (a line that says what they depend on).
     pub fn write_partial(&self, key: &str, values: &[f32]) -> Result<()> {
-        write_atomic(
-            &self.dir.join(NOISE_PARTIAL),
-            csv_of(&format!("{key}\nnoise\n"), values).as_bytes(),
-        )
+        let body = csv_of("noise\n", values)?;
+        let mut file = format!("{key}\nsha256 {}\n", sha256_hex(&body)).into_bytes();
+        file.extend(body);
+        write_atomic(&self.dir.join(NOISE_PARTIAL), &file)
     }
 
     /// `noise.csv`, then `noise.json`, which marks the measurement done.
     pub fn write_finished(&self, values: &[f32], summary: &NoiseSummary) -> Result<()> {
-        write_atomic(&self.values_path(), csv_of("noise\n", values).as_bytes())?;
-        let json = serde_json::to_string_pretty(summary)? + "\n";
+        let csv = csv_of("noise\n", values)?;
+        write_atomic(&self.values_path(), &csv)?;
+        let summary = NoiseSummary {
+            sha256: Some(sha256_hex(&csv)),
+            ..summary.clone()
+        };
+        let json = serde_json::to_string_pretty(&summary)? + "\n";
         write_atomic(&self.dir.join(NOISE_JSON), json.as_bytes())
     }
 
@@ -175,4 +241,64 @@ impl NoiseFolder {
 /// The noise of the folder `dir`; see [`NoiseFolder::read`].
 pub fn read(dir: &Path) -> Result<Option<(Vec<f64>, NoiseSummary)>> {
     NoiseFolder::new(dir).read()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(count: usize) -> NoiseSummary {
+        NoiseSummary {
+            count,
+            batch: 10,
+            full_batch: 100,
+            seed: 1,
+            mean: 1.0,
+            std: 0.0,
+            quantiles: BTreeMap::new(),
+            kurtosis: f64::NAN,
+            excess_kurtosis: f64::NAN,
+            hill_tail_index: f64::NAN,
+            hill_k: 1,
+            wall_time_s: 0.0,
+            sha256: None,
+        }
+    }
+
+    #[test]
+    fn noise_values_read_back_as_written_and_a_flipped_digit_is_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = NoiseFolder::new(dir.path());
+        let values = [0.5f32, 1.25, 3.0e-7, 7.0];
+        f.write_finished(&values, &summary(values.len())).unwrap();
+        let (read, s) = f.read().unwrap().unwrap();
+        assert_eq!(read, vec![0.5, 1.25, 3.0e-7, 7.0]);
+        assert!(s.sha256.is_some());
+
+        let text = std::fs::read_to_string(f.values_path()).unwrap();
+        std::fs::write(f.values_path(), text.replace("1.25", "1.35")).unwrap();
+        let e = format!("{:#}", f.read().unwrap_err());
+        assert!(e.contains("noise.csv: damaged"), "{e}");
+    }
+
+    #[test]
+    fn partial_values_resume_under_their_key_and_not_when_damaged_or_of_another_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = NoiseFolder::new(dir.path());
+        assert!(f.read_partial("k").unwrap().is_empty());
+        f.write_partial("k", &[1.0, 2.5]).unwrap();
+        assert_eq!(f.read_partial("k").unwrap(), vec![1.0, 2.5]);
+        assert!(f.read_partial("other").unwrap().is_empty());
+        f.write_partial("k", &[]).unwrap();
+        assert!(f.read_partial("k").unwrap().is_empty());
+
+        f.write_partial("k", &[1.0, 2.5]).unwrap();
+        let path = dir.path().join(NOISE_PARTIAL);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace("2.5", "2.6")).unwrap();
+        assert!(
+            f.read_partial("k").unwrap().is_empty(),
+            "damage starts over"
+        );
+    }
 }

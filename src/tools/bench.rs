@@ -15,13 +15,13 @@
 //! - `ensemble`: 12 runs (seeds 0–5 × SGD, Adam; the config's learning rate) as one
 //!   ensemble, against PyTorch running the 12 one after another. ms/step is the time of one
 //!   step of all 12 runs on both sides.
-use super::reference;
+use super::pytorch;
 use crate::config::{Config, Mode, OptimizerKind};
 use crate::data::{self, Batch};
 use crate::measure::landscape::{condition_number, Point};
 use crate::model::Arch;
 use crate::run::{protocol, RunFolder};
-use crate::train::{self, BatchedStepper, FaithfulStepper, Member, Options, Stepper};
+use crate::train::{self, EnsembleStepper, FaithfulStepper, Member, Options, Stepper};
 use crate::BadInput;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -98,7 +98,7 @@ pub struct Split {
 /// Times the parts of a fast step of `members` on a stepper of their own, `steps` each after a
 /// warm-up of a few. Every part ends by reading a value back, which also waits for a GPU.
 fn split(base: &Config, members: &[Member], device: tch::Device, steps: i64) -> Result<Split> {
-    let mut stepper = BatchedStepper::start(base, members, device)?;
+    let mut stepper = EnsembleStepper::start(base, members, device)?;
     let stepping = Tensor::ones([members.len() as i64], (tch::Kind::Bool, device));
     let per_step = |t: Instant| t.elapsed().as_secs_f64() * 1000.0 / steps as f64;
     for i in 0..3 {
@@ -184,14 +184,10 @@ pub struct DriverTimer {
 
 impl DriverTimer {
     pub fn start(base: &Config, members: &[Member]) -> Result<DriverTimer> {
-        let device = base
-            .train
-            .device
-            .tch()
-            .map_err(|e| anyhow!(BadInput(format!("config key train.device: {e}"))))?;
+        let device = base.device()?;
         let stepper: Box<dyn Stepper> = match base.train.mode {
             Mode::Faithful => Box::new(FaithfulStepper::start(base, device)?),
-            Mode::Fast => Box::new(BatchedStepper::start(base, members, device)?),
+            Mode::Fast => Box::new(EnsembleStepper::start(base, members, device)?),
         };
         Ok(DriverTimer {
             base: base.clone(),
@@ -335,9 +331,9 @@ fn measure_torch(req: &BenchRequest, ensemble: bool) -> Result<Measurement> {
     if let Some(d) = req.device {
         args.extend(["--device".into(), d.into()]);
     }
-    let mut c = reference::command(&args)?;
+    let mut c = pytorch::command(&args)?;
     threads_env(&mut c, req);
-    let out = reference::run(c, "the bench")?;
+    let out = pytorch::run(c, "the bench")?;
     parse_measurement(&out.stdout, "the PyTorch side's bench")
 }
 
@@ -599,11 +595,7 @@ pub struct ConditionNumberTimer {
 
 impl ConditionNumberTimer {
     pub fn new(cfg: &Config, mode: Mode) -> Result<ConditionNumberTimer> {
-        let device = cfg
-            .train
-            .device
-            .tch()
-            .map_err(|e| anyhow!(BadInput(format!("config key train.device: {e}"))))?;
+        let device = cfg.device()?;
         // The point is the run's init (the faithful and the fast run start alike), in the
         // config's dtype, as the eval batch is.
         let init = protocol::start(cfg, cfg.train.seed).init;
@@ -721,7 +713,7 @@ pub fn bench_hessian(
         args.push(n.to_string().into());
     }
     bar.set_message("pytorch");
-    let out = reference::run(reference::command(args)?, "the benchmark")?;
+    let out = pytorch::run(pytorch::command(args)?, "the benchmark")?;
     bar.set_message("rust");
     for (i, t) in times.iter_mut().enumerate() {
         t.extend((0..repeats / 2).map(|_| timed(i).0));
@@ -756,6 +748,4 @@ pub fn bench_hessian(
     })
 }
 
-fn bad(msg: String) -> anyhow::Error {
-    anyhow!(BadInput(msg))
-}
+use crate::bad_input as bad;

@@ -1,5 +1,5 @@
 //! `linattn compare`: the same config through the Rust model and the PyTorch side, side by side.
-use super::reference;
+use super::pytorch;
 use crate::config::{Config, Mode};
 use crate::plots;
 use crate::run::io::{self as artifacts, fmt_f32};
@@ -36,8 +36,8 @@ fn rel(a: f64, b: f64) -> f64 {
 /// whether they are bit-identical.
 fn compare_final(rust_run: &RunFolder, torch_run: &RunFolder) -> Result<(f64, bool)> {
     let mut bit_identical = true;
-    let rust_final = artifacts::read_safetensors(&rust_run.final_path())?;
-    let torch_final = artifacts::read_safetensors(&torch_run.final_path())?;
+    let rust_final = rust_run.final_params()?;
+    let torch_final = torch_run.final_params()?;
     let mut max_rel_params = 0f64;
     for (name, a) in &rust_final {
         let b = &torch_final
@@ -80,7 +80,7 @@ pub fn compare(
     args.push("--out".into());
     args.push(PathBuf::from(&torch_dir).into());
     let _ = std::fs::remove_dir_all(&torch_dir);
-    reference::run(reference::command(args)?, "the config")?;
+    pytorch::run(pytorch::command(args)?, "the config")?;
 
     let (rust_run, torch_run) = (RunFolder::new(&rust_dir), RunFolder::new(&torch_dir));
     let rust = rust_run.metrics()?;

@@ -253,6 +253,7 @@ fn checkpoint(
             rows: recorder.rows[i].clone(),
             saved_steps: recorder.saved_steps.clone(),
             snapshots: snapshots.select(1, i as i64),
+            saved: recorder.saved_steps.len() as i64,
             in_a_row: in_a_row[i],
             active: active[i] != 0,
         };

@@ -1,12 +1,12 @@
 //! The faithful stepper: one run in the authors' op order (docs/spec.md, "The reference
 //! protocol", steps 3-5), bit-identical to PyTorch on CPU. Data is drawn on the CPU generators
 //! and moved to the device, the forward is [`model::loss`], the optimizer is torch.optim's
-//! single-tensor path ([`optim::reference`]).
+//! single-tensor path ([`optim::faithful`]).
 use super::driver::{Gradients, Shape, Stepper};
 use crate::config::{ClipMode, Config};
 use crate::data::{Batch, DataStream};
 use crate::model::{self, Arch, Layout};
-use crate::optim::{self, reference::Optimizer};
+use crate::optim::{self, faithful::FaithfulOptimizer};
 use crate::run::protocol;
 use anyhow::{anyhow, Result};
 use tch::{nn, Device, Tensor};
@@ -19,7 +19,7 @@ pub struct FaithfulStepper {
     _vs: nn::VarStore,
     /// Shallow handles on the VarStore's variables, in `state_dict` order.
     params: Vec<Tensor>,
-    optimizer: Optimizer,
+    optimizer: FaithfulOptimizer,
     data: DataStream,
     /// A batch given by [`FaithfulStepper::feed`] for the next step instead of the stream's.
     fed: Option<Batch>,
@@ -47,7 +47,7 @@ impl FaithfulStepper {
             tch::no_grad(|| var.copy_(value));
             params.push(var);
         }
-        let optimizer = Optimizer::new(&cfg.train, &vs, &params)?;
+        let optimizer = FaithfulOptimizer::new(&cfg.train, &vs, &params)?;
         let shape = Shape {
             members: 1,
             device,

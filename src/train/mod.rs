@@ -1,16 +1,16 @@
 //! Training: one driver ([`driver`]) for every mode, driving one of two steppers:
 //! [`faithful::FaithfulStepper`] (one run in the authors' op order, bit-identical to PyTorch on
-//! CPU) or [`batched::BatchedStepper`] (K runs as one computation: fast mode and ensembles).
+//! CPU) or [`batched::EnsembleStepper`] (K runs as one computation: fast mode and ensembles).
 //!
 //! Every mode checkpoints every `checkpoint_every` iterations and on Ctrl-C/SIGTERM, and
 //! [`resume`] continues from the checkpoint; on CPU a resumed run's files are byte-identical to
 //! an uninterrupted run's. An ensemble's members checkpoint together and resume together.
-pub mod batched;
+pub mod ensemble;
 pub mod driver;
 pub mod faithful;
 
-pub use batched::{BatchedStepper, Member};
 pub use driver::{drive, is_saved_step, step, Stepper};
+pub use ensemble::{EnsembleStepper, Member};
 pub use faithful::FaithfulStepper;
 
 use crate::config::{Config, Mode};
@@ -64,18 +64,13 @@ pub struct Outcome {
     pub metrics: Vec<MetricsRow>,
 }
 
-fn device_of(cfg: &Config) -> Result<Device> {
-    cfg.train
-        .device
-        .tch()
-        .map_err(|e| anyhow!(BadInput(format!("config key train.device: {e}"))))
-}
-
-/// Locks a folder for a new run: refuses one that holds a run unless `force`, then clears it.
+/// Locks a folder for a new run: refuses one that holds a run's results unless `force`, then
+/// clears it. A folder left by a start that failed before its first checkpoint (a config and a
+/// `failed` or `running` summary, nothing else) holds nothing to keep, and a retry takes it.
 fn claim(folder: &RunFolder, force: bool) -> Result<FolderLock> {
     let lock = folder.lock()?;
     if folder.has_config() {
-        if !force {
+        if !force && folder.holds_results() {
             return Err(anyhow!(BadInput(format!(
                 "output folder {} already holds a run; pass --force to replace it or --resume to continue it",
                 folder.dir().display()
@@ -183,7 +178,7 @@ pub fn train(cfg: &Config, out: &Path, opts: &Options) -> Result<Outcome> {
             train_ensemble(cfg, &[Member::from_config(cfg)], &[out.to_path_buf()], opts)?;
         return Ok(outcomes.remove(0));
     }
-    let device = device_of(cfg)?;
+    let device = cfg.device()?;
     check_memory(cfg, 1, device)?;
     let folder = RunFolder::new(out);
     let _lock = claim(&folder, opts.force)?;
@@ -227,7 +222,7 @@ pub fn train_ensemble(
             ))));
         }
     }
-    let device = device_of(cfg)?;
+    let device = cfg.device()?;
     check_memory(cfg, members.len(), device)?;
     let _locks: Vec<FolderLock> = folders
         .iter()
@@ -238,7 +233,7 @@ pub fn train_ensemble(
         f.create(c)?;
     }
     guarded(&folders, || {
-        let mut stepper = BatchedStepper::start(cfg, members, device)?;
+        let mut stepper = EnsembleStepper::start(cfg, members, device)?;
         drive(&mut stepper, &configs, &folders, None, opts)
     })
 }
@@ -398,12 +393,12 @@ pub fn resume(dir: &Path, opts: &Options) -> Result<Vec<Outcome>> {
         .collect::<Result<_>>()?;
     let checkpoints = read_checkpoints(&folders, &configs)?;
     let iter = checkpoints[0].iter;
-    let device = device_of(&configs[0])?;
+    let device = configs[0].device()?;
     let mut stepper: Box<dyn Stepper> = match (configs[0].train.mode, configs.len()) {
         (Mode::Faithful, 1) => Box::new(FaithfulStepper::start(&configs[0], device)?),
         _ => {
             let members: Vec<Member> = configs.iter().map(Member::from_config).collect();
-            Box::new(BatchedStepper::start(&configs[0], &members, device)?)
+            Box::new(EnsembleStepper::start(&configs[0], &members, device)?)
         }
     };
     for (i, (f, c)) in folders.iter().zip(&checkpoints).enumerate() {
@@ -457,6 +452,23 @@ mod tests {
         });
         assert!(format!("{:#}", e.unwrap_err()).contains("can't allocate memory"));
         assert_eq!(f.summary().unwrap().status, Status::Failed);
+    }
+
+    #[test]
+    fn a_folder_left_by_a_failed_start_is_taken_by_a_retry_but_one_with_results_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = RunFolder::new(dir.path().join("run"));
+        f.create(&Config::default()).unwrap();
+        let failed = Summary::of_rust(Status::Failed, None, 0, 0.0, Device::Cpu);
+        f.write_summary(&failed).unwrap();
+        drop(claim(&f, false).expect("nothing to keep: a retry takes the folder"));
+        assert!(!f.has_config(), "the failed start's files are cleared");
+
+        f.create(&Config::default()).unwrap();
+        f.write_metrics(&[]).unwrap();
+        let e = claim(&f, false).err().expect("metrics are a result");
+        assert!(format!("{e:#}").contains("--force"), "{e:#}");
+        drop(claim(&f, true).expect("--force replaces it"));
     }
 
     #[test]

@@ -915,39 +915,18 @@ fn block<T: Real, const SIDE: usize>(
     part: &mut Partial<T>,
 ) {
     // SIDE > 0 is d + 1 known at compile time: the matrix loops unroll and lose their bounds
-    // checks. SIDE = 0 reads it from dims.
+    // checks. SIDE = 0 reads it from dims. The passes below are inlined here, so they are
+    // compiled with this function's target features and its constant side.
     let s = if SIDE > 0 { SIDE } else { dims.side };
-    let (layers, heads) = (dims.layers, dims.heads);
+    let net = Net {
+        s,
+        layers: dims.layers,
+        heads: dims.heads,
+        pt: &params.pt,
+        qt: &params.qt,
+    };
     let m = s * s;
-    let d = s - 1;
-    let zero = T::default();
-    let (plain, trans) = (View::plain(s), View::transposed(s));
-    // A vector (a row or column of lanes) seen as a side × 1 or 1 × side matrix.
-    let column = View { row: 1, col: 0 };
-    let row_vec = View { row: 0, col: 1 };
     let two_inv_b = T::from_f64(2.0 / data.prompts as f64);
-    let (pt, qt) = (&params.pt, &params.qt);
-    let Work {
-        g,
-        r,
-        q,
-        a,
-        t0,
-        t1,
-        gbar,
-        gbar_next,
-        rbar,
-        v,
-        qbar,
-        qbar_next,
-        tokens,
-        hidden,
-        hidden_bar,
-        mapped,
-        tokens_bar,
-        soft,
-        ..
-    } = work;
     let Partial {
         gpt,
         gqt,
@@ -968,7 +947,7 @@ fn block<T: Real, const SIDE: usize>(
         let at = part.stream * data.chunks + c;
         let raw = data.tokens.get(at * per_chunk..(at + 1) * per_chunk);
         if let (Some(front), Some(raw)) = (&mlp, raw) {
-            front.forward(raw, tokens, hidden, mapped);
+            front.forward(raw, &mut work.tokens, &mut work.hidden, &mut work.mapped);
         }
         let y = lane(&data.target, at);
         // Padding prompts (past the batch's end) add nothing: with the MLP their tokens are not
@@ -976,159 +955,205 @@ fn block<T: Real, const SIDE: usize>(
         let valid = LANES.min(data.prompts.saturating_sub(c * LANES));
         if dims.softmax {
             let z0: &[T] = match (&mlp, raw) {
-                (Some(_), _) => tokens,
+                (Some(_), _) => &work.tokens,
                 (None, raw) => raw.expect("softmax attention keeps the tokens"),
             };
+            let soft = &mut work.soft;
             let out = softmax::forward(dims, s, params, z0, soft);
             let obar = residual(&out, &y, valid, two_inv_b, loss);
             softmax::backward(dims, s, params, &obar, soft, gpt, gqt);
             if let (Some(front), Some(raw)) = (&mlp, raw) {
-                front.backward(raw, hidden, &soft.zbar, hidden_bar, gmlp);
+                front.backward(raw, &work.hidden, &soft.zbar, &mut work.hidden_bar, gmlp);
             }
             continue;
         }
         match (&mlp, raw) {
-            (Some(_), Some(_)) => gram_and_query(s, dims.context, tokens, g, q),
+            (Some(_), Some(_)) => {
+                gram_and_query(s, dims.context, &work.tokens, &mut work.g, &mut work.q)
+            }
             _ => {
-                g[..m * LANES].copy_from_slice(&data.gram[at * m * LANES..(at + 1) * m * LANES]);
-                q[..s * LANES].copy_from_slice(&data.query[at * s * LANES..(at + 1) * s * LANES]);
+                work.g[..m * LANES]
+                    .copy_from_slice(&data.gram[at * m * LANES..(at + 1) * m * LANES]);
+                work.q[..s * LANES]
+                    .copy_from_slice(&data.query[at * s * LANES..(at + 1) * s * LANES]);
             }
         }
-        // Forward through the layers before the last.
-        for l in 0..layers - 1 {
-            let (g_now, g_rest) = g[l * m * LANES..].split_at_mut(m * LANES);
-            let r_l = &mut r[l * m * LANES..(l + 1) * m * LANES];
+        net.forward_lower(work);
+        let out = net.forward_top(work);
+        let obar = residual(&out, &y, valid, two_inv_b, loss);
+        net.backward_top(work, &obar, gpt, gqt);
+        net.backward_lower(work, mlp.is_some(), gpt, gqt);
+        // Now Ḡ₀ and q̄₀: back through the Gram matrix to the tokens, and through the MLP.
+        if let (Some(front), Some(raw)) = (&mlp, raw) {
+            tokens_from_gram(s, dims.context, work);
+            front.backward(
+                raw,
+                &work.hidden,
+                &work.tokens_bar,
+                &mut work.hidden_bar,
+                gmlp,
+            );
+        }
+    }
+}
+
+/// What the passes of linear attention over one chunk read: the side s = d + 1, the depth,
+/// the heads and the embedded parameters P̃ and Q̃ (`[L·H, s, s]` each). Each pass is inlined
+/// into [`block`].
+struct Net<'a, T> {
+    s: usize,
+    layers: usize,
+    heads: usize,
+    pt: &'a [T],
+    qt: &'a [T],
+}
+
+impl<T: Real> Net<'_, T> {
+    /// P̃_h of layer and head `lh` (`lh = l·H + h`), s × s.
+    #[inline(always)]
+    fn p(&self, lh: usize) -> &[T] {
+        let m = self.s * self.s;
+        &self.pt[lh * m..(lh + 1) * m]
+    }
+
+    /// Q̃_h of layer and head `lh`, s × s.
+    #[inline(always)]
+    fn q(&self, lh: usize) -> &[T] {
+        let m = self.s * self.s;
+        &self.qt[lh * m..(lh + 1) * m]
+    }
+
+    /// Forward through the layers before the last: A_h = G P̃_hᵀ, R = I + Σ_h Q̃_h A_h, then
+    /// the next layer's Gram matrix Rᵀ G R and query q R.
+    #[inline(always)]
+    fn forward_lower(&self, w: &mut Work<T>) {
+        let (s, heads) = (self.s, self.heads);
+        let m = s * s;
+        let (plain, trans) = (View::plain(s), View::transposed(s));
+        let row_vec = View { row: 0, col: 1 };
+        for l in 0..self.layers - 1 {
+            let (g_now, g_rest) = w.g[l * m * LANES..].split_at_mut(m * LANES);
+            let r_l = &mut w.r[l * m * LANES..(l + 1) * m * LANES];
             for h in 0..heads {
                 let lh = l * heads + h;
-                let a_lh = &mut a[lh * m * LANES..(lh + 1) * m * LANES];
-                mm_ps(
-                    a_lh,
-                    g_now,
-                    plain,
-                    &pt[lh * m..(lh + 1) * m],
-                    trans,
-                    (s, s, s),
-                    false,
-                );
-                mm_sp(
-                    r_l,
-                    &qt[lh * m..(lh + 1) * m],
-                    plain,
-                    a_lh,
-                    plain,
-                    (s, s, s),
-                    h > 0,
-                );
+                let a_lh = &mut w.a[lh * m * LANES..(lh + 1) * m * LANES];
+                mm_ps(a_lh, g_now, plain, self.p(lh), trans, (s, s, s), false);
+                mm_sp(r_l, self.q(lh), plain, a_lh, plain, (s, s, s), h > 0);
             }
             for i in 0..s {
                 for v in lane_mut(r_l, i * s + i).iter_mut() {
                     *v += T::from_f64(1.0);
                 }
             }
+            let t0 = &mut w.t0;
             mm_pp(t0, g_now, plain, r_l, plain, (s, s, s), false); // G R
-            mm_pp(
-                &mut g_rest[..m * LANES],
-                r_l,
-                trans,
-                t0,
-                plain,
-                (s, s, s),
-                false,
-            ); // Rᵀ G R
-            let (q_now, q_rest) = q[l * s * LANES..].split_at_mut(s * LANES);
-            mm_pp(
-                &mut q_rest[..s * LANES],
-                q_now,
-                row_vec,
-                r_l,
-                plain,
-                (1, s, s),
-                false,
-            ); // q R
+            let g_next = &mut g_rest[..m * LANES];
+            mm_pp(g_next, r_l, trans, t0, plain, (s, s, s), false); // Rᵀ G R
+            let (q_now, q_rest) = w.q[l * s * LANES..].split_at_mut(s * LANES);
+            let q_next = &mut q_rest[..s * LANES];
+            mm_pp(q_next, q_now, row_vec, r_l, plain, (1, s, s), false); // q R
         }
-        // The last layer: column d of R only, from v_h = G p_h (p_h = row d of P̃_h).
-        let l = layers - 1;
-        let g_last = &g[l * m * LANES..(l + 1) * m * LANES];
-        let q_last = &q[l * s * LANES..(l + 1) * s * LANES];
-        let col = &mut t0[..s * LANES]; // column d of R
+    }
+
+    /// The last layer's output: only column d of R is needed, from v_h = G p_h (p_h = row d
+    /// of P̃_h); the column is left in `t0[..s]` and v_h in `v` for the backward pass.
+    #[inline(always)]
+    fn forward_top(&self, w: &mut Work<T>) -> Lane<T> {
+        let s = self.s;
+        let (m, d) = (s * s, s - 1);
+        let zero = T::default();
+        let plain = View::plain(s);
+        let column = View { row: 1, col: 0 };
+        let l = self.layers - 1;
+        let g_last = &w.g[l * m * LANES..(l + 1) * m * LANES];
+        let q_last = &w.q[l * s * LANES..(l + 1) * s * LANES];
+        let col = &mut w.t0[..s * LANES];
         for (i, v) in col.chunks_exact_mut(LANES).enumerate() {
             v.fill(if i == d { T::from_f64(1.0) } else { zero });
         }
-        for h in 0..heads {
-            let lh = l * heads + h;
-            let v_h = &mut v[h * s * LANES..(h + 1) * s * LANES];
-            mm_ps(
-                v_h,
-                g_last,
-                plain,
-                &pt[lh * m + d * s..lh * m + (d + 1) * s],
-                column,
-                (s, s, 1),
-                false,
-            );
-            mm_sp(
-                col,
-                &qt[lh * m..(lh + 1) * m],
-                plain,
-                v_h,
-                column,
-                (s, s, 1),
-                true,
-            );
+        for h in 0..self.heads {
+            let lh = l * self.heads + h;
+            let v_h = &mut w.v[h * s * LANES..(h + 1) * s * LANES];
+            let p_row = &self.p(lh)[d * s..(d + 1) * s];
+            mm_ps(v_h, g_last, plain, p_row, column, (s, s, 1), false);
+            mm_sp(col, self.q(lh), plain, v_h, column, (s, s, 1), true);
         }
         let mut out: Lane<T> = [zero; LANES];
         for i in 0..s {
             let (qi, ci) = (lane(q_last, i), lane(col, i));
-            for w in 0..LANES {
-                out[w] += qi[w] * ci[w];
+            for k in 0..LANES {
+                out[k] += qi[k] * ci[k];
             }
         }
-        let obar = residual(&out, &y, valid, two_inv_b, loss);
-        // Backward through the last layer: q̄ = ō·col, r̄ = ō·q (column d of R̄).
-        let rbar_col = &mut rbar[..s * LANES];
+        out
+    }
+
+    /// Backward through the last layer from ō: q̄ = ō·col, r̄ = ō·q (column d of R̄), then
+    /// Q̃̄_h, P̃̄_h's row d and Ḡ.
+    #[inline(always)]
+    fn backward_top(&self, w: &mut Work<T>, obar: &Lane<T>, gpt: &mut [T], gqt: &mut [T]) {
+        let s = self.s;
+        let (m, d) = (s * s, s - 1);
+        let zero = T::default();
+        let (plain, trans) = (View::plain(s), View::transposed(s));
+        let column = View { row: 1, col: 0 };
+        let row_vec = View { row: 0, col: 1 };
+        let l = self.layers - 1;
+        let g_last = &w.g[l * m * LANES..(l + 1) * m * LANES];
+        let q_last = &w.q[l * s * LANES..(l + 1) * s * LANES];
+        let col = &w.t0[..s * LANES];
+        let rbar_col = &mut w.rbar[..s * LANES];
         for i in 0..s {
             let (qi, ci) = (lane(q_last, i), lane(col, i));
-            let (qb, rb) = (lane_mut(qbar, i), &mut [zero; LANES]);
-            for w in 0..LANES {
-                qb[w] = obar[w] * ci[w];
-                rb[w] = obar[w] * qi[w];
+            let (qb, rb) = (lane_mut(&mut w.qbar, i), &mut [zero; LANES]);
+            for k in 0..LANES {
+                qb[k] = obar[k] * ci[k];
+                rb[k] = obar[k] * qi[k];
             }
             *lane_mut(rbar_col, i) = *rb;
         }
-        gbar.fill(zero);
-        for h in 0..heads {
-            let lh = l * heads + h;
-            let v_h = &v[h * s * LANES..(h + 1) * s * LANES];
+        w.gbar.fill(zero);
+        for h in 0..self.heads {
+            let lh = l * self.heads + h;
+            let v_h = &w.v[h * s * LANES..(h + 1) * s * LANES];
             // Q̃̄_h += r̄ v_hᵀ.
-            mm_pp(
-                &mut gqt[lh * m * LANES..(lh + 1) * m * LANES],
-                rbar_col,
-                column,
-                v_h,
-                row_vec,
-                (s, 1, s),
-                true,
-            );
+            let gq = &mut gqt[lh * m * LANES..(lh + 1) * m * LANES];
+            mm_pp(gq, rbar_col, column, v_h, row_vec, (s, 1, s), true);
             // v̄_h = Q̃_hᵀ r̄ (qbar_next is free until the layers below).
-            let vbar = &mut qbar_next[..s * LANES];
-            mm_sp(
-                vbar,
-                &qt[lh * m..(lh + 1) * m],
-                trans,
-                rbar_col,
-                column,
-                (s, s, 1),
-                false,
-            );
+            let vbar = &mut w.qbar_next[..s * LANES];
+            mm_sp(vbar, self.q(lh), trans, rbar_col, column, (s, s, 1), false);
             // Ḡ += v̄ p_hᵀ; P̃̄_h[d, :] += (G v̄)ᵀ.
-            let p_row = &pt[lh * m + d * s..lh * m + (d + 1) * s];
-            mm_ps(gbar, vbar, column, p_row, row_vec, (s, 1, s), true);
-            let gp_row =
-                &mut gpt[lh * m * LANES + d * s * LANES..lh * m * LANES + (d + 1) * s * LANES];
+            let p_row = &self.p(lh)[d * s..(d + 1) * s];
+            mm_ps(&mut w.gbar, vbar, column, p_row, row_vec, (s, 1, s), true);
+            let gp_row = &mut gpt[(lh * m + d * s) * LANES..(lh * m + (d + 1) * s) * LANES];
             mm_pp(gp_row, vbar, row_vec, g_last, plain, (1, s, s), true);
         }
-        // Backward through the layers before the last, from the top.
-        for l in (0..layers - 1).rev() {
+    }
+
+    /// Backward through the layers before the last, from the top, leaving Ḡ₀ in `gbar` and
+    /// q̄₀ in `qbar` (Ḡ₀ only when `mlp`: the MLP below needs it).
+    #[inline(always)]
+    fn backward_lower(&self, w: &mut Work<T>, mlp: bool, gpt: &mut [T], gqt: &mut [T]) {
+        let (s, heads) = (self.s, self.heads);
+        let m = s * s;
+        let (plain, trans) = (View::plain(s), View::transposed(s));
+        let column = View { row: 1, col: 0 };
+        let row_vec = View { row: 0, col: 1 };
+        for l in (0..self.layers - 1).rev() {
+            let Work {
+                g,
+                r,
+                q,
+                a,
+                t0,
+                t1,
+                gbar,
+                gbar_next,
+                rbar,
+                qbar,
+                qbar_next,
+                ..
+            } = &mut *w;
             let g_l = &g[l * m * LANES..(l + 1) * m * LANES];
             let r_l = &r[l * m * LANES..(l + 1) * m * LANES];
             let q_l = &q[l * s * LANES..(l + 1) * s * LANES];
@@ -1140,7 +1165,7 @@ fn block<T: Real, const SIDE: usize>(
             // q̄_l = q̄ Rᵀ.
             mm_pp(qbar_next, qbar, row_vec, r_l, trans, (1, s, s), false);
             // Ḡ_l = R Ḡ Rᵀ + Σ_h Q̃_hᵀ R̄ P̃_h (needed at layer 0 only for the MLP below).
-            let below = l > 0 || mlp.is_some();
+            let below = l > 0 || mlp;
             if below {
                 mm_pp(t0, r_l, plain, gbar, plain, (s, s, s), false);
                 mm_pp(gbar_next, t0, plain, r_l, trans, (s, s, s), false);
@@ -1149,53 +1174,18 @@ fn block<T: Real, const SIDE: usize>(
                 let lh = l * heads + h;
                 let a_lh = &a[lh * m * LANES..(lh + 1) * m * LANES];
                 // Q̃̄_h += R̄ A_hᵀ.
-                mm_pp(
-                    &mut gqt[lh * m * LANES..(lh + 1) * m * LANES],
-                    rbar,
-                    plain,
-                    a_lh,
-                    trans,
-                    (s, s, s),
-                    true,
-                );
+                let gq = &mut gqt[lh * m * LANES..(lh + 1) * m * LANES];
+                mm_pp(gq, rbar, plain, a_lh, trans, (s, s, s), true);
                 // W_h = Q̃_hᵀ R̄; P̃̄_h += W_hᵀ G; Ḡ_l += W_h P̃_h.
-                mm_sp(
-                    t1,
-                    &qt[lh * m..(lh + 1) * m],
-                    trans,
-                    rbar,
-                    plain,
-                    (s, s, s),
-                    false,
-                );
-                mm_pp(
-                    &mut gpt[lh * m * LANES..(lh + 1) * m * LANES],
-                    t1,
-                    trans,
-                    g_l,
-                    plain,
-                    (s, s, s),
-                    true,
-                );
+                mm_sp(t1, self.q(lh), trans, rbar, plain, (s, s, s), false);
+                let gp = &mut gpt[lh * m * LANES..(lh + 1) * m * LANES];
+                mm_pp(gp, t1, trans, g_l, plain, (s, s, s), true);
                 if below {
-                    mm_ps(
-                        gbar_next,
-                        t1,
-                        plain,
-                        &pt[lh * m..(lh + 1) * m],
-                        plain,
-                        (s, s, s),
-                        true,
-                    );
+                    mm_ps(gbar_next, t1, plain, self.p(lh), plain, (s, s, s), true);
                 }
             }
             std::mem::swap(gbar, gbar_next);
             std::mem::swap(qbar, qbar_next);
-        }
-        // Now Ḡ₀ and q̄₀: back through the Gram matrix to the tokens, and through the MLP.
-        if let (Some(front), Some(raw)) = (&mlp, raw) {
-            tokens_from_gram(s, dims.context, tokens, gbar, qbar, t1, tokens_bar);
-            front.backward(raw, hidden, tokens_bar, hidden_bar, gmlp);
         }
     }
 }
@@ -1234,23 +1224,23 @@ fn symmetric_sum<T: Real>(s: usize, a: &[T], out: &mut [T]) {
     }
 }
 
-/// The tokens' gradient `[n+1, s]` from `Ḡ₀` and `q̄₀` (linear attention reads the tokens only
-/// through them): `z̄_t = (Ḡ₀ + Ḡ₀ᵀ) z_t` for the context tokens and `z̄_n = q̄₀`; `sym` is
-/// working memory.
+/// The tokens' gradient `tokens_bar [n+1, s]` from `Ḡ₀` (`gbar`) and `q̄₀` (`qbar`; linear
+/// attention reads the tokens only through them): `z̄_t = (Ḡ₀ + Ḡ₀ᵀ) z_t` for the context
+/// tokens and `z̄_n = q̄₀`; `t1` is working memory.
 #[inline(always)]
-fn tokens_from_gram<T: Real>(
-    s: usize,
-    n: usize,
-    tokens: &[T],
-    gram_bar: &[T],
-    query_bar: &[T],
-    sym: &mut [T],
-    tokens_bar: &mut [T],
-) {
-    symmetric_sum(s, gram_bar, sym);
+fn tokens_from_gram<T: Real>(s: usize, n: usize, w: &mut Work<T>) {
+    symmetric_sum(s, &w.gbar, &mut w.t1);
     let plain = View::plain(s);
-    mm_pp(tokens_bar, tokens, plain, sym, plain, (n, s, s), false);
-    tokens_bar[n * s * LANES..(n + 1) * s * LANES].copy_from_slice(&query_bar[..s * LANES]);
+    mm_pp(
+        &mut w.tokens_bar,
+        &w.tokens,
+        plain,
+        &w.t1,
+        plain,
+        (n, s, s),
+        false,
+    );
+    w.tokens_bar[n * s * LANES..(n + 1) * s * LANES].copy_from_slice(&w.qbar[..s * LANES]);
 }
 
 /// The MLP front end of App. B on one chunk: `φ(x) = W₂ relu(W₀ x + b₀) + b₂` replaces the

@@ -195,6 +195,21 @@ pub(super) fn backward<T: Real>(
     gpt: &mut [T],
     gqt: &mut [T],
 ) {
+    backward_top(dims, s, params, obar, work, gpt, gqt);
+    backward_lower(dims, s, params, work, gpt, gqt);
+}
+
+/// The last layer's part of [`backward`]: from ō to Z̄ of the last layer's input, in `zbar`.
+#[inline(always)]
+fn backward_top<T: Real>(
+    dims: &Dims,
+    s: usize,
+    params: &Embedded<T>,
+    obar: &Lane<T>,
+    work: &mut Work<T>,
+    gpt: &mut [T],
+    gqt: &mut [T],
+) {
     let (layers, heads, n) = (dims.layers, dims.heads, dims.context);
     let (n1, m, d) = (n + 1, s * s, s - 1);
     let zero = T::default();
@@ -203,17 +218,14 @@ pub(super) fn backward<T: Real>(
     let (pt, qt) = (&params.pt, &params.qt);
     let Work {
         zs,
-        probs,
         last,
         uq,
         vd,
-        u,
-        v,
         ubar,
         vbar,
         pbar,
         zbar,
-        zbar_next,
+        ..
     } = work;
     let per = n1 * s * LANES;
     // The last layer: out = z_n[d] + Σ_h Σ_{j<n} π_j v_j.
@@ -266,7 +278,37 @@ pub(super) fn backward<T: Real>(
         let p_row = &pt[lh * m + d * s..lh * m + (d + 1) * s];
         mm_ps(zbar, vbar_d, column, p_row, row_vec, (n1, 1, s), true);
     }
-    // The layers before the last, from the top: zbar is Ā, the gradient of Z_{l+1}.
+}
+
+/// The layers before the last, from the top, in [`backward`]: `zbar` holds Ā, the gradient
+/// of Z_{l+1}, and ends as ∂loss/∂Z₀.
+#[inline(always)]
+fn backward_lower<T: Real>(
+    dims: &Dims,
+    s: usize,
+    params: &Embedded<T>,
+    work: &mut Work<T>,
+    gpt: &mut [T],
+    gqt: &mut [T],
+) {
+    let (layers, heads, n) = (dims.layers, dims.heads, dims.context);
+    let (n1, m) = (n + 1, s * s);
+    let zero = T::default();
+    let (plain, trans) = (View::plain(s), View::transposed(s));
+    let (pt, qt) = (&params.pt, &params.qt);
+    let Work {
+        zs,
+        probs,
+        u,
+        v,
+        ubar,
+        vbar,
+        pbar,
+        zbar,
+        zbar_next,
+        ..
+    } = work;
+    let per = n1 * s * LANES;
     for l in (0..layers - 1).rev() {
         let z_l = &zs[l * per..(l + 1) * per];
         zbar_next.copy_from_slice(zbar);

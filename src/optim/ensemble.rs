@@ -1,5 +1,5 @@
 //! Every optimizer for K members at once, on flat `[K, P]` tensors (fast mode and ensembles):
-//! the batched engine's layout of the rules that [`super::reference`] writes per tensor, and
+//! the ensemble stepper's layout of the rules that [`super::faithful`] writes per tensor, and
 //! docs/spec.md in equations.
 use crate::config::{OptimizerKind, TrainConfig};
 use crate::model::Block;
@@ -20,7 +20,7 @@ use tch::{Device, Kind, Tensor};
 /// and its own step count, as torch.optim's state does when `step()` is not called; so bias
 /// corrections are per member, read from a table computed on the host in float64 exactly as
 /// torch computes the scalars.
-pub struct Optimizer {
+pub struct EnsembleOptimizer {
     hyper: Hyper,
     /// `[K, 1]` learning rates.
     lr: Tensor,
@@ -62,7 +62,7 @@ struct StepValues {
     bias_correction2_sqrt: Tensor,
 }
 
-impl Optimizer {
+impl EnsembleOptimizer {
     /// `members`: each member's optimizer and learning rate; `blocks` the block structure of
     /// one member's `p` parameters ([`crate::model::Layout::blocks`]).
     pub fn new(
@@ -71,7 +71,7 @@ impl Optimizer {
         blocks: Vec<Block>,
         p: i64,
         device: Device,
-    ) -> Optimizer {
+    ) -> EnsembleOptimizer {
         let kind = cfg.dtype.kind();
         let k = members.len() as i64;
         // The kinds in order of first appearance, and each member's.
@@ -111,7 +111,7 @@ impl Optimizer {
             .collect();
         // The learning rate as the run's dtype holds it (a float32 run's is float32, as in torch).
         let lrs: Vec<f64> = members.iter().map(|m| m.1).collect();
-        Optimizer {
+        EnsembleOptimizer {
             decay: decay_factors(cfg.weight_decay, members, &blocks, p, kind, device),
             hyper: Hyper {
                 momentum: cfg.momentum,
@@ -173,7 +173,7 @@ impl Optimizer {
         s
     }
 
-    /// Restores what [`Optimizer::member_state`] saved into member `i`; false when a tensor is
+    /// Restores what [`EnsembleOptimizer::member_state`] saved into member `i`; false when a tensor is
     /// missing or has another shape. Names the member's optimizer does not keep are ignored
     /// (an older checkpoint of a mixed ensemble holds every member's SGD and Adam buffers).
     pub fn load_member_state(&mut self, i: i64, saved: &[(String, Tensor)]) -> bool {

@@ -1,4 +1,4 @@
-//! The batched stepper: K runs of one setting (seeds × optimizers × learning rates) as one
+//! The ensemble stepper: K runs of one setting (seeds × optimizers × learning rates) as one
 //! computation on one device. This is how fast mode trains, alone (K = 1) or as an ensemble.
 //!
 //! Why: a run of the paper's model is thousands of tiny operations per step, so its cost is the
@@ -16,7 +16,7 @@ use crate::config::{Config, Mode, OptimizerKind};
 use crate::data::{Batch, DeviceStream};
 use crate::model::native::NativeFast;
 use crate::model::{self, Arch, Layout};
-use crate::optim::batched::Optimizer;
+use crate::optim::ensemble::EnsembleOptimizer;
 use crate::run::protocol;
 use crate::BadInput;
 use anyhow::{anyhow, Result};
@@ -58,19 +58,19 @@ impl Member {
     }
 }
 
-pub struct BatchedStepper {
+pub struct EnsembleStepper {
     arch: Arch,
     shape: Shape,
     /// All members' parameters, `[K, P]`: one leaf, so the gradient, its norm, clipping and the
     /// optimizer are one tensor op each for the whole ensemble.
     theta: Tensor,
-    optimizer: Optimizer,
+    optimizer: EnsembleOptimizer,
     stream: DeviceStream,
     /// Which stream each member reads (members with one seed share one); `None`: stream i.
     rows: Option<Tensor>,
     /// The gradient of the last [`Stepper::gradients`], `[K, P]`.
     grad: Tensor,
-    /// Batches given by [`BatchedStepper::feed`] for the next step instead of the streams'.
+    /// Batches given by [`EnsembleStepper::feed`] for the next step instead of the streams'.
     fed: Option<(Batch, Option<Tensor>)>,
     /// The native CPU kernel, where the model is one it computes ([`NativeFast::new`]);
     /// otherwise the libtorch fast forward and autograd.
@@ -100,10 +100,10 @@ fn kernel_threads(arch: &Arch, members: usize, prompts: i64) -> usize {
 /// 74 million.
 const SOLO_THREADS_MIN_WORK: i64 = 4_000_000;
 
-impl BatchedStepper {
+impl EnsembleStepper {
     /// Every member at iteration 0, initialised as the faithful run with its seed is
     /// ([`protocol::start`]), on `device`.
-    pub fn start(cfg: &Config, members: &[Member], device: Device) -> Result<BatchedStepper> {
+    pub fn start(cfg: &Config, members: &[Member], device: Device) -> Result<EnsembleStepper> {
         if members.is_empty() {
             return Err(anyhow!(BadInput(
                 "an ensemble needs at least one member".into()
@@ -146,9 +146,15 @@ impl BatchedStepper {
         let identity = rows.iter().enumerate().all(|(i, &r)| r == i as i64);
         let rules: Vec<(OptimizerKind, f64)> =
             members.iter().map(|m| (m.optimizer, m.lr)).collect();
-        Ok(BatchedStepper {
+        Ok(EnsembleStepper {
             arch,
-            optimizer: Optimizer::new(&cfg.train, &rules, layout.blocks(), layout.total, device),
+            optimizer: EnsembleOptimizer::new(
+                &cfg.train,
+                &rules,
+                layout.blocks(),
+                layout.total,
+                device,
+            ),
             theta,
             stream: DeviceStream::new(cfg, &seeds, teacher, device),
             rows: (!identity).then(|| Tensor::from_slice(&rows).to_device(device)),
@@ -214,7 +220,7 @@ impl BatchedStepper {
     }
 }
 
-impl Stepper for BatchedStepper {
+impl Stepper for EnsembleStepper {
     fn shape(&self) -> &Shape {
         &self.shape
     }

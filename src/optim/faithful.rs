@@ -35,7 +35,7 @@ enum Rule {
 }
 
 /// One optimizer over all the parameters of a `VarStore`.
-pub struct Optimizer {
+pub struct FaithfulOptimizer {
     lr: f64,
     momentum: f64,
     betas: [f64; 2],
@@ -90,8 +90,12 @@ fn blocks(params: &[Tensor]) -> Vec<Block> {
     out
 }
 
-impl Optimizer {
-    pub fn new(cfg: &TrainConfig, vs: &nn::VarStore, params: &[Tensor]) -> Result<Optimizer> {
+impl FaithfulOptimizer {
+    pub fn new(
+        cfg: &TrainConfig,
+        vs: &nn::VarStore,
+        params: &[Tensor],
+    ) -> Result<FaithfulOptimizer> {
         let primitive = || nn::Sgd::default().build(vs, cfg.lr);
         let libtorch = match (cfg.optimizer_impl, cfg.optimizer) {
             (OptimizerImpl::Reference, _) => None,
@@ -125,7 +129,7 @@ impl Optimizer {
             (_, OptimizerKind::AdamMini) => (Rule::AdamMini, None),
             (_, OptimizerKind::Muon) => (Rule::Muon, Some(primitive()?)),
         };
-        let mut opt = Optimizer {
+        let mut opt = FaithfulOptimizer {
             lr: cfg.lr,
             momentum: cfg.momentum,
             betas: cfg.betas,
@@ -377,7 +381,7 @@ impl Optimizer {
         s
     }
 
-    /// Restores what [`Optimizer::state`] saved. Returns false when the state cannot be
+    /// Restores what [`FaithfulOptimizer::state`] saved. Returns false when the state cannot be
     /// restored (tch's C++ optimizers keep theirs out of reach, or a tensor is missing).
     pub fn load_state(&mut self, saved: &[(String, Tensor)]) -> bool {
         let find = |name: &str| saved.iter().find(|(n, _)| n == name).map(|(_, t)| t);
