@@ -1,39 +1,17 @@
 //! The autograd gradient of the forward pass, checked against central finite differences
 //! in float64.
+mod common;
+use common::{random_problem, small_arch};
 use linattn::config::{Attention, Parametrization};
-use linattn::data::Batch;
 use linattn::model::{self, Arch};
-use tch::{Device, Kind, Tensor};
-
-fn small_arch(parametrization: Parametrization, attention: Attention, mlp_hidden: i64) -> Arch {
-    Arch {
-        layers: 2,
-        heads: 2,
-        dim: 3,
-        context: 4,
-        parametrization,
-        attention,
-        mlp_hidden,
-    }
-}
+use tch::Tensor;
 
 fn check_gradient(arch: Arch) {
-    tch::manual_seed(3);
-    let opts = (Kind::Double, Device::Cpu);
-    let params: Vec<Tensor> = arch
-        .param_specs()
-        .iter()
-        .map(|(_, s)| (Tensor::randn(s.as_slice(), opts) * 0.3).set_requires_grad(true))
+    let (params, batch) = random_problem(&arch, 3);
+    let params: Vec<Tensor> = params
+        .into_iter()
+        .map(|p| p.set_requires_grad(true))
         .collect();
-    let z = Tensor::randn([6, arch.context + 1, arch.dim + 1], opts);
-    let _ = z
-        .narrow(1, arch.context, 1)
-        .narrow(2, arch.dim, 1)
-        .fill_(0.0);
-    let batch = Batch {
-        z,
-        y_query: Tensor::randn([6], opts),
-    };
     let loss = model::loss(&arch, &params, &batch);
     let grads = Tensor::run_backward(&[loss], &params, false, false);
     let h = 1e-6;

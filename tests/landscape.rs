@@ -12,18 +12,6 @@ use tch::{Device, Kind, Tensor};
 
 // ----------------------------------------------------------------------------- exactness
 
-fn small_arch(parametrization: Parametrization, attention: Attention, mlp_hidden: i64) -> Arch {
-    Arch {
-        layers: 2,
-        heads: 2,
-        dim: 3,
-        context: 4,
-        parametrization,
-        attention,
-        mlp_hidden,
-    }
-}
-
 /// The architectures every exactness test runs on: the paper's model, softmax attention and
 /// the MLP variant (whose Hessian also covers the MLP's parameters).
 fn arches() -> Vec<Arch> {
@@ -39,25 +27,7 @@ fn problem(arch: &Arch) -> (Vec<Tensor>, Batch) {
     // Tiny tensors gain nothing from threads, and on a shared 2-core runner OpenMP threads
     // that spin-wait for a starved sibling make these hundreds of small passes many times slower.
     tch::set_num_threads(1);
-    tch::manual_seed(11);
-    let opts = (Kind::Double, Device::Cpu);
-    let params = arch
-        .param_specs()
-        .iter()
-        .map(|(_, s)| Tensor::randn(s.as_slice(), opts) * 0.3)
-        .collect();
-    let z = Tensor::randn([6, arch.context + 1, arch.dim + 1], opts);
-    let _ = z
-        .narrow(1, arch.context, 1)
-        .narrow(2, arch.dim, 1)
-        .fill_(0.0);
-    (
-        params,
-        Batch {
-            z,
-            y_query: Tensor::randn([6], opts),
-        },
-    )
+    random_problem(arch, 11)
 }
 
 /// The Hessian by central differences of the autograd gradient, column by column.

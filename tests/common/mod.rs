@@ -130,3 +130,43 @@ pub fn python_on_run(script: &str, dir: &Path) -> String {
         .arg(dir);
     String::from_utf8_lossy(&ok(c).stdout).into_owned()
 }
+
+/// A model small enough for exact Hessians and finite differences: L = 2, H = 2, d = 3, n = 4.
+pub fn small_arch(
+    parametrization: linattn::config::Parametrization,
+    attention: linattn::config::Attention,
+    mlp_hidden: i64,
+) -> linattn::model::Arch {
+    linattn::model::Arch {
+        layers: 2,
+        heads: 2,
+        dim: 3,
+        context: 4,
+        parametrization,
+        attention,
+        mlp_hidden,
+    }
+}
+
+/// Random float64 parameters (normal × 0.3) and a batch of 6 prompts for `arch`, drawn from
+/// `seed` in that order.
+pub fn random_problem(
+    arch: &linattn::model::Arch,
+    seed: i64,
+) -> (Vec<tch::Tensor>, linattn::data::Batch) {
+    use tch::{Device, Kind, Tensor};
+    tch::manual_seed(seed);
+    let opts = (Kind::Double, Device::Cpu);
+    let params = arch
+        .param_specs()
+        .iter()
+        .map(|(_, s)| Tensor::randn(s.as_slice(), opts) * 0.3)
+        .collect();
+    let z = Tensor::randn([6, arch.context + 1, arch.dim + 1], opts);
+    let _ = z
+        .narrow(1, arch.context, 1)
+        .narrow(2, arch.dim, 1)
+        .fill_(0.0);
+    let y_query = Tensor::randn([6], opts);
+    (params, linattn::data::Batch { z, y_query })
+}

@@ -709,47 +709,27 @@ fn row_block<T: Real, const A_SHARED: bool, const B_SHARED: bool, const J: usize
     }
 }
 
-/// [`mm`] of per-prompt A and B.
-#[inline(always)]
-fn mm_pp<T: Real>(
-    out: &mut [T],
-    a: &[T],
-    av: View,
-    b: &[T],
-    bv: View,
-    dims: (usize, usize, usize),
-    acc: bool,
-) {
-    mm::<T, false, false>(out, a, av, b, bv, dims, acc)
+/// [`mm`] with the operands that are shared (one matrix for every prompt) fixed by name:
+/// `mm_pp` both per prompt, `mm_sp` a shared A, `mm_ps` a shared B.
+macro_rules! mm_of {
+    ($name:ident, $shared_a:literal, $shared_b:literal) => {
+        #[inline(always)]
+        fn $name<T: Real>(
+            out: &mut [T],
+            a: &[T],
+            av: View,
+            b: &[T],
+            bv: View,
+            dims: (usize, usize, usize),
+            acc: bool,
+        ) {
+            mm::<T, $shared_a, $shared_b>(out, a, av, b, bv, dims, acc)
+        }
+    };
 }
-
-/// [`mm`] of a shared A and a per-prompt B.
-#[inline(always)]
-fn mm_sp<T: Real>(
-    out: &mut [T],
-    a: &[T],
-    av: View,
-    b: &[T],
-    bv: View,
-    dims: (usize, usize, usize),
-    acc: bool,
-) {
-    mm::<T, true, false>(out, a, av, b, bv, dims, acc)
-}
-
-/// [`mm`] of a per-prompt A and a shared B.
-#[inline(always)]
-fn mm_ps<T: Real>(
-    out: &mut [T],
-    a: &[T],
-    av: View,
-    b: &[T],
-    bv: View,
-    dims: (usize, usize, usize),
-    acc: bool,
-) {
-    mm::<T, false, true>(out, a, av, b, bv, dims, acc)
-}
+mm_of!(mm_pp, false, false);
+mm_of!(mm_sp, true, false);
+mm_of!(mm_ps, false, true);
 
 /// P̃ (scaled by 1/n) and Q̃ of every layer and head of one member, `[L, H, side, side]`,
 /// and its MLP's parameters as they are (`w0 [h, d]`, `b0 [h]`, `w2 [d, h]`, `b2 [d]`).
