@@ -24,8 +24,13 @@ fn files_of(module: &str) -> Vec<PathBuf> {
     if single.exists() {
         return vec![single];
     }
+    rs_files(&root().join(module))
+}
+
+/// Every .rs file below `dir`.
+fn rs_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = vec![];
-    let mut stack = vec![root().join(module)];
+    let mut stack = vec![dir.to_path_buf()];
     while let Some(dir) = stack.pop() {
         for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
             let p = e.unwrap().path();
@@ -203,18 +208,7 @@ const LONGEST_FUNCTION: usize = 90;
 
 #[test]
 fn no_function_in_src_is_longer_than_about_80_lines() {
-    let mut files = vec![];
-    let mut stack = vec![root()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "rs") {
-                files.push(p);
-            }
-        }
-    }
+    let files = rs_files(&root());
     let mut long = vec![];
     let mut counted = 0;
     for f in &files {
