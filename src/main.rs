@@ -414,7 +414,7 @@ fn train_command(args: TrainArgs, options: linattn::train::Options) -> Result<i3
         ))));
     }
     let opts = linattn::train::Options {
-        force,
+        replace: linattn::train::Replace::forced(force),
         checkpoint_every,
         ..options
     };

@@ -7,7 +7,7 @@
 //! Where a run's folder is: [`crate::run::naming`].
 use crate::config::{Config, Mode, OptimizerKind};
 use crate::run::{FolderBusy, RunFolder, State, Status, Summary};
-use crate::train::{self, Member, Options};
+use crate::train::{self, Member, Options, Replace};
 use anyhow::{anyhow, Result};
 use std::path::{Path, PathBuf};
 
@@ -45,9 +45,11 @@ pub const MAX_MEMBERS: usize = 24;
 
 /// What a run does not share with the other members of its ensemble.
 fn setting_of(cfg: &Config) -> Config {
+    // An optimizer with weight decay, so that the key keeps the run's `train.weight_decay`:
+    // an ensemble has one, for its members whose optimizer decays.
     Member {
         seed: 0,
-        optimizer: OptimizerKind::Sgd,
+        optimizer: OptimizerKind::Adamw,
         lr: 1.0,
     }
     .config(cfg)
@@ -220,8 +222,10 @@ fn train_todo(
     opts: &Options,
     summaries: &mut [Option<Summary>],
 ) -> Result<Option<Trained>> {
+    // Whatever the look in `ensure` saw, the lock decides: a run another worker finished
+    // meanwhile is kept (and reported busy, so that this worker comes back and reuses it).
     let opts = Options {
-        force: true,
+        replace: Replace::Leftovers,
         ..opts.clone()
     };
     let trained = match cfgs[todo[0]].train.mode {

@@ -258,7 +258,12 @@ impl RunFolder {
 
     pub fn state(&self) -> State {
         if !self.has_config() {
-            return if self.dir.exists() {
+            // A folder that holds nothing but its lock file was never started: another worker
+            // only took its lock (or looked whether it could) and let go.
+            let started = std::fs::read_dir(&self.dir)
+                .map(|entries| entries.flatten().any(|e| e.file_name() != LOCK))
+                .unwrap_or(false);
+            return if started {
                 State::Broken
             } else {
                 State::Missing
@@ -544,6 +549,20 @@ impl RunFolder {
 mod tests {
     use super::*;
     use tch::{Device, Kind};
+
+    #[test]
+    fn a_folder_that_only_another_worker_locked_is_missing_and_one_with_files_is_broken() {
+        // A worker that looks whether a unit is free takes its folders' locks for a moment, and
+        // creates them; a worker that then trains it must count it as trained, not restarted.
+        let dir = tempfile::tempdir().unwrap();
+        let f = RunFolder::new(dir.path().join("run"));
+        assert!(matches!(f.state(), State::Missing));
+        drop(f.lock().unwrap());
+        assert!(f.dir().join(LOCK).exists());
+        assert!(matches!(f.state(), State::Missing));
+        f.write_metrics(&[]).unwrap();
+        assert!(matches!(f.state(), State::Broken));
+    }
 
     #[test]
     fn checkpoints_append_only_new_snapshots_and_a_resume_drops_those_written_past_its_checkpoint()

@@ -4,7 +4,7 @@ use crate::config::{Config, Mode};
 use crate::plots;
 use crate::run::io::{self as artifacts, fmt_f32};
 use crate::run::RunFolder;
-use crate::train::{self, Options};
+use crate::train::{self, Options, Replace};
 use crate::BadInput;
 use anyhow::{anyhow, Context, Result};
 use std::path::{Path, PathBuf};
@@ -67,7 +67,7 @@ pub fn compare(
     }
     let (rust_dir, torch_dir) = (out.join("rust"), out.join("torch"));
     let opts = Options {
-        force: true,
+        replace: Replace::Anything,
         ..opts.clone()
     };
     train::train(cfg, &rust_dir, &opts)?;

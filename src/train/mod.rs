@@ -15,7 +15,7 @@ pub use faithful::FaithfulStepper;
 
 use crate::config::{Config, Mode};
 use crate::model::{Arch, Layout};
-use crate::run::{Checkpoint, FolderLock, MetricsRow, RunFolder, State, Summary};
+use crate::run::{Checkpoint, FolderBusy, FolderLock, MetricsRow, RunFolder, State, Summary};
 use crate::BadInput;
 use anyhow::{anyhow, Result};
 use driver::Restored;
@@ -38,8 +38,8 @@ pub enum Progress {
 #[derive(Clone)]
 pub struct Options {
     pub progress: Progress,
-    /// Replace a run that is already in the folder.
-    pub force: bool,
+    /// What a new run may replace in its folder.
+    pub replace: Replace,
     /// Write a checkpoint every this many iterations (0: only when interrupted).
     pub checkpoint_every: i64,
     /// Set by a signal handler: stop after the current iteration, checkpoint, and return.
@@ -50,7 +50,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             progress: Progress::Quiet,
-            force: false,
+            replace: Replace::Nothing,
             checkpoint_every: 250,
             stop: Arc::new(AtomicBool::new(false)),
         }
@@ -64,21 +64,59 @@ pub struct Outcome {
     pub metrics: Vec<MetricsRow>,
 }
 
-/// Locks a folder for a new run: refuses one that holds a run's results unless `force`, then
-/// clears it. A folder left by a start that failed before its first checkpoint (a config and a
-/// `failed` or `running` summary, nothing else) holds nothing to keep, and a retry takes it.
-fn claim(folder: &RunFolder, force: bool) -> Result<FolderLock> {
-    let lock = folder.lock()?;
-    if folder.has_config() {
-        if !force && folder.holds_results() {
-            return Err(anyhow!(BadInput(format!(
-                "output folder {} already holds a run; pass --force to replace it or --resume to continue it",
-                folder.dir().display()
-            ))));
+/// What a new run may replace in its folder (anything but `Nothing` clears it once locked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replace {
+    /// Only a start that failed before its first checkpoint: a config and a `failed` or
+    /// `running` summary, nothing else (the default; a retry takes it).
+    Nothing,
+    /// Anything but a finished run: what `reproduce` and `train --resume` leave behind
+    /// (damaged, or without a checkpoint to continue from).
+    Leftovers,
+    /// Everything, a finished run included (`--force`).
+    Anything,
+}
+
+impl Replace {
+    /// The rule of a command's `--force` flag.
+    pub fn forced(force: bool) -> Replace {
+        if force {
+            Replace::Anything
+        } else {
+            Replace::Nothing
         }
+    }
+}
+
+/// Locks folders for new runs, then clears them, unless one holds something `replace` keeps:
+/// then nothing is cleared. A finished run kept from a leftovers' replacement is reported as
+/// [`FolderBusy`]: it is looked at under the lock, and a finished one there means another
+/// worker ended it between the caller's look and this lock, so the caller comes back and
+/// finds it done.
+fn claim(folders: &[RunFolder], replace: Replace) -> Result<Vec<FolderLock>> {
+    let mut locks = Vec::with_capacity(folders.len());
+    for folder in folders {
+        locks.push(folder.lock()?);
+        if !folder.has_config() {
+            continue;
+        }
+        match replace {
+            Replace::Nothing if folder.holds_results() => {
+                return Err(anyhow!(BadInput(format!(
+                    "output folder {} already holds a run; pass --force to replace it or --resume to continue it",
+                    folder.dir().display()
+                ))));
+            }
+            Replace::Leftovers if matches!(folder.state(), State::Done(_)) => {
+                return Err(anyhow::Error::new(FolderBusy(folder.dir().to_path_buf())));
+            }
+            _ => {}
+        }
+    }
+    for folder in folders.iter().filter(|f| f.has_config()) {
         folder.clear();
     }
-    Ok(lock)
+    Ok(locks)
 }
 
 /// The bytes a run of `members` members of `cfg` holds at the least: parameters, gradients
@@ -181,7 +219,7 @@ pub fn train(cfg: &Config, out: &Path, opts: &Options) -> Result<Outcome> {
     let device = cfg.device()?;
     check_memory(cfg, 1, device)?;
     let folder = RunFolder::new(out);
-    let _lock = claim(&folder, opts.force)?;
+    let _lock = claim(std::slice::from_ref(&folder), opts.replace)?;
     folder.create(cfg)?;
     let folders = [folder];
     Ok(guarded(&folders, || {
@@ -224,10 +262,7 @@ pub fn train_ensemble(
     }
     let device = cfg.device()?;
     check_memory(cfg, members.len(), device)?;
-    let _locks: Vec<FolderLock> = folders
-        .iter()
-        .map(|f| claim(f, opts.force))
-        .collect::<Result<_>>()?;
+    let _locks = claim(&folders, opts.replace)?;
     let configs: Vec<Config> = members.iter().map(|m| m.config(cfg)).collect();
     for (f, c) in folders.iter().zip(&configs) {
         f.create(c)?;
@@ -380,7 +415,7 @@ pub fn resume(dir: &Path, opts: &Options) -> Result<Vec<Outcome>> {
             &cfg,
             dir,
             &Options {
-                force: true,
+                replace: Replace::Leftovers,
                 ..opts.clone()
             },
         )?]);
@@ -461,14 +496,59 @@ mod tests {
         f.create(&Config::default()).unwrap();
         let failed = Summary::of_rust(Status::Failed, None, 0, 0.0, Device::Cpu);
         f.write_summary(&failed).unwrap();
-        drop(claim(&f, false).expect("nothing to keep: a retry takes the folder"));
+        drop(
+            claim(std::slice::from_ref(&f), Replace::Nothing)
+                .expect("nothing to keep: a retry takes the folder"),
+        );
         assert!(!f.has_config(), "the failed start's files are cleared");
 
         f.create(&Config::default()).unwrap();
         f.write_metrics(&[]).unwrap();
-        let e = claim(&f, false).err().expect("metrics are a result");
+        let e = claim(std::slice::from_ref(&f), Replace::Nothing)
+            .err()
+            .expect("metrics are a result");
         assert!(format!("{e:#}").contains("--force"), "{e:#}");
-        drop(claim(&f, true).expect("--force replaces it"));
+        drop(
+            claim(std::slice::from_ref(&f), Replace::Leftovers)
+                .expect("an unfinished run's metrics are leftovers"),
+        );
+        assert!(!f.has_config(), "the leftovers are cleared");
+    }
+
+    #[test]
+    fn a_worker_that_finds_a_run_finished_under_the_lock_keeps_it_and_says_busy() {
+        // The race of two reproduce workers: one saw the run unfinished, the other finished it
+        // and let go, then the first took the lock. Replacing leftovers must not clear it.
+        let dir = tempfile::tempdir().unwrap();
+        let f = RunFolder::new(dir.path().join("run"));
+        f.create(&Config::default()).unwrap();
+        f.write_metrics(&[]).unwrap();
+        std::fs::write(f.dir().join("trajectory.safetensors"), b"").unwrap();
+        let done = Summary::of_rust(Status::Completed, None, 3, 0.0, Device::Cpu);
+        f.write_summary(&done).unwrap();
+        assert!(matches!(f.state(), State::Done(_)));
+
+        let e = claim(std::slice::from_ref(&f), Replace::Leftovers)
+            .err()
+            .expect("a finished run is kept");
+        assert!(e.downcast_ref::<FolderBusy>().is_some(), "{e:#}");
+        assert!(matches!(f.state(), State::Done(_)), "nothing was cleared");
+        // An ensemble's folders: a leftover before the finished one is not cleared either.
+        let leftover = RunFolder::new(dir.path().join("leftover"));
+        leftover.create(&Config::default()).unwrap();
+        leftover.write_metrics(&[]).unwrap();
+        let both = [leftover, f];
+        assert!(claim(&both, Replace::Leftovers).is_err());
+        assert!(
+            both[0].has_config(),
+            "nothing is cleared unless everything may be"
+        );
+        let f = &both[1];
+        drop(
+            claim(std::slice::from_ref(f), Replace::Anything)
+                .expect("--force replaces even a finished run"),
+        );
+        assert!(!f.has_config());
     }
 
     #[test]
