@@ -97,6 +97,9 @@ fn every_figure_yaml_parses_and_names_existing_settings() {
         "fig8",
         "appB",
         "lr_grid",
+        "optimizers",
+        "full_batch",
+        "hessian_blocks",
     ] {
         assert!(
             ids.iter().any(|i| i == want),
@@ -128,20 +131,32 @@ fn every_figure_yaml_parses_and_names_existing_settings() {
                 )
                 .unwrap_or_else(|e| panic!("{id}: {e:#}"));
             assert!(!runs.is_empty(), "{id}: no runs");
-            if spec.lr_grid.is_some() && !quick {
-                let per = runs
-                    .iter()
-                    .filter(|r| {
-                        r.series == 0
-                            && r.optimizer == linattn::config::OptimizerKind::Sgd
-                            && r.seed == res.seeds[0]
-                    })
-                    .count();
+            let per = runs
+                .iter()
+                .filter(|r| {
+                    r.series == 0
+                        && r.optimizer == spec.runs.optimizers[0]
+                        && r.seed == res.seeds[0]
+                })
+                .count();
+            if id == "lr_grid" && !quick {
                 assert_eq!(
                     per, 10,
                     "{id}: the paper-scale grid has 10 learning rates per optimizer and setting"
                 );
             }
+            if id == "optimizers" && !quick {
+                assert!(
+                    per >= 8,
+                    "{id}: at least 8 learning rates per optimizer, got {per}"
+                );
+                assert_eq!(spec.runs.optimizers.len(), 8, "{id}: every optimizer");
+            }
+            assert_eq!(
+                spec.beyond_paper,
+                ["optimizers", "full_batch", "hessian_blocks"].contains(&id.as_str()),
+                "{id}: only the testbed's figures are beyond the paper"
+            );
         }
     }
 }
@@ -328,16 +343,12 @@ fn a_fast_run_left_without_its_summary_is_trained_again_and_the_rest_reused() {
 fn a_fast_lr_grid_trains_as_one_ensemble_and_its_diverged_member_is_a_result() {
     let tmp = tempdir();
     let fig = write_figure(tmp.path(), "grid", GRID);
-    // One process: the counts below are this process's (two workers can race for the one
-    // ensemble; that race is the jobs tests' subject, not this one's).
-    let mut c = reproduce_fast(&fig, tmp.path());
-    c.args(["--jobs", "1"]);
-    let out = stdout(&ok(c));
+    let out = stdout(&ok(reproduce_fast(&fig, tmp.path())));
     assert!(
         out.contains("runs trained 6") && out.contains("ensembles trained 1;"),
         "{out}"
     );
-    let csv = std::fs::read_to_string(tmp.path().join("plots/lr_grid.csv")).unwrap();
+    let csv = std::fs::read_to_string(tmp.path().join("plots/grid.csv")).unwrap();
     let sgd_huge = csv
         .lines()
         .find(|l| l.starts_with("s1,sgd,20000,"))
@@ -371,7 +382,7 @@ fn a_diverging_lr_in_the_grid_is_recorded_as_worst_not_a_crash() {
     let fig = write_figure(tmp.path(), "grid", GRID);
     let o = ok(reproduce(&fig, tmp.path()));
     assert!(stdout(&o).contains("runs trained 6"), "{}", stdout(&o));
-    let csv = std::fs::read_to_string(tmp.path().join("plots/lr_grid.csv")).unwrap();
+    let csv = std::fs::read_to_string(tmp.path().join("plots/grid.csv")).unwrap();
     let sgd_huge = csv
         .lines()
         .find(|l| l.starts_with("s1,sgd,20000,"))
@@ -380,10 +391,9 @@ fn a_diverging_lr_in_the_grid_is_recorded_as_worst_not_a_crash() {
         sgd_huge.contains(",diverged,inf,") && sgd_huge.ends_with(",false"),
         "{sgd_huge}"
     );
-    let choices: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(tmp.path().join("plots/lr_grid.json")).unwrap(),
-    )
-    .unwrap();
+    let choices: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("plots/grid.json")).unwrap())
+            .unwrap();
     let sgd = choices
         .as_array()
         .unwrap()
@@ -1059,4 +1069,146 @@ fn a_second_plain_reproduce_waits_for_the_unit_the_first_holds_then_draws() {
         said(&first, "measured ") && !said(&second, "measured "),
         "the noise is measured once, by the first: {first}\n{second}"
     );
+}
+
+/// The testbed's figures in small: block spectra, heterogeneity and update sharpness of three
+/// optimizers, and a learning-rate grid over all eight with the loss at each best rate.
+const BLOCKS: &str = r#"
+title: "tiny blocks"
+paper: "none: a test"
+beyond_paper: true
+series:
+  - {id: s1, label: "Setting 1, B = 64", settings: setting1_normal_n20.yaml, set: [data.batch=64], lr: {sgd: 0.02, adam: 0.02, sign: 0.002}}
+runs: {optimizers: [sgd, adam, sign], seeds: [0, 1], iters: 6, save_every: 1}
+measure: {loss_every: 2, smoothness_every: 2, spectrum_every: 3, spectrum_at: [0, 6]}
+panels: [block_spectra, loss, heterogeneity, smoothness]
+quick: {}
+"#;
+
+const EIGHT: &str = r#"
+title: "tiny optimizers"
+paper: "none: a test"
+beyond_paper: true
+series:
+  - {id: s1, label: "Setting 1, B = 32", settings: setting1_normal_n20.yaml, set: [data.batch=32],
+     lr: {sgd: 0.02, adam: 0.02, adamw: 0.02, sign: 0.002, normalized: 0.02, lion: 0.005, adam_mini: 0.02, muon: 0.05}}
+runs: {optimizers: [sgd, adam, adamw, sign, normalized, lion, adam_mini, muon], seeds: [0, 1], iters: 4, save_every: 4, weight_decay: 0.01}
+lr_grid: {factors: [0.5, 1]}
+measure: {loss_every: 2}
+panels: [lr_sweep, best_loss]
+quick: {}
+"#;
+
+#[test]
+fn the_testbed_figures_draw_block_spectra_heterogeneity_sharpness_and_every_optimizers_best_rate() {
+    let tmp = tempdir();
+    let blocks = write_figure(tmp.path(), "blocks", BLOCKS);
+    let eight = write_figure(tmp.path(), "eight", EIGHT);
+    let mut c = reproduce_fast(&blocks, tmp.path());
+    c.arg(&eight);
+    let out = stdout(&ok(c));
+    assert!(out.contains("runs trained 38"), "6 + 2 x 8 x 2 runs: {out}");
+    let plots = tmp.path().join("plots");
+    for id in ["blocks", "eight"] {
+        let png = std::fs::read(plots.join(format!("{id}.png"))).expect("png");
+        assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000);
+    }
+
+    let b = figure_numbers(&plots, "blocks");
+    let q = b["quantities"].as_array().unwrap();
+    let find = |what: &str, o: &str| {
+        q.iter()
+            .find(|x| x["quantity"] == what && x["optimizer"] == o)
+            .unwrap_or_else(|| panic!("no {what} of {o}: {b}"))
+    };
+    for o in ["sgd", "adam", "sign"] {
+        for what in [
+            "block_heterogeneity at 0",
+            "block_heterogeneity at 6",
+            "update sharpness (median over iterations)",
+        ] {
+            let x = find(what, o);
+            let mean = x["mean"].as_f64().unwrap();
+            assert!(mean.is_finite() && mean != 0.0, "{x}");
+            assert_eq!(x["seeds"], 2, "{x}");
+        }
+    }
+    // At initialisation every optimizer's model is the same: the ratio to SGD is 1.
+    let at0 = find("block_heterogeneity at 0", "adam")["vs_sgd"]
+        .as_f64()
+        .unwrap();
+    assert!((at0 - 1.0).abs() < 1e-12, "{at0}");
+    assert!(find("block_heterogeneity at 6", "sgd")["vs_sgd"].is_null());
+
+    let e = figure_numbers(&plots, "eight");
+    let ratios = e["loss_ratios"].as_array().unwrap();
+    assert_eq!(
+        ratios.len(),
+        7,
+        "each optimizer at its best rate over SGD at its: {e}"
+    );
+    assert_eq!(e["lr_choices"].as_array().unwrap().len(), 8, "{e}");
+    let grid = std::fs::read_to_string(plots.join("eight.csv")).expect("the grid's runs");
+    assert_eq!(grid.lines().count(), 1 + 32, "{grid}");
+    assert!(
+        !plots.join("lr_grid.csv").exists(),
+        "the paper's grid file is its own"
+    );
+
+    let md = std::fs::read_to_string(plots.join("summary.md")).unwrap();
+    let beyond = md.find("# Beyond the paper").expect("the testbed's part");
+    assert!(
+        md[beyond..].contains("## blocks") && md[beyond..].contains("## eight"),
+        "{md}"
+    );
+    assert!(
+        md[beyond..].contains("grid centre") && md[beyond..].contains("Muon"),
+        "{md}"
+    );
+    assert!(
+        !md[..beyond].contains("blocks"),
+        "the paper's overviews leave the testbed out: {md}"
+    );
+}
+
+#[test]
+fn reproduce_without_names_makes_the_papers_figures_and_a_testbed_figure_only_when_named() {
+    let tmp = tempdir();
+    let experiments = tmp.path().join("experiments");
+    std::fs::create_dir_all(experiments.join("figures")).unwrap();
+    std::fs::create_dir_all(experiments.join("settings")).unwrap();
+    std::fs::copy(
+        root().join("experiments/settings/setting1_normal_n20.yaml"),
+        experiments.join("settings/setting1_normal_n20.yaml"),
+    )
+    .unwrap();
+    write_figure(&experiments.join("figures"), "paper", TINY);
+    write_figure(
+        &experiments.join("figures"),
+        "testbed",
+        &BLOCKS.replace("sign: 0.002}", "sign: 0.003}"),
+    );
+    let missing = |names: &[&str]| {
+        let mut c = linattn();
+        c.arg("reproduce")
+            .args(names)
+            .arg("--experiments")
+            .arg(&experiments)
+            .arg("--runs")
+            .arg(tmp.path().join("runs"))
+            .arg("--plots")
+            .arg(tmp.path().join("plots"))
+            .arg("--draw-only");
+        let o = output(c);
+        assert_eq!(o.status.code(), Some(4), "nothing is trained yet");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let all = missing(&[]);
+    assert!(all.contains("sgd-lr0.02-seed0"), "{all}");
+    assert!(
+        !all.contains("lr0.003"),
+        "the testbed figure was not asked for: {all}"
+    );
+    let named = missing(&["testbed"]);
+    assert!(named.contains("sign-lr0.003"), "{named}");
 }

@@ -22,6 +22,10 @@ pub(super) fn figure_data(fig: &Figure, req: &Request) -> Result<FigureData> {
         let (skipped_steps, _) =
             io::nonfinite_steps(&metrics, summary.status == crate::run::Status::Diverged);
         let first_nonfinite = metrics.iter().find(|r| !r.is_finite()).map(|r| r.iter);
+        let spectra = match fig.spec.panels.contains(&spec::PanelKind::BlockSpectra) {
+            true => measure::spectrum::read(&folder)?,
+            false => Default::default(),
+        };
         results.push(RunResult {
             spec: spec_run.clone(),
             dir: dir.clone(),
@@ -29,6 +33,7 @@ pub(super) fn figure_data(fig: &Figure, req: &Request) -> Result<FigureData> {
             rows,
             skipped_steps,
             first_nonfinite,
+            spectra,
         });
     }
     let mut noise = vec![];
@@ -89,9 +94,10 @@ pub(super) fn draw(
         &panels::rows(data),
     )?;
     report.pngs.push(png.clone());
+    // A grid's every run, beside the figure: `lr_grid.csv` for the lr_grid figure.
     if data.spec.lr_grid.is_some() {
         io::write_atomic(
-            &req.plots.join("lr_grid.csv"),
+            &req.plots.join(format!("{id}.csv")),
             summary::lr_grid_csv(data).as_bytes(),
         )?;
     }
@@ -121,7 +127,7 @@ pub(super) fn draw(
     }
     if data.spec.lr_grid.is_some() {
         let json = serde_json::to_string_pretty(&fs.lr_choices)? + "\n";
-        io::write_atomic(&req.plots.join("lr_grid.json"), json.as_bytes())?;
+        io::write_atomic(&req.plots.join(format!("{id}.json")), json.as_bytes())?;
     }
     summary::save(&req.plots, &fs)?;
     summary::write_all(&req.plots)?;

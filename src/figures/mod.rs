@@ -153,6 +153,8 @@ pub struct RunResult {
     pub skipped_steps: usize,
     /// The first iteration whose loss or gradient was not finite, if any.
     pub first_nonfinite: Option<i64>,
+    /// The block spectra of `spectrum.csv`, read only for a figure that draws them.
+    pub spectra: measure::spectrum::Spectra,
 }
 
 /// The noise at initialisation of one series.

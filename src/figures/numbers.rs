@@ -6,7 +6,7 @@ use super::{FigureData, RunResult};
 use crate::config::OptimizerKind;
 use crate::measure::Row;
 use crate::run::Status;
-use crate::stats::{bootstrap, mean_std, resampled_mean};
+use crate::stats::{bootstrap, mean_std, quantile, resampled_mean};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
@@ -124,34 +124,67 @@ pub fn condition_ratio(fig: &FigureData, s: usize, t: i64) -> Option<Ratio> {
     })
 }
 
-/// Adam's final test loss over SGD with momentum's, mean over mean, for series `s`, with its
-/// bootstrap interval over seeds (the two runs of a seed resampled together). Seeds where
-/// either run diverged are left out. None without a seed where both finished.
-pub fn final_loss_ratio(fig: &FigureData, s: usize) -> Option<(f64, Option<[f64; 2]>, usize)> {
-    let loss = |o: OptimizerKind, seed: u32| {
-        fig.runs_of(s, o)
+/// The final test loss of the runs `num` over that of the runs `den` (e.g. Adam's over SGD
+/// with momentum's), mean over mean, with its bootstrap interval over seeds (the two runs of a
+/// seed resampled together). Seeds where either run diverged are left out. None without a
+/// seed where both finished.
+pub fn final_loss_ratio(
+    fig: &FigureData,
+    num: &[&RunResult],
+    den: &[&RunResult],
+) -> Option<(f64, Option<[f64; 2]>, usize)> {
+    let loss = |runs: &[&RunResult], seed: u32| {
+        runs.iter()
             .find(|r| r.spec.seed == seed)
-            .map(final_loss)
+            .map(|r| final_loss(r))
     };
     let pairs: Vec<(f64, f64)> = fig
         .res
         .seeds
         .iter()
-        .filter_map(|&seed| {
-            Some((
-                loss(OptimizerKind::Sgd, seed)?,
-                loss(OptimizerKind::Adam, seed)?,
-            ))
-        })
+        .filter_map(|&seed| Some((loss(den, seed)?, loss(num, seed)?)))
         .filter(|(a, b)| a.is_finite() && b.is_finite())
         .collect();
     if pairs.is_empty() {
         return None;
     }
-    let (sgd, adam): (Vec<f64>, Vec<f64>) = pairs.into_iter().unzip();
-    let ratio = |idx: &[usize]| resampled_mean(&adam, idx) / resampled_mean(&sgd, idx);
-    let all: Vec<usize> = (0..sgd.len()).collect();
-    Some((ratio(&all), bootstrap(sgd.len(), ratio), sgd.len()))
+    let (den, num): (Vec<f64>, Vec<f64>) = pairs.into_iter().unzip();
+    let ratio = |idx: &[usize]| resampled_mean(&num, idx) / resampled_mean(&den, idx);
+    let all: Vec<usize> = (0..den.len()).collect();
+    Some((ratio(&all), bootstrap(den.len(), ratio), den.len()))
+}
+
+/// The runs of series `s` with optimizer `o` that a figure compares: all of them, or in a
+/// learning-rate grid those at the optimizer's best rate (none when every rate diverged).
+pub fn compared_runs(fig: &FigureData, s: usize, o: OptimizerKind) -> Vec<&RunResult> {
+    match fig.spec.lr_grid {
+        None => fig.runs_of(s, o).collect(),
+        Some(_) => {
+            let best = best_lr(&lr_grid(fig, s, o));
+            fig.runs_of(s, o)
+                .filter(|r| Some(r.spec.lr) == best)
+                .collect()
+        }
+    }
+}
+
+/// Per run, the median over the iterations of `grid` where `field` is finite; None for a run
+/// without one.
+pub fn run_median(
+    run: &RunResult,
+    field: fn(&Row) -> Option<f64>,
+    grid: &BTreeSet<i64>,
+) -> Option<f64> {
+    let mut v: Vec<f64> = grid
+        .iter()
+        .filter_map(|t| run.rows.get(t).and_then(field))
+        .filter(|x| x.is_finite())
+        .collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some(quantile(&v, 0.5))
 }
 
 /// One learning rate of the grid: final test loss over seeds.

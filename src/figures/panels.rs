@@ -1,13 +1,19 @@
 //! One plot function per panel kind: each turns a figure's measured runs into one panel for
 //! one series, in the paper's visual language (log-scale curves, mean over seeds ± std/4,
-//! SGD with momentum black, Adam red; density histograms; scatter coloured by iteration).
-//! Adding a panel kind means one function here and one arm in [`panel`].
+//! SGD with momentum black, Adam red, the testbed's optimizers in colours of their own;
+//! density histograms; scatter coloured by iteration). Adding a panel kind means one function
+//! here and one arm in [`panel`] (the block spectra, a row of panels per optimizer, are laid
+//! out by [`rows`]).
 use super::numbers;
 use super::spec::PanelKind;
 use super::{FigureData, RunResult};
 use crate::config::OptimizerKind;
-use crate::measure::Row;
-use crate::plots::{AnyPanel, Curve, HistogramPanel, Panel, ScatterPanel, ADAM_COLOR, SGD_COLOR};
+use crate::measure::{spectrum, Row};
+use crate::model::{Arch, Layout};
+use crate::plots::{
+    AnyPanel, Curve, HistogramPanel, Panel, ScatterPanel, ADAM_COLOR, PALETTE, SGD_COLOR,
+};
+use plotters::style::RGBColor;
 use std::collections::BTreeSet;
 
 /// The panel of kind `kind` for series `s`.
@@ -21,6 +27,10 @@ pub fn panel(fig: &FigureData, kind: PanelKind, s: usize) -> AnyPanel {
         PanelKind::GradVsSmoothness => grad_vs_smoothness(fig, s),
         PanelKind::LrSweep => lr_sweep(fig, s),
         PanelKind::BreakPoints => break_points(fig, s),
+        PanelKind::BestLoss => best_loss(fig, s),
+        PanelKind::Heterogeneity => heterogeneity(fig, s),
+        // One panel per optimizer and iteration: [`rows`] lays them out.
+        PanelKind::BlockSpectra => AnyPanel::Blank,
     }
 }
 
@@ -82,8 +92,7 @@ fn break_points(fig: &FigureData, s: usize) -> AnyPanel {
 fn short(o: OptimizerKind) -> &'static str {
     match o {
         OptimizerKind::Sgd => "SGD",
-        OptimizerKind::Adam => "Adam",
-        other => other.name(),
+        other => optimizer_label(other),
     }
 }
 
@@ -91,22 +100,51 @@ pub fn optimizer_label(o: OptimizerKind) -> &'static str {
     match o {
         OptimizerKind::Sgd => "SGD with momentum",
         OptimizerKind::Adam => "Adam",
-        other => other.name(),
+        OptimizerKind::Adamw => "AdamW",
+        OptimizerKind::Sign => "sign descent",
+        OptimizerKind::Normalized => "normalized GD",
+        OptimizerKind::Lion => "Lion",
+        OptimizerKind::AdamMini => "Adam-mini",
+        OptimizerKind::Muon => "Muon",
     }
 }
 
-fn color(o: OptimizerKind) -> plotters::style::RGBColor {
+/// SGD black and Adam red as in the paper; each testbed optimizer a colour of its own.
+fn color(o: OptimizerKind) -> RGBColor {
     match o {
         OptimizerKind::Sgd => SGD_COLOR,
         OptimizerKind::Adam => ADAM_COLOR,
-        // The figures compare SGD and Adam; the testbed's optimizers have no colour of their own.
-        _ => plotters::style::RGBColor(31, 119, 180),
+        OptimizerKind::Adamw => PALETTE[1],
+        OptimizerKind::Sign => PALETTE[0],
+        OptimizerKind::Normalized => PALETTE[2],
+        OptimizerKind::Lion => PALETTE[4],
+        OptimizerKind::AdamMini => PALETTE[5],
+        OptimizerKind::Muon => PALETTE[6],
     }
 }
 
 /// One curve (or anything) per optimizer of the figure, in the figure's optimizer order.
 fn per_optimizer<T>(fig: &FigureData, mut curve: impl FnMut(OptimizerKind) -> T) -> Vec<T> {
     fig.spec.runs.optimizers.iter().map(|&o| curve(o)).collect()
+}
+
+/// Mean over the seeds of `runs` (one optimizer's, at one lr) ± std/4 of one quantity.
+fn seed_band(
+    o: OptimizerKind,
+    runs: &[&RunResult],
+    field: fn(&Row) -> Option<f64>,
+    grid: &BTreeSet<i64>,
+) -> Curve {
+    let (x, mean, band) = numbers::seed_curve(runs, field, grid);
+    let lr = runs.first().map(|r| r.spec.lr).unwrap_or(f64::NAN);
+    Curve {
+        label: format!("{} (lr {lr})", optimizer_label(o)),
+        color: color(o),
+        x,
+        mean,
+        band: Some(band),
+        markers: false,
+    }
 }
 
 /// Mean over seeds ± std/4 of one measured quantity, one curve per optimizer.
@@ -118,16 +156,7 @@ fn curves(
 ) -> Vec<Curve> {
     per_optimizer(fig, |o| {
         let runs: Vec<&RunResult> = fig.runs_of(s, o).collect();
-        let (x, mean, band) = numbers::seed_curve(&runs, field, grid);
-        let lr = runs.first().map(|r| r.spec.lr).unwrap_or(f64::NAN);
-        Curve {
-            label: format!("{} (lr {lr})", optimizer_label(o)),
-            color: color(o),
-            x,
-            mean,
-            band: Some(band),
-            markers: false,
-        }
+        seed_band(o, &runs, field, grid)
     })
 }
 
@@ -146,6 +175,106 @@ fn lines(
         curves: curves(fig, s, field, grid),
         empty_text: None,
     })
+}
+
+/// Test loss against iteration at each optimizer's best learning rate of the grid (the lowest
+/// mean final loss, [`numbers::best_lr`]): the runs behind the minima of the lr_sweep panel.
+fn best_loss(fig: &FigureData, s: usize) -> AnyPanel {
+    let curves = per_optimizer(fig, |o| {
+        let runs = numbers::compared_runs(fig, s, o);
+        let mut curve = seed_band(o, &runs, |r| r.test_loss, &fig.needs.loss);
+        if runs.is_empty() {
+            curve.label = format!("{}: every lr diverged", optimizer_label(o));
+        }
+        curve
+    });
+    AnyPanel::Lines(Panel {
+        title: format!("{}: test loss at each best lr", fig.spec.series[s].label),
+        x_label: "iteration".into(),
+        y_label: "test loss".into(),
+        log_y: true,
+        curves,
+        empty_text: None,
+    })
+}
+
+/// block_heterogeneity against iteration: the mean pairwise Jensen–Shannon distance between
+/// the spectral densities of the Hessian's blocks (0: every block has the same spectrum).
+fn heterogeneity(fig: &FigureData, s: usize) -> AnyPanel {
+    AnyPanel::Lines(Panel {
+        title: format!("{}: block heterogeneity", fig.spec.series[s].label),
+        x_label: "iteration".into(),
+        y_label: "mean JS distance between blocks".into(),
+        log_y: false,
+        curves: curves(fig, s, |r| r.block_heterogeneity, &fig.needs.spectrum),
+        empty_text: None,
+    })
+}
+
+/// The sorted |eigenvalues| of the whole Hessian (black) and of each block's diagonal
+/// sub-Hessian at iteration `t`, for the first seed's run of optimizer `o`. The x axis is the
+/// rank over the block's size (0 the largest, 1 the smallest), so that blocks of any size
+/// share it; an eigenvalue of exactly 0 has no place on the log axis.
+fn block_spectra(fig: &FigureData, s: usize, o: OptimizerKind, t: i64) -> AnyPanel {
+    let Some(run) = fig.runs_of(s, o).next() else {
+        return AnyPanel::Blank;
+    };
+    let names = std::iter::once(spectrum::ALL.to_string())
+        .chain(Layout::new(&Arch::from_config(&run.spec.cfg)).block_names());
+    let spectra = run.spectra.get(&t).map(Vec::as_slice).unwrap_or_default();
+    let curves = names
+        .zip(spectra)
+        .enumerate()
+        .map(|(i, (name, eigs))| {
+            let mut mags: Vec<f64> = eigs.iter().map(|v| v.abs()).collect();
+            mags.sort_by(|a, b| b.total_cmp(a));
+            let last = mags.len().saturating_sub(1).max(1) as f64;
+            Curve {
+                label: name,
+                color: match i {
+                    0 => SGD_COLOR,
+                    _ => PALETTE[(i - 1) % PALETTE.len()],
+                },
+                x: (0..mags.len()).map(|k| k as f64 / last).collect(),
+                mean: mags,
+                band: None,
+                markers: false,
+            }
+        })
+        .collect();
+    AnyPanel::Lines(Panel {
+        title: format!(
+            "{}: {} seed {}, iteration {t}",
+            fig.spec.series[s].label,
+            short(o),
+            run.spec.seed
+        ),
+        x_label: "rank / block size".into(),
+        y_label: "|eigenvalue|".into(),
+        log_y: true,
+        curves,
+        empty_text: Some(format!("no spectrum at iteration {t}")),
+    })
+}
+
+/// The block spectra's rows: per series and optimizer, one panel per iteration of
+/// `measure.spectrum_at` that the runs reach.
+fn spectra_rows(fig: &FigureData) -> Vec<Vec<AnyPanel>> {
+    let at: Vec<i64> = fig
+        .res
+        .measure
+        .spectrum_at
+        .iter()
+        .copied()
+        .filter(|&t| t <= fig.res.iters)
+        .collect();
+    let mut rows = vec![];
+    for s in 0..fig.spec.series.len() {
+        for &o in &fig.spec.runs.optimizers {
+            rows.push(at.iter().map(|&t| block_spectra(fig, s, o, t)).collect());
+        }
+    }
+    rows
 }
 
 /// Test loss on the evaluation batch against iteration.
@@ -264,20 +393,40 @@ fn lr_sweep(fig: &FigureData, s: usize) -> AnyPanel {
 
 /// Every panel of the figure, laid out as the paper does: one row per panel kind and one
 /// column per series; a single series is one row of its panels, and a single panel kind
-/// wraps its series into rows of at most three.
+/// wraps its series into rows of at most three. The block spectra are rows of their own, one
+/// per series and optimizer, above the rest when the figure lists them first.
 pub fn rows(fig: &FigureData) -> Vec<Vec<AnyPanel>> {
-    let (kinds, series) = (&fig.spec.panels, fig.spec.series.len());
-    if series == 1 {
-        return vec![kinds.iter().map(|&k| panel(fig, k, 0)).collect()];
-    }
-    if kinds.len() == 1 {
-        let all: Vec<AnyPanel> = (0..series).map(|s| panel(fig, kinds[0], s)).collect();
-        return all.chunks(3).map(|c| c.to_vec()).collect();
-    }
-    kinds
+    let kinds: Vec<PanelKind> = fig
+        .spec
+        .panels
         .iter()
-        .map(|&k| (0..series).map(|s| panel(fig, k, s)).collect())
-        .collect()
+        .copied()
+        .filter(|k| *k != PanelKind::BlockSpectra)
+        .collect();
+    let series = fig.spec.series.len();
+    let rest: Vec<Vec<AnyPanel>> = if kinds.is_empty() {
+        vec![]
+    } else if series == 1 {
+        vec![kinds.iter().map(|&k| panel(fig, k, 0)).collect()]
+    } else if kinds.len() == 1 {
+        let all: Vec<AnyPanel> = (0..series).map(|s| panel(fig, kinds[0], s)).collect();
+        all.chunks(3).map(|c| c.to_vec()).collect()
+    } else {
+        kinds
+            .iter()
+            .map(|&k| (0..series).map(|s| panel(fig, k, s)).collect())
+            .collect()
+    };
+    match fig
+        .spec
+        .panels
+        .iter()
+        .position(|k| *k == PanelKind::BlockSpectra)
+    {
+        None => rest,
+        Some(0) => spectra_rows(fig).into_iter().chain(rest).collect(),
+        Some(_) => rest.into_iter().chain(spectra_rows(fig)).collect(),
+    }
 }
 
 #[cfg(test)]

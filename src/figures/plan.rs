@@ -120,6 +120,9 @@ fn read_figures(req: &Request) -> Result<Vec<Figure>> {
     for name in &names {
         let (id, path) = spec::locate(&experiments, name)?;
         let spec = FigureSpec::load(&path)?;
+        if req.figures.is_empty() && spec.beyond_paper {
+            continue; // the paper's figures only, unless named
+        }
         let res = spec.resolve(&req.scale);
         let plan = spec
             .plan(&experiments.join("settings"), &res, req.device)

@@ -42,6 +42,11 @@ pub struct FigureSpec {
     pub paper_numbers: PaperNumbers,
     /// The `--quick` scale: every key replaces the paper-scale value.
     pub quick: QuickSpec,
+    /// A figure of the testbed beyond the paper (other optimizers, full batch, block spectra):
+    /// `reproduce` without figure names leaves it out, so that it reproduces the paper; name
+    /// it to make it.
+    #[serde(default)]
+    pub beyond_paper: bool,
 }
 
 /// A group of runs that differ only in optimizer and seed (and lr in the grid).
@@ -61,12 +66,18 @@ pub struct Series {
     pub lr: Lrs,
 }
 
-/// `{sgd: 0.02, adam: 0.02}`.
+/// `{sgd: 0.02, adam: 0.02}`: a learning rate per optimizer the figure runs.
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Lrs {
     pub sgd: Option<f64>,
     pub adam: Option<f64>,
+    pub adamw: Option<f64>,
+    pub sign: Option<f64>,
+    pub normalized: Option<f64>,
+    pub lion: Option<f64>,
+    pub adam_mini: Option<f64>,
+    pub muon: Option<f64>,
 }
 
 impl Lrs {
@@ -74,7 +85,12 @@ impl Lrs {
         match o {
             OptimizerKind::Sgd => self.sgd,
             OptimizerKind::Adam => self.adam,
-            _ => None,
+            OptimizerKind::Adamw => self.adamw,
+            OptimizerKind::Sign => self.sign,
+            OptimizerKind::Normalized => self.normalized,
+            OptimizerKind::Lion => self.lion,
+            OptimizerKind::AdamMini => self.adam_mini,
+            OptimizerKind::Muon => self.muon,
         }
     }
 }
@@ -88,6 +104,10 @@ pub struct RunsSpec {
     /// Trajectory stride (`train.save_every`); directional smoothness at t needs t+1 saved.
     #[serde(default = "one")]
     pub save_every: i64,
+    /// `train.weight_decay` of the optimizers that have one (adamw, lion, adam_mini, muon); the
+    /// others run without, as in an ensemble (None: the settings file's).
+    #[serde(default)]
+    pub weight_decay: Option<f64>,
 }
 
 fn one() -> i64 {
@@ -115,6 +135,32 @@ pub enum PanelKind {
     /// Per seed, the first iteration whose loss or gradient was not finite: where each run
     /// breaks under the authors' rule (for figures whose runs skip such steps).
     BreakPoints,
+    /// Test loss against iteration at each optimizer's best learning rate of the grid.
+    BestLoss,
+    /// The sorted |eigenvalues| of each block's diagonal sub-Hessian (and of the whole), of the
+    /// first seed: one row per optimizer, one panel per iteration of `measure.spectrum_at`.
+    BlockSpectra,
+    /// block_heterogeneity against iteration, per optimizer.
+    Heterogeneity,
+}
+
+impl PanelKind {
+    /// The name a figure file uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            PanelKind::Loss => "loss",
+            PanelKind::Noise => "noise",
+            PanelKind::NoiseQq => "noise_qq",
+            PanelKind::Condition => "condition",
+            PanelKind::Smoothness => "smoothness",
+            PanelKind::GradVsSmoothness => "grad_vs_smoothness",
+            PanelKind::LrSweep => "lr_sweep",
+            PanelKind::BreakPoints => "break_points",
+            PanelKind::BestLoss => "best_loss",
+            PanelKind::BlockSpectra => "block_spectra",
+            PanelKind::Heterogeneity => "heterogeneity",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -298,6 +344,9 @@ impl FigureSpec {
                 "key measure.condition_at: needs measure.condition_every as well"
             ));
         }
+        if let Some(wd) = r.weight_decay.filter(|w| !(*w >= 0.0 && w.is_finite())) {
+            return Err(anyhow!("key runs.weight_decay: must be >= 0, got {wd}"));
+        }
         if q.seeds.as_ref().is_some_and(|s| s.is_empty()) {
             return Err(anyhow!("key quick.seeds: must not be empty"));
         }
@@ -352,10 +401,22 @@ impl FigureSpec {
                 return Err(anyhow!("key lr_grid.factors: must be positive numbers"));
             }
         }
-        if self.panels.contains(&PanelKind::LrSweep) && self.lr_grid.is_none() {
-            return Err(anyhow!("key panels: lr_sweep needs an lr_grid block"));
-        }
         let needs = |k: PanelKind| self.panels.contains(&k);
+        for k in [PanelKind::LrSweep, PanelKind::BestLoss] {
+            if needs(k) && self.lr_grid.is_none() {
+                return Err(anyhow!("key panels: {} needs an lr_grid block", k.name()));
+            }
+        }
+        if needs(PanelKind::BlockSpectra) && self.measure.spectrum_at.is_empty() {
+            return Err(anyhow!(
+                "key measure.spectrum_at: the block_spectra panel draws the iterations it names"
+            ));
+        }
+        if needs(PanelKind::Heterogeneity) && self.measure.spectrum_every.is_none() {
+            return Err(anyhow!(
+                "key measure.spectrum_every: the heterogeneity panel needs it"
+            ));
+        }
         if (needs(PanelKind::Noise) || needs(PanelKind::NoiseQq)) && self.measure.noise.is_none() {
             return Err(anyhow!("key measure.noise: the noise panel needs it"));
         }
@@ -473,6 +534,11 @@ impl FigureSpec {
                         cfg.train.optimizer = o;
                         cfg.train.lr = lr;
                         cfg.train.seed = seed;
+                        match (o.decays(), self.runs.weight_decay) {
+                            (true, Some(wd)) => cfg.train.weight_decay = wd,
+                            (true, None) => {}
+                            (false, _) => cfg.train.weight_decay = 0.0,
+                        }
                         cfg.validate()?;
                         runs.push(RunSpec {
                             series: s,
@@ -631,11 +697,64 @@ quick: {iters: 10, seeds: [0], condition_every: 5}
                 ),
                 &["measure.condition_at", "got 0"][..],
             ),
+            (
+                MINIMAL.replace(
+                    "panels: [loss, condition]",
+                    "panels: [best_loss, condition]",
+                ),
+                &["best_loss", "lr_grid"][..],
+            ),
+            (
+                MINIMAL.replace(
+                    "panels: [loss, condition]",
+                    "panels: [block_spectra, condition]",
+                ),
+                &["measure.spectrum_at"][..],
+            ),
+            (
+                MINIMAL.replace(
+                    "panels: [loss, condition]",
+                    "panels: [heterogeneity, condition]",
+                ),
+                &["measure.spectrum_every"][..],
+            ),
+            (
+                MINIMAL.replace(
+                    "lr: {sgd: 0.02, adam: 0.02}",
+                    "lr: {sgd: 0.02, adam: 0.02, lamb: 1}",
+                ),
+                &["lamb"][..],
+            ),
         ];
         for (bad, names) in cases {
             let e = FigureSpec::from_yaml_str(&bad).unwrap_err().to_string();
             assert!(names.iter().all(|n| e.contains(n)), "{names:?}: {e}");
         }
+    }
+
+    #[test]
+    fn the_weight_decay_of_a_figure_goes_to_the_optimizers_that_have_one_only() {
+        let f = FigureSpec::from_yaml_str(
+            &MINIMAL
+                .replace(
+                    "lr: {sgd: 0.02, adam: 0.02}",
+                    "lr: {sgd: 0.02, adamw: 0.02}",
+                )
+                .replace("optimizers: [sgd, adam]", "optimizers: [sgd, adamw]")
+                .replace("iters: 1000}", "iters: 1000, weight_decay: 0.01}"),
+        )
+        .unwrap();
+        let settings = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("experiments/settings");
+        let res = f.resolve(&Scale::default());
+        let runs = f.plan(&settings, &res, DeviceName::Cpu).unwrap();
+        for r in &runs {
+            let want = match r.optimizer {
+                OptimizerKind::Adamw => 0.01,
+                _ => 0.0,
+            };
+            assert_eq!(r.cfg.train.weight_decay, want, "{:?}", r.optimizer);
+        }
+        assert_eq!(runs.len(), 6);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use super::numbers::{self, GridPoint, Ratio};
 use super::panels::optimizer_label;
 use super::spec::PanelKind;
-use super::FigureData;
+use super::{FigureData, RunResult};
 use crate::config::{Mode, OptimizerKind};
 use crate::run::io as artifacts;
 use crate::stats;
@@ -41,12 +41,16 @@ pub struct RatioRow {
     pub ours: Option<Ratio>,
 }
 
-/// Adam's final test loss over SGD with momentum's (mean over mean) for one series.
+/// An optimizer's final test loss over SGD with momentum's (mean over mean) for one series;
+/// in a learning-rate grid, each at its best rate.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LossRatio {
     pub series: String,
     pub label: String,
+    /// The numerator's optimizer (records from before the testbed's optimizers: Adam).
+    #[serde(default = "adam")]
+    pub optimizer: OptimizerKind,
     pub ratio: f64,
     /// Percentile-bootstrap 95% interval over seeds.
     pub ci95: Option<[f64; 2]>,
@@ -117,7 +121,8 @@ pub struct FigureSummary {
     pub all_reused: bool,
     pub runs: usize,
     pub final_loss: Vec<FinalLoss>,
-    /// Adam / SGD final loss per series, with its interval.
+    /// Each optimizer's final loss over SGD's per series (at their best rates in a grid), with
+    /// its interval.
     #[serde(default)]
     pub loss_ratios: Vec<LossRatio>,
     pub ratios: Vec<RatioRow>,
@@ -126,6 +131,37 @@ pub struct FigureSummary {
     pub lr_choices: Vec<LrChoice>,
     pub paper_final_loss: Option<String>,
     pub paper_noise: Option<String>,
+    /// A figure of the testbed beyond the paper (the figure file's `beyond_paper`).
+    #[serde(default)]
+    pub beyond_paper: bool,
+    /// Block heterogeneity and update sharpness per optimizer, where the figure draws them.
+    #[serde(default)]
+    pub quantities: Vec<Quantity>,
+}
+
+fn adam() -> OptimizerKind {
+    OptimizerKind::Adam
+}
+
+/// A quantity measured along the runs of one optimizer, beyond the paper's numbers, over
+/// seeds: the block heterogeneity at an iteration, or the update sharpness of a run (its
+/// median over the measured iterations).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quantity {
+    pub series: String,
+    pub label: String,
+    pub optimizer: OptimizerKind,
+    /// What was measured, and where (e.g. "block_heterogeneity at 1000").
+    pub quantity: String,
+    /// Mean over seeds, with the percentile-bootstrap 95% interval of that mean.
+    pub mean: Option<f64>,
+    pub ci95: Option<[f64; 2]>,
+    pub seeds: usize,
+    /// Over seeds, the mean of the per-seed ratio to SGD with momentum's value (same seed, same
+    /// initialisation), with its interval; none for SGD itself or without SGD runs.
+    pub vs_sgd: Option<f64>,
+    pub vs_sgd_ci95: Option<[f64; 2]>,
 }
 
 /// Records written before `mode` was recorded came from faithful runs.
@@ -167,6 +203,8 @@ pub fn figure_summary(
         lr_choices: vec![],
         paper_final_loss: spec.paper_numbers.final_loss.clone(),
         paper_noise: spec.paper_numbers.noise.clone(),
+        beyond_paper: spec.beyond_paper,
+        quantities: vec![],
     };
     for s in 0..spec.series.len() {
         losses_of_series(&mut out, fig, s);
@@ -183,6 +221,7 @@ pub fn figure_summary(
             });
         }
         correlation_of_series(&mut out, fig, s);
+        quantities_of_series(&mut out, fig, s);
     }
     out
 }
@@ -220,14 +259,96 @@ fn losses_of_series(out: &mut FigureSummary, fig: &FigureData, s: usize) {
             skipped_steps: runs.iter().map(|r| r.skipped_steps).sum(),
         });
     }
-    if spec.lr_grid.is_none() {
-        if let Some((ratio, ci95, seeds)) = numbers::final_loss_ratio(fig, s) {
+    if !spec.runs.optimizers.contains(&OptimizerKind::Sgd) {
+        return;
+    }
+    let sgd = numbers::compared_runs(fig, s, OptimizerKind::Sgd);
+    for &o in spec
+        .runs
+        .optimizers
+        .iter()
+        .filter(|o| **o != OptimizerKind::Sgd)
+    {
+        let runs = numbers::compared_runs(fig, s, o);
+        if let Some((ratio, ci95, seeds)) = numbers::final_loss_ratio(fig, &runs, &sgd) {
             out.loss_ratios.push(LossRatio {
                 series: id.clone(),
                 label: label.clone(),
+                optimizer: o,
                 ratio,
                 ci95,
                 seeds,
+            });
+        }
+    }
+}
+
+/// Series `s`'s block heterogeneity at each iteration the block spectra are drawn at (and the
+/// last), where the figure draws it; and each run's update sharpness, the median over its
+/// measured iterations, where the figure draws the directional smoothness (Pan & Li's
+/// uᵀHu/‖u‖² along the update is the paper's directional smoothness).
+fn quantities_of_series(out: &mut FigureSummary, fig: &FigureData, s: usize) {
+    let spec = &fig.spec;
+    type Value = Box<dyn Fn(&RunResult) -> Option<f64>>;
+    let mut wanted: Vec<(String, Value)> = vec![];
+    if spec.panels.contains(&PanelKind::Heterogeneity) {
+        let mut at: std::collections::BTreeSet<i64> =
+            fig.res.measure.spectrum_at.iter().copied().collect();
+        at.insert(fig.res.iters);
+        for t in at.into_iter().filter(|&t| fig.needs.spectrum.contains(&t)) {
+            wanted.push((
+                format!("block_heterogeneity at {t}"),
+                Box::new(move |r: &RunResult| {
+                    r.rows.get(&t).and_then(|row| row.block_heterogeneity)
+                }),
+            ));
+        }
+    }
+    if spec.panels.contains(&PanelKind::Smoothness) {
+        let grid = fig.needs.smoothness.clone();
+        wanted.push((
+            "update sharpness (median over iterations)".into(),
+            Box::new(move |r: &RunResult| numbers::run_median(r, |row| row.dir_smoothness, &grid)),
+        ));
+    }
+    for (quantity, value) in wanted {
+        let per_seed = |o: OptimizerKind| -> Vec<(u32, f64)> {
+            numbers::compared_runs(fig, s, o)
+                .into_iter()
+                .filter_map(|r| Some((r.spec.seed, value(r).filter(|v| v.is_finite())?)))
+                .collect()
+        };
+        let sgd = per_seed(OptimizerKind::Sgd);
+        for &o in &spec.runs.optimizers {
+            let mine = per_seed(o);
+            let values: Vec<f64> = mine.iter().map(|p| p.1).collect();
+            let ratios: Vec<f64> = match o {
+                OptimizerKind::Sgd => vec![],
+                _ => mine
+                    .iter()
+                    .filter_map(|(seed, v)| {
+                        let d = sgd.iter().find(|p| p.0 == *seed)?.1;
+                        (d != 0.0).then_some(v / d)
+                    })
+                    .collect(),
+            };
+            let mean_ci = |v: &[f64]| {
+                let (m, _, n) = stats::mean_std(v);
+                let ci = stats::bootstrap(v.len(), |idx| stats::resampled_mean(v, idx));
+                ((n > 0).then_some(m), ci)
+            };
+            let (mean, ci95) = mean_ci(&values);
+            let (vs_sgd, vs_sgd_ci95) = mean_ci(&ratios);
+            out.quantities.push(Quantity {
+                series: spec.series[s].id.clone(),
+                label: spec.series[s].label.clone(),
+                optimizer: o,
+                quantity: quantity.clone(),
+                mean,
+                ci95,
+                seeds: values.len(),
+                vs_sgd,
+                vs_sgd_ci95,
             });
         }
     }
@@ -402,13 +523,28 @@ pub fn markdown(figs: &[FigureSummary]) -> String {
          hence the same initialisation), then averaged over seeds.** A diverged run counts as the \
          worst result and is left out of means (the tables say how many).\n"
     );
-    if let Some(grid) = figs.iter().find(|f| !f.lr_choices.is_empty()) {
+    let (beyond, paper): (Vec<FigureSummary>, Vec<FigureSummary>) =
+        figs.iter().cloned().partition(|f| f.beyond_paper);
+    if let Some(grid) = paper.iter().find(|f| !f.lr_choices.is_empty()) {
         lr_section(&mut md, grid);
     }
-    ratio_overview(&mut md, figs);
-    headline_overview(&mut md, figs);
-    for f in figs.iter().filter(|f| f.lr_choices.is_empty()) {
+    ratio_overview(&mut md, &paper);
+    headline_overview(&mut md, &paper);
+    for f in paper.iter().filter(|f| f.lr_choices.is_empty()) {
         figure_section(&mut md, f);
+    }
+    if !beyond.is_empty() {
+        let _ = writeln!(
+            md,
+            "# Beyond the paper
+
+The testbed's figures that the paper does not have (`beyond_paper: true` \
+             in their figure files; `reproduce` makes them only when they are named). They test later \
+             papers' claims on this model; docs/results.md sets each against the claim.\n"
+        );
+        for f in &beyond {
+            figure_section(&mut md, f);
+        }
     }
     md
 }
@@ -546,7 +682,10 @@ fn overview_losses(md: &mut String, figs: &[FigureSummary]) {
         "diverged (SGD, Adam)",
     ];
     let lines = loss.into_iter().map(|(f, sgd, adam)| {
-        let paired = f.loss_ratios.iter().find(|r| r.series == sgd.series);
+        let paired = f
+            .loss_ratios
+            .iter()
+            .find(|r| r.series == sgd.series && r.optimizer == OptimizerKind::Adam);
         let ratio = match (sgd.mean, adam.mean) {
             (Some(a), Some(b)) => num(b / a),
             _ => "—".into(),
@@ -646,16 +785,24 @@ fn lr_section(md: &mut String, f: &FigureSummary) {
         md,
         "A grid of {} learning rates per optimizer and setting around the authors' value; the best is the \
          lowest final test loss (mean over seeds {:?}, {} iterations); a learning rate where any seed \
-         diverged is the worst result. Full grid: `lr_grid.csv`, `lr_grid.json`, `{}`.\n",
+         diverged is the worst result. Full grid: `{id}.csv`, `{id}.json`, `{}`.\n",
         f.lr_choices.first().map_or(0, |c| c.grid.len()),
         f.seeds,
         f.iters,
-        f.png
+        f.png,
+        id = f.id
     );
+    lr_table(md, f, "authors' lr");
+    let _ = writeln!(md, "\nThe figures use the authors' learning rates (their own grid's choice); this table checks it.\n");
+}
+
+/// Per setting and optimizer: the grid's centre (`centre`: what it is), the best rate and the
+/// final loss there, and the rates where a seed diverged.
+fn lr_table(md: &mut String, f: &FigureSummary, centre: &str) {
     let header = [
         "setting",
         "optimizer",
-        "authors' lr",
+        centre,
         "our best lr",
         "same",
         "final loss at ours",
@@ -698,7 +845,87 @@ fn lr_section(md: &mut String, f: &FigureSummary) {
         ]
     });
     table(md, &header, lines);
-    let _ = writeln!(md, "\nThe figures use the authors' learning rates (their own grid's choice); this table checks it.\n");
+}
+
+/// Each optimizer's final test loss over SGD with momentum's, with its interval, where a
+/// figure compares more optimizers than Adam with SGD (the overview has Adam's).
+fn loss_ratio_section(md: &mut String, f: &FigureSummary) {
+    if f.loss_ratios
+        .iter()
+        .all(|r| r.optimizer == OptimizerKind::Adam)
+    {
+        return;
+    }
+    let at_best = if f.lr_choices.is_empty() {
+        ""
+    } else {
+        ", each at its best learning rate"
+    };
+    let _ = writeln!(
+        md,
+        "Final test loss over SGD with momentum's (mean over mean, seeds where both finished{at_best}; \
+         95% percentile-bootstrap interval over seeds):\n"
+    );
+    let lines = f.loss_ratios.iter().map(|r| {
+        vec![
+            r.label.clone(),
+            optimizer_label(r.optimizer).to_string(),
+            num(r.ratio),
+            interval(r.ci95),
+            r.seeds.to_string(),
+        ]
+    });
+    table(
+        md,
+        &[
+            "setting",
+            "optimizer",
+            "loss / SGD's",
+            "95% interval",
+            "seeds",
+        ],
+        lines,
+    );
+    let _ = writeln!(md);
+}
+
+/// The measured quantities per optimizer: mean over seeds, and the per-seed ratio to SGD.
+fn quantities_section(md: &mut String, f: &FigureSummary) {
+    if f.quantities.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "Measured along the runs (mean over seeds; the ratio to SGD with momentum is per seed, \
+         then averaged; 95% percentile-bootstrap intervals over seeds):\n"
+    );
+    let lines = f.quantities.iter().map(|q| {
+        vec![
+            q.label.clone(),
+            q.quantity.clone(),
+            optimizer_label(q.optimizer).to_string(),
+            or_dash(q.mean),
+            interval(q.ci95),
+            or_dash(q.vs_sgd),
+            interval(q.vs_sgd_ci95),
+            q.seeds.to_string(),
+        ]
+    });
+    table(
+        md,
+        &[
+            "setting",
+            "quantity",
+            "optimizer",
+            "mean",
+            "95% interval",
+            "/ SGD's",
+            "95% interval",
+            "seeds",
+        ],
+        lines,
+    );
+    let _ = writeln!(md);
 }
 
 fn figure_section(md: &mut String, f: &FigureSummary) {
@@ -727,7 +954,21 @@ fn figure_section(md: &mut String, f: &FigureSummary) {
     if let Some(n) = &f.notes {
         let _ = writeln!(md, "Notes: {}\n", n.trim());
     }
+    if !f.lr_choices.is_empty() {
+        let _ = writeln!(
+            md,
+            "Learning rates: a grid of {} per optimizer and setting (full grid: `{id}.csv`, \
+             `{id}.json`); the best is the lowest mean final test loss, and a rate where a seed \
+             diverged is the worst result.\n",
+            f.lr_choices.first().map_or(0, |c| c.grid.len()),
+            id = f.id
+        );
+        lr_table(md, f, "grid centre");
+        let _ = writeln!(md);
+    }
     final_loss_section(md, f);
+    loss_ratio_section(md, f);
+    quantities_section(md, f);
     ratio_section(md, f);
     noise_section(md, f);
     correlation_section(md, f);
@@ -986,7 +1227,8 @@ pub fn write_all(plots: &Path) -> Result<()> {
     let json = serde_json::json!({
         "conventions": {
             "ratio": "R_med per run; R_SGD/R_Adam per seed (same seed = same init); mean and sample std (n-1) over seeds; ci95: percentile bootstrap of the mean over seeds (10000 resamples)",
-            "loss_ratios": "Adam / SGD final test loss, mean over mean, seeds where both finished; ci95: percentile bootstrap over seeds (a seed's two runs resampled together)",
+            "loss_ratios": "an optimizer's (Adam's unless named) / SGD's final test loss, mean over mean, seeds where both finished, each at its best rate in a learning-rate grid; ci95: percentile bootstrap over seeds (a seed's two runs resampled together)",
+            "quantities": "per optimizer, mean over seeds of a measured quantity (block_heterogeneity at an iteration; update sharpness: per run, the median of the directional smoothness over its measured iterations); vs_sgd: mean over seeds of the per-seed ratio to SGD's; ci95: percentile bootstrap of the mean over seeds",
             "final_loss": "test loss on the evaluation batch (seed 99) at the last iteration; diverged runs excluded from the mean and counted",
             "noise": "Hill tail index over the top 10% of the noise norms at initialisation; kurtosis m4/m2^2",
         },

@@ -34,8 +34,20 @@ use scatter::*;
 /// SGD with momentum is drawn in black, Adam in red, as in the paper.
 pub const SGD_COLOR: RGBColor = BLACK;
 pub const ADAM_COLOR: RGBColor = RGBColor(214, 39, 40);
-const HIST_COLOR: RGBColor = RGBColor(31, 119, 180);
-const TORCH_COLOR: RGBColor = RGBColor(255, 127, 14);
+/// Tableau's colours without its red (Adam's) and grey: the testbed's optimizers and the
+/// Hessian's blocks.
+pub const PALETTE: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),  // blue
+    RGBColor(255, 127, 14),  // orange
+    RGBColor(44, 160, 44),   // green
+    RGBColor(23, 190, 207),  // cyan
+    RGBColor(148, 103, 189), // purple
+    RGBColor(140, 86, 75),   // brown
+    RGBColor(227, 119, 194), // pink
+    RGBColor(188, 189, 34),  // olive
+];
+const HIST_COLOR: RGBColor = PALETTE[0];
+const TORCH_COLOR: RGBColor = PALETTE[1];
 
 const FONT: &str = "sans-serif";
 const FONT_BYTES: &[u8] = include_bytes!(concat!(
