@@ -809,7 +809,7 @@ fn a_finished_runs_damaged_results_are_refused_on_reading_and_damaged_measuremen
     std::fs::write(out.join("measurements.csv"), flipped(&measured)).unwrap();
     let o = analyze();
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert!(stderr(&o).contains("measuring again"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("measure it again"), "{}", stderr(&o));
     assert_eq!(
         std::fs::read(out.join("measurements.csv")).unwrap(),
         measured

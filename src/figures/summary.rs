@@ -283,35 +283,46 @@ fn losses_of_series(out: &mut FigureSummary, fig: &FigureData, s: usize) {
     }
 }
 
+/// A quantity the summary reports per run, averaged over seeds and set against SGD's.
+#[derive(Clone, Copy)]
+enum Measured {
+    /// Block heterogeneity at this iteration.
+    HeterogeneityAt(i64),
+    /// The median over the measured iterations of the update sharpness.
+    UpdateSharpness,
+}
+
 /// Series `s`'s block heterogeneity at each iteration the block spectra are drawn at (and the
 /// last), where the figure draws it; and each run's update sharpness, the median over its
 /// measured iterations, where the figure draws the directional smoothness (Pan & Li's
 /// uᵀHu/‖u‖² along the update is the paper's directional smoothness).
 fn quantities_of_series(out: &mut FigureSummary, fig: &FigureData, s: usize) {
     let spec = &fig.spec;
-    type Value = Box<dyn Fn(&RunResult) -> Option<f64>>;
-    let mut wanted: Vec<(String, Value)> = vec![];
+    let mut wanted: Vec<Measured> = vec![];
     if spec.panels.contains(&PanelKind::Heterogeneity) {
         let mut at: std::collections::BTreeSet<i64> =
             fig.res.measure.spectrum_at.iter().copied().collect();
         at.insert(fig.res.iters);
-        for t in at.into_iter().filter(|&t| fig.needs.spectrum.contains(&t)) {
-            wanted.push((
-                format!("block_heterogeneity at {t}"),
-                Box::new(move |r: &RunResult| {
-                    r.rows.get(&t).and_then(|row| row.block_heterogeneity)
-                }),
-            ));
-        }
+        wanted.extend(
+            at.into_iter()
+                .filter(|t| fig.needs.spectrum.contains(t))
+                .map(Measured::HeterogeneityAt),
+        );
     }
     if spec.panels.contains(&PanelKind::Smoothness) {
-        let grid = fig.needs.smoothness.clone();
-        wanted.push((
-            "update sharpness (median over iterations)".into(),
-            Box::new(move |r: &RunResult| numbers::run_median(r, |row| row.dir_smoothness, &grid)),
-        ));
+        wanted.push(Measured::UpdateSharpness);
     }
-    for (quantity, value) in wanted {
+    for quantity in wanted {
+        let value = |r: &RunResult| match quantity {
+            Measured::HeterogeneityAt(t) => r.rows.get(&t).and_then(|row| row.block_heterogeneity),
+            Measured::UpdateSharpness => {
+                numbers::run_median(r, |row| row.dir_smoothness, &fig.needs.smoothness)
+            }
+        };
+        let quantity = match quantity {
+            Measured::HeterogeneityAt(t) => format!("block_heterogeneity at {t}"),
+            Measured::UpdateSharpness => "update sharpness (median over iterations)".into(),
+        };
         let per_seed = |o: OptimizerKind| -> Vec<(u32, f64)> {
             numbers::compared_runs(fig, s, o)
                 .into_iter()
@@ -781,9 +792,16 @@ fn lr_section(md: &mut String, f: &FigureSummary) {
         "## Learning-rate selection ({}; scale: {})\n",
         f.id, f.scale
     );
+    lr_grid_paragraph(md, f, "around the authors' value", "authors' lr");
+    let _ = writeln!(md, "\nThe figures use the authors' learning rates (their own grid's choice); this table checks it.\n");
+}
+
+/// How a learning-rate grid (`around` its centre, named `centre` in the table) picks its best
+/// rate, and the table of the choices: said once for the paper's grid and the testbed's.
+fn lr_grid_paragraph(md: &mut String, f: &FigureSummary, around: &str, centre: &str) {
     let _ = writeln!(
         md,
-        "A grid of {} learning rates per optimizer and setting around the authors' value; the best is the \
+        "A grid of {} learning rates per optimizer and setting {around}; the best is the \
          lowest final test loss (mean over seeds {:?}, {} iterations); a learning rate where any seed \
          diverged is the worst result. Full grid: `{id}.csv`, `{id}.json`, `{}`.\n",
         f.lr_choices.first().map_or(0, |c| c.grid.len()),
@@ -792,8 +810,7 @@ fn lr_section(md: &mut String, f: &FigureSummary) {
         f.png,
         id = f.id
     );
-    lr_table(md, f, "authors' lr");
-    let _ = writeln!(md, "\nThe figures use the authors' learning rates (their own grid's choice); this table checks it.\n");
+    lr_table(md, f, centre);
 }
 
 /// Per setting and optimizer: the grid's centre (`centre`: what it is), the best rate and the
@@ -955,15 +972,12 @@ fn figure_section(md: &mut String, f: &FigureSummary) {
         let _ = writeln!(md, "Notes: {}\n", n.trim());
     }
     if !f.lr_choices.is_empty() {
-        let _ = writeln!(
+        lr_grid_paragraph(
             md,
-            "Learning rates: a grid of {} per optimizer and setting (full grid: `{id}.csv`, \
-             `{id}.json`); the best is the lowest mean final test loss, and a rate where a seed \
-             diverged is the worst result.\n",
-            f.lr_choices.first().map_or(0, |c| c.grid.len()),
-            id = f.id
+            f,
+            "around the centre set in the figure's file",
+            "grid centre",
         );
-        lr_table(md, f, "grid centre");
         let _ = writeln!(md);
     }
     final_loss_section(md, f);

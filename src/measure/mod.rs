@@ -321,7 +321,7 @@ pub fn read(folder: &RunFolder) -> Result<Rows> {
     if !folder.intact(MEASUREMENTS)? {
         // Derived data: measured again rather than refused.
         eprintln!(
-            "{}: does not match the SHA-256 in summary.json (damaged, or its writer was killed before recording it); measuring again",
+            "{}: does not match the SHA-256 in summary.json (damaged, or its writer was killed before recording it); ignored (analyze and reproduce measure it again)",
             path.display()
         );
         return Ok(Rows::new());
