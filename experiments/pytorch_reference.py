@@ -674,7 +674,9 @@ def block_heterogeneity(spectra, num_bins=10000, sigma_squared=1e-5, overhead=0.
     """Zhang et al.'s mean pairwise Jensen-Shannon distance between the blocks' spectral
     densities, each smoothed as PyHessian's density_generate does (Gaussians of variance
     sigma_squared * max(1, range), normalised), on one grid spanning all blocks; each Gaussian
-    is integrated over the bins (a difference of erf), as docs/spec.md defines it."""
+    is integrated over the bins (a difference of erf), as docs/spec.md defines it. A block whose
+    sub-Hessian is exactly zero (the loss does not depend on it) is left out."""
+    spectra = [e for e in spectra if np.any(np.asarray(e) != 0.0)]
     if len(spectra) < 2 or not all(np.isfinite(e).all() for e in spectra):
         return float("nan")
     lo = min(e.min() for e in spectra) - overhead

@@ -186,8 +186,18 @@ pub fn block_spectra(h: &Tensor, blocks: &[Block]) -> Vec<Vec<f64>> {
 /// Zhang et al.'s block heterogeneity: the mean pairwise Jensen–Shannon distance between the
 /// blocks' smoothed spectral densities (`spectra` without the whole Hessian's;
 /// [`stats::mean_pairwise_js`], 10 000 bins, σ² = 1e-5 as PyHessian smooths).
+///
+/// A block whose sub-Hessian is exactly zero is left out: the loss does not depend on it (the
+/// last layer's P writes only to the covariate rows, which the prediction never reads), so it
+/// has no curvature to compare, and its density, all at 0, would put every pair it is in near
+/// the largest distance whatever the other blocks do.
 pub fn block_heterogeneity(block_spectra: &[Vec<f64>]) -> f64 {
-    stats::mean_pairwise_js(block_spectra, 10_000, 1e-5)
+    let live: Vec<Vec<f64>> = block_spectra
+        .iter()
+        .filter(|eigs| eigs.iter().any(|&e| e != 0.0))
+        .cloned()
+        .collect();
+    stats::mean_pairwise_js(&live, 10_000, 1e-5)
 }
 
 /// `(θ_{t+1} − θ_t) / ‖θ_{t+1} − θ_t‖` as flat vectors; None when the two points coincide.
@@ -209,5 +219,21 @@ impl Point {
             Some(u) => u.dot(&self.hvp(&u)).double_value(&[]),
             None => f64::NAN,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_block_whose_sub_hessian_is_zero_is_left_out_of_the_heterogeneity() {
+        let (a, b) = (vec![0.5, 1.0, 2.0], vec![0.01, 0.02, 3.0]);
+        let with_dead = block_heterogeneity(&[a.clone(), vec![0.0; 3], b.clone()]);
+        assert_eq!(with_dead, block_heterogeneity(&[a.clone(), b.clone()]));
+        assert!(with_dead > 0.0);
+        // A block with a single nonzero eigenvalue is live and counts.
+        let with_live = block_heterogeneity(&[a, vec![0.0, 0.0, 1e-9], b]);
+        assert_ne!(with_live, with_dead);
     }
 }
