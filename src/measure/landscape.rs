@@ -189,8 +189,8 @@ pub fn block_spectra(h: &Tensor, blocks: &[Block]) -> Vec<Vec<f64>> {
 ///
 /// A block whose sub-Hessian is exactly zero is left out: the loss does not depend on it (the
 /// last layer's P writes only to the covariate rows, which the prediction never reads), so it
-/// has no curvature to compare, and its density, all at 0, would put every pair it is in near
-/// the largest distance whatever the other blocks do.
+/// has no curvature to compare: its density is one spike at 0, and a distance to it would only
+/// say how much of the other block's spectrum lies near 0.
 pub fn block_heterogeneity(block_spectra: &[Vec<f64>]) -> f64 {
     let live: Vec<Vec<f64>> = block_spectra
         .iter()
