@@ -229,8 +229,14 @@ fn block_spectra(fig: &FigureData, s: usize, o: OptimizerKind, t: i64) -> AnyPan
             let mut mags: Vec<f64> = eigs.iter().map(|v| v.abs()).collect();
             mags.sort_by(|a, b| b.total_cmp(a));
             let last = mags.len().saturating_sub(1).max(1) as f64;
+            // A block the loss does not depend on has only zeros, which a log axis cannot draw;
+            // its legend entry says so rather than naming a line that is not there.
+            let label = match mags.iter().all(|&m| m == 0.0) {
+                true => format!("{name}: all 0, not drawn"),
+                false => name,
+            };
             Curve {
-                label: name,
+                label,
                 color: match i {
                     0 => SGD_COLOR,
                     _ => PALETTE[(i - 1) % PALETTE.len()],
