@@ -10,4 +10,4 @@ export RUST_TEST_THREADS="${RUST_TEST_THREADS:-1}"
 # Formatting and lints first: a minute, and they fail fast.
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
-exec cargo test --release "$@"
+exec cargo test --release --no-fail-fast "$@"

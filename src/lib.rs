@@ -3,6 +3,7 @@
 //!
 //! One module per concept of the paper (docs/spec.md, docs/design.md). Modules are layered:
 //! each imports only modules listed before it here (tests/layering.rs checks it).
+pub mod aten;
 pub mod config;
 pub mod rng;
 pub mod stats;

@@ -17,6 +17,14 @@ pub(super) fn figure_data(fig: &Figure, req: &Request) -> Result<FigureData> {
             )])));
         };
         runs::check_config(dir, &spec_run.cfg)?;
+        // What the figure needs must be there and whole: a damaged or deleted measurements or
+        // spectrum file is never drawn as if it held nothing to draw.
+        if !measure::missing(&folder, &spec_run.cfg, &summary, &fig.needs)?.is_empty() {
+            return Err(anyhow::Error::new(Incomplete(vec![format!(
+                "{} (measurements)",
+                relative(req, dir)
+            )])));
+        }
         let rows = measure::read(&folder)?;
         let metrics = folder.metrics()?;
         let (skipped_steps, _) =

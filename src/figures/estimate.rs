@@ -237,10 +237,7 @@ fn measuring_s(
             continue;
         }
         let needs = match RunFolder::new(&m.dir).state() {
-            State::Done(s) => m
-                .needs
-                .available(&m.cfg, &s)
-                .missing(&measure::read(&RunFolder::new(&m.dir))?),
+            State::Done(s) => measure::missing(&RunFolder::new(&m.dir), &m.cfg, &s, &m.needs)?,
             _ => m.needs.clone(),
         };
         if needs.is_empty() {

@@ -238,12 +238,7 @@ pub(super) fn missing_units(plan: &Plan) -> Result<Vec<String>> {
         let folder = RunFolder::new(&unit.dir);
         match folder.state() {
             State::Done(s) => {
-                if !unit
-                    .needs
-                    .available(&unit.cfg, &s)
-                    .missing(&measure::read(&folder)?)
-                    .is_empty()
-                {
+                if !measure::missing(&folder, &unit.cfg, &s, &unit.needs)?.is_empty() {
                     missing.push(format!("{} (measurements)", unit.name));
                 }
             }

@@ -226,11 +226,7 @@ pub(super) fn measure_unit(
 ) -> Result<Step> {
     let folder = RunFolder::new(&unit.dir);
     let missing = |summary: &Summary| -> Result<bool> {
-        Ok(!unit
-            .needs
-            .available(&unit.cfg, summary)
-            .missing(&measure::read(&folder)?)
-            .is_empty())
+        Ok(!measure::missing(&folder, &unit.cfg, summary, &unit.needs)?.is_empty())
     };
     if let State::Done(s) = folder.state() {
         if !missing(&s)? {

@@ -394,6 +394,38 @@ fn trajectory(folder: &RunFolder, layout: &Layout) -> Result<io::Trajectory> {
     Ok(traj)
 }
 
+/// What `needs` asks of a finished run that its measurements do not hold yet: rows without the
+/// value, and block spectra whose lines are not in spectrum.csv (a damaged or deleted file holds
+/// none), so that what is damaged is measured again, never drawn as if whole.
+fn to_measure(
+    cfg: &Config,
+    summary: &Summary,
+    needs: &Needs,
+    rows: &Rows,
+    spectra: &spectrum::Spectra,
+) -> Needs {
+    let wanted = needs.available(cfg, summary);
+    let mut todo = wanted.missing(rows);
+    todo.spectrum
+        .extend(wanted.spectrum.iter().filter(|t| !spectra.contains_key(t)));
+    todo
+}
+
+/// What [`measure_run`] would measure on the finished run in `folder`: empty when everything
+/// `needs` asks for is there and whole.
+pub fn missing(
+    folder: &RunFolder,
+    cfg: &Config,
+    summary: &Summary,
+    needs: &Needs,
+) -> Result<Needs> {
+    let spectra = match needs.spectrum.is_empty() {
+        true => spectrum::Spectra::new(),
+        false => spectrum::read(folder)?,
+    };
+    Ok(to_measure(cfg, summary, needs, &read(folder)?, &spectra))
+}
+
 /// Measures what `needs` asks for on the finished run in `folder` and is not measured yet, on
 /// `device`. Returns all rows and whether anything was computed. Stops early (keeping what is
 /// measured) when `stop` is set.
@@ -407,7 +439,12 @@ pub fn measure_run(
     stop: &AtomicBool,
 ) -> Result<(Rows, bool)> {
     let mut rows = read(folder)?;
-    let todo = needs.available(cfg, summary).missing(&rows);
+    // Read (and rewritten) only when spectra are asked for: most measurements never touch it.
+    let mut spectrum = match needs.spectrum.is_empty() {
+        true => spectrum::Spectra::new(),
+        false => spectrum::read(folder)?,
+    };
+    let todo = to_measure(cfg, summary, needs, &rows, &spectrum);
     let steps = todo.steps();
     if steps.is_empty() {
         return Ok((rows, false));
@@ -429,11 +466,6 @@ pub fn measure_run(
     let hessians = todo.hessian_steps().len() as u64;
     let work = steps.len() as u64 + todo.smoothness.len() as u64 + hessians * layout.total as u64;
     let bar = crate::progress::bar(work, "measure", progress);
-    // Read (and rewritten) only when spectra are asked for: most measurements never touch it.
-    let mut spectrum = match todo.spectrum.is_empty() {
-        true => spectrum::Spectra::new(),
-        false => spectrum::read(folder)?,
-    };
     for &t in &steps {
         if stop.load(Ordering::Relaxed) {
             break;

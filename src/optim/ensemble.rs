@@ -279,7 +279,10 @@ impl Group {
                         run.cols,
                     ]);
                     let adjust = (run.rows as f64 / run.cols as f64).max(1.0).sqrt();
-                    let o = super::newton_schulz(&x).to_kind(grad.kind()) * adjust;
+                    let each: Vec<Tensor> = (0..k * count)
+                        .map(|i| super::newton_schulz(&x.get(i)))
+                        .collect();
+                    let o = Tensor::stack(&each, 0).to_kind(grad.kind()) * adjust;
                     cols.copy_(&o.reshape([k, count * run.size()]));
                 }
                 out

@@ -95,48 +95,33 @@ impl NonFinite {
     }
 }
 
-/// torch.optim.Muon's `_zeropower_via_newtonschulz` of one matrix `[rows, cols]` (the
-/// faithful stepper) or of each matrix of `[n, rows, cols]` (the ensemble stepper): in bfloat16,
-/// transposed when taller than wide, divided by max(‖X‖_F, 1e-7), then five steps
-/// `X ← a·X + (b·A + c·A²)·X`, `A = X·Xᵀ`, with Muon's coefficients. `A` is `matmul` (`mm` for
-/// one matrix, as torch's `@`). torch then calls `addmm(…, beta, alpha)`, which tch does not
-/// expose; `baddbmm` (on a batch of one for one matrix) is the same arithmetic in another
-/// kernel: on 1200 random 5×5 to 30×5 products in bfloat16, one pair differed in its last bit.
+/// torch.optim.Muon's `_zeropower_via_newtonschulz` of one matrix `[rows, cols]`, op for op:
+/// in bfloat16, transposed when taller than wide, divided by max(‖X‖_F, 1e-7), then five steps
+/// `A = X @ Xᵀ`, `B = addmm(A, A, A, beta=b, alpha=c)`, `X = addmm(X, B, X, beta=a)` with
+/// Muon's coefficients. Each op is the libtorch call torch makes (`addmm` through
+/// [`crate::aten`]), because bfloat16 rounds differently in other kernels of the same
+/// arithmetic on CPUs with native bfloat16 instructions. One matrix at a time, also in an
+/// ensemble: a batched kernel's rounding may depend on the batch around a member.
 pub fn newton_schulz(x: &Tensor) -> Tensor {
     const COEFFICIENTS: (f64, f64, f64) = (3.4445, -4.7750, 2.0315);
     const STEPS: usize = 5;
     const EPS: f64 = 1e-7;
+    assert_eq!(x.dim(), 2, "Newton-Schulz takes one matrix");
     let (a, b, c) = COEFFICIENTS;
-    let one = x.dim() == 2;
     let size = x.size();
-    let tall = size[size.len() - 2] > size[size.len() - 1];
+    let tall = size[0] > size[1];
     let mut o = x.to_kind(Kind::BFloat16);
     if tall {
-        o = o.transpose(-2, -1);
+        o = o.tr();
     }
-    let norm = if one {
-        o.norm()
-    } else {
-        o.norm_scalaropt_dim(2, [1i64, 2].as_slice(), true)
-    };
-    o /= norm.clamp_min(EPS);
-    let batch = |t: &Tensor| {
-        if one {
-            t.unsqueeze(0)
-        } else {
-            t.shallow_clone()
-        }
-    };
+    o /= o.norm().clamp_min(EPS);
     for _ in 0..STEPS {
-        let gram = batch(&o.matmul(&o.transpose(-2, -1)));
-        let update = gram.baddbmm(&gram, &gram, b, c);
-        o = batch(&o).baddbmm(&update, &batch(&o), a, 1.0);
-        if one {
-            o = o.squeeze_dim(0);
-        }
+        let gram = o.matmul(&o.tr());
+        let update = crate::aten::addmm(&gram, &gram, &gram, b, c);
+        o = crate::aten::addmm(&o, &update, &o, a, 1.0);
     }
     if tall {
-        o = o.transpose(-2, -1);
+        o = o.tr();
     }
     o
 }
