@@ -189,10 +189,16 @@ fn kill_and_resume(sets: &[&str], extra: &[&str], folders: &[&str]) {
     let mut child = child.spawn().unwrap();
     let first = killed.join(folders[0]);
     wait_for_checkpoint(&first, Duration::from_secs(120));
-    while !first.join("metrics.csv").exists() {
+    // An ensemble is checkpointed at iteration 0 too: wait for a checkpoint with rows.
+    let rows = loop {
+        if first.join("metrics.csv").exists() {
+            let rows = metrics(&first);
+            if !rows.is_empty() {
+                break rows;
+            }
+        }
         std::thread::sleep(Duration::from_millis(20));
-    }
-    let rows = metrics(&first);
+    };
     assert!(
         child.try_wait().unwrap().is_none(),
         "the run finished before its metrics could be read mid-run"
@@ -250,6 +256,57 @@ fn sigkill_then_resume_of_a_12_member_ensemble_gives_byte_identical_files() {
         &["--seeds", "0,1,2,3,4,5", "--optimizers", "sgd,adam"],
         &folders,
     );
+}
+
+/// An ensemble writes its members' checkpoints before its first step: killed at once (before
+/// any periodic checkpoint), `--resume` on one member resumes them all, byte-identically, and
+/// none is left "running".
+#[test]
+fn an_ensemble_killed_before_its_first_periodic_checkpoint_resumes_every_member() {
+    let tmp = tempdir();
+    let (whole, killed) = (tmp.path().join("whole"), tmp.path().join("killed"));
+    let sets = ["train.iters=10000", "train.mode=fast"];
+    let flags = ["--seeds", "0,1", "--optimizers", "sgd,lion"];
+    let folders = ["sgd-seed0", "lion-seed0", "sgd-seed1", "lion-seed1"];
+    let mut c = train_cmd(&whole, &sets);
+    c.args(flags);
+    ok(c);
+    let mut child = train_cmd(&killed, &sets);
+    child
+        .args(flags)
+        .args(["--checkpoint-every", "100000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = child.spawn().unwrap();
+    for f in folders {
+        wait_for_checkpoint(&killed.join(f), Duration::from_secs(120));
+    }
+    child.kill().unwrap(); // SIGKILL
+    assert!(
+        !child.wait().unwrap().success(),
+        "the run finished before it could be killed"
+    );
+    let mut resume = linattn();
+    resume
+        .arg("train")
+        .arg("--resume")
+        .arg(killed.join(folders[3]));
+    let o = resume.output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("resumed the ensemble of 4 runs"),
+        "{}",
+        stderr(&o)
+    );
+    for f in folders {
+        for file in ["metrics.csv", "final.safetensors", "trajectory.safetensors"] {
+            assert_eq!(
+                std::fs::read(killed.join(f).join(file)).unwrap(),
+                std::fs::read(whole.join(f).join(file)).unwrap(),
+                "{f}: resumed {file} differs"
+            );
+        }
+    }
 }
 
 #[test]

@@ -104,6 +104,7 @@ pub fn drive(
     let started = Instant::now();
     let t = configs[0].train.clone();
     let (k, device) = (stepper.shape().members, stepper.shape().device);
+    let fresh = restored.is_none();
     let (mut rule, mut recorder, mut iter) = start(stepper, &t, restored);
     let summary_now = |status, iters_done| {
         Summary::of_rust(
@@ -116,6 +117,12 @@ pub fn drive(
     };
     for (f, rows) in folders.iter().zip(&recorder.rows) {
         f.write_summary(&summary_now(Status::Running, rows.len() as i64))?;
+    }
+    // An ensemble's members are checkpointed before its first step, so that a kill at any
+    // moment leaves every member naming the whole ensemble: `--resume` on any of them then
+    // continues all of them together, never one alone.
+    if fresh && k > 1 {
+        checkpoint(stepper, &mut recorder, &rule, configs, folders, 0)?;
     }
     let progress = ProgressReport::new(opts.progress, t.iters, iter, k);
     let mut interrupted = false;

@@ -58,6 +58,30 @@ impl Member {
     }
 }
 
+/// The config an ensemble was started with, from its members' resolved configs (the inverse of
+/// [`Member::config`]): the first member's, with the weight decay of the members whose
+/// optimizer has one (the others' configs say 0, whatever the ensemble's was).
+pub fn ensemble_config(configs: &[Config]) -> Result<Config> {
+    let mut base = configs
+        .first()
+        .ok_or_else(|| anyhow!("an ensemble has at least one member"))?
+        .clone();
+    let decays: Vec<f64> = configs
+        .iter()
+        .filter(|c| c.train.optimizer.decays())
+        .map(|c| c.train.weight_decay)
+        .collect();
+    if let Some(&wd) = decays.first() {
+        if decays.iter().any(|&w| w != wd) {
+            return Err(anyhow!(crate::BadInput(format!(
+                "the ensemble's members have different train.weight_decay ({decays:?}); an ensemble shares one"
+            ))));
+        }
+        base.train.weight_decay = wd;
+    }
+    Ok(base)
+}
+
 pub struct EnsembleStepper {
     arch: Arch,
     shape: Shape,

@@ -432,8 +432,10 @@ pub fn resume(dir: &Path, opts: &Options) -> Result<Vec<Outcome>> {
     let mut stepper: Box<dyn Stepper> = match (configs[0].train.mode, configs.len()) {
         (Mode::Faithful, 1) => Box::new(FaithfulStepper::start(&configs[0], device)?),
         _ => {
+            // Not the first member's config: its weight decay is 0 when its optimizer has none.
+            let base = ensemble::ensemble_config(&configs)?;
             let members: Vec<Member> = configs.iter().map(Member::from_config).collect();
-            Box::new(EnsembleStepper::start(&configs[0], &members, device)?)
+            Box::new(EnsembleStepper::start(&base, &members, device)?)
         }
     };
     for (i, (f, c)) in folders.iter().zip(&checkpoints).enumerate() {
