@@ -845,8 +845,11 @@ def cmd_bench_hessian(args):
             raise InputError(f"--threads: must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     device = resolve_device(cfg["train"]["device"])
-    model = Run(cfg, device).model
-    Z, yq = (x.to(device) for x in eval_batch(cfg))
+    # The Rust side's train.dtype (float64 in fast mode), given as --dtype: the init as drawn in
+    # float32, then the Hessian in the run's dtype, as the Rust side computes it.
+    dtype = torch.float64 if args.dtype == "float64" else torch.float32
+    model = Run(cfg, device).model.to(dtype)
+    Z, yq = (x.to(device, dtype) for x in eval_batch(cfg))
     names, _, loss_of_flat = flat_loss(model, Z, yq)
     flat = torch.cat([model.state_dict()[k].detach().reshape(-1) for k in names])
 
@@ -863,9 +866,12 @@ def cmd_bench_hessian(args):
         times.append((time.perf_counter() - t0) * 1000)
     times_sorted, m = sorted(times), len(times) // 2
     median = times_sorted[m] if len(times) % 2 else (times_sorted[m - 1] + times_sorted[m]) / 2
-    print(json.dumps({"ms": median, "min_ms": times_sorted[0], "ms_each": times, "condition_number": cond,
+    # Strict JSON: a non-finite condition number (a median diagonal of 0) as the string
+    # "inf" or "nan", which the Rust side parses as a float.
+    print(json.dumps({"ms": median, "min_ms": times_sorted[0], "ms_each": times,
+                      "condition_number": cond if math.isfinite(cond) else str(cond),
                       "num_params": flat.numel(), "side": SIDE, "device": str(device),
-                      "threads": torch.get_num_threads()}))
+                      "threads": torch.get_num_threads()}, allow_nan=False))
     return 0
 
 
@@ -914,6 +920,7 @@ def build_parser():
     config_args(p)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_bench_hessian)
     return ap
 

@@ -134,6 +134,14 @@ impl Dtype {
         }
     }
 
+    /// The name a config and the PyTorch side's `--dtype` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::Float32 => "float32",
+            Dtype::Float64 => "float64",
+        }
+    }
+
     /// float32 is left out of a written config, so that the configs (and run-folder hashes)
     /// of every float32 run stay what they were before the key existed.
     pub fn is_float32(&self) -> bool {
@@ -620,6 +628,16 @@ impl Config {
 
     fn train_checks(&self) -> Vec<Check> {
         let t = &self.train;
+        let f32_range = |x: f64, key: &'static str| -> Check {
+            (
+                t.dtype != Dtype::Float32 || (x as f32).is_finite(),
+                key,
+                format!(
+                    "{x:e} is beyond float32's range (at most {:e}); the run is float32 (train.dtype)",
+                    f32::MAX
+                ),
+            )
+        };
         vec![
             (
                 t.lr > 0.0 && t.lr.is_finite(),
@@ -649,7 +667,10 @@ impl Config {
             (
                 t.clip >= 0.0 && t.clip.is_finite(),
                 "train.clip",
-                format!("must be >= 0 (0 disables clipping), got {}", t.clip),
+                format!(
+                    "must be a finite number >= 0 (0 disables clipping), got {}",
+                    t.clip
+                ),
             ),
             (
                 t.iters >= 1,
@@ -673,6 +694,20 @@ impl Config {
                 t.weight_decay >= 0.0 && t.weight_decay.is_finite(),
                 "train.weight_decay",
                 format!("must be >= 0, got {}", t.weight_decay),
+            ),
+            // A float32 run holds these as float32 scalars: beyond float32's range libtorch
+            // overflows, and a positive eps below its smallest subnormal is 0.
+            f32_range(t.lr, "train.lr"),
+            f32_range(t.clip, "train.clip"),
+            f32_range(t.weight_decay, "train.weight_decay"),
+            (
+                t.dtype != Dtype::Float32 || (t.eps as f32) > 0.0,
+                "train.eps",
+                format!(
+                    "{:e} is 0 in float32 (the smallest is {:e}); the run is float32 (train.dtype)",
+                    t.eps,
+                    f32::from_bits(1)
+                ),
             ),
             (
                 t.weight_decay == 0.0 || t.optimizer.decays(),

@@ -582,8 +582,30 @@ fn check_reproduce_args(a: &ReproduceArgs) -> Result<()> {
     if a.seeds.as_ref().is_some_and(|s| s.is_empty()) {
         return bad("--seeds: give at least one seed");
     }
-    if a.jobs == Some(0) {
-        return bad("--jobs: must be >= 1");
+    if let Some(seeds) = &a.seeds {
+        if let Some((i, s)) = seeds
+            .iter()
+            .enumerate()
+            .find(|(i, s)| seeds[..*i].contains(s))
+        {
+            return bad(&format!(
+                "--seeds: seed {s} is given twice (at positions {} and {})",
+                seeds.iter().position(|x| x == s).unwrap_or(0) + 1,
+                i + 1
+            ));
+        }
+    }
+    if let Some(jobs) = a.jobs {
+        // Workers beyond the cores only wait for each other (13 processes on 2 CPUs made a
+        // no-op take 20 times as long), and an estimate for them would promise the impossible.
+        let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
+        let threads = a.threads.max(1) as usize;
+        if jobs == 0 || jobs.saturating_mul(threads) > cpus {
+            return bad(&format!(
+                "--jobs: must be between 1 and {} (the {cpus} CPU(s) this process may use, at --threads {threads} per worker), got {jobs}",
+                (cpus / threads).max(1)
+            ));
+        }
     }
     self::device(a.device, "--device")?;
     set_threads(Some(a.threads))

@@ -258,3 +258,179 @@ fn an_empty_config_a_float_beyond_range_and_a_full_batch_below_the_batch_exit_2(
         "--experiments",
     );
 }
+
+/// Issue 41's findings 4, 5, 8, 9 and 11: each refused with exit 2 and one line naming the
+/// key or flag, before any folder is made (before the fixes: a panic with C++ frames, an
+/// out-of-memory abort, a float32 eps of 0 that diverged, 13 processes on 2 CPUs, and a
+/// `reproduce` that started and then stopped on a folder given twice).
+#[test]
+fn values_a_float32_run_cannot_hold_a_training_set_beyond_memory_and_repeated_seeds_exit_2() {
+    let tmp = tempdir();
+    let out = tmp.path().join("out");
+    let out_s = out.to_str().unwrap();
+    let setting = experiment("settings/setting1_normal_n20.yaml");
+    let setting = setting.to_str().unwrap();
+    let train = |sets: &[&str], key: &str| {
+        let mut args = vec!["train", "--config", setting, "--out", out_s];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        assert_args_bad(&args, key)
+    };
+    for optimizer in ["sgd", "sign", "normalized", "lion", "muon"] {
+        let o = format!("train.optimizer={optimizer}");
+        let m = train(&[&o, "train.lr=1e39"], "train.lr");
+        assert!(m.contains("float32"), "{m}");
+    }
+    for optimizer in ["adam", "adamw", "adam_mini"] {
+        let o = format!("train.optimizer={optimizer}");
+        train(&[&o, "train.eps=1e-50"], "train.eps");
+    }
+    let m = train(&["train.clip=.inf"], "train.clip");
+    assert!(m.contains("finite"), "{m}");
+    // 10^9 prompts of 22 × 5 float32: 440 GB, beyond any machine this runs on.
+    for mode in ["faithful", "fast"] {
+        let m = format!("train.mode={mode}");
+        train(
+            &[&m, "data.batch=50", "data.train_prompts=1000000000"],
+            "data.train_prompts",
+        );
+    }
+    let mut compare = vec!["compare", "--config", setting, "--out", out_s];
+    compare.extend(["--set", "train.lr=1e39"]);
+    assert_args_bad(&compare, "train.lr");
+    assert!(!out.exists(), "a refused run leaves no folder behind");
+
+    let runs = tmp.path().join("runs");
+    let runs_s = runs.to_str().unwrap();
+    let too_many = (std::thread::available_parallelism().map_or(1, |c| c.get()) + 1).to_string();
+    assert_args_bad(
+        &[
+            "reproduce",
+            "fig2_setting1",
+            "--quick",
+            "--runs",
+            runs_s,
+            "--jobs",
+            &too_many,
+        ],
+        "--jobs",
+    );
+    assert_args_bad(
+        &[
+            "reproduce",
+            "fig2_setting1",
+            "--quick",
+            "--estimate",
+            "--runs",
+            runs_s,
+            "--jobs",
+            "64",
+        ],
+        "--jobs",
+    );
+    assert_args_bad(
+        &[
+            "reproduce",
+            "fig2_setting1",
+            "--quick",
+            "--runs",
+            runs_s,
+            "--seeds",
+            "0,0",
+        ],
+        "--seeds",
+    );
+    assert!(!runs.exists(), "a refused reproduce makes no runs folder");
+}
+
+/// Issue 41's finding 12: `--estimate` and `--draw-only` only read the runs folder and make
+/// none; a figure file's error names its key once, and the root without "key ?" or "key .".
+#[test]
+fn an_estimate_or_a_drawing_makes_no_runs_folder_and_figure_errors_name_the_key_once() {
+    let tmp = tempdir();
+    let runs = tmp.path().join("runs");
+    let runs_s = runs.to_str().unwrap();
+    let o = output({
+        let mut c = linattn();
+        c.args([
+            "reproduce",
+            "fig2_setting1",
+            "--quick",
+            "--estimate",
+            "--runs",
+            runs_s,
+        ]);
+        c
+    });
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = output({
+        let mut c = linattn();
+        c.args([
+            "reproduce",
+            "fig2_setting1",
+            "--quick",
+            "--draw-only",
+            "--runs",
+            runs_s,
+        ]);
+        c
+    });
+    assert_eq!(
+        o.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        !runs.exists(),
+        "--estimate and --draw-only made {}",
+        runs.display()
+    );
+
+    let experiments = tmp.path().join("experiments");
+    std::fs::create_dir_all(experiments.join("figures")).unwrap();
+    let fig2 = std::fs::read_to_string(experiment("figures/fig2_setting1.yaml")).unwrap();
+    let bad_optimizer = fig2.replacen(
+        "optimizers: [sgd, adam]",
+        "optimizers: [sgd, adam, rmsprop]",
+        1,
+    );
+    assert_ne!(
+        bad_optimizer, fig2,
+        "the figure names its optimizers as expected"
+    );
+    for (name, text, must, must_not) in [
+        (
+            "one",
+            bad_optimizer.as_str(),
+            "key runs.optimizers[2]: unknown variant",
+            "[2]: runs.",
+        ),
+        ("two", "- 1\n- 2\n", "not a figure", "key"),
+    ] {
+        std::fs::write(
+            experiments.join("figures").join(format!("{name}.yaml")),
+            text,
+        )
+        .unwrap();
+        let m = assert_args_bad(
+            &[
+                "reproduce",
+                name,
+                "--experiments",
+                experiments.to_str().unwrap(),
+                "--runs",
+                runs_s,
+                "--estimate",
+            ],
+            must,
+        );
+        assert!(!m.contains(must_not), "{m}");
+    }
+}

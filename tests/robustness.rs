@@ -1021,3 +1021,67 @@ fn a_binary_copied_away_from_its_build_tree_reproduces_a_figure_and_compares_fro
     assert_eq!(unpacked.len(), 1, "one unpacked copy of the experiments");
     assert!(unpacked[0].path().join("pytorch_reference.py").is_file());
 }
+
+/// Issue 41's finding 2: a spectrum.csv with a byte flipped, cut short or deleted is measured
+/// again by `analyze --spectrum`, to the same bytes, never kept or left missing.
+#[test]
+fn a_damaged_or_deleted_spectrum_is_measured_again_to_the_same_bytes() {
+    let tmp = tempdir();
+    let run = tmp.path().join("run");
+    ok(train_cmd(
+        &run,
+        &["train.iters=20", "train.save_every=10", "train.mode=fast"],
+    ));
+    let analyze = || {
+        let mut c = linattn();
+        c.arg("analyze")
+            .arg(&run)
+            .args(["--every", "10", "--spectrum"]);
+        ok(c);
+    };
+    analyze();
+    let path = run.join("spectrum.csv");
+    let whole = std::fs::read(&path).unwrap();
+    assert!(whole.len() > 100, "a spectrum was written");
+    let mut flipped = whole.clone();
+    flipped[whole.len() / 2] ^= 0x01;
+    let damages: [(&str, Option<Vec<u8>>); 3] = [
+        ("a flipped byte", Some(flipped)),
+        ("cut short", Some(whole[..whole.len() / 3].to_vec())),
+        ("deleted", None),
+    ];
+    for (what, bytes) in damages {
+        match bytes {
+            Some(b) => std::fs::write(&path, b).unwrap(),
+            None => std::fs::remove_file(&path).unwrap(),
+        }
+        analyze();
+        assert!(
+            std::fs::read(&path).ok().as_deref() == Some(&whole[..]),
+            "{what}: spectrum.csv was not measured again"
+        );
+    }
+}
+
+/// Issue 41's finding 12: `analyze` on a run that is still training says so, with exit 2,
+/// rather than "trajectory.safetensors: no such file".
+#[test]
+fn analyze_on_a_run_still_training_says_it_is_not_finished() {
+    let tmp = tempdir();
+    let run = tmp.path().join("run");
+    let mut child = train_cmd(&run, &["train.iters=200000", "train.mode=fast"]);
+    child
+        .args(["--checkpoint-every", "100"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = child.spawn().unwrap();
+    wait_for_checkpoint(&run, Duration::from_secs(120));
+    let mut c = linattn();
+    c.arg("analyze").arg(&run);
+    let o = c.output().unwrap();
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("not a finished run"), "{}", stderr(&o));
+    assert_eq!(stderr(&o).trim_end().lines().count(), 1, "{}", stderr(&o));
+}

@@ -244,7 +244,8 @@ fn say(msg: impl AsRef<str>) {
 /// `reproduce --estimate`: the predicted wall time of what the request has left to do, with
 /// `workers` workers, from work timed here; trains and measures nothing.
 pub fn estimate(req: &Request, workers: usize) -> Result<estimate::Estimate> {
-    estimate::estimate(&planned(req)?, workers)
+    // An estimate only reads the runs folder: it makes no folder.
+    estimate::estimate(&plan::plan(req)?, workers)
 }
 
 /// Runs the request; see the module documentation.

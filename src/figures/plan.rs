@@ -222,6 +222,10 @@ pub fn check(req: &Request) -> Result<()> {
 
 pub(super) fn planned(req: &Request) -> Result<Plan> {
     let plan = plan(req)?;
+    // Drawing only reads the runs folder: a missing one is not made, and every unit is missing.
+    if req.draw_only {
+        return Ok(plan);
+    }
     std::fs::create_dir_all(&req.runs).map_err(|e| {
         anyhow!(BadInput(format!(
             "runs folder {}: cannot create it ({e})",

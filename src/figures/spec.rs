@@ -281,8 +281,18 @@ impl FigureSpec {
 
     pub fn from_yaml_str(text: &str) -> Result<FigureSpec> {
         let de = serde_yaml::Deserializer::from_str(text);
-        let spec: FigureSpec = serde_path_to_error::deserialize(de)
-            .map_err(|e| anyhow!("key {}: {}", e.path(), e.inner()))?;
+        let spec: FigureSpec = serde_path_to_error::deserialize(de).map_err(|e| {
+            // serde_yaml's own message may start with the path again; the root's path is "."
+            // (or "?" when unknown), which names no key.
+            let (path, inner) = (e.path().to_string(), e.inner().to_string());
+            let inner = inner.strip_prefix(&format!("{path}: ")).unwrap_or(&inner);
+            match path.as_str() {
+                "." | "?" | "" => {
+                    anyhow!("not a figure (a mapping of title, series, runs, …): {inner}")
+                }
+                _ => anyhow!("key {path}: {inner}"),
+            }
+        })?;
         spec.validate()?;
         Ok(spec)
     }

@@ -18,7 +18,7 @@ use crate::data;
 use crate::model::{Arch, Layout};
 use crate::run::folder::MEASUREMENTS;
 use crate::run::io::{self, Metric};
-use crate::run::{RunFolder, Status, Summary};
+use crate::run::{RunFolder, State, Status, Summary};
 use crate::train::is_saved_step;
 use crate::BadInput;
 use anyhow::{anyhow, Context, Result};
@@ -609,13 +609,28 @@ pub fn analyze(
         })?,
     };
     let layout = Layout::new(&Arch::from_config(&cfg));
+    // Asked first: a run still training (or stopped) has no trajectory yet, and saying so
+    // beats "trajectory.safetensors: no such file".
+    let summary = match folder.state() {
+        State::Done(s) => s,
+        State::Resumable => {
+            return Err(anyhow!(BadInput(format!(
+                "{}: not a finished run (training, or stopped with a checkpoint); analyze measures a run once it ends: wait for it, or continue it with train --resume",
+                dir.display()
+            ))))
+        }
+        State::Broken | State::Missing => {
+            let why = match folder.summary() {
+                Ok(s) => format!(" (status {:?}, nothing to measure yet)", s.status),
+                Err(e) => format!(" ({e:#})"),
+            };
+            return Err(anyhow!(BadInput(format!(
+                "{}: not a finished run{why}",
+                dir.display()
+            ))));
+        }
+    };
     let saved = folder.trajectory(&layout.names)?.steps;
-    let summary = folder.summary().map_err(|e| {
-        anyhow!(BadInput(format!(
-            "{}: not a finished run ({e:#})",
-            dir.display()
-        )))
-    })?;
     let selected: Vec<i64> = saved.iter().copied().filter(|t| t % every == 0).collect();
     let (rows, _) = measure_run(
         &folder,

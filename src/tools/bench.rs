@@ -702,10 +702,17 @@ pub fn bench_hessian(
         "--config".into(),
         config_path.into(),
     ];
-    for s in sets {
+    // The PyTorch side's config has no train.dtype (its runs are the authors' float32): the
+    // dtype goes as its own flag.
+    for s in sets
+        .iter()
+        .filter(|s| !s.trim_start().starts_with("train.dtype="))
+    {
         args.push("--set".into());
         args.push(s.into());
     }
+    args.push("--dtype".into());
+    args.push(cfg.train.dtype.name().into());
     args.push("--repeats".into());
     args.push(repeats.to_string().into());
     if let Some(n) = threads {
@@ -725,9 +732,11 @@ pub fn bench_hessian(
         .rev()
         .find_map(|l| serde_json::from_str(l).ok())
         .ok_or_else(|| anyhow!("the PyTorch side printed no JSON result: {text}"))?;
+    // A non-finite value comes as the string "inf" or "nan" (strict JSON has neither).
     let num = |k: &str| {
         json[k]
             .as_f64()
+            .or_else(|| json[k].as_str().and_then(|s| s.parse().ok()))
             .ok_or_else(|| anyhow!("the PyTorch side's result lacks {k}: {json}"))
     };
     Ok(HessianBench {

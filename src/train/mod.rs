@@ -130,7 +130,15 @@ pub fn memory_floor(cfg: &Config, members: usize) -> f64 {
     let tokens = (d.context as f64 + 1.0) * (m.dim as f64 + d.context as f64 + 2.0);
     let activations = m.layers as f64 * m.heads as f64 * d.batch as f64 * tokens;
     let elt = t.dtype.kind().elt_size_in_bytes() as f64;
-    members as f64 * elt * (5.0 * params + saved * params + activations)
+    members as f64 * elt * (5.0 * params + saved * params + activations) + training_set_bytes(cfg)
+}
+
+/// The bytes of one fixed training set (`data.train_prompts`), which members of one seed share:
+/// each prompt `[n+2, d]` in the run's dtype; 0 for fresh prompts every step.
+fn training_set_bytes(cfg: &Config) -> f64 {
+    let d = &cfg.data;
+    let elt = cfg.train.dtype.kind().elt_size_in_bytes() as f64;
+    d.train_prompts as f64 * (d.context as f64 + 2.0) * cfg.model.dim as f64 * elt
 }
 
 /// The memory this process may still take: the kernel's MemAvailable, lowered to what a
@@ -166,6 +174,16 @@ fn check_memory(cfg: &Config, members: usize, device: Device) -> Result<()> {
         return Ok(());
     };
     if need > have {
+        let set = training_set_bytes(cfg);
+        if set > need / 2.0 {
+            return Err(anyhow!(BadInput(format!(
+                "config key data.train_prompts: a training set of {} prompts takes {:.1} GB, and the run needs at least {:.1} GB, more than the {:.1} GB of memory available",
+                cfg.data.train_prompts,
+                set / 1e9,
+                need / 1e9,
+                have / 1e9
+            ))));
+        }
         return Err(anyhow!(BadInput(format!(
             "config key model.layers: {} layer(s) of dim {} with batch {} × context {}{} need at least {:.1} GB, more than the {:.1} GB of memory available",
             cfg.model.layers,
