@@ -54,3 +54,25 @@ fn bench_rejects_an_unknown_mode_as_bad_input() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// Issue 41's findings 6 and 7: `bench-hessian` where the condition number is infinite
+/// (d = 1: the median of the Hessian's diagonal is 0) and with the documented key
+/// `train.dtype` both finish, naming both sides' values.
+#[test]
+fn bench_hessian_reports_an_infinite_condition_number_and_takes_train_dtype() {
+    let cases: [&[&str]; 2] = [
+        &["model.dim=1", "model.layers=1", "data.batch=20"],
+        &["train.mode=fast", "train.dtype=float64", "data.batch=20", "model.layers=1"],
+    ];
+    for sets in cases {
+        let mut c = linattn();
+        c.args(["bench-hessian", "--repeats", "1", "--config"])
+            .arg(experiment("settings/setting1_normal_n20.yaml"));
+        for s in sets {
+            c.args(["--set", s]);
+        }
+        let o = ok(c);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains("ratio rust/pytorch"), "{sets:?}: {out}");
+    }
+}
