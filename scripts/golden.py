@@ -233,6 +233,30 @@ def cpu_vendor():
     return platform.processor() or "unknown"
 
 
+# The CPU flags that pick libtorch's and the native kernel's code paths (printed beside the
+# manifest a check chose, so that a difference can be told from a kernel the manifest's CPU lacked).
+KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+                "avx512_fp16", "amx_bf16", "amx_tile")
+
+
+def cpu_description():
+    """The CPU's vendor, model and kernel-picking flags, as one line."""
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    have = [f for f in KERNEL_FLAGS if f in flags]
+    return f"{cpu_vendor()} {model}; kernel flags: {' '.join(have) or 'none of ' + ' '.join(KERNEL_FLAGS)}"
+
+
 def machine():
     import torch
     return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -286,12 +310,14 @@ def main():
             # manifest of another machine cannot be compared with: say so, and fail, since
             # nothing was checked.
             seen = "; ".join(f"{os.path.relpath(path, ROOT)}: {m['recorded_on']}" for path, m in manifests)
+            sys.stderr.write(f"golden: this CPU: {cpu_description()}\n")
             sys.stderr.write(f"golden: not checked: no manifest was recorded on this kind of machine ({here}); "
                              f"there are {seen}. Record one with a trusted binary: golden.py record, then "
                              f"golden.py digest DIR > tests/golden/manifest-<cpu capability>-<vendor>.json\n")
             sys.exit(3)
         path, manifest = mine[0]
-        print(f"golden: comparing with {os.path.relpath(path, ROOT)}")
+        print(f"golden: this CPU: {cpu_description()}")
+        print(f"golden: comparing with {os.path.relpath(path, ROOT)} (recorded on {manifest['recorded_on']})")
         out = a.keep or tempfile.mkdtemp(prefix="linattn-golden-")
         try:
             record(a.bin, out)

@@ -1212,3 +1212,41 @@ fn reproduce_without_names_makes_the_papers_figures_and_a_testbed_figure_only_wh
     let named = missing(&["testbed"]);
     assert!(named.contains("sign-lr0.003"), "{named}");
 }
+
+/// Issue 41's finding 2: a run whose spectrum.csv is damaged or deleted is not drawn as if it
+/// held no spectrum. `--draw-only` exits 4 naming the run; `reproduce` measures it again, to
+/// the same bytes, and then draws.
+#[test]
+fn a_damaged_or_deleted_spectrum_stops_the_drawing_and_reproduce_measures_it_again() {
+    let tmp = tempdir();
+    let blocks = write_figure(tmp.path(), "blocks", BLOCKS);
+    ok(reproduce_fast(&blocks, tmp.path()));
+    let runs = run_folders(&tmp.path().join("runs"));
+    let run = runs
+        .iter()
+        .find(|r| r.join("spectrum.csv").exists())
+        .expect("a run with spectra");
+    let name = run.file_name().unwrap().to_string_lossy().into_owned();
+    let spectrum = run.join("spectrum.csv");
+    let whole = std::fs::read(&spectrum).unwrap();
+    let mut flipped = whole.clone();
+    flipped[whole.len() / 2] ^= 0x01;
+    for damage in [Some(flipped), None] {
+        match damage {
+            Some(b) => std::fs::write(&spectrum, b).unwrap(),
+            None => std::fs::remove_file(&spectrum).unwrap(),
+        }
+        let mut draw = reproduce_fast(&blocks, tmp.path());
+        draw.arg("--draw-only");
+        let o = output(draw);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(4), "{err}");
+        assert!(err.contains(&name), "the run is named: {err}");
+        let out = stdout(&ok(reproduce_fast(&blocks, tmp.path())));
+        assert!(out.contains("runs measured 1"), "{out}");
+        assert!(
+            std::fs::read(&spectrum).ok().as_deref() == Some(&whole[..]),
+            "measured again to the same bytes"
+        );
+    }
+}
