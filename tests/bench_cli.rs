@@ -62,7 +62,12 @@ fn bench_rejects_an_unknown_mode_as_bad_input() {
 fn bench_hessian_reports_an_infinite_condition_number_and_takes_train_dtype() {
     let cases: [&[&str]; 2] = [
         &["model.dim=1", "model.layers=1", "data.batch=20"],
-        &["train.mode=fast", "train.dtype=float64", "data.batch=20", "model.layers=1"],
+        &[
+            "train.mode=fast",
+            "train.dtype=float64",
+            "data.batch=20",
+            "model.layers=1",
+        ],
     ];
     for sets in cases {
         let mut c = linattn();
