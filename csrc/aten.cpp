@@ -24,4 +24,18 @@ char *linattn_addmm(const at::Tensor *input, const at::Tensor *mat1, const at::T
   }
 }
 
+// `self.add_(other, alpha=alpha)` in place on `self`'s storage (a view writes through to its
+// base), with `other` of any dtype that promotes to `self`'s, as torch.optim.Muon's
+// `param.add_(update, alpha=-adjusted_lr)` with a bfloat16 update. Returns null, or the message
+// of a C++ exception (to be freed with free()).
+char *linattn_add_(const at::Tensor *self, const at::Tensor *other, double alpha) {
+  try {
+    at::Tensor target = *self;
+    target.add_(*other, alpha);
+    return nullptr;
+  } catch (const std::exception &e) {
+    return strdup(e.what());
+  }
+}
+
 }  // extern "C"

@@ -26,7 +26,33 @@ extern "C" {
         alpha: f64,
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
+    fn linattn_add_(target: *const C_tensor, other: *const C_tensor, alpha: f64) -> *mut c_char;
     fn free(p: *mut std::ffi::c_void);
+}
+
+/// Panics with the first line of a message the shim returned (freeing it), if any.
+fn check(err: *mut c_char, op: &str) {
+    if err.is_null() {
+        return;
+    }
+    // SAFETY: point (3): a NUL-terminated string from strdup, freed once here.
+    let msg = unsafe {
+        let m = CStr::from_ptr(err).to_string_lossy().into_owned();
+        free(err.cast());
+        m
+    };
+    panic!("{op}: {}", msg.lines().next().unwrap_or("libtorch error"));
+}
+
+/// `target.add_(other, alpha=alpha)`: in place on `target`'s storage (a view writes through to
+/// the tensor it views), computing in `target`'s dtype with `other` promoted, as PyTorch's
+/// in-place add does (torch.optim.Muon adds a bfloat16 update to a float32 parameter so). Takes
+/// `&mut`, as tch's in-place operators do. Panics with libtorch's message on an error.
+pub fn add_(target: &mut Tensor, other: &Tensor, alpha: f64) {
+    // SAFETY: point (1): both handles are live for the call; the shim writes only the storage
+    // of `target`, which the `&mut` borrow holds exclusively on this side.
+    let err = unsafe { linattn_add_(target.as_ptr(), other.as_ptr(), alpha) };
+    check(err, "add_");
 }
 
 /// `torch.addmm(input, mat1, mat2, beta=beta, alpha=alpha)`: `beta·input + alpha·(mat1 @ mat2)`
@@ -45,15 +71,7 @@ pub fn addmm(input: &Tensor, mat1: &Tensor, mat2: &Tensor, beta: f64, alpha: f64
             &mut out,
         )
     };
-    if !err.is_null() {
-        // SAFETY: point (3): a NUL-terminated string from strdup, freed once here.
-        let msg = unsafe {
-            let m = CStr::from_ptr(err).to_string_lossy().into_owned();
-            free(err.cast());
-            m
-        };
-        panic!("addmm: {}", msg.lines().next().unwrap_or("libtorch error"));
-    }
+    check(err, "addmm");
     // SAFETY: point (2): a fresh handle that nothing else owns.
     unsafe { Tensor::from_ptr(out) }
 }
@@ -72,6 +90,16 @@ mod tests {
         let want = &input * 2.5;
         assert!(got.equal(&want), "{got} vs {want}");
         assert_eq!(got.kind(), Kind::Float);
+    }
+
+    #[test]
+    fn add_writes_through_a_view_with_a_bfloat16_operand_promoted() {
+        let base = Tensor::zeros([2, 3], (Kind::Float, tch::Device::Cpu));
+        let mut row = base.get(1);
+        let ones = Tensor::ones([3], (Kind::BFloat16, tch::Device::Cpu));
+        add_(&mut row, &ones, -0.5);
+        let want = Tensor::from_slice(&[0.0f32, 0.0, 0.0, -0.5, -0.5, -0.5]).view([2, 3]);
+        assert!(base.equal(&want), "{base}");
     }
 
     #[test]

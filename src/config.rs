@@ -549,6 +549,7 @@ impl Config {
             self.model_checks(),
             self.data_checks(),
             self.train_checks(),
+            self.float32_checks(),
             self.size_checks(),
         ];
         for (ok, key, msg) in checks.into_iter().flatten() {
@@ -628,16 +629,6 @@ impl Config {
 
     fn train_checks(&self) -> Vec<Check> {
         let t = &self.train;
-        let f32_range = |x: f64, key: &'static str| -> Check {
-            (
-                t.dtype != Dtype::Float32 || (x as f32).is_finite(),
-                key,
-                format!(
-                    "{x:e} is beyond float32's range (at most {:e}); the run is float32 (train.dtype)",
-                    f32::MAX
-                ),
-            )
-        };
         vec![
             (
                 t.lr > 0.0 && t.lr.is_finite(),
@@ -695,8 +686,32 @@ impl Config {
                 "train.weight_decay",
                 format!("must be >= 0, got {}", t.weight_decay),
             ),
-            // A float32 run holds these as float32 scalars: beyond float32's range libtorch
-            // overflows, and a positive eps below its smallest subnormal is 0.
+            (
+                t.weight_decay == 0.0 || t.optimizer.decays(),
+                "train.weight_decay",
+                format!(
+                    "applies to adamw, lion, adam_mini and muon only, not {}",
+                    t.optimizer.name()
+                ),
+            ),
+        ]
+    }
+
+    /// A float32 run holds its hyper-parameters as float32 scalars: beyond float32's range
+    /// libtorch overflows, and a positive eps below its smallest subnormal is 0.
+    fn float32_checks(&self) -> Vec<Check> {
+        let t = &self.train;
+        let f32_range = |x: f64, key: &'static str| -> Check {
+            (
+                t.dtype != Dtype::Float32 || (x as f32).is_finite(),
+                key,
+                format!(
+                    "{x:e} is beyond float32's range (at most {:e}); the run is float32 (train.dtype)",
+                    f32::MAX
+                ),
+            )
+        };
+        vec![
             f32_range(t.lr, "train.lr"),
             f32_range(t.clip, "train.clip"),
             f32_range(t.weight_decay, "train.weight_decay"),
@@ -707,14 +722,6 @@ impl Config {
                     "{:e} is 0 in float32 (the smallest is {:e}); the run is float32 (train.dtype)",
                     t.eps,
                     f32::from_bits(1)
-                ),
-            ),
-            (
-                t.weight_decay == 0.0 || t.optimizer.decays(),
-                "train.weight_decay",
-                format!(
-                    "applies to adamw, lion, adam_mini and muon only, not {}",
-                    t.optimizer.name()
                 ),
             ),
         ]

@@ -422,8 +422,10 @@ impl DeviceStream {
         for (u, &seed) in self.seeds.iter().enumerate() {
             let stream = &mut rows[u * per_stream..(u + 1) * per_stream];
             rng::normal::fill(seed, iter, stream);
-            if matches!(self.cfg.setting, Setting::Normal | Setting::MlpTeacher) {
-                continue;
+            // Exhaustive, so that a new setting cannot compile into the sphere's projection.
+            match self.cfg.setting {
+                Setting::Normal | Setting::MlpTeacher => continue,
+                Setting::Sphere | Setting::Gamma => {}
             }
             if let Some(k) = &self.gamma_shape {
                 rng::seed_stream(seed, iter);
@@ -438,7 +440,8 @@ impl DeviceStream {
                     let norm = x.iter().map(|v| v * v).sum::<f32>().sqrt();
                     let radius = match self.cfg.setting {
                         Setting::Gamma => (radii2[p * (n + 1) + t] * scale).sqrt(),
-                        _ => 1.0,
+                        Setting::Sphere => 1.0,
+                        Setting::Normal | Setting::MlpTeacher => unreachable!("left above"),
                     };
                     x.iter_mut().for_each(|v| *v = *v / norm * radius);
                 }

@@ -408,7 +408,7 @@ fn analyze_rejects_a_folder_that_is_not_a_run() {
     let cases = [
         (tmp.path().to_path_buf(), "config.yaml"),
         (tmp.path().join("missing"), "missing"),
-        (with_config_only.clone(), "trajectory.safetensors"),
+        (with_config_only.clone(), "not a finished run"),
     ];
     for (dir, must_name) in cases {
         let mut c = linattn();

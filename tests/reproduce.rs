@@ -997,8 +997,8 @@ fn reproduce_estimate_predicts_each_figures_work_and_trains_nothing() {
     assert!(out.contains("two: "), "{out}");
     assert!(out.contains("with 2 workers about"), "{out}");
     assert!(
-        run_folders(&work.join("runs")).is_empty(),
-        "the estimate trained something"
+        !work.join("runs").exists(),
+        "the estimate made the runs folder (and may have trained something)"
     );
 }
 

@@ -127,7 +127,7 @@ impl FaithfulOptimizer {
             (_, OptimizerKind::Adam | OptimizerKind::Adamw) => (Rule::Adam, None),
             (_, OptimizerKind::Lion) => (Rule::Lion, Some(primitive()?)),
             (_, OptimizerKind::AdamMini) => (Rule::AdamMini, None),
-            (_, OptimizerKind::Muon) => (Rule::Muon, Some(primitive()?)),
+            (_, OptimizerKind::Muon) => (Rule::Muon, None),
         };
         let mut opt = FaithfulOptimizer {
             lr: cfg.lr,
@@ -180,15 +180,6 @@ impl FaithfulOptimizer {
                         state.push((format!("exp_avg_sq.{}", block.param), zeros(&p)));
                     } else {
                         state.push((format!("momentum_buffer.{b}"), zeros(&p)));
-                    }
-                }
-                // torch.optim.Muon's default adjustment: lr·√max(1, rows/cols) per matrix.
-                if let Some(update) = &mut self.update {
-                    for (i, p) in params.iter().enumerate().skip(1) {
-                        if let [rows, cols] = p.size()[..] {
-                            let ratio = (rows as f64 / cols as f64).max(1.0);
-                            update.set_lr_group(i, self.lr * ratio.sqrt());
-                        }
                     }
                 }
             }
@@ -331,9 +322,8 @@ impl FaithfulOptimizer {
         }
     }
 
-    /// torch.optim.Muon `_single_tensor_muon` on each matrix block, AdamW on the MLP's biases.
-    /// The orthogonalized update goes through the primitive at each parameter's adjusted rate;
-    /// a bias's gradient is zeroed after its AdamW step, so the primitive leaves it as it is.
+    /// torch.optim.Muon `_single_tensor_muon` on each matrix block, op for op; AdamW on the
+    /// MLP's biases.
     fn muon(&mut self, params: &[Tensor]) {
         let mu = self.momentum;
         for (b, block) in blocks(params).iter().enumerate() {
@@ -346,7 +336,6 @@ impl FaithfulOptimizer {
                     self.get(&format!("exp_avg_sq.{i}")),
                 );
                 self.adam(&param, &grad, m.expect("AdamW's m"), v.expect("v"));
-                let _ = grad.shallow_clone().zero_();
                 continue;
             }
             let mut buf = self
@@ -359,9 +348,13 @@ impl FaithfulOptimizer {
                     .shallow_clone()
                     .f_mul_scalar_(1.0 - self.lr * self.weight_decay);
             }
-            grad.shallow_clone().copy_(&update);
+            // torch.optim.Muon's `param.add_(update, alpha=-adjusted_lr)` on this matrix, with
+            // the bfloat16 update as it is: the same op on the same shape (an add over the whole
+            // allparam could split its SIMD body and tail elsewhere), at lr·√max(1, rows/cols).
+            let size = param.size();
+            let ratio = (size[0] as f64 / size[1] as f64).max(1.0);
+            crate::aten::add_(&mut param.shallow_clone(), &update, -self.lr * ratio.sqrt());
         }
-        self.update.as_mut().expect("the update primitive").step();
     }
 
     /// The optimizer's state tensors with stable names, for checkpoints.

@@ -18,9 +18,10 @@
 //! `P̃̄_h = R̄ᵀ Q̃_h G`); tests/native_kernel.rs checks it against autograd of the faithful
 //! forward and against float64 finite differences.
 //!
-//! Rounding: every sum runs in a fixed order within one lane, and no multiply-add is fused, so
-//! the results do not depend on which SIMD width the CPU offers, nor on how members are split
-//! across threads: a run is bit-identical on any x86-64.
+//! Rounding: every sum runs in a fixed order within one lane, and every multiply-add is fused
+//! ([`Real::mul_add`]: the FMA instruction, or libm's exactly rounded `fma` on a CPU without
+//! one), so the results do not depend on which SIMD width the CPU offers, nor on how members
+//! are split across threads: a run is bit-identical on any x86-64.
 //!
 //! SIMD: the kernels are compiled for AVX-512, AVX2+FMA and baseline x86-64, and the widest
 //! the CPU supports is chosen at run time ([`multiversion`]); the binary runs on any x86-64.
