@@ -21,6 +21,9 @@ char *linattn_addmm(const at::Tensor *input, const at::Tensor *mat1, const at::T
   } catch (const std::exception &e) {
     *out = nullptr;
     return strdup(e.what());
+  } catch (...) {  // nothing may unwind into Rust
+    *out = nullptr;
+    return strdup("unknown C++ exception");
   }
 }
 
@@ -35,6 +38,8 @@ char *linattn_add_(const at::Tensor *self, const at::Tensor *other, double alpha
     return nullptr;
   } catch (const std::exception &e) {
     return strdup(e.what());
+  } catch (...) {  // nothing may unwind into Rust
+    return strdup("unknown C++ exception");
   }
 }
 

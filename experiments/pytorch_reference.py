@@ -64,7 +64,8 @@ DEFAULTS = {
 }
 # Keys a config may set that a resolved config.yaml names only when not at their default (as
 # the Rust side writes them).
-OPTIONAL = {"train": {"skip_nonfinite": 0, "weight_decay": 0.0}, "data": {"train_prompts": 0}}
+OPTIONAL = {"train": {"skip_nonfinite": 0, "weight_decay": 0.0, "dtype": "float32"},
+            "data": {"train_prompts": 0}}
 OPTIMIZERS = ("sgd", "adam", "adamw", "sign", "normalized", "lion", "adam_mini", "muon")
 SEED_MAX = 2**32 - 1  # np.random.seed accepts [0, 2^32)
 # kind, then bounds: ("int", lo, hi) | ("float", lo, lo_open, hi, hi_open) | ("enum", choices)
@@ -85,7 +86,7 @@ RULES = {
     "train.seed": ("int", 0, SEED_MAX), "train.device": ("device",),
     "train.save_every": ("int", 1, None), "train.optimizer_impl": ("enum", ("reference", "libtorch")),
     "train.skip_nonfinite": ("int", 0, None), "train.weight_decay": ("float", 0, False, None, False),
-    "data.train_prompts": ("int", 0, None),
+    "data.train_prompts": ("int", 0, None), "train.dtype": ("enum", ("float32", "float64")),
 }
 
 
@@ -847,7 +848,7 @@ def cmd_bench_hessian(args):
     device = resolve_device(cfg["train"]["device"])
     # The Rust side's train.dtype (float64 in fast mode), given as --dtype: the init as drawn in
     # float32, then the Hessian in the run's dtype, as the Rust side computes it.
-    dtype = torch.float64 if args.dtype == "float64" else torch.float32
+    dtype = torch.float64 if "float64" in (args.dtype, cfg["train"].pop("dtype", None)) else torch.float32
     model = Run(cfg, device).model.to(dtype)
     Z, yq = (x.to(device, dtype) for x in eval_batch(cfg))
     names, _, loss_of_flat = flat_loss(model, Z, yq)

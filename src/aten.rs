@@ -72,6 +72,11 @@ pub fn addmm(input: &Tensor, mat1: &Tensor, mat2: &Tensor, beta: f64, alpha: f64
         )
     };
     check(err, "addmm");
+    // strdup can fail (returning null) where an error was to be reported.
+    assert!(
+        !out.is_null(),
+        "addmm: libtorch failed and its message was lost"
+    );
     // SAFETY: point (2): a fresh handle that nothing else owns.
     unsafe { Tensor::from_ptr(out) }
 }

@@ -595,7 +595,8 @@ fn check_reproduce_args(a: &ReproduceArgs) -> Result<()> {
             ));
         }
     }
-    if let Some(jobs) = a.jobs {
+    check_threads(a.threads as i64)?;
+    if let (Some(jobs), DeviceName::Cpu) = (a.jobs, a.device) {
         // Workers beyond the cores only wait for each other (13 processes on 2 CPUs made a
         // no-op take 20 times as long), and an estimate for them would promise the impossible.
         let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());

@@ -406,8 +406,19 @@ fn to_measure(
 ) -> Needs {
     let wanted = needs.available(cfg, summary);
     let mut todo = wanted.missing(rows);
-    todo.spectrum
-        .extend(wanted.spectrum.iter().filter(|t| !spectra.contains_key(t)));
+    // A finite block_heterogeneity says a spectrum was written; a NaN one is a Hessian that was
+    // not finite, whose spectrum is empty and has no line to look for.
+    let written = |t: &i64| {
+        rows.get(t)
+            .and_then(|r| r.block_heterogeneity)
+            .is_some_and(f64::is_finite)
+    };
+    todo.spectrum.extend(
+        wanted
+            .spectrum
+            .iter()
+            .filter(|t| written(t) && !spectra.contains_key(t)),
+    );
     todo
 }
 

@@ -4,9 +4,9 @@
 //! that a run is bit-identical to PyTorch. The only op tch cannot express directly is
 //! `param.add_(d, alpha=-lr)`: libtorch fuses it into one multiply-add, which `param += d * -lr`
 //! does not reproduce. libtorch's own C++ SGD with momentum 0 performs exactly that op, so it
-//! is used as the update primitive (each parameter in its own group, so that Muon can give a
-//! matrix its adjusted rate) while the state stays ours (inspectable and restorable for
-//! `--resume`).
+//! is used as the update primitive while the state stays ours (inspectable and restorable for
+//! `--resume`). Muon adds its bfloat16 update per matrix with libtorch's own `add_` through
+//! [`crate::aten`], as torch.optim.Muon does.
 use crate::config::{OptimizerImpl, OptimizerKind, TrainConfig};
 use anyhow::Result;
 use tch::{nn, nn::OptimizerConfig, Tensor};

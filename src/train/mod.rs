@@ -130,11 +130,11 @@ pub fn memory_floor(cfg: &Config, members: usize) -> f64 {
     let tokens = (d.context as f64 + 1.0) * (m.dim as f64 + d.context as f64 + 2.0);
     let activations = m.layers as f64 * m.heads as f64 * d.batch as f64 * tokens;
     let elt = t.dtype.kind().elt_size_in_bytes() as f64;
-    members as f64 * elt * (5.0 * params + saved * params + activations) + training_set_bytes(cfg)
+    members as f64 * elt * (5.0 * params + saved * params + activations)
 }
 
-/// The bytes of one fixed training set (`data.train_prompts`), which members of one seed share:
-/// each prompt `[n+2, d]` in the run's dtype; 0 for fresh prompts every step.
+/// The bytes of one fixed training set (`data.train_prompts`), which the members of one seed
+/// share: each prompt `[n+2, d]` in the run's dtype; 0 for fresh prompts every step.
 fn training_set_bytes(cfg: &Config) -> f64 {
     let d = &cfg.data;
     let elt = cfg.train.dtype.kind().elt_size_in_bytes() as f64;
@@ -166,18 +166,18 @@ fn memory_available() -> Option<f64> {
 
 /// Refuses, before any folder is touched, a CPU run that cannot fit in the memory left: such a
 /// run would otherwise thrash the machine for minutes and then die without a word.
-fn check_memory(cfg: &Config, members: usize, device: Device) -> Result<()> {
+fn check_memory(cfg: &Config, members: usize, seeds: usize, device: Device) -> Result<()> {
     if device != Device::Cpu {
         return Ok(());
     }
-    let (need, Some(have)) = (memory_floor(cfg, members), memory_available()) else {
+    let set = seeds as f64 * training_set_bytes(cfg);
+    let (need, Some(have)) = (memory_floor(cfg, members) + set, memory_available()) else {
         return Ok(());
     };
     if need > have {
-        let set = training_set_bytes(cfg);
         if set > need / 2.0 {
             return Err(anyhow!(BadInput(format!(
-                "config key data.train_prompts: a training set of {} prompts takes {:.1} GB, and the run needs at least {:.1} GB, more than the {:.1} GB of memory available",
+                "config key data.train_prompts: {seeds} training set(s) of {} prompts take {:.1} GB, and the run needs at least {:.1} GB, more than the {:.1} GB of memory available",
                 cfg.data.train_prompts,
                 set / 1e9,
                 need / 1e9,
@@ -235,7 +235,7 @@ pub fn train(cfg: &Config, out: &Path, opts: &Options) -> Result<Outcome> {
         return Ok(outcomes.remove(0));
     }
     let device = cfg.device()?;
-    check_memory(cfg, 1, device)?;
+    check_memory(cfg, 1, 1, device)?;
     let folder = RunFolder::new(out);
     let _lock = claim(std::slice::from_ref(&folder), opts.replace)?;
     folder.create(cfg)?;
@@ -279,7 +279,11 @@ pub fn train_ensemble(
         }
     }
     let device = cfg.device()?;
-    check_memory(cfg, members.len(), device)?;
+    // One training set per seed (members of one seed share theirs).
+    let mut seeds: Vec<u32> = members.iter().map(|m| m.seed).collect();
+    seeds.sort_unstable();
+    seeds.dedup();
+    check_memory(cfg, members.len(), seeds.len(), device)?;
     let _locks = claim(&folders, opts.replace)?;
     let configs: Vec<Config> = members.iter().map(|m| m.config(cfg)).collect();
     for (f, c) in folders.iter().zip(&configs) {
